@@ -1,0 +1,268 @@
+"""Seeded initialisation of mixture parameters, computed with passes over partitioned data.
+
+Every method only asks the runner for map/reduce passes, so it works the same on one NumPy
+array, Dask's threaded scheduler and a distributed cluster. Per-row random numbers come from a
+counter-based generator keyed by (seed, stream) and the row's global index, so the result does
+not depend on how the rows are split into partitions.
+
+Methods
+-------
+``k-means||``
+    Scalable k-means++ (Bahmani et al. 2012): a weighted random first centre, ``rounds`` passes
+    each sampling ~``oversampling × K`` candidates with probability ∝ w·d², candidates weighted by
+    the rows nearest to them, a weighted k-means++ and Lloyd on the candidates, then Lloyd
+    passes on the full data. Responsibilities are the final hard assignment.
+``k-means++``
+    Exact D²-sampling, one pass per centre, then Lloyd passes.
+``random``
+    Uniform random responsibilities, normalised per row (as scikit-learn).
+``random_from_data``
+    K distinct rows (weighted sampling without replacement) as means, covariances ``reg_covar``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .gaussian import compute_precision_cholesky
+from .suffstats import SuffStats, combine_all, hard_stats, m_step, moment_kind, nearest_center, resp_stats
+
+logger = logging.getLogger(__name__)
+
+INIT_METHODS: tuple[str, ...] = ("k-means||", "k-means++", "random", "random_from_data")
+
+_STREAM_FIRST, _STREAM_PARALLEL, _STREAM_PP, _STREAM_RANDOM, _STREAM_FROM_DATA = range(1, 6)
+
+
+@dataclass(frozen=True)
+class MixtureParams:
+    """Parameters of a Gaussian mixture (shapes as in :mod:`gmm_dask.gaussian`)."""
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray | None
+    precisions_cholesky: np.ndarray
+
+
+def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) -> np.ndarray:
+    """Uniform [0, 1) numbers for rows ``row_offset … row_offset + n``, ``k`` per row.
+
+    Row i always gets the same numbers for a given (seed, stream), whatever the partitioning.
+    """
+    bg = np.random.Philox(key=[seed % (1 << 64), stream])
+    q, r = divmod(row_offset * k, 4)
+    bg.advance(q)
+    gen = np.random.Generator(bg)
+    if r:
+        gen.random(r)
+    return gen.random(n * k).reshape(n, k)
+
+
+def params_from_stats(stats: SuffStats, covariance_type: str, reg_covar: float) -> MixtureParams:
+    """M-step on initial responsibilities, then precision Cholesky factors."""
+    weights, means, cov = m_step(stats, covariance_type, reg_covar)
+    return MixtureParams(weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
+
+
+# --- per-partition kernels (module level so they pickle by reference) ------------------------
+
+
+def _unit(wb, n):
+    return np.ones(n) if wb is None else wb
+
+
+def _top_keys_chunk(Xb, wb, idx, off, *, seed, stream, centers, m):
+    """Efraimidis–Spirakis keys log(u)/mass for rows; keep the m largest (mass ∝ w·d², or w)."""
+    n = len(Xb)
+    mass = _unit(wb, n).astype(np.float64, copy=True)
+    if centers is not None:
+        shift = centers.mean(axis=0)
+        _, d2 = nearest_center(Xb - shift, centers - shift)
+        mass *= d2
+    u = row_uniforms(seed, stream, off, n)[:, 0]
+    with np.errstate(divide="ignore"):
+        keys = np.where(mass > 0, np.log(np.maximum(u, 1e-300)) / np.where(mass > 0, mass, 1.0), -np.inf)
+    sel = np.flatnonzero(np.isfinite(keys))
+    if sel.size > m:
+        sel = sel[np.argpartition(-keys[sel], m - 1)[:m]]
+    return keys[sel], off + sel, Xb[sel]
+
+
+def _merge_top_keys(parts, m):
+    keys = np.concatenate([p[0] for p in parts])
+    index = np.concatenate([p[1] for p in parts])
+    rows = np.concatenate([p[2] for p in parts])
+    order = np.lexsort((index, -keys))[:m]
+    return keys[order], index[order], rows[order]
+
+
+def _phi_chunk(Xb, wb, idx, off, *, centers):
+    shift = centers.mean(axis=0)
+    _, d2 = nearest_center(Xb - shift, centers - shift)
+    return float((_unit(wb, len(Xb)) * d2).sum())
+
+
+def _oversample_chunk(Xb, wb, idx, off, *, centers, seed, stream, ell, phi):
+    shift = centers.mean(axis=0)
+    _, d2 = nearest_center(Xb - shift, centers - shift)
+    p = ell * _unit(wb, len(Xb)) * d2 / phi
+    u = row_uniforms(seed, stream, off, len(Xb))[:, 0]
+    sel = np.flatnonzero(u < p)
+    return off + sel, Xb[sel]
+
+
+def _merge_rows(parts):
+    index = np.concatenate([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts])
+    order = np.argsort(index, kind="stable")
+    return index[order], rows[order]
+
+
+def _hard_chunk(Xb, wb, idx, off, *, centers, moments):
+    return hard_stats(Xb, wb, centers, moments, row_offset=off)
+
+
+def _random_chunk(Xb, wb, idx, off, *, seed, k, moments):
+    resp = row_uniforms(seed, _STREAM_RANDOM, off, len(Xb), k)
+    resp /= resp.sum(axis=1, keepdims=True)
+    return resp_stats(Xb, wb, resp, moments, row_offset=off)
+
+
+# --- driver-side pieces ------------------------------------------------------------------
+
+
+def _sample_rows(runner, seed, stream, centers, m):
+    """m distinct rows sampled without replacement, probability ∝ w (or w·d² to ``centers``)."""
+    fn = functools.partial(_top_keys_chunk, seed=seed, stream=stream, centers=centers, m=m)
+    _, index, rows = runner.map_reduce(fn, functools.partial(_merge_top_keys, m=m))
+    return index, rows
+
+
+def _weighted_kmeanspp(points, weights, k, rng):
+    """Weighted k-means++ on a small in-memory candidate set."""
+    n = len(points)
+    chosen = [int(rng.choice(n, p=weights / weights.sum()))]
+    d2 = ((points - points[chosen[0]]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        mass = weights * d2
+        total = mass.sum()
+        if total <= 0:  # fewer distinct candidates than components: take the next unused ones
+            rest = [i for i in range(n) if i not in chosen]
+            chosen.append(rest[0] if rest else chosen[-1])
+        else:
+            chosen.append(int(rng.choice(n, p=mass / total)))
+        d2 = np.minimum(d2, ((points - points[chosen[-1]]) ** 2).sum(axis=1))
+    return points[chosen].copy()
+
+
+def _local_lloyd(points, weights, centers, n_iter=25):
+    for _ in range(n_iter):
+        shift = centers.mean(axis=0)
+        labels, _ = nearest_center(points - shift, centers - shift)
+        new = centers.copy()
+        for j in range(len(centers)):
+            mask = labels == j
+            if weights[mask].sum() > 0:
+                new[j] = np.average(points[mask], axis=0, weights=weights[mask])
+        if np.allclose(new, centers, rtol=0, atol=1e-12):
+            break
+        centers = new
+    return centers
+
+
+def lloyd(runner, centers, *, moments, tol, max_iter=30) -> SuffStats:
+    """Distributed Lloyd iterations; returns the hard statistics at the final centres.
+
+    Stops when the total squared centre shift is below ``tol``. Empty clusters are moved to the
+    rows farthest from every centre (deterministic).
+    """
+    stats = None
+    for it in range(1, max_iter + 1):
+        stats = runner.map_reduce(
+            functools.partial(_hard_chunk, centers=centers, moments=moments), combine_all
+        )
+        new = stats.means.copy()
+        empty = np.flatnonzero(stats.nk <= 0)
+        for j, comp in enumerate(empty):
+            new[comp] = stats.worst_rows[j % len(stats.worst_rows)]
+        shift = float(((new - centers) ** 2).sum())
+        logger.debug("Lloyd iteration %d: inertia %.6g, centre shift %.3g", it, -stats.loglik, shift)
+        centers = new
+        if shift <= tol and not empty.size:
+            break
+    return stats
+
+
+def initialize(
+    runner,
+    method: str,
+    n_components: int,
+    covariance_type: str,
+    reg_covar: float,
+    seed: int,
+    *,
+    data_variance: float,
+    oversampling: float = 2.0,
+    rounds: int = 5,
+) -> MixtureParams:
+    """Initial parameters by ``method`` (one of :data:`INIT_METHODS`)."""
+    k = n_components
+    moments = moment_kind(covariance_type)
+    lloyd_tol = 1e-4 * max(data_variance, np.finfo(np.float64).tiny)
+    if method == "random":
+        stats = runner.map_reduce(
+            functools.partial(_random_chunk, seed=seed, k=k, moments=moments), combine_all
+        )
+        return params_from_stats(stats, covariance_type, reg_covar)
+    if method == "random_from_data":
+        _, rows = _sample_rows(runner, seed, _STREAM_FROM_DATA, None, k)
+        d = rows.shape[1]
+        weights = np.full(k, 1.0 / k)
+        cov = {
+            "full": np.broadcast_to(np.eye(d) * reg_covar, (k, d, d)).copy(),
+            "tied": np.eye(d) * reg_covar,
+            "diag": np.full((k, d), reg_covar),
+            "spherical": np.full(k, reg_covar),
+        }[covariance_type]
+        if len(rows) < k:
+            rows = np.concatenate([rows, np.repeat(rows[-1:], k - len(rows), axis=0)])
+        return MixtureParams(weights, rows, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
+    if method == "k-means++":
+        _, centers = _sample_rows(runner, seed, _STREAM_FIRST, None, 1)
+        for j in range(1, k):
+            _, row = _sample_rows(runner, seed, _STREAM_PP * 1000 + j, centers, 1)
+            if not len(row):  # every row already sits on a centre
+                row = centers[-1:]
+            centers = np.concatenate([centers, row])
+    elif method == "k-means||":
+        centers = _kmeans_parallel(runner, k, seed, oversampling, rounds)
+    else:  # validated by the caller
+        raise ValueError(f"unknown init method {method!r}")
+    stats = lloyd(runner, centers, moments=moments, tol=lloyd_tol)
+    return params_from_stats(stats, covariance_type, reg_covar)
+
+
+def _kmeans_parallel(runner, k, seed, oversampling, rounds):
+    _, centers = _sample_rows(runner, seed, _STREAM_FIRST, None, 1)
+    ell = oversampling * k
+    for r in range(rounds):
+        phi = runner.map_reduce(functools.partial(_phi_chunk, centers=centers), sum)
+        if phi <= 0:
+            break
+        fn = functools.partial(
+            _oversample_chunk, centers=centers, seed=seed, stream=_STREAM_PARALLEL * 1000 + r, ell=ell, phi=phi
+        )
+        _, rows = runner.map_reduce(fn, _merge_rows)
+        centers = np.concatenate([centers, rows])
+    if len(centers) < k:  # tiny data: top up with D²-sampled rows
+        _, extra = _sample_rows(runner, seed, _STREAM_PP * 1000, centers, k - len(centers))
+        centers = np.concatenate([centers, extra])
+    counts = runner.map_reduce(functools.partial(_hard_chunk, centers=centers, moments=None), combine_all).nk
+    rng = np.random.default_rng([seed % (1 << 63), _STREAM_PARALLEL])
+    weights = counts + 1e-12
+    chosen = _weighted_kmeanspp(centers, weights, k, rng)
+    return _local_lloyd(centers, weights, chosen)

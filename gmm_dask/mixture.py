@@ -1,0 +1,378 @@
+"""The scikit-learn-style facade: :class:`GaussianMixture` fitted by distributed EM."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import warnings
+from collections.abc import Callable
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from . import gaussian
+from .em import IterationInfo, estep, run_em
+from .errors import ConvergenceWarning, GMMDaskInputError, NotFittedError
+from .init import MixtureParams, initialize
+from .runner import make_runner
+from .validation import (
+    check_estimator_params,
+    check_init_arrays,
+    to_chunked,
+    validate_values,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _seed_from(random_state) -> int:
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**63 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    return int(np.random.SeedSequence(random_state).generate_state(1, np.uint64)[0] >> 1)
+
+
+# --- per-block prediction kernels (pure, used for NumPy and inside map_blocks) --------------
+
+
+def _log_resp_block(X, weights, means, prec_chol, covariance_type):
+    wlp = gaussian.estimate_weighted_log_prob(X, weights, means, prec_chol, covariance_type)
+    return gaussian.log_responsibilities(wlp)
+
+
+def _predict_block(X, *, what, weights, means, prec_chol, covariance_type):
+    lpn, log_resp = _log_resp_block(X, weights, means, prec_chol, covariance_type)
+    if what == "proba":
+        return np.exp(log_resp)
+    if what == "predict":
+        return log_resp.argmax(axis=1)
+    if what == "score_samples":
+        return lpn
+    if what == "entropy":
+        return gaussian.entropy_bits(log_resp)
+    raise ValueError(what)
+
+
+class GaussianMixture:
+    """Gaussian mixture fitted by Expectation–Maximization over partitioned data.
+
+    The parameters and fitted attributes are those of scikit-learn's
+    ``sklearn.mixture.GaussianMixture``, so code and results can be compared. ``fit`` runs on the
+    active ``distributed.Client`` if there is one (each worker reduces the partitions it holds to
+    sufficient statistics, one small task per worker per iteration), otherwise on Dask's local
+    scheduler. It never starts a cluster.
+
+    Parameters
+    ----------
+    n_components : int, default=1
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
+    tol : float, default=1e-3
+        Convergence threshold on the change of the mean log-likelihood lower bound.
+    reg_covar : float, default=1e-6
+        Added to the diagonal of every covariance.
+    max_iter : int, default=100
+    n_init : int, default=1
+        Number of initialisations; the one with the best lower bound is kept.
+    init_params : {'k-means||', 'k-means++', 'random', 'random_from_data'}, default='k-means||'
+    weights_init : array of shape (K,), optional
+    means_init : array of shape (K, D), optional
+    precisions_init : array, optional
+        Shape (K, D, D), (D, D), (K, D) or (K,) by ``covariance_type``.
+    random_state : int, numpy Generator or RandomState, optional
+    warm_start : bool, default=False
+        If True, a second ``fit`` continues from the fitted parameters (with ``n_init=1``).
+    callback : callable, optional
+        Called with an :class:`~gmm_dask.em.IterationInfo` after every EM iteration.
+    persist : bool, default=True
+        Persist Dask input once; False re-reads it every iteration (streaming, bounded memory).
+
+    Attributes
+    ----------
+    weights_ : ndarray of shape (K,)
+    means_ : ndarray of shape (K, D)
+    covariances_, precisions_, precisions_cholesky_ : ndarray
+        Shapes by ``covariance_type``.
+    converged_ : bool
+    n_iter_ : int
+    lower_bound_ : float
+        Mean (sample-weighted) log-likelihood of the best initialisation.
+    lower_bounds_ : list of float
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str, only when fitted on a DataFrame
+    reseeded_components_ : list of (iteration, component)
+        Components that collapsed and were re-seeded during the best run.
+    """
+
+    def __init__(
+        self,
+        n_components: int = 1,
+        *,
+        covariance_type: str = "full",
+        tol: float = 1e-3,
+        reg_covar: float = 1e-6,
+        max_iter: int = 100,
+        n_init: int = 1,
+        init_params: str = "k-means||",
+        weights_init=None,
+        means_init=None,
+        precisions_init=None,
+        random_state=None,
+        warm_start: bool = False,
+        callback: Callable[[IterationInfo], None] | None = None,
+        persist: bool = True,
+    ):
+        self.n_components = n_components
+        self.covariance_type = covariance_type
+        self.tol = tol
+        self.reg_covar = reg_covar
+        self.max_iter = max_iter
+        self.n_init = n_init
+        self.init_params = init_params
+        self.weights_init = weights_init
+        self.means_init = means_init
+        self.precisions_init = precisions_init
+        self.random_state = random_state
+        self.warm_start = warm_start
+        self.callback = callback
+        self.persist = persist
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianMixture(n_components={self.n_components}, "
+            f"covariance_type={self.covariance_type!r}, init_params={self.init_params!r})"
+        )
+
+    # --- fitting --------------------------------------------------------------------------
+
+    def fit(self, X, y=None, sample_weight=None) -> GaussianMixture:
+        """Estimate the mixture parameters with EM.
+
+        Parameters
+        ----------
+        X : ndarray, dask.array.Array, pandas.DataFrame or dask.dataframe.DataFrame
+            Shape (n_samples, n_features), numeric. Dask arrays must be chunked by rows only.
+        y : ignored
+        sample_weight : array-like of shape (n_samples,), optional
+            Non-negative row weights; a weight of 2 equals the row appearing twice.
+
+        Returns
+        -------
+        self
+        """
+        check_estimator_params(self)
+        data = to_chunked(X, sample_weight)
+        runner = make_runner(data, persist=self.persist)
+        try:
+            report = validate_values(runner, data.feature_names)
+            k, d = self.n_components, data.n_features
+            if report.n_rows < k:
+                raise GMMDaskInputError(
+                    f"Expected n_samples >= n_components but got n_components = {k}, "
+                    f"n_samples = {report.n_rows}. Use fewer components or more rows."
+                )
+            weights0, means0, precisions0 = check_init_arrays(self, d)
+            do_init = not (self.warm_start and hasattr(self, "converged_"))
+            if not do_init and self.n_features_in_ != d:
+                raise GMMDaskInputError(
+                    f"warm_start: X has {d} features, but the model was fitted with {self.n_features_in_}."
+                )
+            n_init = self.n_init if do_init else 1
+            base_seed = _seed_from(self.random_state)
+            seeds = np.random.SeedSequence(base_seed).generate_state(n_init, np.uint64) >> np.uint64(1)
+            best = None
+            for i in range(n_init):
+                if do_init:
+                    params = self._initial_params(
+                        runner, int(seeds[i]), report.mean_variance, weights0, means0, precisions0
+                    )
+                    prev = -np.inf
+                else:
+                    params = MixtureParams(
+                        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_
+                    )
+                    prev = self.lower_bound_
+                if self.max_iter == 0:
+                    from .em import EMResult
+
+                    result = EMResult(params, False, 0, -np.inf)
+                else:
+                    result = run_em(
+                        runner,
+                        params,
+                        covariance_type=self.covariance_type,
+                        tol=self.tol,
+                        max_iter=self.max_iter,
+                        reg_covar=self.reg_covar,
+                        prev_lower_bound=prev,
+                        init=i,
+                        callback=self.callback,
+                    )
+                logger.info(
+                    "Initialisation %d/%d: lower bound %.10g after %d iterations (converged: %s)",
+                    i + 1, n_init, result.lower_bound, result.n_iter, result.converged,
+                )
+                if best is None or result.lower_bound > best.lower_bound:
+                    best = result
+        finally:
+            runner.close()
+        if not best.converged and self.max_iter > 0:
+            warnings.warn(
+                "Best performing initialization did not converge. Try different init "
+                "parameters, or increase max_iter, tol, or check for degenerate data.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        self._set_params(best.params)
+        self.converged_ = best.converged
+        self.n_iter_ = best.n_iter
+        self.lower_bound_ = best.lower_bound
+        self.lower_bounds_ = best.lower_bounds
+        self.reseeded_components_ = best.reseeded
+        self.n_features_in_ = data.n_features
+        if data.feature_names is not None:
+            self.feature_names_in_ = np.asarray(data.feature_names, dtype=object)
+        elif hasattr(self, "feature_names_in_"):
+            del self.feature_names_in_
+        self.n_samples_fit_ = report.n_rows
+        return self
+
+    def _initial_params(self, runner, seed, data_variance, weights0, means0, precisions0):
+        ct = self.covariance_type
+        if weights0 is not None and means0 is not None and precisions0 is not None:
+            pc = gaussian.precision_cholesky_from_precisions(precisions0, ct)
+            return MixtureParams(weights0, means0, None, pc)
+        params = initialize(
+            runner, self.init_params, self.n_components, ct, self.reg_covar, seed,
+            data_variance=data_variance,
+        )
+        weights = params.weights if weights0 is None else weights0
+        means = params.means if means0 is None else means0
+        if precisions0 is None:
+            return MixtureParams(weights, means, params.covariances, params.precisions_cholesky)
+        pc = gaussian.precision_cholesky_from_precisions(precisions0, ct)
+        return MixtureParams(weights, means, None, pc)
+
+    def _set_params(self, params: MixtureParams) -> None:
+        ct = self.covariance_type
+        self.weights_ = params.weights
+        self.means_ = params.means
+        self.precisions_cholesky_ = params.precisions_cholesky
+        self.covariances_ = (
+            params.covariances
+            if params.covariances is not None
+            else gaussian.covariances_from_cholesky(params.precisions_cholesky, ct)
+        )
+        self.precisions_ = gaussian.precisions_from_cholesky(params.precisions_cholesky, ct)
+
+    # --- prediction -----------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "means_"):
+            raise NotFittedError(
+                "This GaussianMixture instance is not fitted yet. Call 'fit' with appropriate "
+                "arguments before using this estimator."
+            )
+
+    def _prepare(self, X):
+        """Validated float64 NumPy or row-chunked Dask array with the fitted feature layout."""
+        self._check_fitted()
+        names = getattr(self, "feature_names_in_", None)
+        if isinstance(X, pd.DataFrame) or hasattr(X, "npartitions"):
+            if names is not None:
+                cols = [str(c) for c in X.columns]
+                missing = [c for c in names if c not in cols]
+                extra = [c for c in cols if c not in set(names)]
+                if missing or extra:
+                    raise GMMDaskInputError(
+                        "X's columns differ from those seen in fit: "
+                        f"missing {missing}, unexpected {extra}. Pass the columns {list(names)}."
+                    )
+                X = X[list(names)]
+        if isinstance(X, np.ndarray | list | pd.DataFrame) and not isinstance(X, da.Array):
+            data = to_chunked(X)
+            Xn = data.X.compute() if not isinstance(X, np.ndarray) else np.asarray(X, dtype=np.float64)
+            if Xn.ndim != 2:
+                data = to_chunked(Xn)
+            out = Xn
+        else:
+            out = to_chunked(X).X
+        if out.shape[1] != self.n_features_in_:
+            raise GMMDaskInputError(
+                f"X has {out.shape[1]} features, but GaussianMixture was fitted with "
+                f"{self.n_features_in_} features."
+            )
+        return out
+
+    def _apply(self, X, what: str):
+        Xp = self._prepare(X)
+        fn = functools.partial(
+            _predict_block,
+            what=what,
+            weights=self.weights_,
+            means=self.means_,
+            prec_chol=self.precisions_cholesky_,
+            covariance_type=self.covariance_type,
+        )
+        if isinstance(Xp, da.Array):
+            if what == "proba":
+                return Xp.map_blocks(fn, chunks=(Xp.chunks[0], (self.n_components,)), dtype=np.float64)
+            dtype = np.int64 if what == "predict" else np.float64
+            return Xp.map_blocks(fn, drop_axis=1, chunks=(Xp.chunks[0],), dtype=dtype)
+        if not np.all(np.isfinite(Xp)):
+            row = int(np.flatnonzero(~np.isfinite(Xp).all(axis=1))[0])
+            raise GMMDaskInputError(f"X contains NaN or infinity (first at row {row}); drop or impute it first.")
+        return fn(Xp)
+
+    def predict_proba(self, X):
+        """Membership γ of every row: shape (n_samples, K), rows sum to 1."""
+        return self._apply(X, "proba")
+
+    def predict(self, X):
+        """Most probable component of every row: shape (n_samples,)."""
+        return self._apply(X, "predict")
+
+    def score_samples(self, X):
+        """log p(x) of every row: shape (n_samples,)."""
+        return self._apply(X, "score_samples")
+
+    def entropy(self, X):
+        """Membership entropy −Σₖ γₖ log₂ γₖ of every row (bits): shape (n_samples,)."""
+        return self._apply(X, "entropy")
+
+    def score(self, X, y=None) -> float:
+        """Mean log-likelihood of X."""
+        s = self.score_samples(X)
+        return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())
+
+    def _n_parameters(self) -> int:
+        k, d = self.means_.shape
+        cov = {
+            "full": k * d * (d + 1) / 2.0,
+            "diag": k * d,
+            "tied": d * (d + 1) / 2.0,
+            "spherical": k,
+        }[self.covariance_type]
+        return int(cov + d * k + k - 1)
+
+    def _n_rows(self, X) -> int:
+        return int(X.shape[0]) if not hasattr(X, "npartitions") else int(len(X))
+
+    def bic(self, X) -> float:
+        """Bayesian information criterion on X (lower is better)."""
+        n = self._n_rows(X)
+        return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
+
+    def aic(self, X) -> float:
+        """Akaike information criterion on X (lower is better)."""
+        n = self._n_rows(X)
+        return -2 * self.score(X) * n + 2 * self._n_parameters()
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return the most probable component of every row."""
+        return self.fit(X, sample_weight=sample_weight).predict(X)
+
+
+__all__ = ["GaussianMixture", "estep"]

@@ -1,0 +1,198 @@
+"""How one pass over the partitions runs: the only module that talks to Dask's schedulers.
+
+A *runner* holds partitioned data and offers one operation, :meth:`map_reduce`: apply a pure
+per-partition function ``fn(X_block, w_block, partition_index, row_offset)`` to every partition
+and fold the small results with ``reduce_fn(list_of_results)``. Every EM iteration, every
+initialisation pass and the input validation are one such call.
+
+* :class:`DistributedRunner` — an active ``distributed.Client``: the data are persisted once
+  (with lineage, so a lost worker's partitions are recomputed from source), and each pass
+  submits ONE task per worker over the partitions that worker holds (grouping rebuilt from
+  ``who_has`` every pass, so it follows worker loss), then folds the per-worker results.
+* :class:`GraphRunner` — Dask's local scheduler (threads by default), or a client when data
+  are streamed (``persist=False``): one ``dask.compute`` of a small graph per pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+ChunkFn = Callable[[np.ndarray, "np.ndarray | None", int, int], Any]
+ReduceFn = Callable[[list], Any]
+
+
+@dataclass
+class ChunkedData:
+    """Row-partitioned float64 data: X of shape (N, D) and optional weights of shape (N,)."""
+
+    X: da.Array
+    w: da.Array | None
+    feature_names: list[str] | None = None
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(int(c) for c in self.X.chunks[0])
+
+    @property
+    def offsets(self) -> list[int]:
+        return [int(o) for o in np.concatenate([[0], np.cumsum(self.lengths)[:-1]])] if self.lengths else []
+
+    @property
+    def n_rows(self) -> int:
+        return int(sum(self.lengths))
+
+    @property
+    def n_features(self) -> int:
+        return int(self.X.shape[1])
+
+
+def active_client():
+    """The default ``distributed.Client`` if one is active, else None (never starts one)."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def _apply_group(fn: ChunkFn, reduce_fn: ReduceFn, metas: Sequence[tuple[int, int]], *blocks):
+    """Run ``fn`` over several partitions held by one worker and fold their results."""
+    n = len(metas)
+    xs = blocks[:n]
+    ws = blocks[n:] if len(blocks) > n else [None] * n
+    with _single_blas_thread():
+        results = [fn(x, w, i, off) for x, w, (i, off) in zip(xs, ws, metas, strict=True)]
+    return reduce_fn(results)
+
+
+@functools.cache
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+@contextlib.contextmanager
+def _single_blas_thread():
+    """One BLAS thread inside a partition task: EM's tall-skinny products run faster that way,
+    and parallelism comes from running partitions side by side."""
+    ctl = _blas_controller()
+    if all(info.get("num_threads", 1) <= 1 for info in ctl.info() if info.get("user_api") == "blas"):
+        yield
+        return
+    with ctl.limit(limits=1, user_api="blas"):
+        yield
+
+
+class GraphRunner:
+    """Passes as ``dask.compute`` calls on Dask's current scheduler."""
+
+    def __init__(self, data: ChunkedData, *, persist: bool = True):
+        X, w = data.X, data.w
+        if persist:
+            X, w = dask.persist(X, w) if w is not None else (dask.persist(X)[0], None)
+        self.data = ChunkedData(X, w, data.feature_names)
+        self._xb = list(X.to_delayed().ravel())
+        self._wb = list(w.to_delayed().ravel()) if w is not None else [None] * len(self._xb)
+        self._metas = list(zip(range(len(self._xb)), self.data.offsets, strict=True))
+
+    def map_reduce(self, fn: ChunkFn, reduce_fn: ReduceFn):
+        # Few, large tasks: partitions are grouped so the graph stays small however many there are.
+        n = len(self._xb)
+        group = max(1, int(np.ceil(n / 64)))
+        tasks = []
+        for start in range(0, n, group):
+            sl = slice(start, start + group)
+            blocks = list(self._xb[sl]) + ([b for b in self._wb[sl]] if self.data.w is not None else [])
+            tasks.append(dask.delayed(_apply_group, pure=False)(fn, reduce_fn, self._metas[sl], *blocks))
+        total = dask.delayed(reduce_fn, pure=False)(tasks)
+        return dask.compute(total)[0]
+
+    def close(self) -> None:
+        self._xb = self._wb = []
+
+
+class DistributedRunner:
+    """One task per worker per pass over persisted partitions (see module docstring)."""
+
+    def __init__(self, client, data: ChunkedData):
+        self.client = client
+        X, w = data.X, data.w
+        X = client.persist(X)
+        w = client.persist(w) if w is not None else None
+        self.data = ChunkedData(X, w, data.feature_names)
+        self._xf = _ordered_futures(X)
+        self._wf = _ordered_futures(w) if w is not None else None
+        self._metas = list(zip(range(len(self._xf)), self.data.offsets, strict=True))
+
+    def _groups(self) -> list[tuple[str | None, list[int]]]:
+        who = self.client.who_has(self._xf)
+        groups: dict[str | None, list[int]] = {}
+        for i, f in enumerate(self._xf):
+            holders = sorted(who.get(f.key, ()) or ())
+            groups.setdefault(holders[0] if holders else None, []).append(i)
+        return sorted(groups.items(), key=lambda kv: kv[1][0])
+
+    def map_reduce(self, fn: ChunkFn, reduce_fn: ReduceFn):
+        futures = []
+        for worker, idx in self._groups():
+            blocks = [self._xf[i] for i in idx]
+            if self._wf is not None:
+                blocks += [self._wf[i] for i in idx]
+            futures.append(
+                self.client.submit(
+                    _apply_group,
+                    fn,
+                    reduce_fn,
+                    [self._metas[i] for i in idx],
+                    *blocks,
+                    workers=None if worker is None else [worker],
+                    allow_other_workers=True,
+                    pure=False,
+                )
+            )
+        return reduce_fn(self.client.gather(futures))
+
+    def close(self) -> None:
+        self._xf = self._wf = []
+
+
+def _ordered_futures(arr: da.Array) -> list:
+    from distributed import futures_of
+
+    by_key = {f.key: f for f in futures_of(arr)}
+    return [by_key[k] for k in _flatten_keys(arr.__dask_keys__())]
+
+
+def _flatten_keys(keys) -> list:
+    out: list = []
+    for k in keys:
+        if isinstance(k, list):
+            out.extend(_flatten_keys(k))
+        else:
+            out.append(k)
+    return out
+
+
+def make_runner(data: ChunkedData, *, persist: bool = True):
+    """A :class:`DistributedRunner` if a client is active and data are persisted, else a
+    :class:`GraphRunner` on Dask's current scheduler."""
+    client = active_client()
+    if client is not None and persist:
+        logger.info("Running on the active Dask client %s", getattr(client, "dashboard_link", client))
+        return DistributedRunner(client, data)
+    return GraphRunner(data, persist=persist)

@@ -1,0 +1,304 @@
+"""Every check on user input, in one place.
+
+Parameters are checked at the ``fit`` entry, arrays when they are converted, and values (NaN,
+±inf, negative weights) in one distributed pass before any EM work starts. Messages name the
+parameter, column or row, the value, and the fix.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from .errors import GMMDaskInputError
+from .gaussian import COVARIANCE_TYPES
+from .init import INIT_METHODS
+from .runner import ChunkedData
+
+#: Rows per partition when a NumPy array is split for Dask's local scheduler.
+DEFAULT_CHUNK_ROWS = 131_072
+
+
+def invalid(name: str, value, allowed: str) -> GMMDaskInputError:
+    return GMMDaskInputError(f"Invalid value for {name}: {value!r}. Expected {allowed}.")
+
+
+def check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise invalid(name, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def check_float(name, value, minimum=0.0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not np.isfinite(value)
+        or value < minimum
+    ):
+        raise invalid(name, value, f"a finite number >= {minimum:g}")
+    return float(value)
+
+
+def check_choice(name, value, choices):
+    if value not in choices:
+        raise invalid(name, value, "one of " + ", ".join(repr(c) for c in choices))
+    return value
+
+
+def check_estimator_params(est) -> None:
+    """Validate a GaussianMixture's constructor arguments (shapes of the *_init need D)."""
+    check_int("n_components", est.n_components, 1)
+    check_choice("covariance_type", est.covariance_type, COVARIANCE_TYPES)
+    check_float("tol", est.tol)
+    check_float("reg_covar", est.reg_covar)
+    check_int("max_iter", est.max_iter, 0)
+    check_int("n_init", est.n_init, 1)
+    check_choice("init_params", est.init_params, INIT_METHODS)
+    rs = est.random_state
+    if rs is not None and not isinstance(rs, numbers.Integral | np.random.Generator | np.random.RandomState):
+        raise invalid("random_state", rs, "None, an int, or a numpy Generator/RandomState")
+
+
+def check_init_arrays(est, n_features: int) -> tuple:
+    """Validate weights_init / means_init / precisions_init; returns float64 copies or None."""
+    k, d, ct = est.n_components, n_features, est.covariance_type
+    weights = means = precisions = None
+    if est.weights_init is not None:
+        weights = np.array(est.weights_init, dtype=np.float64)
+        if weights.shape != (k,):
+            raise invalid("weights_init", f"array of shape {weights.shape}", f"shape ({k},)")
+        if np.any(~np.isfinite(weights)) or np.any(weights < 0) or np.any(weights > 1):
+            raise invalid("weights_init", weights.tolist(), "values in [0, 1]")
+        if not np.isclose(weights.sum(), 1.0, rtol=0, atol=1e-6):
+            raise invalid("weights_init", weights.tolist(), f"weights summing to 1 (they sum to {weights.sum():.6g})")
+    if est.means_init is not None:
+        means = np.array(est.means_init, dtype=np.float64)
+        if means.shape != (k, d):
+            raise invalid("means_init", f"array of shape {means.shape}", f"shape ({k}, {d})")
+        if np.any(~np.isfinite(means)):
+            raise invalid("means_init", "an array with NaN or inf", "finite values")
+    if est.precisions_init is not None:
+        precisions = np.array(est.precisions_init, dtype=np.float64)
+        shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[ct]
+        if precisions.shape != shape:
+            raise invalid("precisions_init", f"array of shape {precisions.shape}", f"shape {shape} for covariance_type={ct!r}")
+        if np.any(~np.isfinite(precisions)):
+            raise invalid("precisions_init", "an array with NaN or inf", "finite values")
+        if ct in ("full", "tied"):
+            mats = precisions if ct == "full" else precisions[None]
+            if not np.allclose(mats, mats.transpose(0, 2, 1)):
+                raise invalid("precisions_init", "a non-symmetric matrix", "symmetric positive-definite matrices")
+            if np.any(np.linalg.eigvalsh(mats) <= 0):
+                raise invalid("precisions_init", "a matrix that is not positive definite", "symmetric positive-definite matrices")
+        elif np.any(precisions <= 0):
+            raise invalid("precisions_init", "non-positive values", "positive values")
+    return weights, means, precisions
+
+
+# --- array conversion ----------------------------------------------------------------------
+
+
+def _numeric_frame_columns(dtypes: pd.Series) -> list[str]:
+    return [
+        str(c)
+        for c, t in dtypes.items()
+        if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t))
+        or pd.api.types.is_complex_dtype(t)
+    ]
+
+
+def _frame_to_numpy(df: pd.DataFrame) -> np.ndarray:
+    return df.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _check_numpy(X, name="X") -> np.ndarray:
+    X = np.asarray(X) if not isinstance(X, np.ndarray) else X
+    if X.ndim == 1:
+        raise GMMDaskInputError(
+            f"Expected a 2-D {name} (rows × features), got a 1-D array of {X.shape[0]} values. "
+            "Reshape with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row."
+        )
+    if X.ndim != 2:
+        raise GMMDaskInputError(f"Expected a 2-D {name} (rows × features), got {X.ndim} dimensions.")
+    if X.dtype.kind not in "biuf":
+        try:
+            return X.astype(np.float64)
+        except (TypeError, ValueError):
+            raise GMMDaskInputError(
+                f"{name} has non-numeric values (dtype {X.dtype}); every feature must be a number."
+            ) from None
+    return X.astype(np.float64, copy=False)
+
+
+def _is_dask_frame(X) -> bool:
+    if not type(X).__module__.startswith("dask"):
+        return False
+    import dask.dataframe as dd
+
+    return isinstance(X, dd.DataFrame)
+
+
+def to_chunked(X, sample_weight=None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ChunkedData:
+    """Convert X (NumPy, Dask array, pandas or Dask DataFrame) and weights to :class:`ChunkedData`.
+
+    Only types, shapes and column dtypes are checked here (cheap); values are checked by
+    :func:`validate_values` in one pass.
+    """
+    names = None
+    if isinstance(X, pd.DataFrame):
+        bad = _numeric_frame_columns(X.dtypes)
+        if bad:
+            raise GMMDaskInputError(_non_numeric_msg(bad, X.dtypes))
+        names = [str(c) for c in X.columns]
+        X = _frame_to_numpy(X)
+    if isinstance(X, da.Array):
+        if X.ndim != 2:
+            raise GMMDaskInputError(f"Expected a 2-D Dask array (rows × features), got {X.ndim} dimensions.")
+        if X.dtype.kind not in "biuf":
+            raise GMMDaskInputError(f"X has non-numeric values (dtype {X.dtype}); every feature must be a number.")
+        if any(np.isnan(c) for c in X.chunks[0]):
+            X = X.compute_chunk_sizes()
+        if len(X.chunks[1]) > 1:
+            X = X.rechunk({1: -1})
+        Xd = X.astype(np.float64)
+    elif _is_dask_frame(X):
+        import dask
+
+        bad = _numeric_frame_columns(X.dtypes)
+        if bad:
+            raise GMMDaskInputError(_non_numeric_msg(bad, X.dtypes))
+        names = [str(c) for c in X.columns]
+        parts = X.to_delayed()
+        lengths = dask.compute(*[dask.delayed(len)(p) for p in parts])
+        d = len(names)
+        blocks = [
+            da.from_delayed(dask.delayed(_frame_to_numpy)(p), shape=(n, d), dtype=np.float64)
+            for p, n in zip(parts, lengths, strict=True)
+        ]
+        Xd = da.concatenate(blocks, axis=0) if blocks else da.zeros((0, d))
+    else:
+        Xn = _check_numpy(X)
+        n = Xn.shape[0]
+        rows = max(1, min(chunk_rows, n))
+        Xd = da.from_array(Xn, chunks=(rows, -1))
+    w = None
+    if sample_weight is not None:
+        w = _to_weight_array(sample_weight, Xd)
+    return ChunkedData(Xd, w, names)
+
+
+def _non_numeric_msg(bad: list[str], dtypes) -> str:
+    desc = ", ".join(f"{c!r} ({dtypes[c]})" for c in bad)
+    return (
+        f"X has non-numeric column(s): {desc}. Pass only numeric features, e.g. "
+        "X[feature_columns], or encode categories as numbers first."
+    )
+
+
+def _to_weight_array(sample_weight, Xd: da.Array) -> da.Array:
+    n = Xd.shape[0]
+    if isinstance(sample_weight, da.Array):
+        w = sample_weight
+        if any(np.isnan(c) for c in w.chunks[0]):
+            w = w.compute_chunk_sizes()
+    elif hasattr(sample_weight, "npartitions"):
+        w = sample_weight.to_dask_array(lengths=True)
+    else:
+        w = np.asarray(sample_weight)
+        if w.dtype.kind not in "biuf":
+            raise GMMDaskInputError(f"sample_weight must be numeric, got dtype {w.dtype}.")
+        w = da.from_array(w.astype(np.float64), chunks=(Xd.chunks[0],) if w.ndim == 1 and len(w) == n else -1)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise GMMDaskInputError(
+            f"sample_weight must be 1-D with one weight per row of X ({n}), got shape {w.shape}."
+        )
+    return w.astype(np.float64).rechunk((Xd.chunks[0],))
+
+
+# --- value validation (one pass) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ValueReport:
+    n_rows: int
+    n_bad_rows: int
+    first_bad_row: int
+    first_bad_col: int
+    n_bad_weights: int
+    first_bad_weight: int
+    weight_sum: float
+    mean_variance: float  # mean over features of the (weighted) variance
+
+
+def _value_chunk(Xb, wb, idx, off):
+    finite = np.isfinite(Xb)
+    bad_rows = np.flatnonzero(~finite.all(axis=1))
+    first_row = first_col = -1
+    if bad_rows.size:
+        first_row = off + int(bad_rows[0])
+        first_col = int(np.flatnonzero(~finite[bad_rows[0]])[0])
+    n_bad_w, first_w, wsum = 0, -1, float(len(Xb))
+    w = np.ones(len(Xb)) if wb is None else wb
+    if wb is not None:
+        badw = np.flatnonzero(~np.isfinite(wb) | (wb < 0))
+        n_bad_w = int(badw.size)
+        first_w = off + int(badw[0]) if badw.size else -1
+        wsum = float(wb[np.isfinite(wb) & (wb >= 0)].sum())
+    ok = finite.all(axis=1) & np.isfinite(w) & (w >= 0)
+    Xo, wo = Xb[ok], w[ok]
+    tot = wo.sum()
+    mean = (wo @ Xo) / tot if tot > 0 else np.zeros(Xb.shape[1])
+    m2 = wo @ (Xo - mean) ** 2 if tot > 0 else np.zeros(Xb.shape[1])
+    return (len(Xb), int(bad_rows.size), first_row, first_col, n_bad_w, first_w, wsum, tot, mean, m2)
+
+
+def _merge_values(parts):
+    n = nbad = nbw = 0
+    fr = fc = fw = -1
+    wsum = 0.0
+    tot, mean, m2 = 0.0, None, None
+    for p in parts:
+        n += p[0]
+        nbad += p[1]
+        if p[2] >= 0 and (fr < 0 or p[2] < fr):
+            fr, fc = p[2], p[3]
+        nbw += p[4]
+        if p[5] >= 0 and (fw < 0 or p[5] < fw):
+            fw = p[5]
+        wsum += p[6]
+        t, mu, s = p[7], p[8], p[9]
+        if mean is None:
+            tot, mean, m2 = t, mu, s
+        elif t > 0:
+            new = tot + t
+            delta = mu - mean
+            mean = mean + delta * (t / new)
+            m2 = m2 + s + delta**2 * (tot * t / new)
+            tot = new
+    return (n, nbad, fr, fc, nbw, fw, wsum, tot, mean, m2)
+
+
+def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
+    """One pass: NaN/±inf in X, negative or non-finite weights, row count, data variance."""
+    n, nbad, fr, fc, nbw, fw, wsum, tot, _, m2 = runner.map_reduce(_value_chunk, _merge_values)
+    if nbad:
+        col = feature_names[fc] if feature_names else fc
+        raise GMMDaskInputError(
+            f"X contains NaN or infinity in {nbad} row(s); the first is row {fr} (column {col!r}). "
+            "Drop or impute those rows before fitting (the pipeline's `missing: drop` or "
+            "`missing: impute_mean` policy does this)."
+        )
+    if nbw:
+        raise GMMDaskInputError(
+            f"sample_weight has {nbw} negative or non-finite value(s); the first is at row {fw}. "
+            "Weights must be finite and >= 0."
+        )
+    if n and wsum <= 0:
+        raise GMMDaskInputError("sample_weight sums to 0: at least one row needs a positive weight.")
+    mean_var = float(np.mean(m2 / tot)) if tot > 0 and m2 is not None else 0.0
+    return ValueReport(n, nbad, fr, fc, nbw, fw, wsum, mean_var)
