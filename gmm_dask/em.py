@@ -127,7 +127,11 @@ def run_em(
         seconds = time.perf_counter() - t0
         logger.info(
             "EM iteration %d/%d: lower bound %.10g, change %.3g (%.3f s)",
-            n_iter, max_iter, lower_bound, change, seconds,
+            n_iter,
+            max_iter,
+            lower_bound,
+            change,
+            seconds,
         )
         if callback is not None:
             callback(IterationInfo(init, n_iter, max_iter, lower_bound, change, seconds))

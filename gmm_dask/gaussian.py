@@ -80,7 +80,9 @@ def compute_precision_cholesky(
             out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
         return out if covariance_type == "full" else out[0]
     if np.any(~np.isfinite(covariances)) or np.any(covariances <= 0.0):
-        bad = np.flatnonzero(~(np.isfinite(covariances) & (covariances > 0)).reshape(len(covariances), -1).all(1))
+        bad = np.flatnonzero(
+            ~(np.isfinite(covariances) & (covariances > 0)).reshape(len(covariances), -1).all(1)
+        )
         raise singular_covariance_error(int(bad[0]) if bad.size else None, reg_covar)
     return 1.0 / np.sqrt(covariances)
 

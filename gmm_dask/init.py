@@ -29,7 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .gaussian import compute_precision_cholesky
-from .suffstats import SuffStats, combine_all, hard_stats, m_step, moment_kind, nearest_center, resp_stats
+from .suffstats import (
+    SuffStats,
+    combine_all,
+    hard_stats,
+    m_step,
+    moment_kind,
+    nearest_center,
+    resp_stats,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +73,9 @@ def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) ->
 def params_from_stats(stats: SuffStats, covariance_type: str, reg_covar: float) -> MixtureParams:
     """M-step on initial responsibilities, then precision Cholesky factors."""
     weights, means, cov = m_step(stats, covariance_type, reg_covar)
-    return MixtureParams(weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
+    return MixtureParams(
+        weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar)
+    )
 
 
 # --- per-partition kernels (module level so they pickle by reference) ------------------------
@@ -85,7 +95,9 @@ def _top_keys_chunk(Xb, wb, idx, off, *, seed, stream, centers, m):
         mass *= d2
     u = row_uniforms(seed, stream, off, n)[:, 0]
     with np.errstate(divide="ignore"):
-        keys = np.where(mass > 0, np.log(np.maximum(u, 1e-300)) / np.where(mass > 0, mass, 1.0), -np.inf)
+        keys = np.where(
+            mass > 0, np.log(np.maximum(u, 1e-300)) / np.where(mass > 0, mass, 1.0), -np.inf
+        )
     sel = np.flatnonzero(np.isfinite(keys))
     if sel.size > m:
         sel = sel[np.argpartition(-keys[sel], m - 1)[:m]]
@@ -98,6 +110,14 @@ def _merge_top_keys(parts, m):
     rows = np.concatenate([p[2] for p in parts])
     order = np.lexsort((index, -keys))[:m]
     return keys[order], index[order], rows[order]
+
+
+def _trial_phi_chunk(Xb, wb, idx, off, *, centers, trials):
+    """Potential Σ w·min d² if each trial row were added to ``centers``: shape (n_trials,)."""
+    shift = centers.mean(axis=0)
+    _, d2 = nearest_center(Xb - shift, centers - shift)
+    dt = (((Xb - shift)[:, None, :] - (trials - shift)[None, :, :]) ** 2).sum(axis=2)
+    return (_unit(wb, len(Xb))[:, None] * np.minimum(d2[:, None], dt)).sum(axis=0)
 
 
 def _phi_chunk(Xb, wb, idx, off, *, centers):
@@ -190,7 +210,9 @@ def lloyd(runner, centers, *, moments, tol, max_iter=30) -> SuffStats:
         for j, comp in enumerate(empty):
             new[comp] = stats.worst_rows[j % len(stats.worst_rows)]
         shift = float(((new - centers) ** 2).sum())
-        logger.debug("Lloyd iteration %d: inertia %.6g, centre shift %.3g", it, -stats.loglik, shift)
+        logger.debug(
+            "Lloyd iteration %d: inertia %.6g, centre shift %.3g", it, -stats.loglik, shift
+        )
         centers = new
         if shift <= tol and not empty.size:
             break
@@ -230,20 +252,34 @@ def initialize(
         }[covariance_type]
         if len(rows) < k:
             rows = np.concatenate([rows, np.repeat(rows[-1:], k - len(rows), axis=0)])
-        return MixtureParams(weights, rows, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
+        return MixtureParams(
+            weights, rows, cov, compute_precision_cholesky(cov, covariance_type, reg_covar)
+        )
     if method == "k-means++":
-        _, centers = _sample_rows(runner, seed, _STREAM_FIRST, None, 1)
-        for j in range(1, k):
-            _, row = _sample_rows(runner, seed, _STREAM_PP * 1000 + j, centers, 1)
-            if not len(row):  # every row already sits on a centre
-                row = centers[-1:]
-            centers = np.concatenate([centers, row])
+        centers = _greedy_kmeanspp(runner, k, seed)
     elif method == "k-means||":
         centers = _kmeans_parallel(runner, k, seed, oversampling, rounds)
     else:  # validated by the caller
         raise ValueError(f"unknown init method {method!r}")
     stats = lloyd(runner, centers, moments=moments, tol=lloyd_tol)
     return params_from_stats(stats, covariance_type, reg_covar)
+
+
+def _greedy_kmeanspp(runner, k, seed):
+    """Greedy k-means++ (as scikit-learn): 2 + ⌊log K⌋ D²-sampled trials per centre, keep the one
+    that lowers the potential most. Two passes per centre."""
+    n_trials = 2 + int(np.log(k))
+    _, centers = _sample_rows(runner, seed, _STREAM_FIRST, None, 1)
+    for j in range(1, k):
+        _, trials = _sample_rows(runner, seed, _STREAM_PP * 1000 + j, centers, n_trials)
+        if not len(trials):  # every row already sits on a centre
+            centers = np.concatenate([centers, centers[-1:]])
+            continue
+        phis = runner.map_reduce(
+            functools.partial(_trial_phi_chunk, centers=centers, trials=trials), sum
+        )
+        centers = np.concatenate([centers, trials[int(np.argmin(phis))][None]])
+    return centers
 
 
 def _kmeans_parallel(runner, k, seed, oversampling, rounds):
@@ -254,14 +290,21 @@ def _kmeans_parallel(runner, k, seed, oversampling, rounds):
         if phi <= 0:
             break
         fn = functools.partial(
-            _oversample_chunk, centers=centers, seed=seed, stream=_STREAM_PARALLEL * 1000 + r, ell=ell, phi=phi
+            _oversample_chunk,
+            centers=centers,
+            seed=seed,
+            stream=_STREAM_PARALLEL * 1000 + r,
+            ell=ell,
+            phi=phi,
         )
         _, rows = runner.map_reduce(fn, _merge_rows)
         centers = np.concatenate([centers, rows])
     if len(centers) < k:  # tiny data: top up with D²-sampled rows
         _, extra = _sample_rows(runner, seed, _STREAM_PP * 1000, centers, k - len(centers))
         centers = np.concatenate([centers, extra])
-    counts = runner.map_reduce(functools.partial(_hard_chunk, centers=centers, moments=None), combine_all).nk
+    counts = runner.map_reduce(
+        functools.partial(_hard_chunk, centers=centers, moments=None), combine_all
+    ).nk
     rng = np.random.default_rng([seed % (1 << 63), _STREAM_PARALLEL])
     weights = counts + 1e-12
     chosen = _weighted_kmeanspp(centers, weights, k, rng)

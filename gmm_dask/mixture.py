@@ -177,11 +177,14 @@ class GaussianMixture:
             do_init = not (self.warm_start and hasattr(self, "converged_"))
             if not do_init and self.n_features_in_ != d:
                 raise GMMDaskInputError(
-                    f"warm_start: X has {d} features, but the model was fitted with {self.n_features_in_}."
+                    f"warm_start: X has {d} features, but the model was fitted with "
+                    f"{self.n_features_in_}."
                 )
             n_init = self.n_init if do_init else 1
             base_seed = _seed_from(self.random_state)
-            seeds = np.random.SeedSequence(base_seed).generate_state(n_init, np.uint64) >> np.uint64(1)
+            seeds = np.random.SeedSequence(base_seed).generate_state(
+                n_init, np.uint64
+            ) >> np.uint64(1)
             best = None
             for i in range(n_init):
                 if do_init:
@@ -212,7 +215,11 @@ class GaussianMixture:
                     )
                 logger.info(
                     "Initialisation %d/%d: lower bound %.10g after %d iterations (converged: %s)",
-                    i + 1, n_init, result.lower_bound, result.n_iter, result.converged,
+                    i + 1,
+                    n_init,
+                    result.lower_bound,
+                    result.n_iter,
+                    result.converged,
                 )
                 if best is None or result.lower_bound > best.lower_bound:
                     best = result
@@ -245,7 +252,12 @@ class GaussianMixture:
             pc = gaussian.precision_cholesky_from_precisions(precisions0, ct)
             return MixtureParams(weights0, means0, None, pc)
         params = initialize(
-            runner, self.init_params, self.n_components, ct, self.reg_covar, seed,
+            runner,
+            self.init_params,
+            self.n_components,
+            ct,
+            self.reg_covar,
+            seed,
             data_variance=data_variance,
         )
         weights = params.weights if weights0 is None else weights0
@@ -280,20 +292,23 @@ class GaussianMixture:
         """Validated float64 NumPy or row-chunked Dask array with the fitted feature layout."""
         self._check_fitted()
         names = getattr(self, "feature_names_in_", None)
-        if isinstance(X, pd.DataFrame) or hasattr(X, "npartitions"):
-            if names is not None:
-                cols = [str(c) for c in X.columns]
-                missing = [c for c in names if c not in cols]
-                extra = [c for c in cols if c not in set(names)]
-                if missing or extra:
-                    raise GMMDaskInputError(
-                        "X's columns differ from those seen in fit: "
-                        f"missing {missing}, unexpected {extra}. Pass the columns {list(names)}."
-                    )
-                X = X[list(names)]
+        if (isinstance(X, pd.DataFrame) or hasattr(X, "npartitions")) and names is not None:
+            cols = [str(c) for c in X.columns]
+            missing = [c for c in names if c not in cols]
+            extra = [c for c in cols if c not in set(names)]
+            if missing or extra:
+                raise GMMDaskInputError(
+                    "X's columns differ from those seen in fit: "
+                    f"missing {missing}, unexpected {extra}. Pass the columns {list(names)}."
+                )
+            X = X[list(names)]
         if isinstance(X, np.ndarray | list | pd.DataFrame) and not isinstance(X, da.Array):
             data = to_chunked(X)
-            Xn = data.X.compute() if not isinstance(X, np.ndarray) else np.asarray(X, dtype=np.float64)
+            Xn = (
+                data.X.compute()
+                if not isinstance(X, np.ndarray)
+                else np.asarray(X, dtype=np.float64)
+            )
             if Xn.ndim != 2:
                 data = to_chunked(Xn)
             out = Xn
@@ -318,12 +333,16 @@ class GaussianMixture:
         )
         if isinstance(Xp, da.Array):
             if what == "proba":
-                return Xp.map_blocks(fn, chunks=(Xp.chunks[0], (self.n_components,)), dtype=np.float64)
+                return Xp.map_blocks(
+                    fn, chunks=(Xp.chunks[0], (self.n_components,)), dtype=np.float64
+                )
             dtype = np.int64 if what == "predict" else np.float64
             return Xp.map_blocks(fn, drop_axis=1, chunks=(Xp.chunks[0],), dtype=dtype)
         if not np.all(np.isfinite(Xp)):
             row = int(np.flatnonzero(~np.isfinite(Xp).all(axis=1))[0])
-            raise GMMDaskInputError(f"X contains NaN or infinity (first at row {row}); drop or impute it first.")
+            raise GMMDaskInputError(
+                f"X contains NaN or infinity (first at row {row}); drop or impute it first."
+            )
         return fn(Xp)
 
     def predict_proba(self, X):
@@ -358,7 +377,7 @@ class GaussianMixture:
         return int(cov + d * k + k - 1)
 
     def _n_rows(self, X) -> int:
-        return int(X.shape[0]) if not hasattr(X, "npartitions") else int(len(X))
+        return int(X.shape[0]) if not hasattr(X, "npartitions") else len(X)
 
     def bic(self, X) -> float:
         """Bayesian information criterion on X (lower is better)."""

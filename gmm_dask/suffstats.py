@@ -132,8 +132,7 @@ def combine_all(parts: list[SuffStats]) -> SuffStats:
 
 def _block_stats(Xc, shift, r, scores, w, kind, row_offset, n_worst) -> SuffStats:
     """Statistics of one block given per-row weighted responsibilities ``r`` (n, K)."""
-    n, d = Xc.shape
-    k = r.shape[1]
+    n = Xc.shape[0]
     finite = np.isfinite(scores)
     n_bad = int(n - finite.sum())
     first_bad = -1

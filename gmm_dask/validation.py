@@ -60,7 +60,9 @@ def check_estimator_params(est) -> None:
     check_int("n_init", est.n_init, 1)
     check_choice("init_params", est.init_params, INIT_METHODS)
     rs = est.random_state
-    if rs is not None and not isinstance(rs, numbers.Integral | np.random.Generator | np.random.RandomState):
+    if rs is not None and not isinstance(
+        rs, numbers.Integral | np.random.Generator | np.random.RandomState
+    ):
         raise invalid("random_state", rs, "None, an int, or a numpy Generator/RandomState")
 
 
@@ -75,7 +77,11 @@ def check_init_arrays(est, n_features: int) -> tuple:
         if np.any(~np.isfinite(weights)) or np.any(weights < 0) or np.any(weights > 1):
             raise invalid("weights_init", weights.tolist(), "values in [0, 1]")
         if not np.isclose(weights.sum(), 1.0, rtol=0, atol=1e-6):
-            raise invalid("weights_init", weights.tolist(), f"weights summing to 1 (they sum to {weights.sum():.6g})")
+            raise invalid(
+                "weights_init",
+                weights.tolist(),
+                f"weights summing to 1 (they sum to {weights.sum():.6g})",
+            )
     if est.means_init is not None:
         means = np.array(est.means_init, dtype=np.float64)
         if means.shape != (k, d):
@@ -86,15 +92,27 @@ def check_init_arrays(est, n_features: int) -> tuple:
         precisions = np.array(est.precisions_init, dtype=np.float64)
         shape = {"full": (k, d, d), "tied": (d, d), "diag": (k, d), "spherical": (k,)}[ct]
         if precisions.shape != shape:
-            raise invalid("precisions_init", f"array of shape {precisions.shape}", f"shape {shape} for covariance_type={ct!r}")
+            raise invalid(
+                "precisions_init",
+                f"array of shape {precisions.shape}",
+                f"shape {shape} for covariance_type={ct!r}",
+            )
         if np.any(~np.isfinite(precisions)):
             raise invalid("precisions_init", "an array with NaN or inf", "finite values")
         if ct in ("full", "tied"):
             mats = precisions if ct == "full" else precisions[None]
             if not np.allclose(mats, mats.transpose(0, 2, 1)):
-                raise invalid("precisions_init", "a non-symmetric matrix", "symmetric positive-definite matrices")
+                raise invalid(
+                    "precisions_init",
+                    "a non-symmetric matrix",
+                    "symmetric positive-definite matrices",
+                )
             if np.any(np.linalg.eigvalsh(mats) <= 0):
-                raise invalid("precisions_init", "a matrix that is not positive definite", "symmetric positive-definite matrices")
+                raise invalid(
+                    "precisions_init",
+                    "a matrix that is not positive definite",
+                    "symmetric positive-definite matrices",
+                )
         elif np.any(precisions <= 0):
             raise invalid("precisions_init", "non-positive values", "positive values")
     return weights, means, precisions
@@ -124,7 +142,9 @@ def _check_numpy(X, name="X") -> np.ndarray:
             "Reshape with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row."
         )
     if X.ndim != 2:
-        raise GMMDaskInputError(f"Expected a 2-D {name} (rows × features), got {X.ndim} dimensions.")
+        raise GMMDaskInputError(
+            f"Expected a 2-D {name} (rows × features), got {X.ndim} dimensions."
+        )
     if X.dtype.kind not in "biuf":
         try:
             return X.astype(np.float64)
@@ -158,9 +178,13 @@ def to_chunked(X, sample_weight=None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
         X = _frame_to_numpy(X)
     if isinstance(X, da.Array):
         if X.ndim != 2:
-            raise GMMDaskInputError(f"Expected a 2-D Dask array (rows × features), got {X.ndim} dimensions.")
+            raise GMMDaskInputError(
+                f"Expected a 2-D Dask array (rows × features), got {X.ndim} dimensions."
+            )
         if X.dtype.kind not in "biuf":
-            raise GMMDaskInputError(f"X has non-numeric values (dtype {X.dtype}); every feature must be a number.")
+            raise GMMDaskInputError(
+                f"X has non-numeric values (dtype {X.dtype}); every feature must be a number."
+            )
         if any(np.isnan(c) for c in X.chunks[0]):
             X = X.compute_chunk_sizes()
         if len(X.chunks[1]) > 1:
@@ -212,7 +236,9 @@ def _to_weight_array(sample_weight, Xd: da.Array) -> da.Array:
         w = np.asarray(sample_weight)
         if w.dtype.kind not in "biuf":
             raise GMMDaskInputError(f"sample_weight must be numeric, got dtype {w.dtype}.")
-        w = da.from_array(w.astype(np.float64), chunks=(Xd.chunks[0],) if w.ndim == 1 and len(w) == n else -1)
+        w = da.from_array(
+            w.astype(np.float64), chunks=(Xd.chunks[0],) if w.ndim == 1 and len(w) == n else -1
+        )
     if w.ndim != 1 or w.shape[0] != n:
         raise GMMDaskInputError(
             f"sample_weight must be 1-D with one weight per row of X ({n}), got shape {w.shape}."
@@ -254,7 +280,18 @@ def _value_chunk(Xb, wb, idx, off):
     tot = wo.sum()
     mean = (wo @ Xo) / tot if tot > 0 else np.zeros(Xb.shape[1])
     m2 = wo @ (Xo - mean) ** 2 if tot > 0 else np.zeros(Xb.shape[1])
-    return (len(Xb), int(bad_rows.size), first_row, first_col, n_bad_w, first_w, wsum, tot, mean, m2)
+    return (
+        len(Xb),
+        int(bad_rows.size),
+        first_row,
+        first_col,
+        n_bad_w,
+        first_w,
+        wsum,
+        tot,
+        mean,
+        m2,
+    )
 
 
 def _merge_values(parts):
@@ -299,6 +336,8 @@ def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
             "Weights must be finite and >= 0."
         )
     if n and wsum <= 0:
-        raise GMMDaskInputError("sample_weight sums to 0: at least one row needs a positive weight.")
+        raise GMMDaskInputError(
+            "sample_weight sums to 0: at least one row needs a positive weight."
+        )
     mean_var = float(np.mean(m2 / tot)) if tot > 0 and m2 is not None else 0.0
     return ValueReport(n, nbad, fr, fc, nbw, fw, wsum, mean_var)

@@ -1,0 +1,52 @@
+"""Shared fixtures: one real 2-process LocalCluster on 127.0.0.1 for the whole session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def rel_err(a, b) -> float:
+    """max |a − b| / max |b|: the relative error of an array as a whole."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+def assert_rel(a, b, rtol, what=""):
+    err = rel_err(a, b)
+    assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol:g}"
+
+
+@pytest.fixture(scope="session")
+def dask_cluster():
+    """A ``distributed.LocalCluster`` with 2 worker processes bound to 127.0.0.1."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    )
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def dask_client(dask_cluster):
+    """A client to the session cluster, made the default for the test's duration."""
+    from distributed import Client
+
+    with Client(dask_cluster, set_as_default=True) as client:
+        yield client
+
+
+def blobs(n=3000, k=4, d=3, sep=8.0, seed=0):
+    """Well-separated Gaussian blobs with known labels and parameters."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(scale=sep, size=(k, d))
+    labels = rng.integers(0, k, n)
+    scales = rng.uniform(0.5, 1.5, size=(k, d))
+    X = means[labels] + rng.normal(size=(n, d)) * scales[labels]
+    return X, labels, means

@@ -1,0 +1,78 @@
+"""Sufficient statistics: the merge is exact, and the M-step equals scikit-learn's."""
+
+import numpy as np
+import pytest
+from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
+
+from gmm_dask import gaussian
+from gmm_dask.suffstats import combine, combine_all, estep_stats, m_step, resp_stats
+
+from .conftest import assert_rel
+
+
+def _setup(ct, n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 3)) * [1, 2, 3] + [0.5, -1, 2]
+    w = rng.uniform(0.1, 3, size=n)
+    means = rng.normal(size=(2, 3))
+    cov = {
+        "full": np.stack([np.eye(3), 2 * np.eye(3)]),
+        "tied": np.eye(3),
+        "diag": np.ones((2, 3)),
+        "spherical": np.ones(2),
+    }[ct]
+    return X, w, np.array([0.4, 0.6]), means, gaussian.compute_precision_cholesky(cov, ct)
+
+
+@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+def test_stats_of_union_equal_combined_stats(ct):
+    X, w, weights, means, pc = _setup(ct)
+    whole = estep_stats(X, w, weights, means, pc, ct)
+    a = estep_stats(X[:123], w[:123], weights, means, pc, ct)
+    b = estep_stats(X[123:], w[123:], weights, means, pc, ct, row_offset=123)
+    merged = combine(a, b)
+    for field in ("nk", "means", "m2"):
+        assert_rel(getattr(merged, field), getattr(whole, field), 1e-12, field)
+    assert merged.loglik == pytest.approx(whole.loglik, rel=1e-13)
+    assert merged.n_rows == whole.n_rows == len(X)
+    # small blocks inside a partition merge to the same thing
+    tiny = estep_stats(X, w, weights, means, pc, ct, block_rows=7)
+    assert_rel(tiny.m2, whole.m2, 1e-12, "m2 with 7-row blocks")
+
+
+def test_empty_partition_is_neutral():
+    X, w, weights, means, pc = _setup("full")
+    whole = estep_stats(X, w, weights, means, pc, "full")
+    empty = estep_stats(X[:0], w[:0], weights, means, pc, "full")
+    merged = combine_all([empty, whole, empty])
+    assert_rel(merged.m2, whole.m2, 1e-15, "m2")
+    assert_rel(merged.means, whole.means, 1e-15, "means")
+
+
+@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+def test_m_step_equals_sklearn(ct):
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(300, 4))
+    resp = rng.uniform(size=(300, 3))
+    resp /= resp.sum(axis=1, keepdims=True)
+    stats = resp_stats(X, None, resp, "full" if ct in ("full", "tied") else "diag")
+    weights, means, cov = m_step(stats, ct, 1e-6)
+    sk_nk, sk_means, sk_cov = _estimate_gaussian_parameters(X, resp, 1e-6, ct)
+    assert_rel(weights, sk_nk / sk_nk.sum(), 1e-13, "weights")
+    assert_rel(means, sk_means, 1e-13, "means")
+    assert_rel(cov, sk_cov, 1e-12, "covariances")
+
+
+def test_centred_moments_survive_a_large_offset():
+    """Second moments of data offset by 1e6 equal those of the centred data."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(1000, 2))
+    resp = np.full((1000, 1), 1.0)
+    a = resp_stats(X, None, resp, "full")
+    b = combine_all(
+        [
+            resp_stats(X[i : i + 100] + 1e6, None, resp[i : i + 100], "full", row_offset=i)
+            for i in range(0, 1000, 100)
+        ]
+    )
+    assert_rel(b.m2, a.m2, 1e-9, "m2")
