@@ -227,5 +227,5 @@ def log_responsibilities(weighted_log_prob: np.ndarray) -> tuple[np.ndarray, np.
 def entropy_bits(log_resp: np.ndarray) -> np.ndarray:
     """−Σₖ γₖ log₂ γₖ from log γ, with 0·log 0 = 0: shape (n,)."""
     resp = np.exp(log_resp)
-    terms = np.where(resp > 0.0, resp * log_resp, 0.0)
+    terms = resp * np.where(resp > 0.0, log_resp, 0.0)
     return np.maximum(-terms.sum(axis=1) / np.log(2.0), 0.0)
