@@ -74,9 +74,7 @@ def compute_precision_cholesky(
             try:
                 cov_chol = linalg.cholesky(cov, lower=True, check_finite=True)
             except (linalg.LinAlgError, ValueError):
-                raise singular_covariance_error(
-                    k if covariance_type == "full" else None, reg_covar
-                ) from None
+                raise singular_covariance_error(k if covariance_type == "full" else None, reg_covar) from None
             out[k] = linalg.solve_triangular(cov_chol, eye, lower=True).T
         return out if covariance_type == "full" else out[0]
     if np.any(~np.isfinite(covariances)) or np.any(covariances <= 0.0):

@@ -73,9 +73,7 @@ def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) ->
 def params_from_stats(stats: SuffStats, covariance_type: str, reg_covar: float) -> MixtureParams:
     """M-step on initial responsibilities, then precision Cholesky factors."""
     weights, means, cov = m_step(stats, covariance_type, reg_covar)
-    return MixtureParams(
-        weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar)
-    )
+    return MixtureParams(weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
 
 
 # --- per-partition kernels (module level so they pickle by reference) ------------------------
@@ -95,9 +93,7 @@ def _top_keys_chunk(Xb, wb, idx, off, *, seed, stream, centers, m):
         mass *= d2
     u = row_uniforms(seed, stream, off, n)[:, 0]
     with np.errstate(divide="ignore"):
-        keys = np.where(
-            mass > 0, np.log(np.maximum(u, 1e-300)) / np.where(mass > 0, mass, 1.0), -np.inf
-        )
+        keys = np.where(mass > 0, np.log(np.maximum(u, 1e-300)) / np.where(mass > 0, mass, 1.0), -np.inf)
     sel = np.flatnonzero(np.isfinite(keys))
     if sel.size > m:
         sel = sel[np.argpartition(-keys[sel], m - 1)[:m]]
@@ -210,9 +206,7 @@ def lloyd(runner, centers, *, moments, tol, max_iter=30) -> SuffStats:
         for j, comp in enumerate(empty):
             new[comp] = stats.worst_rows[j % len(stats.worst_rows)]
         shift = float(((new - centers) ** 2).sum())
-        logger.debug(
-            "Lloyd iteration %d: inertia %.6g, centre shift %.3g", it, -stats.loglik, shift
-        )
+        logger.debug("Lloyd iteration %d: inertia %.6g, centre shift %.3g", it, -stats.loglik, shift)
         centers = new
         if shift <= tol and not empty.size:
             break
@@ -252,9 +246,7 @@ def initialize(
         }[covariance_type]
         if len(rows) < k:
             rows = np.concatenate([rows, np.repeat(rows[-1:], k - len(rows), axis=0)])
-        return MixtureParams(
-            weights, rows, cov, compute_precision_cholesky(cov, covariance_type, reg_covar)
-        )
+        return MixtureParams(weights, rows, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
     if method == "k-means++":
         centers = _greedy_kmeanspp(runner, k, seed)
     elif method == "k-means||":
@@ -275,9 +267,7 @@ def _greedy_kmeanspp(runner, k, seed):
         if not len(trials):  # every row already sits on a centre
             centers = np.concatenate([centers, centers[-1:]])
             continue
-        phis = runner.map_reduce(
-            functools.partial(_trial_phi_chunk, centers=centers, trials=trials), sum
-        )
+        phis = runner.map_reduce(functools.partial(_trial_phi_chunk, centers=centers, trials=trials), sum)
         centers = np.concatenate([centers, trials[int(np.argmin(phis))][None]])
     return centers
 
@@ -302,9 +292,7 @@ def _kmeans_parallel(runner, k, seed, oversampling, rounds):
     if len(centers) < k:  # tiny data: top up with D²-sampled rows
         _, extra = _sample_rows(runner, seed, _STREAM_PP * 1000, centers, k - len(centers))
         centers = np.concatenate([centers, extra])
-    counts = runner.map_reduce(
-        functools.partial(_hard_chunk, centers=centers, moments=None), combine_all
-    ).nk
+    counts = runner.map_reduce(functools.partial(_hard_chunk, centers=centers, moments=None), combine_all).nk
     rng = np.random.default_rng([seed % (1 << 63), _STREAM_PARALLEL])
     weights = counts + 1e-12
     chosen = _weighted_kmeanspp(centers, weights, k, rng)

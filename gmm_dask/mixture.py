@@ -100,6 +100,8 @@ class GaussianMixture:
     lower_bound_ : float
         Mean (sample-weighted) log-likelihood of the best initialisation.
     lower_bounds_ : list of float
+    final_log_likelihood_ : float
+        Mean log-likelihood of the returned parameters on the training data.
     n_features_in_ : int
     feature_names_in_ : ndarray of str, only when fitted on a DataFrame
     reseeded_components_ : list of (iteration, component)
@@ -177,14 +179,11 @@ class GaussianMixture:
             do_init = not (self.warm_start and hasattr(self, "converged_"))
             if not do_init and self.n_features_in_ != d:
                 raise GMMDaskInputError(
-                    f"warm_start: X has {d} features, but the model was fitted with "
-                    f"{self.n_features_in_}."
+                    f"warm_start: X has {d} features, but the model was fitted with {self.n_features_in_}."
                 )
             n_init = self.n_init if do_init else 1
             base_seed = _seed_from(self.random_state)
-            seeds = np.random.SeedSequence(base_seed).generate_state(
-                n_init, np.uint64
-            ) >> np.uint64(1)
+            seeds = np.random.SeedSequence(base_seed).generate_state(n_init, np.uint64) >> np.uint64(1)
             best = None
             for i in range(n_init):
                 if do_init:
@@ -223,6 +222,9 @@ class GaussianMixture:
                 )
                 if best is None or result.lower_bound > best.lower_bound:
                     best = result
+            # One more pass: the log-likelihood of the parameters actually returned (for BIC/AIC
+            # without re-reading the data later).
+            final = estep(runner, best.params, self.covariance_type) if self.max_iter > 0 else None
         finally:
             runner.close()
         if not best.converged and self.max_iter > 0:
@@ -244,7 +246,23 @@ class GaussianMixture:
         elif hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
         self.n_samples_fit_ = report.n_rows
+        self.sample_weight_sum_ = report.weight_sum
+        self.final_log_likelihood_ = final.loglik / final.weight if final is not None else float("nan")
         return self
+
+    def bic_fit(self) -> float:
+        """BIC of the fitted parameters on the training data (no pass over the data).
+
+        With ``sample_weight``, n is the total weight (a weight counts as that many rows).
+        """
+        self._check_fitted()
+        n = self.sample_weight_sum_
+        return -2 * self.final_log_likelihood_ * n + self._n_parameters() * math.log(n)
+
+    def aic_fit(self) -> float:
+        """AIC of the fitted parameters on the training data (no pass over the data)."""
+        self._check_fitted()
+        return -2 * self.final_log_likelihood_ * self.sample_weight_sum_ + 2 * self._n_parameters()
 
     def _initial_params(self, runner, seed, data_variance, weights0, means0, precisions0):
         ct = self.covariance_type
@@ -304,11 +322,7 @@ class GaussianMixture:
             X = X[list(names)]
         if isinstance(X, np.ndarray | list | pd.DataFrame) and not isinstance(X, da.Array):
             data = to_chunked(X)
-            Xn = (
-                data.X.compute()
-                if not isinstance(X, np.ndarray)
-                else np.asarray(X, dtype=np.float64)
-            )
+            Xn = data.X.compute() if not isinstance(X, np.ndarray) else np.asarray(X, dtype=np.float64)
             if Xn.ndim != 2:
                 data = to_chunked(Xn)
             out = Xn
@@ -333,9 +347,7 @@ class GaussianMixture:
         )
         if isinstance(Xp, da.Array):
             if what == "proba":
-                return Xp.map_blocks(
-                    fn, chunks=(Xp.chunks[0], (self.n_components,)), dtype=np.float64
-                )
+                return Xp.map_blocks(fn, chunks=(Xp.chunks[0], (self.n_components,)), dtype=np.float64)
             dtype = np.int64 if what == "predict" else np.float64
             return Xp.map_blocks(fn, drop_axis=1, chunks=(Xp.chunks[0],), dtype=dtype)
         if not np.all(np.isfinite(Xp)):

@@ -46,11 +46,7 @@ class ChunkedData:
 
     @property
     def offsets(self) -> list[int]:
-        return (
-            [int(o) for o in np.concatenate([[0], np.cumsum(self.lengths)[:-1]])]
-            if self.lengths
-            else []
-        )
+        return [int(o) for o in np.concatenate([[0], np.cumsum(self.lengths)[:-1]])] if self.lengths else []
 
     @property
     def n_rows(self) -> int:
@@ -95,9 +91,7 @@ def _single_blas_thread():
     """One BLAS thread inside a partition task: EM's tall-skinny products run faster that way,
     and parallelism comes from running partitions side by side."""
     ctl = _blas_controller()
-    if all(
-        info.get("num_threads", 1) <= 1 for info in ctl.info() if info.get("user_api") == "blas"
-    ):
+    if all(info.get("num_threads", 1) <= 1 for info in ctl.info() if info.get("user_api") == "blas"):
         yield
         return
     with ctl.limit(limits=1, user_api="blas"):
@@ -123,12 +117,8 @@ class GraphRunner:
         tasks = []
         for start in range(0, n, group):
             sl = slice(start, start + group)
-            blocks = list(self._xb[sl]) + (
-                [b for b in self._wb[sl]] if self.data.w is not None else []
-            )
-            tasks.append(
-                dask.delayed(_apply_group, pure=False)(fn, reduce_fn, self._metas[sl], *blocks)
-            )
+            blocks = list(self._xb[sl]) + ([b for b in self._wb[sl]] if self.data.w is not None else [])
+            tasks.append(dask.delayed(_apply_group, pure=False)(fn, reduce_fn, self._metas[sl], *blocks))
         total = dask.delayed(reduce_fn, pure=False)(tasks)
         return dask.compute(total)[0]
 
@@ -203,8 +193,6 @@ def make_runner(data: ChunkedData, *, persist: bool = True):
     :class:`GraphRunner` on Dask's current scheduler."""
     client = active_client()
     if client is not None and persist:
-        logger.info(
-            "Running on the active Dask client %s", getattr(client, "dashboard_link", client)
-        )
+        logger.info("Running on the active Dask client %s", getattr(client, "dashboard_link", client))
         return DistributedRunner(client, data)
     return GraphRunner(data, persist=persist)

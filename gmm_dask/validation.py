@@ -60,9 +60,7 @@ def check_estimator_params(est) -> None:
     check_int("n_init", est.n_init, 1)
     check_choice("init_params", est.init_params, INIT_METHODS)
     rs = est.random_state
-    if rs is not None and not isinstance(
-        rs, numbers.Integral | np.random.Generator | np.random.RandomState
-    ):
+    if rs is not None and not isinstance(rs, numbers.Integral | np.random.Generator | np.random.RandomState):
         raise invalid("random_state", rs, "None, an int, or a numpy Generator/RandomState")
 
 
@@ -142,9 +140,7 @@ def _check_numpy(X, name="X") -> np.ndarray:
             "Reshape with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row."
         )
     if X.ndim != 2:
-        raise GMMDaskInputError(
-            f"Expected a 2-D {name} (rows × features), got {X.ndim} dimensions."
-        )
+        raise GMMDaskInputError(f"Expected a 2-D {name} (rows × features), got {X.ndim} dimensions.")
     if X.dtype.kind not in "biuf":
         try:
             return X.astype(np.float64)
@@ -178,9 +174,7 @@ def to_chunked(X, sample_weight=None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
         X = _frame_to_numpy(X)
     if isinstance(X, da.Array):
         if X.ndim != 2:
-            raise GMMDaskInputError(
-                f"Expected a 2-D Dask array (rows × features), got {X.ndim} dimensions."
-            )
+            raise GMMDaskInputError(f"Expected a 2-D Dask array (rows × features), got {X.ndim} dimensions.")
         if X.dtype.kind not in "biuf":
             raise GMMDaskInputError(
                 f"X has non-numeric values (dtype {X.dtype}); every feature must be a number."
@@ -236,9 +230,7 @@ def _to_weight_array(sample_weight, Xd: da.Array) -> da.Array:
         w = np.asarray(sample_weight)
         if w.dtype.kind not in "biuf":
             raise GMMDaskInputError(f"sample_weight must be numeric, got dtype {w.dtype}.")
-        w = da.from_array(
-            w.astype(np.float64), chunks=(Xd.chunks[0],) if w.ndim == 1 and len(w) == n else -1
-        )
+        w = da.from_array(w.astype(np.float64), chunks=(Xd.chunks[0],) if w.ndim == 1 and len(w) == n else -1)
     if w.ndim != 1 or w.shape[0] != n:
         raise GMMDaskInputError(
             f"sample_weight must be 1-D with one weight per row of X ({n}), got shape {w.shape}."
@@ -336,8 +328,6 @@ def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
             "Weights must be finite and >= 0."
         )
     if n and wsum <= 0:
-        raise GMMDaskInputError(
-            "sample_weight sums to 0: at least one row needs a positive weight."
-        )
+        raise GMMDaskInputError("sample_weight sums to 0: at least one row needs a positive weight.")
     mean_var = float(np.mean(m2 / tot)) if tot > 0 and m2 is not None else 0.0
     return ValueReport(n, nbad, fr, fc, nbw, fw, wsum, mean_var)

@@ -1,0 +1,92 @@
+"""Connecting to Dask: an embedded LocalCluster on 127.0.0.1, an existing scheduler, or a cluster class.
+
+Only existing engines: a local cluster, a scheduler address (optionally TLS), or any
+``distributed``-compatible cluster class by dotted path (dask-kubernetes, dask-jobqueue, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+from collections.abc import Iterator
+
+from .config import AddressClusterConfig, ClassClusterConfig, LocalClusterConfig
+from .errors import ConfigError
+from .runner import active_client
+
+logger = logging.getLogger(__name__)
+
+
+def _import_class(path: str):
+    module, _, name = path.rpartition(".")
+    if not module:
+        raise ConfigError(
+            f"cluster.cluster_class {path!r} must be a dotted path like 'dask_jobqueue.SLURMCluster'."
+        )
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(
+            f"cluster.cluster_class {path!r} cannot be imported ({err}); install its package."
+        ) from None
+
+
+@contextlib.contextmanager
+def dask_client(cfg=None) -> Iterator:
+    """Yield a ``distributed.Client`` set as default; starts (and stops) only what it creates.
+
+    If a client is already active it is reused and ``cfg`` is ignored.
+    """
+    from distributed import Client, LocalCluster
+
+    existing = active_client()
+    if existing is not None:
+        yield existing
+        return
+    cfg = cfg or LocalClusterConfig()
+    cluster = None
+    if isinstance(cfg, LocalClusterConfig):
+        kwargs = {"protocol": "tcp"} if not cfg.processes else {}
+        cluster = LocalCluster(
+            n_workers=cfg.n_workers,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            host=cfg.host,
+            dashboard_address=cfg.dashboard_address,
+            processes=cfg.processes,
+            **kwargs,
+        )
+        client = Client(cluster, set_as_default=True)
+    elif isinstance(cfg, AddressClusterConfig):
+        security = None
+        if cfg.tls is not None:
+            from distributed.security import Security
+
+            security = Security(
+                tls_ca_file=cfg.tls.ca_file,
+                tls_client_cert=cfg.tls.cert_file,
+                tls_client_key=cfg.tls.key_file,
+                require_encryption=cfg.tls.require_encryption,
+            )
+        try:
+            client = Client(cfg.address, security=security, set_as_default=True, timeout="30s")
+        except OSError as err:
+            raise ConfigError(
+                f"cluster.address {cfg.address!r}: cannot connect to the scheduler ({err})."
+            ) from None
+    elif isinstance(cfg, ClassClusterConfig):
+        cls = _import_class(cfg.cluster_class)
+        cluster = cls(**cfg.kwargs)
+        if cfg.scale:
+            cluster.scale(cfg.scale)
+        client = Client(cluster, set_as_default=True)
+    else:  # pragma: no cover - pydantic guarantees the union
+        raise ConfigError(f"unknown cluster config {cfg!r}")
+    logger.info("Dask dashboard: %s", client.dashboard_link)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()

@@ -1,0 +1,315 @@
+"""Feature preparation, partition-wise: raw columns → transform → missing-value policy → scaling.
+
+The profile pass (:func:`profile_piece` + :func:`merge_profiles`) reads every piece once and
+returns counts of affected rows, duplicate ids, and the statistics the scaler and imputation
+need; nothing is fitted or written before it succeeds. The same :class:`FeaturePlan` is stored
+in the model, so scoring applies exactly the training transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .config import FeatureSpec, InputConfig
+from .errors import DataError
+from .io import Piece, read_piece
+
+_FORWARD = {"none": lambda x: x, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
+_INVERSE = {"none": lambda x: x, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}
+# Smallest valid raw value (inclusive) and how to say it.
+_DOMAIN = {"log1p": (-1.0, "> -1", False), "sqrt": (0.0, ">= 0", True)}
+
+
+@dataclass(frozen=True)
+class FeaturePlan:
+    """Everything needed to turn raw columns into model inputs, identically at fit and score time."""
+
+    features: tuple[FeatureSpec, ...]
+    missing: str
+    mean: np.ndarray  # (D,) in transformed space
+    scale: np.ndarray  # (D,)
+    impute_values: np.ndarray  # (D,) transformed-space means of observed values
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def transform(self, X_raw: np.ndarray) -> np.ndarray:
+        return (apply_transforms(X_raw, self.features) - self.mean) / self.scale
+
+    def to_original_units(self, Z: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`transform` for points in model space (e.g. component means)."""
+        T = Z * self.scale + self.mean
+        return np.column_stack([_INVERSE[f.transform](T[:, j]) for j, f in enumerate(self.features)])
+
+
+def apply_transforms(X_raw: np.ndarray, features) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.column_stack([_FORWARD[f.transform](X_raw[:, j]) for j, f in enumerate(features)])
+
+
+def columns_to_read(cfg: InputConfig) -> list[str]:
+    return [cfg.id_column, *cfg.feature_names] + ([cfg.weight_column] if cfg.weight_column else [])
+
+
+def _as_float(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def raw_arrays(table: pa.Table, cfg: InputConfig):
+    """(ids as pyarrow array, raw features (n, D) float64 with NaN for nulls, weights or None)."""
+    ids = table.column(cfg.id_column)
+    X = (
+        np.column_stack([_as_float(table.column(f)) for f in cfg.feature_names])
+        if table.num_rows
+        else np.zeros((0, len(cfg.feature_names)))
+    )
+    w = _as_float(table.column(cfg.weight_column)) if cfg.weight_column else None
+    return ids, X, w
+
+
+def _domain_bad(X_raw: np.ndarray, features) -> np.ndarray:
+    bad = np.zeros(X_raw.shape, dtype=bool)
+    for j, f in enumerate(features):
+        if f.transform in _DOMAIN:
+            lo, _, inclusive = _DOMAIN[f.transform]
+            col = X_raw[:, j]
+            with np.errstate(invalid="ignore"):
+                bad[:, j] = (col < lo) if inclusive else (col <= lo)
+    return bad
+
+
+@dataclass
+class Profile:
+    """What the profile pass learned about one snapshot (merged over pieces)."""
+
+    n_rows: int = 0
+    rows_with_missing: int = 0
+    missing_per_column: np.ndarray | None = None
+    first_missing: tuple | None = None  # (path, row in file's piece, column)
+    n_domain: int = 0
+    first_domain: tuple | None = None  # (path, row, column, value, rule)
+    n_bad_weight: int = 0
+    first_bad_weight: tuple | None = None
+    n_null_ids: int = 0
+    first_null_id: tuple | None = None
+    n_duplicate_ids: int = 0
+    duplicate_examples: list = field(default_factory=list)
+    # weighted statistics of transformed values
+    col_w: np.ndarray | None = None  # observed weight per column
+    col_mean: np.ndarray | None = None
+    col_m2: np.ndarray | None = None
+    total_w: float = 0.0  # all rows with a valid weight
+    row_w: float = 0.0  # complete rows
+    row_mean: np.ndarray | None = None
+    row_m2: np.ndarray | None = None
+    complete_per_piece: dict = field(default_factory=dict)  # piece index -> complete rows
+    ids: np.ndarray | None = None  # sorted unique ids (dropped before returning to the client)
+
+
+def _merge_moments(wa, ma, sa, wb, mb, sb):
+    w = wa + wb
+    safe = np.where(w > 0, w, 1.0)
+    delta = mb - ma
+    mean = np.where(w > 0, ma + delta * (wb / safe), 0.0)
+    m2 = sa + sb + delta**2 * np.where(w > 0, wa * wb / safe, 0.0)
+    return w, mean, m2
+
+
+def _weighted_moments(X, w):
+    W = w.sum(axis=0)
+    safe = np.where(W > 0, W, 1.0)
+    mean = np.where(W > 0, (w * X).sum(axis=0) / safe, 0.0)
+    m2 = (w * (X - mean) ** 2).sum(axis=0)
+    return W, mean, m2
+
+
+def profile_piece(piece: Piece, cfg: InputConfig, storage_options: dict | None = None) -> Profile:
+    """Read one piece and collect counts and statistics (pure apart from the read)."""
+    table = read_piece(piece, columns_to_read(cfg), storage_options)
+    ids, X_raw, w = raw_arrays(table, cfg)
+    n, d = X_raw.shape
+    prof = Profile(n_rows=n)
+    null_ids = ids.is_null().to_numpy(zero_copy_only=False) if ids.null_count else np.zeros(n, bool)
+    if null_ids.any():
+        prof.n_null_ids = int(null_ids.sum())
+        prof.first_null_id = (piece.path, int(np.flatnonzero(null_ids)[0]))
+    ids_np = ids.to_numpy(zero_copy_only=False)
+    uniq, counts = np.unique(ids_np[~null_ids], return_counts=True)
+    if (counts > 1).any():
+        prof.n_duplicate_ids = int((counts - 1)[counts > 1].sum())
+        prof.duplicate_examples = uniq[counts > 1][:5].tolist()
+    prof.ids = uniq
+    if w is not None:
+        badw = ~np.isfinite(w) | (w < 0)
+        if badw.any():
+            i = int(np.flatnonzero(badw)[0])
+            prof.n_bad_weight = int(badw.sum())
+            prof.first_bad_weight = (
+                piece.path,
+                i,
+                float(w[i]) if np.isfinite(w[i]) or np.isinf(w[i]) else None,
+            )
+    feats = cfg.features
+    dom = _domain_bad(X_raw, feats)
+    if dom.any():
+        r, c = (int(v[0]) for v in np.nonzero(dom))
+        prof.n_domain = int(dom.any(axis=1).sum())
+        prof.first_domain = (piece.path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
+    T = apply_transforms(X_raw, feats)
+    finite = np.isfinite(T)
+    missing = ~np.isfinite(X_raw)
+    prof.missing_per_column = missing.sum(axis=0)
+    any_missing = missing.any(axis=1)
+    prof.rows_with_missing = int(any_missing.sum())
+    if any_missing.any():
+        r = int(np.flatnonzero(any_missing)[0])
+        prof.first_missing = (piece.path, r, feats[int(np.flatnonzero(missing[r])[0])].name)
+    wv = np.ones(n) if w is None else np.where(np.isfinite(w) & (w >= 0), w, 0.0)
+    prof.total_w = float(wv.sum())
+    Wc = np.where(finite, wv[:, None], 0.0)
+    prof.col_w, prof.col_mean, prof.col_m2 = _weighted_moments(np.where(finite, T, 0.0), Wc)
+    complete = finite.all(axis=1)
+    rw, rm, rs = _weighted_moments(T[complete], wv[complete][:, None])
+    prof.row_w, prof.row_mean, prof.row_m2 = float(rw[0]) if d else 0.0, rm, rs
+    prof.complete_per_piece = {piece.index: int(complete.sum())}
+    return prof
+
+
+def merge_profiles(a: Profile, b: Profile) -> Profile:
+    """Combine the profiles of disjoint pieces (exact moment merge; duplicate ids across pieces)."""
+    out = Profile(n_rows=a.n_rows + b.n_rows)
+    out.rows_with_missing = a.rows_with_missing + b.rows_with_missing
+    out.missing_per_column = a.missing_per_column + b.missing_per_column
+    for name in ("first_missing", "first_domain", "first_bad_weight", "first_null_id"):
+        setattr(out, name, getattr(a, name) or getattr(b, name))
+    out.n_domain = a.n_domain + b.n_domain
+    out.n_bad_weight = a.n_bad_weight + b.n_bad_weight
+    out.n_null_ids = a.n_null_ids + b.n_null_ids
+    out.col_w, out.col_mean, out.col_m2 = _merge_moments(
+        a.col_w, a.col_mean, a.col_m2, b.col_w, b.col_mean, b.col_m2
+    )
+    rw, rm, rs = _merge_moments(
+        np.full_like(a.row_mean, a.row_w),
+        a.row_mean,
+        a.row_m2,
+        np.full_like(b.row_mean, b.row_w),
+        b.row_mean,
+        b.row_m2,
+    )
+    out.row_w, out.row_mean, out.row_m2 = a.row_w + b.row_w, rm, rs
+    out.total_w = a.total_w + b.total_w
+    out.complete_per_piece = {**a.complete_per_piece, **b.complete_per_piece}
+    both = np.concatenate([a.ids, b.ids])
+    both.sort(kind="stable")
+    dup = both[1:][both[1:] == both[:-1]] if len(both) > 1 else both[:0]
+    out.n_duplicate_ids = a.n_duplicate_ids + b.n_duplicate_ids + len(dup)
+    out.duplicate_examples = (a.duplicate_examples + b.duplicate_examples + dup[:5].tolist())[:5]
+    out.ids = np.unique(both) if len(dup) else both
+    return out
+
+
+def finish_profile(p: Profile) -> Profile:
+    p.ids = None
+    return p
+
+
+def check_profile(p: Profile, cfg: InputConfig, date: str) -> None:
+    """Raise the one clear error for data that cannot be used under the configured policy."""
+    if p.n_null_ids:
+        path, row = p.first_null_id
+        raise DataError(
+            f"Snapshot {date}: {p.n_null_ids} row(s) have a null {cfg.id_column!r} (first: file {path!r}, "
+            f"row {row}). Every user needs an id."
+        )
+    if p.n_duplicate_ids:
+        raise DataError(
+            f"Snapshot {date}: {p.n_duplicate_ids} duplicate value(s) in id column {cfg.id_column!r}, "
+            f"e.g. {p.duplicate_examples}. Each user must appear once per snapshot; deduplicate upstream "
+            "or aggregate rows and pass the count as input.weight_column."
+        )
+    if p.n_bad_weight:
+        path, row, val = p.first_bad_weight
+        raise DataError(
+            f"Snapshot {date}: weight column {cfg.weight_column!r} has {p.n_bad_weight} null, negative or "
+            f"infinite value(s) (first: file {path!r}, row {row}, value {val}). Weights must be >= 0."
+        )
+    if p.n_domain:
+        path, row, col, val, tr = p.first_domain
+        rule = _DOMAIN[tr][1]
+        raise DataError(
+            f"Snapshot {date}: feature {col!r} has values outside the domain of its {tr} transform "
+            f"({p.n_domain} row(s); first: file {path!r}, row {row}, value {val}). {tr} needs values "
+            f"{rule}; use transform 'asinh' for signed values or 'none'."
+        )
+    if p.rows_with_missing and cfg.missing == "error":
+        path, row, col = p.first_missing
+        per_col = {f: int(c) for f, c in zip(cfg.feature_names, p.missing_per_column, strict=True) if c}
+        raise DataError(
+            f"Snapshot {date}: {p.rows_with_missing} row(s) have null, NaN or infinite features {per_col} "
+            f"(first: file {path!r}, row {row}, column {col!r}). Set input.missing to 'drop' or "
+            "'impute_mean', or fix the data upstream."
+        )
+    used = p.n_rows - (p.rows_with_missing if cfg.missing == "drop" else 0)
+    if used == 0:
+        raise DataError(f"Snapshot {date}: no usable rows ({p.n_rows} read, all have missing features).")
+
+
+def build_plan(p: Profile, cfg: InputConfig, standardize: bool) -> FeaturePlan:
+    """Scaler and imputation values from the profile (no further pass over the data)."""
+    d = len(cfg.features)
+    impute = np.where(p.col_w > 0, p.col_mean, 0.0)
+    if cfg.missing == "impute_mean":
+        # imputed values sit at the mean: variance over all rows = observed m2 / all rows' weight
+        mean = impute
+        var = p.col_m2 / p.total_w if p.total_w > 0 else np.zeros(d)
+    else:
+        mean = p.row_mean
+        var = p.row_m2 / p.row_w if p.row_w > 0 else np.zeros(d)
+    if not standardize:
+        mean, scale = np.zeros(d), np.ones(d)
+    else:
+        scale = np.sqrt(var)
+        scale = np.where(scale > 0, scale, 1.0)  # a constant feature stays centred, unscaled
+    return FeaturePlan(
+        tuple(cfg.features), cfg.missing, np.asarray(mean, float), np.asarray(scale, float), impute
+    )
+
+
+def prepare_piece(table: pa.Table, cfg: InputConfig, plan: FeaturePlan, path: str):
+    """Apply the plan to one piece: (ids kept, raw features kept, model inputs, weights, n dropped, n imputed)."""
+    ids, X_raw, w = raw_arrays(table, cfg)
+    T = apply_transforms(X_raw, plan.features)
+    bad = ~np.isfinite(T)
+    rows_bad = bad.any(axis=1)
+    n_dropped = n_imputed = 0
+    if rows_bad.any():
+        if plan.missing == "error":
+            r = int(np.flatnonzero(rows_bad)[0])
+            col = plan.names[int(np.flatnonzero(bad[r])[0])]
+            raise DataError(
+                f"{int(rows_bad.sum())} row(s) of {path!r} have null, NaN, infinite or out-of-domain "
+                f"features (first: row {r}, column {col!r}). Set input.missing to 'drop' or 'impute_mean'."
+            )
+        if plan.missing == "drop":
+            keep = ~rows_bad
+            n_dropped = int(rows_bad.sum())
+            ids = ids.filter(pa.array(keep))
+            X_raw, T = X_raw[keep], T[keep]
+            w = None if w is None else w[keep]
+        else:
+            n_imputed = int(rows_bad.sum())
+            T = np.where(bad, plan.impute_values[None, :], T)
+    Z = (T - plan.mean) / plan.scale
+    return ids, X_raw, Z, w, n_dropped, n_imputed
+
+
+def fit_piece_arrays(piece: Piece, cfg: InputConfig, plan: FeaturePlan, storage_options=None):
+    """(model inputs, weights) of one piece, for the fit (runs inside a Dask task)."""
+    table = read_piece(piece, columns_to_read(cfg), storage_options)
+    _, _, Z, w, _, _ = prepare_piece(table, cfg, plan, piece.path)
+    return Z, (np.ones(len(Z)) if w is None else w)

@@ -1,0 +1,349 @@
+"""Parquet in and out: snapshot discovery, pieces with exact row counts, atomic partition commits.
+
+Reading
+    A snapshot is one Hive partition ``<input.path>/<key>=YYYY-MM-DD/``. Its files' footers are
+    read on the client (metadata only) to check columns and types and to cut the data into
+    *pieces* — runs of row groups of one file with known row counts. Each piece is read with
+    pyarrow inside a Dask task, selecting only the configured columns, so data larger than
+    memory stream through the workers.
+
+Writing
+    A table partition ``<root>/<table>/dt=YYYY-MM-DD/`` is first written in full to
+    ``<root>/_staging/<table>/<run>/`` (outside the table, so no reader ever globs it) and then
+    committed in one step: on Linux local filesystems an atomic directory exchange
+    (``renameat2(RENAME_EXCHANGE)``), elsewhere on local disks two renames with recovery of the
+    old partition if the process dies between them. Object stores have no atomic rename: there
+    the new files are copied in after the old ones are removed (documented in the README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import SNAPSHOT_RE, InputConfig
+from .errors import DataError
+
+logger = logging.getLogger(__name__)
+
+#: Target rows per piece (one Dask task / one output file).
+PIECE_ROWS = 262_144
+STALE_STAGING_SECONDS = 6 * 3600
+
+
+def filesystem(path: str, storage_options: dict | None = None):
+    """(fsspec filesystem, path inside it) for a local path or URL."""
+    fs, inner = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    return fs, inner
+
+
+def _is_local(fs) -> bool:
+    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Consecutive row groups of one Parquet file: one read task."""
+
+    index: int
+    path: str
+    row_groups: tuple[int, ...]
+    n_rows: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One date partition of the input dataset, checked and cut into pieces."""
+
+    date: str
+    path: str
+    pieces: tuple[Piece, ...]
+    id_type: pa.DataType
+    storage_options: dict
+
+    @property
+    def n_rows(self) -> int:
+        return sum(p.n_rows for p in self.pieces)
+
+
+def list_snapshots(cfg: InputConfig) -> list[str]:
+    """Dates of the snapshots present under ``cfg.path`` (sorted)."""
+    fs, root = filesystem(cfg.path, cfg.storage_options)
+    if not fs.exists(root):
+        raise DataError(
+            f"Input path {cfg.path!r} (input.path) does not exist. Check the path, or create the "
+            "demo data with `gmm-dask demo`."
+        )
+    prefix = f"{cfg.partition_key}="
+    dates = []
+    for entry in fs.ls(root, detail=True):
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if (
+            entry["type"] == "directory"
+            and name.startswith(prefix)
+            and SNAPSHOT_RE.match(name[len(prefix) :])
+        ):
+            dates.append(name[len(prefix) :])
+    return sorted(dates)
+
+
+def resolve_snapshot(cfg: InputConfig, date: str | None) -> str:
+    """The requested snapshot if it exists, or the latest one when ``date`` is None."""
+    dates = list_snapshots(cfg)
+    if not dates:
+        raise DataError(
+            f"No snapshots under {cfg.path!r}: expected directories named "
+            f"{cfg.partition_key}=YYYY-MM-DD (input.partition_key is {cfg.partition_key!r})."
+        )
+    if date is None:
+        return dates[-1]
+    if date not in dates:
+        shown = ", ".join(dates[-5:])
+        raise DataError(
+            f"Snapshot {date} not found under {cfg.path!r} ({len(dates)} available, latest: {shown})."
+        )
+    return date
+
+
+def _footer(fs, path: str):
+    try:
+        with fs.open(path, "rb") as f:
+            return pq.ParquetFile(f).metadata
+    except Exception as err:  # pyarrow raises several types for damaged files
+        raise DataError(
+            f"Parquet file {path!r} is unreadable or corrupt ({type(err).__name__}: {err}). "
+            "Re-export it or remove it from the snapshot."
+        ) from None
+
+
+def _check_schema(path: str, schema: pa.Schema, cfg: InputConfig) -> None:
+    names = schema.names
+    wanted = [cfg.id_column, *cfg.feature_names] + ([cfg.weight_column] if cfg.weight_column else [])
+    missing = [c for c in wanted if c not in names]
+    if missing:
+        raise DataError(
+            f"Parquet file {path!r} has no column(s) {missing} (it has {names}). Fix "
+            "input.features / input.id_column / input.weight_column in the config."
+        )
+    for col in [*cfg.feature_names] + ([cfg.weight_column] if cfg.weight_column else []):
+        t = schema.field(col).type
+        if not (
+            pa.types.is_integer(t)
+            or pa.types.is_floating(t)
+            or pa.types.is_boolean(t)
+            or pa.types.is_decimal(t)
+        ):
+            raise DataError(
+                f"Column {col!r} in Parquet file {path!r} has type {t}; features and weights must "
+                "be numeric. Encode it as numbers or remove it from input.features."
+            )
+
+
+def open_snapshot(cfg: InputConfig, date: str, piece_rows: int = PIECE_ROWS) -> Snapshot:
+    """Check every file of one snapshot (footers only) and cut it into pieces."""
+    fs, root = filesystem(cfg.path, cfg.storage_options)
+    part = f"{root.rstrip('/')}/{cfg.partition_key}={date}"
+    if not fs.exists(part):
+        resolve_snapshot(cfg, date)  # raises the helpful "not found" error
+    files = sorted(
+        f
+        for f in fs.find(part)
+        if f.endswith(".parquet")
+        and not any(seg.startswith((".", "_")) for seg in f[len(part) :].split("/") if seg)
+    )
+    if not files:
+        raise DataError(f"Snapshot {date} at {part!r} has no Parquet files.")
+    with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
+        footers = list(pool.map(lambda p: _footer(fs, p), files))
+    id_type = None
+    pieces: list[Piece] = []
+    for path, meta in zip(files, footers, strict=True):
+        schema = meta.schema.to_arrow_schema()
+        _check_schema(path, schema, cfg)
+        t = schema.field(cfg.id_column).type
+        if id_type is None:
+            id_type = t
+        elif t != id_type:
+            raise DataError(
+                f"Column {cfg.id_column!r} is {t} in {path!r} but {id_type} in other files of snapshot {date}."
+            )
+        group: list[int] = []
+        rows = 0
+        for rg in range(meta.num_row_groups):
+            n = meta.row_group(rg).num_rows
+            if group and rows + n > piece_rows:
+                pieces.append(Piece(len(pieces), path, tuple(group), rows))
+                group, rows = [], 0
+            group.append(rg)
+            rows += n
+        if rows:
+            pieces.append(Piece(len(pieces), path, tuple(group), rows))
+    if not _is_local(fs):  # keep the protocol so tasks can reopen the files
+        pieces = [Piece(p.index, fs.unstrip_protocol(p.path), p.row_groups, p.n_rows) for p in pieces]
+    if not pieces:
+        raise DataError(f"Snapshot {date} at {part!r} is empty (its Parquet files hold no rows).")
+    return Snapshot(date, part, tuple(pieces), id_type, dict(cfg.storage_options))
+
+
+def read_piece(piece: Piece, columns: Sequence[str], storage_options: dict | None = None) -> pa.Table:
+    """Read one piece's columns with pyarrow (runs inside a Dask task)."""
+    fs, inner = filesystem(piece.path, storage_options)
+    try:
+        with fs.open(inner, "rb") as f:
+            table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups), columns=list(columns))
+    except Exception as err:
+        raise DataError(
+            f"Reading Parquet file {piece.path!r} (row groups {list(piece.row_groups)}) failed: "
+            f"{type(err).__name__}: {err}"
+        ) from None
+    if table.num_rows != piece.n_rows:
+        raise DataError(
+            f"Parquet file {piece.path!r} changed while the job ran ({table.num_rows} rows read, "
+            f"{piece.n_rows} expected). Do not rewrite a snapshot while it is being processed."
+        )
+    return table
+
+
+# --- writing ------------------------------------------------------------------------------
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2():
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two directories (Linux); False if unsupported here."""
+    if _RENAMEAT2 is None:
+        return False
+    rc = _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: filesystem cannot exchange
+        return False
+    raise OSError(err, os.strerror(err), f"{a} <-> {b}")
+
+
+class PartitionWriter:
+    """Stage the files of one table partition, then commit them atomically.
+
+    >>> w = PartitionWriter(root, "memberships", "2026-01-31")    # doctest: +SKIP
+    >>> pq.write_table(t, w.file("part-00000.parquet"))           # doctest: +SKIP
+    >>> w.commit()                                                # doctest: +SKIP
+    """
+
+    def __init__(self, root: str, table: str, date: str, *, partition_key: str = "dt", storage_options=None):
+        self.fs, self.root = filesystem(root, storage_options)
+        self.local = _is_local(self.fs)
+        self.table = table
+        self.part_name = f"{partition_key}={date}"
+        self.run = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+        base = self.root.rstrip("/")
+        self.target = f"{base}/{table}/{self.part_name}"
+        self.staging_root = f"{base}/_staging/{table}"
+        self.staged = f"{self.staging_root}/{self.run}/{self.part_name}"
+        self.trash = f"{base}/_staging/_trash/{table}/{self.run}/{self.part_name}"
+        self._recover()
+        self.fs.makedirs(self.staged, exist_ok=True)
+        self.fs.makedirs(f"{base}/{table}", exist_ok=True)
+
+    def file(self, name: str) -> str:
+        """Path to write a staged file to (local path or URL inside the staging area)."""
+        return f"{self.staged}/{name}"
+
+    def _recover(self) -> None:
+        """Restore a partition left in the trash by a process that died mid-commit; drop stale staging."""
+        if not self.local:
+            return
+        trash_table = Path(self.trash).parents[1]
+        if trash_table.exists():
+            for run_dir in sorted(trash_table.iterdir()):
+                old = run_dir / self.part_name
+                if old.exists() and not Path(self.target).exists():
+                    os.rename(old, self.target)
+                    logger.warning("Restored %s from an interrupted commit", self.target)
+        staging = Path(self.staging_root)
+        if staging.exists():
+            now = time.time()
+            for run_dir in staging.iterdir():
+                with contextlib.suppress(OSError):
+                    if now - run_dir.stat().st_mtime > STALE_STAGING_SECONDS:
+                        shutil.rmtree(run_dir, ignore_errors=True)
+
+    def commit(self) -> str:
+        """Make the staged partition the visible one, in one step; returns the target path."""
+        if self.local:
+            self._commit_local()
+        else:
+            if self.fs.exists(self.target):
+                self.fs.rm(self.target, recursive=True)
+            self.fs.mv(self.staged, self.target, recursive=True)
+        self.abort()
+        logger.info("Committed %s", self.target)
+        return self.target
+
+    def _commit_local(self) -> None:
+        staged, target = self.staged, self.target
+        if not os.path.exists(target):
+            os.rename(staged, target)
+            return
+        if _exchange(staged, target):
+            shutil.rmtree(staged)  # now holds the previous partition
+            return
+        os.makedirs(os.path.dirname(self.trash), exist_ok=True)
+        os.rename(target, self.trash)
+        os.rename(staged, target)
+        shutil.rmtree(self.trash, ignore_errors=True)
+
+    def abort(self) -> None:
+        """Remove this run's staging area (called on failure and after a commit)."""
+        run_dir = f"{self.staging_root}/{self.run}"
+        if self.local:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(Path(self.trash).parent, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.fs.rm(run_dir, recursive=True)
+
+
+def write_table_file(table: pa.Table, path: str, storage_options: dict | None = None) -> None:
+    """Write one Parquet file (snappy, statistics on) to a local path or URL."""
+    if "://" in path:
+        fs, inner = filesystem(path, storage_options)
+        with fs.open(inner, "wb") as f:
+            pq.write_table(table, f, compression="snappy")
+    else:
+        pq.write_table(table, path, compression="snappy")

@@ -1,0 +1,232 @@
+"""The output tables: per-user memberships, per-component segments, per-pair overlaps.
+
+:func:`score_piece` is the per-partition kernel: it reads one piece, applies the model, writes
+that piece's memberships file into the staging area and returns small aggregates from which
+:func:`segments_table` and :func:`overlaps_table` are built on the client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from . import gaussian
+from .config import EntropyBands, InputConfig
+from .features import columns_to_read, prepare_piece
+from .io import Piece, read_piece, write_table_file
+from .registry import SegmentationModel
+
+SCHEMA_VERSION = "1"
+BANDS = ("low", "moderate", "high")
+
+
+def membership_schema(id_type: pa.DataType, id_column: str, model_version: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(id_column, id_type),
+            pa.field("segment", pa.int32(), nullable=False),
+            pa.field("segment_name", pa.string()),
+            pa.field("gamma", pa.list_(pa.float64())),
+            pa.field("max_gamma", pa.float64()),
+            pa.field("entropy_bits", pa.float64()),
+            pa.field("entropy_norm", pa.float64()),
+            pa.field("entropy_band", pa.string()),
+            pa.field("log_likelihood", pa.float64()),
+            pa.field("model_version", pa.string()),
+        ],
+        metadata=table_metadata("memberships", model_version),
+    )
+
+
+def table_metadata(table: str, model_version: str, extra: dict | None = None) -> dict:
+    meta = {
+        "gmm_dask.table": table,
+        "gmm_dask.schema_version": SCHEMA_VERSION,
+        "gmm_dask.model_version": model_version,
+    }
+    meta.update(extra or {})
+    return {k.encode(): str(v).encode() for k, v in meta.items()}
+
+
+def entropy_band(entropy_norm: np.ndarray, bands: EntropyBands) -> np.ndarray:
+    idx = np.where(entropy_norm < bands.low_max, 0, np.where(entropy_norm < bands.moderate_max, 1, 2))
+    return np.asarray(BANDS, dtype=object)[idx]
+
+
+def membership_arrays(model: SegmentationModel, Z: np.ndarray, bands: EntropyBands) -> dict[str, np.ndarray]:
+    """γ, argmax, entropies, band and log p(x) for model inputs ``Z`` (pure)."""
+    wlp = gaussian.estimate_weighted_log_prob(
+        Z, model.weights, model.means, model.precisions_cholesky, model.covariance_type
+    )
+    lpn, log_resp = gaussian.log_responsibilities(wlp)
+    gamma = np.exp(log_resp)
+    k = model.n_components
+    ent = gaussian.entropy_bits(log_resp)
+    norm = np.clip(ent / np.log2(k), 0.0, 1.0) if k > 1 else np.zeros_like(ent)
+    return {
+        "gamma": gamma,
+        "segment": log_resp.argmax(axis=1).astype(np.int32),
+        "entropy_bits": ent,
+        "entropy_norm": norm,
+        "entropy_band": entropy_band(norm, bands),
+        "log_likelihood": lpn,
+    }
+
+
+@dataclass
+class PieceResult:
+    """Aggregates of one scored piece (small; merged on the client)."""
+
+    n_read: int
+    n_written: int
+    n_dropped: int
+    n_imputed: int
+    hard_count: np.ndarray  # (K,)
+    gamma_sum: np.ndarray  # (K,)
+    entropy_sum: np.ndarray  # (K,) entropy_bits of users hard-assigned to k
+    high_count: np.ndarray  # (K,)
+    raw_gamma_sum: np.ndarray  # (K, D) Σ γ x_raw over finite x
+    raw_gamma_w: np.ndarray  # (K, D) Σ γ over finite x
+    overlap_count: np.ndarray  # (K, K)
+    overlap_gamma: np.ndarray  # (K, K) Σ γ_a over users with γ_a, γ_b ≥ threshold
+    band_count: np.ndarray  # (3,)
+    entropy_hist: np.ndarray  # (20,) histogram of entropy_norm on [0, 1]
+
+    def __add__(self, other: PieceResult) -> PieceResult:
+        return PieceResult(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
+
+
+def score_piece(
+    piece: Piece,
+    cfg: InputConfig,
+    model: SegmentationModel,
+    out_file: str | None,
+    bands: EntropyBands,
+    overlap_threshold: float,
+    id_type: pa.DataType,
+    storage_options: dict | None = None,
+) -> PieceResult:
+    """Score one piece; write its memberships to ``out_file`` (if given); return aggregates."""
+    table = read_piece(piece, columns_to_read(cfg), storage_options)
+    ids, X_raw, Z, _w, n_dropped, n_imputed = prepare_piece(table, cfg, model.plan, piece.path)
+    m = membership_arrays(model, Z, bands)
+    gamma = m["gamma"]
+    n, k = gamma.shape
+    version = model.version or "unregistered"
+    if out_file is not None:
+        names = np.asarray(model.segment_names, dtype=object)
+        out = pa.table(
+            {
+                cfg.id_column: ids.cast(id_type) if isinstance(ids, pa.ChunkedArray) else ids,
+                "segment": pa.array(m["segment"], pa.int32()),
+                "segment_name": pa.array(names[m["segment"]] if n else [], pa.string()),
+                "gamma": pa.ListArray.from_arrays(
+                    np.arange(0, n * k + 1, k, dtype=np.int32), pa.array(gamma.ravel())
+                ),
+                "max_gamma": gamma.max(axis=1) if n else np.zeros(0),
+                "entropy_bits": m["entropy_bits"],
+                "entropy_norm": m["entropy_norm"],
+                "entropy_band": pa.array(m["entropy_band"], pa.string()),
+                "log_likelihood": m["log_likelihood"],
+                "model_version": pa.array([version] * n, pa.string()),
+            },
+            schema=membership_schema(id_type, cfg.id_column, version),
+        )
+        write_table_file(out, out_file, storage_options)
+    seg = m["segment"]
+    onehot = np.zeros((n, k))
+    onehot[np.arange(n), seg] = 1.0
+    high = m["entropy_band"] == "high"
+    finite = np.isfinite(X_raw)
+    Xf = np.where(finite, X_raw, 0.0)
+    over = gamma >= overlap_threshold
+    overf = over.astype(np.float64)
+    return PieceResult(
+        n_read=piece.n_rows,
+        n_written=n,
+        n_dropped=n_dropped,
+        n_imputed=n_imputed,
+        hard_count=onehot.sum(axis=0),
+        gamma_sum=gamma.sum(axis=0),
+        entropy_sum=onehot.T @ m["entropy_bits"],
+        high_count=onehot.T @ high.astype(float),
+        raw_gamma_sum=gamma.T @ Xf,
+        raw_gamma_w=gamma.T @ finite.astype(float),
+        overlap_count=overf.T @ overf,
+        overlap_gamma=(gamma * overf).T @ overf,
+        band_count=np.array([(m["entropy_band"] == b).sum() for b in BANDS], dtype=float),
+        entropy_hist=np.histogram(m["entropy_norm"], bins=20, range=(0.0, 1.0))[0].astype(float),
+    )
+
+
+def segments_table(model: SegmentationModel, agg: PieceResult) -> pd.DataFrame:
+    """One row per component: name, weight, size, feature means in original units, covariance, entropy."""
+    k = model.n_components
+    size = agg.hard_count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw_means = np.where(agg.raw_gamma_w > 0, agg.raw_gamma_sum / agg.raw_gamma_w, np.nan)
+        mean_entropy = np.where(size > 0, agg.entropy_sum / size, np.nan)
+        high_share = np.where(size > 0, agg.high_count / size, np.nan)
+    cov = model.covariances
+    if model.covariance_type == "tied":
+        cov = np.broadcast_to(cov, (k, *cov.shape))
+    elif model.covariance_type == "diag":
+        cov = np.stack([np.diag(c) for c in cov])
+    elif model.covariance_type == "spherical":
+        cov = np.stack([np.eye(model.means.shape[1]) * c for c in cov])
+    df = pd.DataFrame(
+        {
+            "segment": np.arange(k, dtype=np.int32),
+            "name": model.segment_names,
+            "weight": model.weights,
+            "size": size.astype(np.int64),
+            "share": size / max(size.sum(), 1),
+        }
+    )
+    for j, f in enumerate(model.plan.names):
+        df[f"mean_{f}"] = raw_means[:, j]
+    df["mean_entropy_bits"] = mean_entropy
+    df["high_entropy_share"] = high_share
+    df["covariance"] = [c.ravel().tolist() for c in cov]
+    df["model_version"] = model.version or "unregistered"
+    return df
+
+
+def overlaps_table(model: SegmentationModel, agg: PieceResult, threshold: float) -> pd.DataFrame:
+    """One row per pair of components: users carrying γ ≥ threshold on both, their mean γ on each."""
+    rows = []
+    k = model.n_components
+    for a in range(k):
+        for b in range(a + 1, k):
+            n = agg.overlap_count[a, b]
+            rows.append(
+                {
+                    "segment_a": a,
+                    "segment_b": b,
+                    "name_a": model.segment_names[a],
+                    "name_b": model.segment_names[b],
+                    "threshold": threshold,
+                    "n_users": int(n),
+                    "mean_gamma_a": agg.overlap_gamma[a, b] / n if n else np.nan,
+                    "mean_gamma_b": agg.overlap_gamma[b, a] / n if n else np.nan,
+                    "model_version": model.version or "unregistered",
+                }
+            )
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "segment_a",
+            "segment_b",
+            "name_a",
+            "name_b",
+            "threshold",
+            "n_users",
+            "mean_gamma_a",
+            "mean_gamma_b",
+            "model_version",
+        ],
+    )
+    return df.astype({"segment_a": np.int32, "segment_b": np.int32, "n_users": np.int64})
