@@ -193,7 +193,7 @@ def merge_profiles(a: Profile, b: Profile) -> Profile:
     out.col_w, out.col_mean, out.col_m2 = _merge_moments(
         a.col_w, a.col_mean, a.col_m2, b.col_w, b.col_mean, b.col_m2
     )
-    rw, rm, rs = _merge_moments(
+    _, rm, rs = _merge_moments(
         np.full_like(a.row_mean, a.row_w),
         a.row_mean,
         a.row_m2,

@@ -42,10 +42,7 @@ def test_log_prob_matches_scipy(ct):
     got = gaussian.estimate_weighted_log_prob(X, weights, means, pc, ct)
     dense = _dense_cov(cov, ct, k, d)
     want = np.stack(
-        [
-            np.log(weights[j]) + stats.multivariate_normal(means[j], dense[j]).logpdf(X)
-            for j in range(k)
-        ],
+        [np.log(weights[j]) + stats.multivariate_normal(means[j], dense[j]).logpdf(X) for j in range(k)],
         axis=1,
     )
     np.testing.assert_allclose(got, want, rtol=1e-12)
@@ -76,9 +73,7 @@ def test_precision_round_trip(ct):
 def test_singular_covariance_is_one_clear_error():
     cov = np.zeros((2, 3, 3))
     cov[0] = np.eye(3)
-    with pytest.raises(
-        FitError, match=r"component 1.*increase reg_covar \(now 1e-06\).*scale the input"
-    ):
+    with pytest.raises(FitError, match=r"component 1.*increase reg_covar \(now 1e-06\).*scale the input"):
         gaussian.compute_precision_cholesky(cov, "full", reg_covar=1e-6)
 
 

@@ -94,9 +94,7 @@ def test_weight_two_equals_duplicated_row(ct):
     dup_rows = [0, 5, 17, 100]
     w = np.ones(len(X))
     w[dup_rows] = 2.0
-    weighted = GaussianMixture(3, covariance_type=ct, tol=0, max_iter=10, **init).fit(
-        X, sample_weight=w
-    )
+    weighted = GaussianMixture(3, covariance_type=ct, tol=0, max_iter=10, **init).fit(X, sample_weight=w)
     duplicated = GaussianMixture(3, covariance_type=ct, tol=0, max_iter=10, **init).fit(
         np.concatenate([X, X[dup_rows]])
     )
@@ -108,9 +106,7 @@ def test_weight_two_equals_duplicated_row(ct):
 @pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_log_likelihood_never_decreases(ct):
     X = blobs(1500, k=5, d=4, sep=2.0, seed=11)[0]  # overlapping: many iterations
-    gm = GaussianMixture(
-        5, covariance_type=ct, tol=0, max_iter=60, init_params="random", random_state=0
-    )
+    gm = GaussianMixture(5, covariance_type=ct, tol=0, max_iter=60, init_params="random", random_state=0)
     gm.fit(da.from_array(X, chunks=(_uneven_chunks(len(X), 9), -1)))
     lb = np.asarray(gm.lower_bounds_)
     assert len(lb) == 60
@@ -204,9 +200,7 @@ def test_dataframe_inputs_record_feature_names():
     gm2 = GaussianMixture(3, random_state=0).fit(ddf)
     assert_rel(gm2.means_, gm.means_, 1e-10, "means from dask dataframe")
     # columns in another order are matched by name
-    np.testing.assert_allclose(
-        gm.predict_proba(pdf[["days", "sessions", "spend"]]), gm.predict_proba(pdf)
-    )
+    np.testing.assert_allclose(gm.predict_proba(pdf[["days", "sessions", "spend"]]), gm.predict_proba(pdf))
 
 
 def test_collapsed_component_is_reseeded_not_nan():
@@ -238,9 +232,7 @@ def test_warm_start_continues_and_n_init_keeps_best():
         GaussianMixture(4, init_params="random_from_data", random_state=s, max_iter=50).fit(X)
         for s in range(3)
     ]
-    multi = GaussianMixture(
-        4, init_params="random_from_data", random_state=0, n_init=3, max_iter=50
-    ).fit(X)
+    multi = GaussianMixture(4, init_params="random_from_data", random_state=0, n_init=3, max_iter=50).fit(X)
     assert multi.lower_bound_ >= max(r.lower_bound_ for r in runs) - 0.05
 
 
@@ -258,8 +250,7 @@ def test_convergence_warning_when_max_iter_reached():
         warnings.simplefilter("always")
         GaussianMixture(4, random_state=0, tol=0, max_iter=2).fit(X)
     assert any(
-        issubclass(w.category, ConvergenceWarning) and "did not converge" in str(w.message)
-        for w in caught
+        issubclass(w.category, ConvergenceWarning) and "did not converge" in str(w.message) for w in caught
     )
 
 

@@ -27,17 +27,13 @@ def test_nonfinite_values_report_count_first_row_and_column(bad, as_dask):
 def test_nonfinite_in_dataframe_names_the_column():
     df = pd.DataFrame(X, columns=["sessions", "spend", "days"])
     df.loc[5, "spend"] = np.nan
-    with pytest.raises(
-        GMMDaskInputError, match=r"first is row 5 \(column 'spend'\).*missing: drop"
-    ):
+    with pytest.raises(GMMDaskInputError, match=r"first is row 5 \(column 'spend'\).*missing: drop"):
         GaussianMixture(2).fit(df)
 
 
 def test_non_numeric_columns_are_named():
     df = pd.DataFrame({"sessions": [1.0, 2, 3], "country": ["fr", "de", "it"], "spend": [1, 2, 3]})
-    with pytest.raises(
-        GMMDaskInputError, match=r"non-numeric column\(s\): 'country' \((object|str)\)"
-    ):
+    with pytest.raises(GMMDaskInputError, match=r"non-numeric column\(s\): 'country' \((object|str)\)"):
         GaussianMixture(1).fit(df)
 
 
@@ -122,9 +118,7 @@ def test_column_mismatch_at_predict_names_columns():
         gm.predict(df.rename(columns={"c": "z"}))
 
 
-@pytest.mark.parametrize(
-    "method", ["predict", "predict_proba", "score_samples", "score", "entropy", "bic"]
-)
+@pytest.mark.parametrize("method", ["predict", "predict_proba", "score_samples", "score", "entropy", "bic"])
 def test_unfitted_model(method):
     with pytest.raises(NotFittedError, match="not fitted yet"):
         getattr(GaussianMixture(2), method)(X)

@@ -1,0 +1,59 @@
+"""Helpers shared by the pipeline and flow tests: small demo datasets and configs in tmp dirs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as ds
+import yaml
+
+from gmm_dask.demo import FEATURES, DemoSpec, write_demo_dataset
+
+SMALL = DemoSpec(n_users=6000, n_snapshots=3, seed=11, block_users=2500, row_group_rows=1000)
+
+
+def make_config(tmp: Path, data_root: Path, **sections) -> Path:
+    """Write a job config for demo data under ``data_root``; ``sections`` override whole sections."""
+    cfg = {
+        "input": {
+            "path": str(data_root / "snapshots"),
+            "id_column": "user_id",
+            "features": [{"name": f, "transform": "log1p"} for f in FEATURES],
+            "missing": "error",
+        },
+        "model": {"n_components": 5, "random_state": 0, "tol": 1e-4, "max_iter": 200},
+        "output": {"root": str(tmp / "out")},
+        "cluster": {"type": "local", "n_workers": 1, "threads_per_worker": 2, "processes": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    path = tmp / "job.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def demo_data(root: Path, spec: DemoSpec = SMALL) -> Path:
+    write_demo_dataset(root, spec)
+    return root
+
+
+def read_partition(root: Path, table: str, date: str):
+    return ds.dataset(root / table / f"dt={date}", format="parquet").to_table()
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """sha256 of every file under ``path`` (relative names)."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+def gamma_matrix(table) -> np.ndarray:
+    return np.asarray(table.column("gamma").to_pylist(), dtype=float)

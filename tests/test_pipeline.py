@@ -1,0 +1,188 @@
+"""The warehouse job: CLI end to end, table invariants, exact re-scoring, atomic and idempotent writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from gmm_dask import pipeline
+from gmm_dask.cli import main
+from gmm_dask.config import load_config
+from gmm_dask.demo import read_truth
+
+from .pipeline_helpers import SMALL, demo_data, gamma_matrix, make_config, read_partition, tree_digest
+
+DATES = SMALL.dates
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return demo_data(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_root):
+    """One training run on the last snapshot (threaded scheduler), shared by the invariant tests."""
+    tmp = tmp_path_factory.mktemp("trained")
+    cfg = load_config(make_config(tmp, data_root))
+    res = pipeline.train(cfg, DATES[-1])
+    return cfg, res
+
+
+def test_cli_train_then_score_end_to_end(tmp_path, data_root, capsys):
+    cfg_path = make_config(tmp_path, data_root)
+    assert main(["train", "--config", str(cfg_path), "--snapshot", DATES[0]]) == 0
+    out = capsys.readouterr().out
+    assert "model v0001 trained and registered" in out
+    assert "Segments (feature means in original units)" in out
+    assert main(["score", "--config", str(cfg_path), "--snapshot", DATES[1], "--model-version", "v0001"]) == 0
+    root = tmp_path / "out"
+    for date in DATES[:2]:
+        mem = read_partition(root, "memberships", date)
+        truth = read_truth(data_root, date)
+        ids = mem.column("user_id").to_numpy()
+        assert len(ids) == len(np.unique(ids)) == len(truth)
+        assert set(ids) == set(truth["user_id"])
+        assert (
+            mem.schema.field("user_id").type
+            == pq.read_schema(next((data_root / "snapshots" / f"dt={date}").glob("*.parquet")))
+            .field("user_id")
+            .type
+        )
+    assert sorted(p.name for p in (root / "registry" / "versions").iterdir()) == ["v0001"]
+
+
+def test_written_table_invariants(trained):
+    cfg, res = trained
+    root = Path(cfg.output.root)
+    mem = read_partition(root, "memberships", res.snapshot)
+    g = gamma_matrix(mem)
+    k = cfg.model.n_components
+    assert g.shape == (mem.num_rows, k)
+    np.testing.assert_allclose(g.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_array_equal(mem.column("segment").to_numpy(), g.argmax(axis=1))
+    np.testing.assert_allclose(mem.column("max_gamma").to_numpy(), g.max(axis=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(g > 0, g * np.log2(g), 0.0).sum(axis=1)
+    np.testing.assert_allclose(mem.column("entropy_bits").to_numpy(), ent, atol=1e-12)
+    norm = mem.column("entropy_norm").to_numpy()
+    np.testing.assert_allclose(norm, ent / np.log2(k), atol=1e-12)
+    bands = mem.column("entropy_band").to_numpy(zero_copy_only=False)
+    b = cfg.entropy_bands
+    expected = np.where(norm < b.low_max, "low", np.where(norm < b.moderate_max, "moderate", "high"))
+    np.testing.assert_array_equal(bands, expected)
+    assert set(mem.column("model_version").to_pylist()) == {res.model_version}
+    meta = mem.schema.metadata
+    assert meta[b"gmm_dask.model_version"] == res.model_version.encode()
+    assert meta[b"gmm_dask.schema_version"] == b"1"
+    seg = read_partition(root, "segments", res.snapshot).to_pandas()
+    assert seg["size"].sum() == mem.num_rows
+    np.testing.assert_allclose(seg["weight"].sum(), 1.0, atol=1e-12)
+    assert np.bincount(mem.column("segment").to_numpy(), minlength=k).tolist() == seg["size"].tolist()
+    ov = read_partition(root, "overlaps", res.snapshot).to_pandas()
+    assert len(ov) == k * (k - 1) // 2
+    # an overlap count is recomputable from γ
+    a, bb = int(ov.iloc[0].segment_a), int(ov.iloc[0].segment_b)
+    assert ov.iloc[0].n_users == int(((g[:, a] >= 0.25) & (g[:, bb] >= 0.25)).sum())
+
+
+def test_scoring_the_saved_model_reproduces_the_fit_exactly(trained, tmp_path):
+    cfg, res = trained
+    root = Path(cfg.output.root)
+    fit_gamma = read_partition(root, "memberships", res.snapshot)
+    again = pipeline.score(cfg, res.snapshot, res.model_version)
+    assert again.model_version == res.model_version
+    rescored = read_partition(root, "memberships", res.snapshot)
+    assert rescored.column("user_id").equals(fit_gamma.column("user_id"))
+    np.testing.assert_array_equal(gamma_matrix(rescored), gamma_matrix(fit_gamma))
+
+
+def test_model_recovers_demo_archetypes(trained, data_root):
+    from sklearn.metrics import adjusted_rand_score
+
+    cfg, res = trained
+    mem = read_partition(Path(cfg.output.root), "memberships", res.snapshot).to_pandas()
+    truth = read_truth(data_root, res.snapshot)
+    merged = truth.merge(mem, on="user_id")
+    stable = merged[merged.kind == "stable"]
+    assert adjusted_rand_score(stable.archetype, stable.segment) > 0.9
+    # hybrids sit between archetypes: their entropy is far above the stable users'
+    hybrid = merged[merged.kind == "hybrid"]
+    assert hybrid.entropy_bits.median() > 5 * stable.entropy_bits.median()
+
+
+def test_rerun_replaces_partition_with_exactly_one_copy(trained):
+    cfg, res = trained
+    root = Path(cfg.output.root)
+    for _ in range(2):
+        pipeline.score(cfg, res.snapshot, res.model_version)
+    mem = read_partition(root, "memberships", res.snapshot)
+    ids = mem.column("user_id").to_numpy()
+    assert len(ids) == len(np.unique(ids)) == SMALL.n_users
+    assert not any((root / "_staging" / "memberships").glob("*/*"))
+
+
+def test_tables_read_back_with_pandas_and_duckdb(trained):
+    cfg, res = trained
+    root = Path(cfg.output.root)
+    df = pd.read_parquet(root / "memberships")
+    assert len(df) == SMALL.n_users
+    assert str(df["dt"].iloc[0]) == res.snapshot
+    con = duckdb.connect()
+    rows = con.execute(
+        f"SELECT dt, entropy_band, count(*) FROM read_parquet('{root}/memberships/*/*.parquet', hive_partitioning=true) "
+        "GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert sum(r[2] for r in rows) == SMALL.n_users
+    top = con.execute(
+        f"SELECT name, size FROM read_parquet('{root}/segments/*/*.parquet', hive_partitioning=true) ORDER BY size DESC"
+    ).fetchall()
+    assert len(top) == cfg.model.n_components
+
+
+@pytest.mark.slow
+def test_killing_the_writer_mid_write_leaves_previous_partition_intact(tmp_path, data_root):
+    cfg_path = make_config(tmp_path, data_root)
+    assert main(["train", "--config", str(cfg_path), "--snapshot", DATES[0]]) == 0
+    root = tmp_path / "out"
+    before = {t: tree_digest(root / t / f"dt={DATES[0]}") for t in ("memberships", "segments", "overlaps")}
+    env = {**os.environ, "GMM_DASK_FAULT": "before_commit:120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gmm_dask.cli", "score", "--config", str(cfg_path), "--snapshot", DATES[0]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        for line in proc.stdout:
+            if "GMM_DASK_FAULT reached before_commit" in line:
+                break
+            assert time.time() < deadline, "writer never reached the commit point"
+        staged = list((root / "_staging" / "memberships").rglob("*.parquet"))
+        assert staged, "the new partition should be fully staged at this point"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        proc.stdout.close()
+    after = {t: tree_digest(root / t / f"dt={DATES[0]}") for t in ("memberships", "segments", "overlaps")}
+    assert after == before
+    # readers of the table see only the committed partition
+    assert len(pd.read_parquet(root / "memberships")) == SMALL.n_users
+    assert main(["score", "--config", str(cfg_path), "--snapshot", DATES[0]]) == 0
+    ids = read_partition(root, "memberships", DATES[0]).column("user_id").to_numpy()
+    assert len(ids) == len(np.unique(ids)) == SMALL.n_users
