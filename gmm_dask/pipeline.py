@@ -57,6 +57,22 @@ class RunResult:
     entropy_hist: list[float] = field(default_factory=list)
     band_count: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    sample_z: np.ndarray | None = None
+    sample_segment: np.ndarray | None = None
+    report_path: str | None = None
+
+    def summary(self) -> dict:
+        """JSON-friendly digest (what flows return)."""
+        return {
+            "snapshot": self.snapshot,
+            "model_version": self.model_version,
+            "trained": self.trained,
+            "tables": self.tables,
+            "counts": self.counts,
+            "bands": self.band_count,
+            "report": self.report_path,
+            "segments": self.segments[["segment", "name", "weight", "size"]].to_dict("records"),
+        }
 
 
 def _tree_reduce(items: list, combine: Callable, fan_in: int = 8):
@@ -103,6 +119,33 @@ def _model_arrays(cfg: JobConfig, snap: Snapshot, prof: Profile, plan: FeaturePl
     return da.concatenate(xs), da.concatenate(ws)
 
 
+@dataclass
+class FitData:
+    """Model inputs of one snapshot (lazy or persisted Dask arrays) and the plan that made them."""
+
+    plan: FeaturePlan
+    X: da.Array
+    w: da.Array
+
+
+def fit_data(
+    cfg: JobConfig,
+    snap: Snapshot,
+    prof: Profile,
+    *,
+    warm_start: SegmentationModel | None = None,
+    persist: bool = False,
+) -> FitData:
+    """Build the model inputs; with ``persist`` they are read once and held by the workers
+    (for several fits on the same data, e.g. model selection)."""
+    # a warm start keeps the previous scaler, so parameters stay comparable across dates
+    plan = warm_start.plan if warm_start is not None else build_plan(prof, cfg.input, cfg.model.standardize)
+    X, w = _model_arrays(cfg, snap, prof, plan)
+    if persist:
+        X, w = dask.persist(X, w)
+    return FitData(plan, X, w)
+
+
 def fit_model(
     cfg: JobConfig,
     snap: Snapshot,
@@ -112,16 +155,14 @@ def fit_model(
     warm_start: SegmentationModel | None = None,
     n_components: int | None = None,
     covariance_type: str | None = None,
+    data: FitData | None = None,
 ) -> SegmentationModel:
     """Fit the mixture on the prepared snapshot (unregistered model, with metadata)."""
     m = cfg.model
     k = n_components or m.n_components
     ct = covariance_type or m.covariance_type
-    if warm_start is not None:
-        plan = warm_start.plan  # keep the scaler so parameters stay comparable across dates
-    else:
-        plan = build_plan(prof, cfg.input, m.standardize)
-    X, w = _model_arrays(cfg, snap, prof, plan)
+    data = data or fit_data(cfg, snap, prof, warm_start=warm_start)
+    plan, X, w = data.plan, data.X, data.w
     init = {}
     if warm_start is not None and warm_start.n_components == k and warm_start.covariance_type == ct:
         init = {
@@ -265,7 +306,52 @@ def _result(snap, model, trained, paths, agg, fit, t0, thr) -> RunResult:
         entropy_hist=agg.entropy_hist.tolist(),
         band_count={b: int(c) for b, c in zip(BANDS, agg.band_count, strict=True)},
         seconds=round(time.perf_counter() - t0, 3),
+        sample_z=agg.sample_z,
+        sample_segment=agg.sample_segment,
     )
+
+
+def partition_model_version(cfg: JobConfig, table: str, date: str) -> str | None:
+    """The model version recorded in a committed table partition, or None if there is none."""
+    import pyarrow.parquet as pq
+
+    from .io import filesystem
+
+    fs, base = filesystem(cfg.output.root, cfg.input.storage_options)
+    path = f"{base.rstrip('/')}/{table}/dt={date}"
+    if not fs.exists(path):
+        return None
+    files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+    if not files:
+        return None
+    with fs.open(files[0], "rb") as f:
+        meta = pq.read_schema(f).metadata or {}
+    return meta.get(b"gmm_dask.model_version", b"").decode() or None
+
+
+def score_with_model(cfg: JobConfig, snapshot: str | None, model: SegmentationModel) -> RunResult:
+    """Score a snapshot with an already-loaded model and write the tables."""
+    t0 = time.perf_counter()
+    snap = open_job_snapshot(cfg, snapshot)
+    _check_model_fits_input(cfg, model)
+    profile_snapshot(cfg, snap)  # validates ids, weights and the missing policy before any write
+    paths, agg = write_outputs(cfg, snap, model)
+    return _result(snap, model, False, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
+
+
+def refit(cfg: JobConfig, snapshot: str, previous: SegmentationModel | None, *, callback=None) -> RunResult:
+    """Fit a snapshot warm-started from ``previous`` with components aligned to it, register, write."""
+    from .align import align_to
+
+    t0 = time.perf_counter()
+    snap = open_job_snapshot(cfg, snapshot)
+    prof = profile_snapshot(cfg, snap)
+    model = fit_model(cfg, snap, prof, callback=callback, warm_start=previous)
+    if previous is not None and previous.n_components == model.n_components:
+        model = align_to(previous, model)
+    model = register_model(cfg, model)
+    paths, agg = write_outputs(cfg, snap, model)
+    return _result(snap, model, True, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
 
 
 def train(
@@ -282,11 +368,4 @@ def train(
 
 def score(cfg: JobConfig, snapshot: str | None = None, model_version: str | None = None) -> RunResult:
     """Apply a stored model (default ``latest``) to a snapshot and write the tables."""
-    t0 = time.perf_counter()
-    model = load_model(cfg, model_version)
-    snap = open_job_snapshot(cfg, snapshot)
-    _check_model_fits_input(cfg, model)
-    prof = profile_snapshot(cfg, snap)
-    del prof  # profile validates the data (ids, weights, missing policy) before anything is written
-    paths, agg = write_outputs(cfg, snap, model)
-    return _result(snap, model, False, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
+    return score_with_model(cfg, snapshot, load_model(cfg, model_version))

@@ -21,6 +21,8 @@ from .registry import SegmentationModel
 
 SCHEMA_VERSION = "1"
 BANDS = ("low", "moderate", "high")
+SAMPLE_PER_PIECE = 400
+SAMPLE_CAP = 4000
 
 
 def membership_schema(id_type: pa.DataType, id_column: str, model_version: str) -> pa.Schema:
@@ -94,9 +96,15 @@ class PieceResult:
     overlap_gamma: np.ndarray  # (K, K) Σ γ_a over users with γ_a, γ_b ≥ threshold
     band_count: np.ndarray  # (3,)
     entropy_hist: np.ndarray  # (20,) histogram of entropy_norm on [0, 1]
+    sample_z: np.ndarray  # (m, D) a few model-space rows for the report's 2-D projection
+    sample_segment: np.ndarray  # (m,)
 
     def __add__(self, other: PieceResult) -> PieceResult:
-        return PieceResult(*(getattr(self, f) + getattr(other, f) for f in self.__dataclass_fields__))
+        merged = {}
+        for f in self.__dataclass_fields__:
+            a, b = getattr(self, f), getattr(other, f)
+            merged[f] = np.concatenate([a, b])[:SAMPLE_CAP] if f.startswith("sample_") else a + b
+        return PieceResult(**merged)
 
 
 def score_piece(
@@ -144,6 +152,7 @@ def score_piece(
     Xf = np.where(finite, X_raw, 0.0)
     over = gamma >= overlap_threshold
     overf = over.astype(np.float64)
+    pick = np.sort(np.random.default_rng(piece.index).choice(n, size=min(n, SAMPLE_PER_PIECE), replace=False))
     return PieceResult(
         n_read=piece.n_rows,
         n_written=n,
@@ -159,6 +168,8 @@ def score_piece(
         overlap_gamma=(gamma * overf).T @ overf,
         band_count=np.array([(m["entropy_band"] == b).sum() for b in BANDS], dtype=float),
         entropy_hist=np.histogram(m["entropy_norm"], bins=20, range=(0.0, 1.0))[0].astype(float),
+        sample_z=Z[pick],
+        sample_segment=seg[pick],
     )
 
 
