@@ -1,0 +1,8 @@
+"""Prefect 3 flows that orchestrate gmm-dask. They compose library functions; they compute nothing."""
+
+from .backfill import backfill
+from .fluidity import fluidity
+from .segment import score, segment, train
+from .select_k import select_k
+
+__all__ = ["backfill", "fluidity", "score", "segment", "select_k", "train"]

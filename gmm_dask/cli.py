@@ -130,11 +130,12 @@ def cmd_demo(args) -> int:
     print(f"Demo data: {spec.n_users:,} users x {spec.n_snapshots} daily snapshots under {root}")
     write_demo_dataset(root, spec)
     print(f"  ready in {time.perf_counter() - t0:.1f} s")
-    from . import pipeline
+    from flows.segment import segment
 
-    progress = _Progress()
-    res = _run_with_cluster(cfg, lambda: pipeline.train(cfg, args.snapshot, callback=progress))
-    progress.done()
+    print(
+        "Running the `segment` flow (Prefect; a temporary local API starts if PREFECT_API_URL is unset) ..."
+    )
+    res = segment(config=args.config, snapshot=args.snapshot)
     print_result(res)
     return EXIT_OK
 
@@ -184,6 +185,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GMMDaskInputError as err:
         print(f"gmm-dask: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as err:
+        if type(err).__name__ in ("ParameterTypeError", "SignatureMismatchError", "ValidationError"):
+            print(f"gmm-dask: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
     except KeyboardInterrupt:
         print("gmm-dask: interrupted", file=sys.stderr)
         return 130

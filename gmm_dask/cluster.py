@@ -55,6 +55,7 @@ def dask_client(cfg=None) -> Iterator:
             host=cfg.host,
             dashboard_address=cfg.dashboard_address,
             processes=cfg.processes,
+            silence_logs=logging.WARNING,
             **kwargs,
         )
         client = Client(cluster, set_as_default=True)

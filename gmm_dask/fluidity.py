@@ -85,30 +85,33 @@ def compute_fluidity(
             f"Snapshots {from_date} and {to_date} were segmented with different numbers of components "
             f"({ka} vs {kb}); score both with the same model (backfill mode 'score') or refit with alignment."
         )
-    a = a.rename_columns([id_column, "segment_from", "gamma_from", "entropy_from", "model_version_from"])
-    b = b.rename_columns([id_column, "segment_to", "gamma_to", "entropy_to", "model_version_to"])
-    joined = a.join(b, keys=id_column, join_type="inner").combine_chunks()
-    n = joined.num_rows
-    g1, g2 = _gamma(joined, "gamma_from"), _gamma(joined, "gamma_to")
+    # pyarrow joins cannot carry list columns: join the ids, then gather rows by position
+    left = pd.DataFrame({"id": a.column(id_column).to_pandas(), "ia": np.arange(a.num_rows)})
+    right = pd.DataFrame({"id": b.column(id_column).to_pandas(), "ib": np.arange(b.num_rows)})
+    pos = left.merge(right, on="id", how="inner", sort=True)
+    ia, ib = pa.array(pos["ia"].to_numpy()), pa.array(pos["ib"].to_numpy())
+    ja, jb = a.take(ia), b.take(ib)
+    n = len(pos)
+    g1, g2 = _gamma(ja, "gamma"), _gamma(jb, "gamma")
     tv = 0.5 * np.abs(g1 - g2).sum(axis=1) if n else np.zeros(0)
     js = js_distance(g1, g2) if n else np.zeros(0)
-    s_from = joined.column("segment_from").to_numpy()
-    s_to = joined.column("segment_to").to_numpy()
+    s_from = ja.column("segment").to_numpy()
+    s_to = jb.column("segment").to_numpy()
     trans = np.zeros((ka, ka), dtype=np.int64)
     np.add.at(trans, (s_from, s_to), 1)
     out = pa.table(
         {
-            id_column: joined.column(id_column),
+            id_column: ja.column(id_column),
             "from_date": pa.array([from_date] * n, pa.string()),
-            "segment_from": joined.column("segment_from"),
-            "segment_to": joined.column("segment_to"),
+            "segment_from": ja.column("segment"),
+            "segment_to": jb.column("segment"),
             "segment_changed": pa.array(s_from != s_to),
             "tv_distance": tv,
             "js_distance": js,
-            "entropy_from": joined.column("entropy_from"),
-            "entropy_to": joined.column("entropy_to"),
-            "model_version_from": joined.column("model_version_from"),
-            "model_version_to": joined.column("model_version_to"),
+            "entropy_from": ja.column("entropy_bits"),
+            "entropy_to": jb.column("entropy_bits"),
+            "model_version_from": ja.column("model_version"),
+            "model_version_to": jb.column("model_version"),
         }
     )
     order = np.argsort(-tv, kind="stable")[:top_n]

@@ -1,0 +1,171 @@
+"""Prefect flows under one session-scoped test harness (a temporary local Prefect API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from gmm_dask.config import ModelConfig
+from gmm_dask.demo import DemoSpec, read_truth, write_demo_dataset
+from gmm_dask.errors import GMMDaskInputError
+
+from .pipeline_helpers import make_config, read_partition
+
+SPEC = DemoSpec(n_users=4000, n_snapshots=5, seed=3, block_users=2000, row_group_rows=1000, drift_share=0.1)
+DATES = SPEC.dates
+
+
+@pytest.fixture(scope="module", autouse=True)
+def harness():
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flowdata")
+    write_demo_dataset(root, SPEC)
+    return root
+
+
+def _cfg(tmp: Path, data_root: Path, **kw) -> str:
+    return str(make_config(tmp, data_root, **kw))
+
+
+def test_segment_flow_writes_tables_and_report(tmp_path, data_root):
+    from flows import segment
+
+    res = segment(config=_cfg(tmp_path, data_root))
+    assert res.snapshot == DATES[-1]
+    assert res.model_version == "v0001"
+    mem = read_partition(tmp_path / "out", "memberships", DATES[-1])
+    assert mem.num_rows == SPEC.n_users
+    report = Path(res.report_path)
+    assert report.is_file()
+    text = report.read_text()
+    assert "<svg" in text
+    assert "Segment sizes" in text
+    assert "Users in 2-D" in text
+    # pinned model: score instead of fit
+    res2 = segment(config=_cfg(tmp_path, data_root), snapshot=DATES[0], model_version="v0001")
+    assert not res2.trained
+    assert res2.model_version == "v0001"
+    assert sorted(p.name for p in (tmp_path / "out" / "registry" / "versions").iterdir()) == ["v0001"]
+
+
+def test_model_parameter_override(tmp_path, data_root):
+    from flows import train
+
+    res = train(
+        config=_cfg(tmp_path, data_root),
+        snapshot=DATES[1],
+        model=ModelConfig(n_components=3, covariance_type="diag"),
+    )
+    assert len(res.segments) == 3
+    assert res.fit["covariance_type"] == "diag"
+
+
+@pytest.mark.parametrize("mode", ["score", "refit"])
+def test_backfill_writes_one_partition_per_date_and_skips_done(tmp_path, data_root, mode):
+    from flows import backfill, train
+
+    cfg = _cfg(tmp_path, data_root)
+    if mode == "score":
+        train(config=cfg, snapshot=DATES[0])
+    out = backfill(start=DATES[0], end=DATES[-1], mode=mode, config=cfg, max_concurrency=2)
+    assert [r["snapshot"] for r in out] == DATES
+    root = tmp_path / "out"
+    for d in DATES:
+        parts = list((root / "memberships").glob(f"dt={d}"))
+        assert len(parts) == 1
+        ids = read_partition(root, "memberships", d).column("user_id").to_numpy()
+        assert len(ids) == len(np.unique(ids)) == SPEC.n_users
+    mtimes = {p: p.stat().st_mtime_ns for p in (root / "memberships").rglob("*.parquet")}
+    again = backfill(start=DATES[0], end=DATES[-1], mode=mode, config=cfg)
+    assert all(r["skipped"] for r in again)
+    assert {p: p.stat().st_mtime_ns for p in (root / "memberships").rglob("*.parquet")} == mtimes
+    if mode == "refit":
+        versions = {r["model_version"] for r in out}
+        assert len(versions) == len(DATES)  # one model per date
+        # a stable user keeps the same segment id on every date
+        segs = pd.concat(
+            [
+                read_partition(root, "memberships", d).to_pandas()[["user_id", "segment"]].assign(dt=d)
+                for d in DATES
+            ]
+        )
+        truth = read_truth(data_root, DATES[0])
+        stable_ids = set(truth.user_id[truth.kind == "stable"])
+        wide = segs[segs.user_id.isin(stable_ids)].pivot(index="user_id", columns="dt", values="segment")
+        same = (wide.nunique(axis=1) == 1).mean()
+        assert same > 0.97, same
+        forced = backfill(start=DATES[-2], end=DATES[-1], mode=mode, config=cfg, force=True)
+        assert not any(r["skipped"] for r in forced)
+
+
+def test_select_k_picks_the_generating_number(tmp_path_factory):
+    from flows import select_k
+
+    root = tmp_path_factory.mktemp("selk")
+    spec = DemoSpec(n_users=6000, n_snapshots=1, seed=5, hybrid_share=0.0, drift_share=0.0, n_archetypes=4)
+    write_demo_dataset(root, spec)
+    tmp = tmp_path_factory.mktemp("selk-out")
+    out = select_k(k_min=2, k_max=6, covariance_types=["full"], config=_cfg(tmp, root))
+    assert out["selected"]["n_components"] == 4
+    table = pd.read_parquet(tmp / "out" / "model_selection")
+    assert sorted(table.n_components) == [2, 3, 4, 5, 6]
+    assert table.loc[table.selected, "n_components"].tolist() == [4]
+
+
+def test_fluidity_ranks_drifting_users_above_stable_ones(tmp_path, data_root):
+    from flows import backfill, fluidity, train
+
+    cfg = _cfg(tmp_path, data_root)
+    train(config=cfg, snapshot=DATES[0])
+    backfill(start=DATES[0], end=DATES[-1], mode="score", config=cfg)
+    out = fluidity(from_date=DATES[0], to_date=DATES[-1], top_n=200, config=cfg)
+    table = pd.read_parquet(out["path"])
+    truth = read_truth(data_root, DATES[0])[["user_id", "kind"]]
+    merged = table.merge(truth, on="user_id")
+    assert len(merged) == SPEC.n_users
+    drift = merged[merged.kind == "drifter"].tv_distance
+    stable = merged[merged.kind == "stable"].tv_distance
+    assert drift.median() > 0.5
+    assert stable.median() < 0.05
+    top = merged.sort_values("tv_distance", ascending=False).head(int((merged.kind == "drifter").sum() * 0.8))
+    assert (top.kind == "drifter").mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    ("flow_name", "kwargs", "needle"),
+    [
+        ("segment", {"snapshot": "2030-01-01"}, "snapshot: 2030-01-01 does not exist"),
+        ("backfill", {"start": DATES[3], "end": DATES[1]}, f"end ({DATES[1]}) is before start ({DATES[3]})"),
+        ("select_k", {"k_min": 5, "k_max": 3}, "k_min (5) must be <= k_max (3)"),
+        ("segment", {"model_version": "v0099"}, "Model version 'v0099' does not exist"),
+        (
+            "backfill",
+            {"start": "2031-01-01", "end": "2031-02-01"},
+            "no snapshots between 2031-01-01 and 2031-02-01",
+        ),
+    ],
+)
+def test_bad_parameters_fail_before_any_compute(tmp_path, data_root, flow_name, kwargs, needle):
+    import flows
+
+    with pytest.raises(GMMDaskInputError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        getattr(flows, flow_name)(config=_cfg(tmp_path, data_root), **kwargs)
+    assert not (tmp_path / "out" / "memberships").exists()
+
+
+def test_bad_date_parameter_is_rejected_by_validation(tmp_path, data_root):
+    from prefect.exceptions import ParameterTypeError
+
+    import flows
+
+    with pytest.raises(ParameterTypeError, match="snapshot"):
+        flows.segment(config=_cfg(tmp_path, data_root), snapshot="2026-02-30")
