@@ -185,15 +185,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GMMDaskInputError as err:
         print(f"gmm-dask: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except Exception as err:
-        if type(err).__name__ in ("ParameterTypeError", "SignatureMismatchError", "ValidationError"):
-            print(f"gmm-dask: error: {err}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        raise
     except KeyboardInterrupt:
         print("gmm-dask: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # internal failure: say so, keep the traceback for -v
+        if type(err).__name__ in ("ParameterTypeError", "SignatureMismatchError"):  # Prefect's bad-parameter errors
+            print(f"gmm-dask: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         logging.getLogger("gmm_dask").debug("internal failure", exc_info=True)
         print(
             f"gmm-dask: internal failure: {type(err).__name__}: {err} (rerun with -v for details)",
