@@ -189,7 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gmm-dask: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # internal failure: say so, keep the traceback for -v
-        if type(err).__name__ in ("ParameterTypeError", "SignatureMismatchError"):  # Prefect's bad-parameter errors
+        if type(err).__name__ in (
+            "ParameterTypeError",
+            "SignatureMismatchError",
+        ):  # Prefect's bad-parameter errors
             print(f"gmm-dask: error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT
         logging.getLogger("gmm_dask").debug("internal failure", exc_info=True)
