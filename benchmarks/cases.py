@@ -6,6 +6,7 @@ memory is measured for that engine alone (RSS of the process tree, sampled every
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -67,10 +68,8 @@ class PeakRSS:
 
         total = 0
         for p in [self.proc, *self.proc.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.Error):
                 total += p.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def _run(self):

@@ -226,7 +226,7 @@ def render(r: dict) -> str:
         f"Spark MLlib: {r['spark']}.",
         "",
     ]
-    lines += ["## Targets", ""] + targets(r)
+    lines += ["## Targets", "", *targets(r)]
     return "\n".join(lines) + "\n"
 
 

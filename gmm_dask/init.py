@@ -111,9 +111,11 @@ def _merge_top_keys(parts, m):
 def _trial_phi_chunk(Xb, wb, idx, off, *, centers, trials):
     """Potential Σ w·min d² if each trial row were added to ``centers``: shape (n_trials,)."""
     shift = centers.mean(axis=0)
-    _, d2 = nearest_center(Xb - shift, centers - shift)
-    dt = (((Xb - shift)[:, None, :] - (trials - shift)[None, :, :]) ** 2).sum(axis=2)
-    return (_unit(wb, len(Xb))[:, None] * np.minimum(d2[:, None], dt)).sum(axis=0)
+    Xc = Xb - shift
+    _, d2 = nearest_center(Xc, centers - shift)
+    tc = trials - shift
+    dt = np.maximum((Xc * Xc).sum(axis=1)[:, None] - 2.0 * (Xc @ tc.T) + (tc * tc).sum(axis=1)[None, :], 0.0)
+    return _unit(wb, len(Xb)) @ np.minimum(d2[:, None], dt)
 
 
 def _phi_chunk(Xb, wb, idx, off, *, centers):

@@ -11,7 +11,6 @@ These functions are pure NumPy and know nothing about Dask: the distributed driv
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,22 +173,6 @@ def _block_stats(Xc, shift, r, scores, w, kind, row_offset, n_worst) -> SuffStat
         worst_rows=wr,
         worst_index=wi,
     )
-
-
-def _blocked(
-    X: np.ndarray,
-    sample_weight: np.ndarray | None,
-    block_rows: int,
-    row_offset: int,
-    block_fn: Callable[[np.ndarray, np.ndarray | None, int], SuffStats],
-) -> SuffStats:
-    n = X.shape[0]
-    parts = []
-    for start in range(0, max(n, 1), block_rows):
-        stop = min(start + block_rows, n)
-        wb = None if sample_weight is None else sample_weight[start:stop]
-        parts.append(block_fn(X[start:stop], wb, row_offset + start))
-    return combine_all(parts)
 
 
 class _Workspace:
@@ -365,11 +348,80 @@ def estep_stats(
     )
 
 
-def nearest_center(Xc: np.ndarray, centers_c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of and squared distance to the nearest centre, both shape (n,)."""
-    d2 = ((Xc[:, None, :] - centers_c[None, :, :]) ** 2).sum(axis=2)
-    labels = d2.argmin(axis=1)
-    return labels, d2[np.arange(len(labels)), labels]
+def nearest_center(
+    Xc: np.ndarray, centers_c: np.ndarray, block_rows: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
+    """Index of and squared distance to the nearest centre, both shape (n,).
+
+    ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖² as a GEMM in row blocks (memory O(block × C)); ``Xc`` and
+    ``centers_c`` should be expressed around a common shift near the data, which keeps the
+    expansion accurate. Distances are clipped at 0.
+    """
+    n = Xc.shape[0]
+    labels = np.empty(n, dtype=np.intp)
+    d2 = np.empty(n)
+    cc = (centers_c**2).sum(axis=1)
+    for start in range(0, n, block_rows):
+        xb = Xc[start : start + block_rows]
+        g = xb @ centers_c.T
+        g *= -2.0
+        g += cc
+        lab = g.argmin(axis=1)
+        labels[start : start + block_rows] = lab
+        d2[start : start + block_rows] = np.maximum(g[np.arange(len(lab)), lab] + (xb * xb).sum(axis=1), 0.0)
+    return labels, d2
+
+
+def labelled_stats(
+    X: np.ndarray,
+    sample_weight: np.ndarray | None,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    k: int,
+    moments: str | None,
+    row_offset: int,
+) -> SuffStats:
+    """Statistics of rows wholly assigned to components ``labels`` (exactly centred per cluster).
+
+    The "worst" rows are those with the lowest ``scores``.
+    """
+    n, d = X.shape
+    w = np.ones(n) if sample_weight is None else sample_weight
+    nk = np.bincount(labels, weights=w, minlength=k).astype(np.float64)
+    means = np.zeros((k, d))
+    m2 = None if moments is None else np.zeros((k, d, d) if moments == "full" else (k, d))
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(k + 1))
+    for j in range(k):
+        idx = order[bounds[j] : bounds[j + 1]]
+        if not idx.size or nk[j] <= 0:
+            continue
+        xj, wj = X[idx], w[idx]
+        means[j] = (wj @ xj) / nk[j]
+        if m2 is not None:
+            dj = xj - means[j]
+            if moments == "full":
+                m2[j] = dj.T @ (dj * wj[:, None])
+            else:
+                m2[j] = wj @ (dj * dj)
+    eligible = w > 0
+    idx = np.flatnonzero(eligible)
+    if idx.size > k:
+        idx = idx[np.argpartition(scores[idx], k - 1)[:k]]
+    ws_, wr, wi = _keep_worst(scores[idx], X[idx].astype(np.float64, copy=True), idx + row_offset, k)
+    return SuffStats(
+        nk=nk,
+        means=means,
+        m2=m2,
+        loglik=float(w @ scores),
+        weight=float(w.sum()),
+        n_rows=n,
+        n_bad=0,
+        first_bad=-1,
+        worst_scores=ws_,
+        worst_rows=wr,
+        worst_index=wi,
+    )
 
 
 def hard_stats(
@@ -386,18 +438,9 @@ def hard_stats(
     ``loglik`` is −Σ w·d² (minus the inertia); the "worst" rows are the farthest from any centre.
     ``moments`` is 'full', 'diag' or None (means only).
     """
-    k, d = centers.shape
     shift = centers.mean(axis=0)
-    block_rows = block_rows or default_block_rows(k, d)
-
-    def block(Xb, wb, off):
-        Xc = Xb - shift
-        labels, d2 = nearest_center(Xc, centers - shift)
-        r = np.zeros((len(labels), k))
-        r[np.arange(len(labels)), labels] = 1.0 if wb is None else wb
-        return _block_stats(Xc, shift, r, -d2, wb, moments, off, k)
-
-    return _blocked(X, sample_weight, block_rows, row_offset, block)
+    labels, d2 = nearest_center(X - shift, centers - shift, block_rows or 8192)
+    return labelled_stats(X, sample_weight, labels, -d2, len(centers), moments, row_offset)
 
 
 def resp_stats(
