@@ -170,7 +170,7 @@ def run_gmm_dask(p: dict) -> dict:
                     tol=0,
                     max_iter=p["iters_hi"],
                     persist=p.get("persist", True),
-                    callback=lambda info: secs.append(info.seconds),
+                    callback=lambda info, secs=secs: secs.append(info.seconds),
                     **init,
                 )
                 t0 = time.perf_counter()
