@@ -132,17 +132,16 @@ def run_gmm_dask(p: dict) -> dict:
     X_np = blobs(n, d, k, p["seed"])  # for the shared init only; the engine reads its own copy
     init = shared_init(X_np, k, p["ct"])
     del X_np
-    block = p.get("chunk_rows", 250_000)
-    starts = list(range(0, n, block))
+    gen = 250_000  # generation blocks: the same rows as blobs(), which the other engines use
     parts = [
         da.from_delayed(
-            dask.delayed(blobs_block)(min(block, n - s), d, k, p["seed"], i),
-            shape=(min(block, n - s), d),
+            dask.delayed(blobs_block)(min(gen, n - s), d, k, p["seed"], i),
+            shape=(min(gen, n - s), d),
             dtype=float,
         )
-        for i, s in enumerate(starts)
+        for i, s in enumerate(range(0, n, gen))
     ]
-    X = da.concatenate(parts)
+    X = da.concatenate(parts).rechunk((p.get("chunk_rows", 125_000), d))
     source = p.get("source", "memory")
     if source == "parquet":
         X = _parquet_array(p, X)

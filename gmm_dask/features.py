@@ -270,6 +270,16 @@ def build_plan(p: Profile, cfg: InputConfig, standardize: bool) -> FeaturePlan:
     else:
         mean = p.row_mean
         var = p.row_m2 / p.row_w if p.row_w > 0 else np.zeros(d)
+    bad = [
+        f.name
+        for f, m, v in zip(cfg.features, np.atleast_1d(mean), np.atleast_1d(var), strict=True)
+        if not (np.isfinite(m) and np.isfinite(v))
+    ]
+    if bad:
+        raise DataError(
+            f"Feature(s) {bad} have values so large that their mean or variance overflows float64. "
+            "Use transform 'log1p' or 'asinh', or clip the values upstream."
+        )
     if not standardize:
         mean, scale = np.zeros(d), np.ones(d)
     else:

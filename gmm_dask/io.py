@@ -122,15 +122,32 @@ def resolve_snapshot(cfg: InputConfig, date: str | None) -> str:
     return date
 
 
-def _footer(fs, path: str):
+_CORRUPT_HINTS = ("thrift", "magic", "footer", "corrupt", "invalid", "parquet", "deserializ", "out of bounds")
+
+
+def _read_error(path: str, err: Exception, what: str) -> Exception:
+    """Classify a failure: damaged data → DataError (exit 2, no retry); storage → OSError (retryable)."""
+    if isinstance(err, OSError) and not any(h in str(err).lower() for h in _CORRUPT_HINTS):
+        return OSError(f"{what} Parquet file {path!r} failed: {err}")
+    return DataError(
+        f"Parquet file {path!r} is unreadable or corrupt ({type(err).__name__}: {err}). "
+        "Re-export it or remove it from the snapshot."
+    )
+
+
+def _open(fs, path: str):
     try:
-        with fs.open(path, "rb") as f:
+        return fs.open(path, "rb")
+    except OSError as err:  # missing file, permissions, network: storage trouble, retryable
+        raise OSError(f"Opening Parquet file {path!r} failed: {err}") from err
+
+
+def _footer(fs, path: str):
+    with _open(fs, path) as f:
+        try:
             return pq.ParquetFile(f).metadata
-    except Exception as err:  # pyarrow raises several types for damaged files
-        raise DataError(
-            f"Parquet file {path!r} is unreadable or corrupt ({type(err).__name__}: {err}). "
-            "Re-export it or remove it from the snapshot."
-        ) from None
+        except Exception as err:
+            raise _read_error(path, err, "Reading the footer of") from None
 
 
 def _check_schema(path: str, schema: pa.Schema, cfg: InputConfig) -> None:
@@ -205,14 +222,11 @@ def open_snapshot(cfg: InputConfig, date: str, piece_rows: int = PIECE_ROWS) -> 
 def read_piece(piece: Piece, columns: Sequence[str], storage_options: dict | None = None) -> pa.Table:
     """Read one piece's columns with pyarrow (runs inside a Dask task)."""
     fs, inner = filesystem(piece.path, storage_options)
-    try:
-        with fs.open(inner, "rb") as f:
+    with _open(fs, inner) as f:
+        try:
             table = pq.ParquetFile(f).read_row_groups(list(piece.row_groups), columns=list(columns))
-    except Exception as err:
-        raise DataError(
-            f"Reading Parquet file {piece.path!r} (row groups {list(piece.row_groups)}) failed: "
-            f"{type(err).__name__}: {err}"
-        ) from None
+        except Exception as err:
+            raise _read_error(piece.path, err, "Reading") from None
     if table.num_rows != piece.n_rows:
         raise DataError(
             f"Parquet file {piece.path!r} changed while the job ran ({table.num_rows} rows read, "

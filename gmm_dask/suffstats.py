@@ -28,9 +28,9 @@ def moment_kind(covariance_type: str) -> str:
 
 
 def default_block_rows(n_components: int, n_features: int) -> int:
-    """Rows per in-cache block so each (K·D, rows) temporary stays around 1 MiB (the L2 size
-    of common server cores); measured fastest for K·D = 128 on this project's machines."""
-    return int(np.clip((1 << 17) // max(1, n_components * n_features), 256, 16384))
+    """Rows per in-cache block so each (K·D, rows) temporary stays around 2 MiB; measured
+    fastest for K·D = 128 on this project's 2-core machines."""
+    return int(np.clip((1 << 18) // max(1, n_components * n_features), 256, 16384))
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,14 @@ class SuffStats:
 def _keep_worst(scores, rows, index, m):
     order = np.lexsort((index, scores))[:m]
     return scores[order], rows[order], index[order]
+
+
+def _worst_rows(scores: np.ndarray, rows: np.ndarray, eligible: np.ndarray, row_offset: int, m: int):
+    """The m eligible rows with the lowest score: (scores, rows as float64 copies, global indices)."""
+    idx = np.flatnonzero(eligible)
+    if idx.size > m:
+        idx = idx[np.argpartition(scores[idx], m - 1)[:m]]
+    return _keep_worst(scores[idx], np.array(rows[idx], dtype=np.float64), idx + row_offset, m)
 
 
 def combine(a: SuffStats, b: SuffStats) -> SuffStats:
@@ -155,11 +163,7 @@ def _block_stats(Xc, shift, r, scores, w, kind, row_offset, n_worst) -> SuffStat
     loglik = float(contrib[finite].sum())
     # Rows that can seed a collapsed component: positive weight, finite score.
     eligible = finite if w is None else finite & (w > 0)
-    idx = np.flatnonzero(eligible)
-    if idx.size > n_worst:
-        part = np.argpartition(scores[idx], n_worst - 1)[:n_worst]
-        idx = idx[part]
-    ws, wr, wi = _keep_worst(scores[idx], Xc[idx] + shift, idx + row_offset, n_worst)
+    ws, wr, wi = _worst_rows(scores, Xc + shift, eligible, row_offset, n_worst)
     return SuffStats(
         nk=nk,
         means=means_c + shift,
@@ -189,9 +193,9 @@ class _Workspace:
         self.xa = np.empty((d + 1, rows))
         self.xa[d] = 1.0
         self.y = np.empty((k * d, rows))
+        self.x2 = np.empty((d, rows))
         self.lp = np.empty((k, rows))
         self.r = np.empty((k, rows))
-        self.diff = np.empty((k, d, rows))
 
 
 def _merge_blocks(nk_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray):
@@ -234,8 +238,9 @@ def estep_stats(
     Returns
     -------
     SuffStats
-        Second moments are centred exactly on each block's own component means (√γ-weighted
-        differences, one batched product) and merged over blocks with the parallel formula.
+        Second moments are accumulated per in-cache block about the current mixture mean
+        (so an offset of 1e6 costs nothing), turned into moments about the block's component
+        means, and merged across blocks and partitions exactly with the parallel formula.
     """
     from .gaussian import LOG_2PI, log_det_cholesky
 
@@ -249,15 +254,15 @@ def estep_stats(
     with np.errstate(divide="ignore"):
         consts = -0.5 * d * LOG_2PI + log_det_cholesky(prec_chol, covariance_type, d) + np.log(weights)
     if covariance_type == "full":
-        Wa = np.empty((k * d, d + 1))  # yᵀ = Waᵀ-form: (K·D, D+1) @ (D+1, n)
+        Wa = np.empty((k * d, d + 1))  # yᵀ = Wa @ [x−s; 1]: (K·D, D+1) @ (D+1, n)
         Wa[:, :d] = prec_chol.transpose(0, 2, 1).reshape(k * d, d)
         Wa[:, d] = -np.einsum("kd,kdj->kj", means_c, prec_chol).reshape(k * d)
     elif covariance_type == "tied":
         b_tied = (means_c @ prec_chol)[:, :, None]
-    elif covariance_type == "diag":
-        mc3, pc3 = means_c[:, :, None], prec_chol[:, :, None]
-    else:
-        mc3, pc3 = means_c[:, :, None], prec_chol[:, None, None]
+    else:  # diag / spherical: Σ_d p_kd (x_d − μ_kd)² = p·x² − 2 (p μ)·x + p·μ², three thin GEMMs
+        p2 = prec_chol**2 if covariance_type == "diag" else np.repeat((prec_chol**2)[:, None], d, axis=1)
+        pm = p2 * means_c
+        consts = consts - 0.5 * (p2 * means_c**2).sum(axis=1)
     n_blocks = max(1, -(-n_total // block_rows))
     nk_b = np.zeros((n_blocks, k))
     mean_b = np.zeros((n_blocks, k, d))
@@ -271,19 +276,23 @@ def estep_stats(
         xa = ws.xa[:, :n]
         xc = xa[:d]
         np.subtract(X[start:stop].T, shift[:, None], out=xc)
-        y = ws.y[:, :n]
-        y3 = y.reshape(k, d, n)
-        if covariance_type == "full":
-            np.matmul(Wa, xa, out=y)
-        elif covariance_type == "tied":
-            np.subtract((prec_chol.T @ xc)[None], b_tied, out=y3)
-        else:
-            np.subtract(xc[None], mc3, out=y3)
-            y3 *= pc3
-        np.square(y, out=y)
         lp = ws.lp[:, :n]
-        y3.sum(axis=1, out=lp)
-        lp *= -0.5
+        if covariance_type in ("full", "tied"):
+            y = ws.y[:, :n]
+            y3 = y.reshape(k, d, n)
+            if covariance_type == "full":
+                np.matmul(Wa, xa, out=y)
+            else:
+                np.subtract((prec_chol.T @ xc)[None], b_tied, out=y3)
+            np.square(y, out=y)
+            y3.sum(axis=1, out=lp)
+            lp *= -0.5
+        else:
+            x2 = ws.x2[:, :n]
+            np.square(xc, out=x2)
+            np.matmul(p2, x2, out=lp)
+            lp *= -0.5
+            lp += pm @ xc
         lp += consts_c
         amax = lp.max(axis=0)
         finite_max = np.isfinite(amax)
@@ -308,20 +317,25 @@ def estep_stats(
             loglik += float(wb[~bad] @ lpn[~bad])
         else:
             loglik += float(lpn[~bad].sum()) if any_bad else float(lpn.sum())
+        # Block moments about the current mixture mean (xc is already centred there), turned
+        # into moments about the block's own component means; blocks merge exactly below.
         nkb = r.sum(axis=1)
         mb = r @ xc.T
         pos = nkb > 0
         np.divide(mb, nkb[:, None], out=mb, where=pos[:, None])
         mb[~pos] = 0.0
-        diff = ws.diff[:, :, :n]
-        np.subtract(xc[None], mb[:, :, None], out=diff)
-        np.sqrt(r, out=r)
-        diff *= r[:, None, :]
         if kind == "full":
-            np.matmul(diff, diff.transpose(0, 2, 1), out=m2_b[i])
+            xw = ws.y[:, :n].reshape(k, d, n)
+            np.multiply(xc[None], r[:, None, :], out=xw)
+            g = (ws.y[:, :n] @ xc.T).reshape(k, d, d)  # one GEMM: (K·D, n) @ (n, D)
+            g -= nkb[:, None, None] * (mb[:, :, None] * mb[:, None, :])
+            m2_b[i] = g
         else:
-            np.square(diff, out=diff)
-            diff.sum(axis=2, out=m2_b[i])
+            x2 = ws.x2[:, :n]
+            np.square(xc, out=x2)
+            m2 = r @ x2.T
+            m2 -= nkb[:, None] * mb**2
+            np.maximum(m2, 0.0, out=m2_b[i])
         nk_b[i] = nkb
         mean_b[i] = mb
     nk, mean_c, m2 = _merge_blocks(nk_b, mean_b, m2_b)
@@ -329,10 +343,7 @@ def estep_stats(
     n_bad = int(n_total - finite.sum())
     first_bad = row_offset + int(np.flatnonzero(~finite)[0]) if n_bad else -1
     eligible = finite if sample_weight is None else finite & (sample_weight > 0)
-    idx = np.flatnonzero(eligible)
-    if idx.size > k:
-        idx = idx[np.argpartition(scores[idx], k - 1)[:k]]
-    ws_, wr, wi = _keep_worst(scores[idx], X[idx].astype(np.float64, copy=True), idx + row_offset, k)
+    ws_, wr, wi = _worst_rows(scores, X, eligible, row_offset, k)
     return SuffStats(
         nk=nk,
         means=mean_c + shift,
@@ -404,11 +415,7 @@ def labelled_stats(
                 m2[j] = dj.T @ (dj * wj[:, None])
             else:
                 m2[j] = wj @ (dj * dj)
-    eligible = w > 0
-    idx = np.flatnonzero(eligible)
-    if idx.size > k:
-        idx = idx[np.argpartition(scores[idx], k - 1)[:k]]
-    ws_, wr, wi = _keep_worst(scores[idx], X[idx].astype(np.float64, copy=True), idx + row_offset, k)
+    ws_, wr, wi = _worst_rows(scores, X, w > 0, row_offset, k)
     return SuffStats(
         nk=nk,
         means=means,

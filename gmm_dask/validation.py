@@ -330,4 +330,11 @@ def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
     if n and wsum <= 0:
         raise GMMDaskInputError("sample_weight sums to 0: at least one row needs a positive weight.")
     mean_var = float(np.mean(m2 / tot)) if tot > 0 and m2 is not None else 0.0
+    if not np.isfinite(mean_var):
+        col = int(np.flatnonzero(~np.isfinite(m2))[0]) if m2 is not None and (~np.isfinite(m2)).any() else 0
+        name = feature_names[col] if feature_names else col
+        raise GMMDaskInputError(
+            f"X has values so large that the variance of column {name!r} overflows float64. "
+            "Rescale or log-transform the features."
+        )
     return ValueReport(n, nbad, fr, fc, nbw, fw, wsum, mean_var)

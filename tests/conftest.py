@@ -50,3 +50,12 @@ def blobs(n=3000, k=4, d=3, sep=8.0, seed=0):
     scales = rng.uniform(0.5, 1.5, size=(k, d))
     X = means[labels] + rng.normal(size=(n, d)) * scales[labels]
     return X, labels, means
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for every flow test in the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

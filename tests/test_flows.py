@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from gmm_dask.config import ModelConfig
 from gmm_dask.demo import DemoSpec, read_truth, write_demo_dataset
@@ -19,10 +18,7 @@ SPEC = DemoSpec(n_users=4000, n_snapshots=5, seed=3, block_users=2000, row_group
 DATES = SPEC.dates
 
 
-@pytest.fixture(scope="module", autouse=True)
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
 @pytest.fixture(scope="module")
