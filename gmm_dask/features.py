@@ -111,7 +111,9 @@ class Profile:
     ids: np.ndarray | None = None  # sorted unique ids (dropped before returning to the client)
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def _merge_moments(wa, ma, sa, wb, mb, sb):
+    """Parallel merge; huge values may overflow to inf here and are reported by build_plan."""
     w = wa + wb
     safe = np.where(w > 0, w, 1.0)
     delta = mb - ma
@@ -120,6 +122,7 @@ def _merge_moments(wa, ma, sa, wb, mb, sb):
     return w, mean, m2
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def _weighted_moments(X, w):
     W = w.sum(axis=0)
     safe = np.where(W > 0, W, 1.0)

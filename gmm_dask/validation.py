@@ -253,6 +253,7 @@ class ValueReport:
     mean_variance: float  # mean over features of the (weighted) variance
 
 
+@np.errstate(over="ignore", invalid="ignore")  # overflowing variances are reported by validate_values
 def _value_chunk(Xb, wb, idx, off):
     finite = np.isfinite(Xb)
     bad_rows = np.flatnonzero(~finite.all(axis=1))
@@ -286,6 +287,7 @@ def _value_chunk(Xb, wb, idx, off):
     )
 
 
+@np.errstate(over="ignore", invalid="ignore")
 def _merge_values(parts):
     n = nbad = nbw = 0
     fr = fc = fw = -1

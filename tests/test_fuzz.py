@@ -60,13 +60,8 @@ def tables(draw):
 def _write(tmp: Path, t: dict) -> Path:
     part = tmp / "data" / "dt=2026-03-01"
     part.mkdir(parents=True)
-    df = pd.DataFrame(
-        {
-            "user_id": pd.array(
-                t["ids"], dtype=object if t["ids"] and isinstance(t["ids"][0], str) else "Int64"
-            )
-        }
-    )
+    text_ids = any(isinstance(i, str) for i in t["ids"])
+    df = pd.DataFrame({"user_id": pd.array(t["ids"], dtype=object if text_ids else "Int64")})
     for f, vals in t["cols"].items():
         arr = np.asarray(vals, dtype=float)
         if t["dtype"] == "int":
