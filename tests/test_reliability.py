@@ -46,6 +46,7 @@ def _stop(proc, sig=signal.SIGTERM):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::gmm_dask.ConvergenceWarning")
 def test_worker_killed_mid_fit_finishes_on_the_survivor_with_the_same_result(tmp_path):
     from distributed import Client
 
