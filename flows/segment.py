@@ -40,7 +40,7 @@ def _run_segment(cfg, snapshot: str | None, model_version: str | None):
         else:
             model = pinned
         paths, agg = tasks.write_outputs(cfg, snap, model)
-    res = pipeline._result(
+    res = pipeline.run_result(
         snap, model, pinned is None, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold
     )
     publish(res, cfg)

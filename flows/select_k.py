@@ -94,7 +94,7 @@ def select_k(
         except BaseException:
             w.abort()
             raise
-    res = pipeline._result(
+    res = pipeline.run_result(
         snap, best, True, paths, agg, dict(best.metadata), t0, cfg.output.overlap_threshold
     )
     chosen = {"n_components": best.n_components, "covariance_type": best.covariance_type}

@@ -286,7 +286,8 @@ def write_outputs(
     return paths, agg
 
 
-def _result(snap, model, trained, paths, agg, fit, t0, thr) -> RunResult:
+def run_result(snap, model, trained, paths, agg, fit, t0, thr) -> RunResult:
+    """Assemble the :class:`RunResult` of a run from what :func:`write_outputs` returned."""
     from .tables import BANDS
 
     return RunResult(
@@ -336,7 +337,7 @@ def score_with_model(cfg: JobConfig, snapshot: str | None, model: SegmentationMo
     _check_model_fits_input(cfg, model)
     profile_snapshot(cfg, snap)  # validates ids, weights and the missing policy before any write
     paths, agg = write_outputs(cfg, snap, model)
-    return _result(snap, model, False, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
+    return run_result(snap, model, False, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
 
 
 def refit(cfg: JobConfig, snapshot: str, previous: SegmentationModel | None, *, callback=None) -> RunResult:
@@ -351,7 +352,7 @@ def refit(cfg: JobConfig, snapshot: str, previous: SegmentationModel | None, *, 
         model = align_to(previous, model)
     model = register_model(cfg, model)
     paths, agg = write_outputs(cfg, snap, model)
-    return _result(snap, model, True, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
+    return run_result(snap, model, True, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
 
 
 def train(
@@ -363,7 +364,7 @@ def train(
     prof = profile_snapshot(cfg, snap)
     model = register_model(cfg, fit_model(cfg, snap, prof, callback=callback, warm_start=warm_start))
     paths, agg = write_outputs(cfg, snap, model)
-    return _result(snap, model, True, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
+    return run_result(snap, model, True, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
 
 
 def score(cfg: JobConfig, snapshot: str | None = None, model_version: str | None = None) -> RunResult:
