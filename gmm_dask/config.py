@@ -102,6 +102,12 @@ class ModelConfig(_Model):
     reg_covar: float = Field(1e-6, ge=0)
     random_state: int = Field(0, ge=0, description="Seed for initialisation; fits are reproducible.")
     standardize: bool = Field(True, description="Scale transformed features to mean 0, variance 1.")
+    persist: bool = Field(
+        True,
+        description="Hold the prepared snapshot in cluster memory for the fit (fastest). False "
+        "re-reads it from Parquet every EM iteration: memory bounded by the piece size, for "
+        "snapshots larger than the cluster's memory.",
+    )
     segment_names: list[str] | None = Field(
         None, description="One name per component, e.g. Creators, Consistent users, Ghosts."
     )

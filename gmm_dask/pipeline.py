@@ -180,6 +180,7 @@ def fit_model(
         init_params=m.init_params,
         random_state=m.random_state,
         callback=callback,
+        persist=m.persist,
         **init,
     )
     t0 = time.perf_counter()

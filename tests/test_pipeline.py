@@ -186,3 +186,20 @@ def test_killing_the_writer_mid_write_leaves_previous_partition_intact(tmp_path,
     assert main(["score", "--config", str(cfg_path), "--snapshot", DATES[0]]) == 0
     ids = read_partition(root, "memberships", DATES[0]).column("user_id").to_numpy()
     assert len(ids) == len(np.unique(ids)) == SMALL.n_users
+
+
+def test_streaming_fit_from_parquet_equals_the_persisted_fit(trained, tmp_path):
+    """model.persist: false re-reads the snapshot every iteration and gives the same model."""
+    cfg, res = trained
+    streamed = cfg.model_copy(
+        update={
+            "model": cfg.model.model_copy(update={"persist": False}),
+            "output": cfg.output.model_copy(update={"root": str(tmp_path / "s")}),
+        }
+    )
+    snap = pipeline.open_job_snapshot(streamed, res.snapshot)
+    prof = pipeline.profile_snapshot(streamed, snap)
+    model = pipeline.fit_model(streamed, snap, prof)
+    persisted = pipeline.load_model(cfg, res.model_version)
+    np.testing.assert_allclose(model.means, persisted.means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.weights, persisted.weights, rtol=1e-10)
