@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from . import gaussian
-from .em import IterationInfo, estep, run_em
+from .em import EMResult, IterationInfo, estep, run_em
 from .errors import ConvergenceWarning, GMMDaskInputError, NotFittedError
 from .init import MixtureParams, initialize
 from .runner import make_runner
@@ -21,6 +21,7 @@ from .validation import (
     check_estimator_params,
     check_init_arrays,
     to_chunked,
+    to_numpy,
     validate_values,
 )
 
@@ -197,8 +198,6 @@ class GaussianMixture:
                     )
                     prev = self.lower_bound_
                 if self.max_iter == 0:
-                    from .em import EMResult
-
                     result = EMResult(params, False, 0, -np.inf)
                 else:
                     result = run_em(
@@ -320,14 +319,7 @@ class GaussianMixture:
                     f"missing {missing}, unexpected {extra}. Pass the columns {list(names)}."
                 )
             X = X[list(names)]
-        if isinstance(X, np.ndarray | list | pd.DataFrame) and not isinstance(X, da.Array):
-            data = to_chunked(X)
-            Xn = data.X.compute() if not isinstance(X, np.ndarray) else np.asarray(X, dtype=np.float64)
-            if Xn.ndim != 2:
-                data = to_chunked(Xn)
-            out = Xn
-        else:
-            out = to_chunked(X).X
+        out = to_numpy(X) if isinstance(X, np.ndarray | list | pd.DataFrame) else to_chunked(X).X
         if out.shape[1] != self.n_features_in_:
             raise GMMDaskInputError(
                 f"X has {out.shape[1]} features, but GaussianMixture was fitted with "
@@ -406,4 +398,4 @@ class GaussianMixture:
         return self.fit(X, sample_weight=sample_weight).predict(X)
 
 
-__all__ = ["GaussianMixture", "estep"]
+__all__ = ["GaussianMixture"]

@@ -151,6 +151,16 @@ def _check_numpy(X, name="X") -> np.ndarray:
     return X.astype(np.float64, copy=False)
 
 
+def to_numpy(X) -> np.ndarray:
+    """In-memory input (NumPy, list, pandas DataFrame) as a checked 2-D float64 array."""
+    if isinstance(X, pd.DataFrame):
+        bad = _numeric_frame_columns(X.dtypes)
+        if bad:
+            raise GMMDaskInputError(_non_numeric_msg(bad, X.dtypes))
+        return _frame_to_numpy(X)
+    return _check_numpy(X)
+
+
 def _is_dask_frame(X) -> bool:
     if not type(X).__module__.startswith("dask"):
         return False
@@ -167,11 +177,8 @@ def to_chunked(X, sample_weight=None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
     """
     names = None
     if isinstance(X, pd.DataFrame):
-        bad = _numeric_frame_columns(X.dtypes)
-        if bad:
-            raise GMMDaskInputError(_non_numeric_msg(bad, X.dtypes))
         names = [str(c) for c in X.columns]
-        X = _frame_to_numpy(X)
+        X = to_numpy(X)
     if isinstance(X, da.Array):
         if X.ndim != 2:
             raise GMMDaskInputError(f"Expected a 2-D Dask array (rows × features), got {X.ndim} dimensions.")
@@ -200,7 +207,7 @@ def to_chunked(X, sample_weight=None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
         ]
         Xd = da.concatenate(blocks, axis=0) if blocks else da.zeros((0, d))
     else:
-        Xn = _check_numpy(X)
+        Xn = to_numpy(X)
         n = Xn.shape[0]
         rows = max(1, min(chunk_rows, n))
         Xd = da.from_array(Xn, chunks=(rows, -1))
