@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from .config import FeatureSpec, InputConfig
 from .errors import DataError
 from .io import Piece, read_piece
+from .validation import MAX_ABS_VALUE
 
 _FORWARD = {"none": lambda x: x, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
 _INVERSE = {"none": lambda x: x, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}
@@ -298,6 +299,18 @@ def prepare_piece(table: pa.Table, cfg: InputConfig, plan: FeaturePlan, path: st
     ids, X_raw, w = raw_arrays(table, cfg)
     T = apply_transforms(X_raw, plan.features)
     bad = ~np.isfinite(T)
+    with np.errstate(over="ignore", invalid="ignore"):
+        huge = ~bad & (np.abs((T - plan.mean) / plan.scale) > MAX_ABS_VALUE)
+    if huge.any():
+        rows = huge.any(axis=1)
+        r = int(np.flatnonzero(rows)[0])
+        c = int(np.flatnonzero(huge[r])[0])
+        raise DataError(
+            f"{int(rows.sum())} row(s) of {path!r} have a feature whose magnitude after transform and "
+            f"scaling exceeds {MAX_ABS_VALUE:g} (first: row {r}, column {plan.names[c]!r}, value "
+            f"{float(X_raw[r, c])!r}); squared distances would overflow float64. Use transform 'asinh' or "
+            "'log1p', or set model.standardize: true."
+        )
     rows_bad = bad.any(axis=1)
     n_dropped = n_imputed = 0
     if rows_bad.any():

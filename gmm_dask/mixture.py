@@ -20,6 +20,7 @@ from .runner import make_runner
 from .validation import (
     check_estimator_params,
     check_init_arrays,
+    check_predict_values,
     to_chunked,
     to_numpy,
     validate_values,
@@ -342,11 +343,7 @@ class GaussianMixture:
                 return Xp.map_blocks(fn, chunks=(Xp.chunks[0], (self.n_components,)), dtype=np.float64)
             dtype = np.int64 if what == "predict" else np.float64
             return Xp.map_blocks(fn, drop_axis=1, chunks=(Xp.chunks[0],), dtype=dtype)
-        if not np.all(np.isfinite(Xp)):
-            row = int(np.flatnonzero(~np.isfinite(Xp).all(axis=1))[0])
-            raise GMMDaskInputError(
-                f"X contains NaN or infinity (first at row {row}); drop or impute it first."
-            )
+        check_predict_values(Xp)
         return fn(Xp)
 
     def predict_proba(self, X):

@@ -22,6 +22,12 @@ from .runner import ChunkedData
 #: Rows per partition when a NumPy array is split for Dask's local scheduler.
 DEFAULT_CHUNK_ROWS = 131_072
 
+#: Largest feature magnitude accepted. Squared centred values (<= 4e200), times precisions
+#: (<= 1/reg_covar), summed over any realistic number of rows stay finite in float64; beyond
+#: it a mean rounded to 1e-16 relative error alone can square to infinity. Behavioural
+#: features this large are a unit or encoding mistake.
+MAX_ABS_VALUE = 1e100
+
 
 def invalid(name: str, value, allowed: str) -> GMMDaskInputError:
     return GMMDaskInputError(f"Invalid value for {name}: {value!r}. Expected {allowed}.")
@@ -256,6 +262,9 @@ class ValueReport:
     first_bad_col: int
     n_bad_weights: int
     first_bad_weight: int
+    n_huge_rows: int
+    first_huge_row: int
+    first_huge_col: int
     weight_sum: float
     mean_variance: float  # mean over features of the (weighted) variance
 
@@ -268,6 +277,11 @@ def _value_chunk(Xb, wb, idx, off):
     if bad_rows.size:
         first_row = off + int(bad_rows[0])
         first_col = int(np.flatnonzero(~finite[bad_rows[0]])[0])
+    huge = finite & (np.abs(Xb) > MAX_ABS_VALUE)
+    huge_rows = np.flatnonzero(huge.any(axis=1))
+    first_huge = (
+        (off + int(huge_rows[0]), int(np.flatnonzero(huge[huge_rows[0]])[0])) if huge_rows.size else (-1, -1)
+    )
     n_bad_w, first_w, wsum = 0, -1, float(len(Xb))
     w = np.ones(len(Xb)) if wb is None else wb
     if wb is not None:
@@ -291,13 +305,16 @@ def _value_chunk(Xb, wb, idx, off):
         tot,
         mean,
         m2,
+        int(huge_rows.size),
+        first_huge,
     )
 
 
 @np.errstate(over="ignore", invalid="ignore")
 def _merge_values(parts):
-    n = nbad = nbw = 0
+    n = nbad = nbw = nhuge = 0
     fr = fc = fw = -1
+    fh = (-1, -1)
     wsum = 0.0
     tot, mean, m2 = 0.0, None, None
     for p in parts:
@@ -309,6 +326,9 @@ def _merge_values(parts):
         if p[5] >= 0 and (fw < 0 or p[5] < fw):
             fw = p[5]
         wsum += p[6]
+        nhuge += p[10]
+        if p[11][0] >= 0 and (fh[0] < 0 or p[11][0] < fh[0]):
+            fh = p[11]
         t, mu, s = p[7], p[8], p[9]
         if mean is None:
             tot, mean, m2 = t, mu, s
@@ -318,18 +338,41 @@ def _merge_values(parts):
             mean = mean + delta * (t / new)
             m2 = m2 + s + delta**2 * (tot * t / new)
             tot = new
-    return (n, nbad, fr, fc, nbw, fw, wsum, tot, mean, m2)
+    return (n, nbad, fr, fc, nbw, fw, wsum, tot, mean, m2, nhuge, fh)
+
+
+def check_predict_values(X: np.ndarray) -> None:
+    """NaN/±inf or |x| > MAX_ABS_VALUE in an in-memory array given to predict/score."""
+    finite = np.isfinite(X)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+        raise GMMDaskInputError(f"X contains NaN or infinity (first at row {row}); drop or impute it first.")
+    huge = np.abs(X) > MAX_ABS_VALUE
+    if huge.any():
+        row = int(np.flatnonzero(huge.any(axis=1))[0])
+        raise GMMDaskInputError(
+            f"X has a value whose magnitude exceeds {MAX_ABS_VALUE:g} (first at row {row}); rescale or "
+            "log-transform the features as for fit."
+        )
 
 
 def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
-    """One pass: NaN/±inf in X, negative or non-finite weights, row count, data variance."""
-    n, nbad, fr, fc, nbw, fw, wsum, tot, _, m2 = runner.map_reduce(_value_chunk, _merge_values)
+    """One pass: NaN/±inf or |x| > MAX_ABS_VALUE in X, negative or non-finite weights, row count,
+    data variance."""
+    n, nbad, fr, fc, nbw, fw, wsum, tot, _, m2, nhuge, fh = runner.map_reduce(_value_chunk, _merge_values)
     if nbad:
         col = feature_names[fc] if feature_names else fc
         raise GMMDaskInputError(
             f"X contains NaN or infinity in {nbad} row(s); the first is row {fr} (column {col!r}). "
             "Drop or impute those rows before fitting (the pipeline's `missing: drop` or "
             "`missing: impute_mean` policy does this)."
+        )
+    if nhuge:
+        col = feature_names[fh[1]] if feature_names else fh[1]
+        raise GMMDaskInputError(
+            f"X has {nhuge} row(s) with a value whose magnitude exceeds {MAX_ABS_VALUE:g}; the first is "
+            f"row {fh[0]} (column {col!r}). Squared distances would overflow float64: rescale or "
+            "log-transform the features (the pipeline's `transform: asinh` or `log1p`)."
         )
     if nbw:
         raise GMMDaskInputError(
@@ -346,4 +389,4 @@ def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
             f"X has values so large that the variance of column {name!r} overflows float64. "
             "Rescale or log-transform the features."
         )
-    return ValueReport(n, nbad, fr, fc, nbw, fw, wsum, mean_var)
+    return ValueReport(n, nbad, fr, fc, nbw, fw, nhuge, fh[0], fh[1], wsum, mean_var)

@@ -116,6 +116,22 @@ def test_missing_values_drop_and_impute_report_counts(tmp_path, capsys):
     assert len(pd.read_parquet(tmp_path / "out" / "memberships")) == 400
 
 
+def test_unscaled_values_too_large_name_file_row_and_column(tmp_path, capsys):
+    df = _frame()
+    df.loc[11, "spend"] = 3e150
+    cfg = _write(tmp_path, df, model={"standardize": False})
+    _fails(
+        capsys,
+        ["train", "--config", str(cfg)],
+        "part-0.parquet",
+        "row 11",
+        "column 'spend'",
+        "exceeds 1e+100",
+        "asinh",
+    )
+    assert _written(tmp_path) == []
+
+
 def test_duplicate_user_ids(tmp_path, capsys):
     df = _frame()
     df.loc[10, "user_id"] = 3

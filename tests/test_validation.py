@@ -24,6 +24,24 @@ def test_nonfinite_values_report_count_first_row_and_column(bad, as_dask):
         GaussianMixture(2).fit(data)
 
 
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_values_too_large_to_square_are_refused_before_any_em(covariance_type):
+    # a constant 1e300 column has zero variance, yet its mean squared overflows: refuse it
+    Xb = X.copy()
+    Xb[:, 1] = 1e300
+    Xb[3, 1] = 1e300
+    data = da.from_array(Xb, chunks=(7, -1))
+    with pytest.raises(
+        GMMDaskInputError,
+        match=r"60 row\(s\) with a value whose magnitude exceeds 1e\+100; the first is row 0 ",
+    ):
+        GaussianMixture(2, covariance_type=covariance_type).fit(data)
+    Xb = X.copy()
+    Xb[41, 2] = -2e100
+    with pytest.raises(GMMDaskInputError, match=r"first is row 41 \(column 2\).*log-transform"):
+        GaussianMixture(2).fit(Xb)
+
+
 def test_nonfinite_in_dataframe_names_the_column():
     df = pd.DataFrame(X, columns=["sessions", "spend", "days"])
     df.loc[5, "spend"] = np.nan
@@ -99,6 +117,16 @@ def test_bad_sample_weights():
         GaussianMixture(2).fit(X, sample_weight=w)
     with pytest.raises(GMMDaskInputError, match="sums to 0"):
         GaussianMixture(2).fit(X, sample_weight=np.zeros(len(X)))
+
+
+@pytest.mark.parametrize("bad, msg", [(np.nan, "NaN or infinity"), (-1e200, "magnitude exceeds 1e+100")])
+def test_predict_on_bad_values_names_the_row(bad, msg):
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    Xb = X.copy()
+    Xb[13, 1] = bad
+    for method in (gm.predict, gm.predict_proba, gm.score_samples):
+        with pytest.raises(GMMDaskInputError, match=re.escape(msg) + r".*row 13"):
+            method(Xb)
 
 
 def test_feature_count_mismatch_at_predict():
