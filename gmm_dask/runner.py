@@ -7,8 +7,9 @@ initialisation pass and the input validation are one such call.
 
 * :class:`DistributedRunner` — an active ``distributed.Client``: the data are persisted once
   (with lineage, so a lost worker's partitions are recomputed from source), and each pass
-  submits ONE task per worker over the partitions that worker holds (grouping rebuilt from
-  ``who_has`` every pass, so it follows worker loss), then folds the per-worker results.
+  submits ONE task per worker thread over partitions that worker holds (grouping rebuilt from
+  ``who_has`` every pass, so it follows worker loss; see :func:`plan_groups`), then folds the
+  per-task results.
 * :class:`GraphRunner` — Dask's local scheduler (threads by default), or a client when data
   are streamed (``persist=False``): one ``dask.compute`` of a small graph per pass.
 """
@@ -126,10 +127,71 @@ class GraphRunner:
         self._xb = self._wb = []
 
 
+def plan_groups(
+    holders: Sequence[Sequence[str]], sizes: Sequence[int], nthreads: dict[str, int]
+) -> list[tuple[str | None, list[int]]]:
+    """Which partitions each task of a pass reads: one task per worker thread.
+
+    Partitions stay on a worker that holds them while its threads are under their fair share of
+    rows (half a partition of slack); the rest go to the least-loaded threads anywhere, so data
+    are balanced across workers however they landed and otherwise never move (a moved partition
+    is held twice afterwards, so it does not move again). Partitions with no live holder go to
+    the least-loaded thread.
+
+    Parameters
+    ----------
+    holders : sequence of sequences of str
+        For each partition, the addresses of the workers holding it.
+    sizes : sequence of int
+        Rows of each partition.
+    nthreads : dict
+        Threads of each live worker.
+
+    Returns
+    -------
+    list of (worker address or None, partition indices)
+        Ordered by first partition index; None when no worker is known.
+    """
+    if not nthreads:
+        return [(None, list(range(len(sizes))))] if len(sizes) else []
+    slots = [(w, t) for w in sorted(nthreads) for t in range(max(1, int(nthreads[w])))]
+    load = [0] * len(slots)
+    members: list[list[int]] = [[] for _ in slots]
+    by_worker: dict[str, list[int]] = {}
+    for j, (w, _) in enumerate(slots):
+        by_worker.setdefault(w, []).append(j)
+
+    def lightest(cands):
+        return min(cands, key=lambda j: (load[j], j))
+
+    def place(i, j):
+        load[j] += sizes[i]
+        members[j].append(i)
+
+    share = sum(sizes) / len(slots)
+    order = sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    local = {i: [j for w in holders[i] if w in by_worker for j in by_worker[w]] for i in order}
+    deferred = []
+    for i in order:
+        j = lightest(local[i]) if local[i] else None
+        if j is not None and load[j] + sizes[i] <= share + sizes[i] / 2:
+            place(i, j)
+        else:
+            deferred.append(i)
+    for i in deferred:
+        anywhere = lightest(range(len(slots)))
+        near = lightest(local[i]) if local[i] else anywhere
+        place(i, near if load[near] <= load[anywhere] else anywhere)
+    groups = [(slots[j][0], sorted(m)) for j, m in enumerate(members) if m]
+    return sorted(groups, key=lambda g: g[1][0])
+
+
 class DistributedRunner:
-    """One task per worker per pass over persisted partitions (see module docstring)."""
+    """One task per worker thread per pass over persisted partitions (see module docstring)."""
 
     def __init__(self, client, data: ChunkedData):
+        from distributed import wait
+
         self.client = client
         X, w = data.X, data.w
         X = client.persist(X)
@@ -138,14 +200,13 @@ class DistributedRunner:
         self._xf = _ordered_futures(X)
         self._wf = _ordered_futures(w) if w is not None else None
         self._metas = list(zip(range(len(self._xf)), self.data.offsets, strict=True))
+        # Where the partitions landed decides every pass's grouping: know it before the first.
+        wait(self._xf + (self._wf or []))
 
     def _groups(self) -> list[tuple[str | None, list[int]]]:
         who = self.client.who_has(self._xf)
-        groups: dict[str | None, list[int]] = {}
-        for i, f in enumerate(self._xf):
-            holders = sorted(who.get(f.key, ()) or ())
-            groups.setdefault(holders[0] if holders else None, []).append(i)
-        return sorted(groups.items(), key=lambda kv: kv[1][0])
+        holders = [sorted(who.get(f.key, ()) or ()) for f in self._xf]
+        return plan_groups(holders, self.data.lengths, self.client.nthreads())
 
     def map_reduce(self, fn: ChunkFn, reduce_fn: ReduceFn):
         futures = []

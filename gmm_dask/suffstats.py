@@ -17,6 +17,11 @@ import numpy as np
 
 EPS = float(np.finfo(np.float64).eps)
 
+#: Components whose mean lies more than √ρ of their own standard deviations from the mixture
+#: mean (ρ = mᵀPm) are handled exactly centred rather than through the shared expansion,
+#: whose rounding grows like ε·ρ: beyond 1e6 it would exceed ~1e-10 relative.
+EXPANSION_MAX_RHO = 1e6
+
 #: A component is *collapsed* when its summed responsibility is below this fraction of an
 #: average row's weight, i.e. it explains less than a thousandth of one user.
 COLLAPSE_FRACTION = 1e-3
@@ -27,10 +32,10 @@ def moment_kind(covariance_type: str) -> str:
     return "full" if covariance_type in ("full", "tied") else "diag"
 
 
-def default_block_rows(n_components: int, n_features: int) -> int:
-    """Rows per in-cache block so each (K·D, rows) temporary stays around 2 MiB; measured
-    fastest for K·D = 128 on this project's 2-core machines."""
-    return int(np.clip((1 << 18) // max(1, n_components * n_features), 256, 16384))
+def default_block_rows(n_features_total: int) -> int:
+    """Rows per in-cache block so the (F, rows) feature block stays around 4 MiB (F = number of
+    per-row features of the E-step); measured fastest for D = 16 on this project's 2-core machines."""
+    return int(np.clip((1 << 19) // max(1, n_features_total), 256, 16384))
 
 
 @dataclass(frozen=True)
@@ -179,35 +184,107 @@ def _block_stats(Xc, shift, r, scores, w, kind, row_offset, n_worst) -> SuffStat
     )
 
 
-class _Workspace:
-    """Buffers reused by every block of a partition, in a transposed layout (rows last).
+class _Layout:
+    """Which products of centred features a covariance type needs, packed as rows of a block.
 
-    Rows on the contiguous axis make every elementwise pass and reduction run over long vectors
-    (NumPy is slow over short inner axes of K or D). Allocating per block is also slow where
-    glibc returns memory eagerly (Dask's nanny sets MALLOC_TRIM_THRESHOLD_), so the E-step
-    writes into these with ``out=``. Row D of ``xa`` holds ones, so the component offsets fold
-    into the log-density GEMM.
+    The feature block of n rows is ``f = [q; x; 1]`` of shape (F, n): ``x`` the features
+    centred at the mixture mean, ``q`` the products ``x_i x_j`` for the index pairs
+    ``(ia, ja)`` — all pairs i ≤ j for 'full'/'tied' (D(D+1)/2 rows), the squares for
+    'diag'/'spherical' (D rows) — and a row of ones.
     """
 
-    def __init__(self, rows: int, k: int, d: int):
-        self.xa = np.empty((d + 1, rows))
-        self.xa[d] = 1.0
-        self.y = np.empty((k * d, rows))
-        self.x2 = np.empty((d, rows))
-        self.lp = np.empty((k, rows))
-        self.r = np.empty((k, rows))
+    def __init__(self, d: int, kind: str):
+        if kind == "full":
+            self.ia, self.ja = np.triu_indices(d)
+        else:
+            self.ia = self.ja = np.arange(d)
+        self.kind = kind
+        self.d = d
+        self.t = len(self.ia)
+        self.f = self.t + d + 1
+        # for 'full', row block i of q holds x_i * x_{i..D-1}
+        self.starts = np.concatenate([[0], np.cumsum(np.arange(d, 0, -1))]) if kind == "full" else None
+
+    def fill(self, f: np.ndarray) -> None:
+        """Write q from the centred x already in ``f[t:t+d]``."""
+        d, t = self.d, self.t
+        xc = f[t : t + d]
+        if self.kind == "full":
+            for i in range(d):
+                np.multiply(xc[i:], xc[i], out=f[self.starts[i] : self.starts[i + 1]])
+        else:
+            np.square(xc, out=f[:t])
+
+    def unpack(self, packed: np.ndarray) -> np.ndarray:
+        """(K, t) packed second moments → (K, D, D) for 'full', (K, D) for 'diag'."""
+        if self.kind != "full":
+            return packed
+        out = np.empty((packed.shape[0], self.d, self.d))
+        out[:, self.ia, self.ja] = packed
+        out[:, self.ja, self.ia] = packed
+        return out
 
 
-def _merge_blocks(nk_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray):
-    """Exact merge of per-block centred moments: M2 = Σ M2_b + Σ n_b (m_b − m)(m_b − m)ᵀ."""
+def _log_density_coefficients(layout, weights, means_c, prec_chol, covariance_type):
+    """A of shape (K, F) with ``A @ f`` = log πₖ + log 𝓝(x | μₖ, Σₖ) for the block ``f``, the
+    constant part of each row, and ρₖ = mₖᵀPₖmₖ.
+
+    −½ (x − m)ᵀ P (x − m) = −½ xᵀPx + (Pm)ᵀx − ½ mᵀPm with P the precision, x and m centred at
+    the mixture mean; xᵀPx = Σ_{i≤j} (2 − δᵢⱼ) Pᵢⱼ xᵢxⱼ is linear in the packed products.
+    Rounding in this expansion grows like ε·ρₖ, which is why components with a large ρₖ are
+    computed exactly centred instead (see :data:`EXPANSION_MAX_RHO`).
+    """
+    from .gaussian import LOG_2PI, log_det_cholesky
+
+    k, d = means_c.shape
+    with np.errstate(divide="ignore"):
+        consts = -0.5 * d * LOG_2PI + log_det_cholesky(prec_chol, covariance_type, d) + np.log(weights)
+    A = np.empty((k, layout.f))
+    if covariance_type in ("full", "tied"):
+        pc = prec_chol if covariance_type == "full" else np.broadcast_to(prec_chol, (k, d, d))
+        b = np.einsum("kd,kdj->kj", means_c, pc)  # Uᵀm, so mᵀPm = ‖Uᵀm‖²
+        P = pc @ pc.transpose(0, 2, 1)
+        A[:, : layout.t] = -0.5 * P[:, layout.ia, layout.ja] * np.where(layout.ia == layout.ja, 1.0, 2.0)
+        A[:, layout.t : layout.t + d] = np.einsum("kdj,kj->kd", pc, b)
+        rho = (b**2).sum(axis=1)
+    else:
+        p2 = prec_chol**2 if covariance_type == "diag" else np.repeat((prec_chol**2)[:, None], d, axis=1)
+        A[:, : layout.t] = -0.5 * p2
+        A[:, layout.t : layout.t + d] = p2 * means_c
+        rho = (p2 * means_c**2).sum(axis=1)
+    A[:, -1] = consts - 0.5 * rho
+    return A, consts, rho
+
+
+def _exact_log_density(xc, mean_c, prec_chol_k, covariance_type, const):
+    """log πₖ𝓝(x | μₖ, Σₖ) of one component for a block ``xc`` (D, n), centred exactly."""
+    diff = xc - mean_c[:, None]
+    if covariance_type in ("full", "tied"):
+        y = prec_chol_k.T @ diff
+    else:
+        y = diff * np.reshape(prec_chol_k, (-1, 1))  # diag (D,) or spherical scalar
+    y *= y
+    return const - 0.5 * y.sum(axis=0)
+
+
+def _exact_moment(xc, mean, r_k, kind):
+    """Σ r (x − m)(x − m)ᵀ (packed as the layout) of one component for a block ``xc`` (D, n)."""
+    diff = xc - mean[:, None]
+    wdiff = diff * r_k
+    if kind == "full":
+        g = wdiff @ diff.T
+        return g[np.triu_indices(len(mean))]
+    return (wdiff * diff).sum(axis=1)
+
+
+def _merge_blocks(nk_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray, ia: np.ndarray, ja: np.ndarray):
+    """Exact merge of per-block centred moments, packed at index pairs (ia, ja):
+    M2 = Σ M2_b + Σ n_b (m_b − m)(m_b − m)ᵀ."""
     nk = nk_b.sum(axis=0)
     safe = np.where(nk > 0, nk, 1.0)
     mean = np.einsum("bk,bkd->kd", nk_b, mean_b) / safe[:, None]
     dev = mean_b - mean[None]
-    if m2_b.ndim == 4:
-        m2 = m2_b.sum(axis=0) + np.einsum("bk,bkd,bke->kde", nk_b, dev, dev)
-    else:
-        m2 = m2_b.sum(axis=0) + np.einsum("bk,bkd->kd", nk_b, dev * dev)
+    m2 = m2_b.sum(axis=0) + np.einsum("bk,bkt->kt", nk_b, dev[:, :, ia] * dev[:, :, ja])
     return nk, np.where((nk > 0)[:, None], mean, 0.0), m2
 
 
@@ -238,68 +315,54 @@ def estep_stats(
     Returns
     -------
     SuffStats
-        Second moments are accumulated per in-cache block about the current mixture mean
-        (so an offset of 1e6 costs nothing), turned into moments about the block's component
-        means, and merged across blocks and partitions exactly with the parallel formula.
-    """
-    from .gaussian import LOG_2PI, log_det_cholesky
 
+    Notes
+    -----
+    Each in-cache block of rows is expanded once into ``f = [x_i x_j; x; 1]`` (centred at the
+    mixture mean, products packed by symmetry), so the whole E-step is two GEMMs against it:
+    ``A @ f`` gives every component's log-density, and ``R @ fᵀ`` gives every component's
+    weight, first and second moments. The moments of each block are turned into moments about
+    the block's own component means and merged across blocks and partitions exactly with the
+    parallel formula, so an offset of 1e6 costs nothing.
+    """
     k, d = means.shape
     kind = moment_kind(covariance_type)
+    layout = _Layout(d, kind)
+    t, F = layout.t, layout.f
     shift = weights @ means
     means_c = means - shift
+    A, consts, rho = _log_density_coefficients(layout, weights, means_c, prec_chol, covariance_type)
+    far = np.flatnonzero(~(rho <= EXPANSION_MAX_RHO))
+    pcs = prec_chol if covariance_type in ("full", "diag", "spherical") else [prec_chol] * k
     n_total = X.shape[0]
-    block_rows = max(1, min(block_rows or default_block_rows(k, d), n_total))
-    ws = _Workspace(block_rows, k, d)
-    with np.errstate(divide="ignore"):
-        consts = -0.5 * d * LOG_2PI + log_det_cholesky(prec_chol, covariance_type, d) + np.log(weights)
-    if covariance_type == "full":
-        Wa = np.empty((k * d, d + 1))  # yᵀ = Wa @ [x−s; 1]: (K·D, D+1) @ (D+1, n)
-        Wa[:, :d] = prec_chol.transpose(0, 2, 1).reshape(k * d, d)
-        Wa[:, d] = -np.einsum("kd,kdj->kj", means_c, prec_chol).reshape(k * d)
-    elif covariance_type == "tied":
-        b_tied = (means_c @ prec_chol)[:, :, None]
-    else:  # diag / spherical: Σ_d p_kd (x_d − μ_kd)² = p·x² − 2 (p μ)·x + p·μ², three thin GEMMs
-        p2 = prec_chol**2 if covariance_type == "diag" else np.repeat((prec_chol**2)[:, None], d, axis=1)
-        pm = p2 * means_c
-        consts = consts - 0.5 * (p2 * means_c**2).sum(axis=1)
+    block_rows = max(1, min(block_rows or default_block_rows(F), n_total))
+    # Buffers reused by every block (allocating per block is slow where glibc returns memory
+    # eagerly, as under Dask's nanny); rows on the contiguous axis keep NumPy's passes long.
+    fbuf = np.empty((F, block_rows))
+    fbuf[F - 1] = 1.0
+    rbuf = np.empty((k, block_rows))
     n_blocks = max(1, -(-n_total // block_rows))
     nk_b = np.zeros((n_blocks, k))
     mean_b = np.zeros((n_blocks, k, d))
-    m2_b = np.zeros((n_blocks, k, d, d) if kind == "full" else (n_blocks, k, d))
+    m2_b = np.zeros((n_blocks, k, t))
+    diag_pos = np.flatnonzero(layout.ia == layout.ja)
     scores = np.empty(n_total)
     loglik = 0.0
-    consts_c = consts[:, None]
     for i, start in enumerate(range(0, n_total, block_rows)):
         stop = min(start + block_rows, n_total)
         n = stop - start
-        xa = ws.xa[:, :n]
-        xc = xa[:d]
-        np.subtract(X[start:stop].T, shift[:, None], out=xc)
-        lp = ws.lp[:, :n]
-        if covariance_type in ("full", "tied"):
-            y = ws.y[:, :n]
-            y3 = y.reshape(k, d, n)
-            if covariance_type == "full":
-                np.matmul(Wa, xa, out=y)
-            else:
-                np.subtract((prec_chol.T @ xc)[None], b_tied, out=y3)
-            np.square(y, out=y)
-            y3.sum(axis=1, out=lp)
-            lp *= -0.5
-        else:
-            x2 = ws.x2[:, :n]
-            np.square(xc, out=x2)
-            np.matmul(p2, x2, out=lp)
-            lp *= -0.5
-            lp += pm @ xc
-        lp += consts_c
-        amax = lp.max(axis=0)
+        f = fbuf[:, :n]
+        np.subtract(X[start:stop].T, shift[:, None], out=f[t : t + d])
+        layout.fill(f)
+        r = rbuf[:, :n]
+        np.matmul(A, f, out=r)  # log πₖ𝓝ₖ, (K, n)
+        for j in far:
+            r[j] = _exact_log_density(f[t : t + d], means_c[j], pcs[j], covariance_type, consts[j])
+        amax = r.max(axis=0)
         finite_max = np.isfinite(amax)
         safe = amax if finite_max.all() else np.where(finite_max, amax, 0.0)
-        lp -= safe
-        r = ws.r[:, :n]
-        np.exp(lp, out=r)
+        r -= safe
+        np.exp(r, out=r)
         tot = r.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
             lpn = np.log(tot)
@@ -317,28 +380,18 @@ def estep_stats(
             loglik += float(wb[~bad] @ lpn[~bad])
         else:
             loglik += float(lpn[~bad].sum()) if any_bad else float(lpn.sum())
-        # Block moments about the current mixture mean (xc is already centred there), turned
-        # into moments about the block's own component means; blocks merge exactly below.
-        nkb = r.sum(axis=1)
-        mb = r @ xc.T
+        # Σ r·[q; x; 1] about the mixture mean, turned into moments about the block's own
+        # component means.
+        S = r @ f.T  # (K, F)
+        nkb = S[:, F - 1]
         pos = nkb > 0
-        np.divide(mb, nkb[:, None], out=mb, where=pos[:, None])
-        mb[~pos] = 0.0
-        if kind == "full":
-            xw = ws.y[:, :n].reshape(k, d, n)
-            np.multiply(xc[None], r[:, None, :], out=xw)
-            g = (ws.y[:, :n] @ xc.T).reshape(k, d, d)  # one GEMM: (K·D, n) @ (n, D)
-            g -= nkb[:, None, None] * (mb[:, :, None] * mb[:, None, :])
-            m2_b[i] = g
-        else:
-            x2 = ws.x2[:, :n]
-            np.square(xc, out=x2)
-            m2 = r @ x2.T
-            m2 -= nkb[:, None] * mb**2
-            np.maximum(m2, 0.0, out=m2_b[i])
-        nk_b[i] = nkb
-        mean_b[i] = mb
-    nk, mean_c, m2 = _merge_blocks(nk_b, mean_b, m2_b)
+        mb = np.divide(S[:, t : t + d], nkb[:, None], out=np.zeros((k, d)), where=pos[:, None])
+        m2 = S[:, :t] - nkb[:, None] * (mb[:, layout.ia] * mb[:, layout.ja])
+        for j in far:
+            m2[j] = _exact_moment(f[t : t + d], mb[j], r[j], kind)
+        m2[:, diag_pos] = np.maximum(m2[:, diag_pos], 0.0)
+        nk_b[i], mean_b[i], m2_b[i] = nkb, mb, m2
+    nk, mean_c, m2 = _merge_blocks(nk_b, mean_b, m2_b, layout.ia, layout.ja)
     finite = np.isfinite(scores)
     n_bad = int(n_total - finite.sum())
     first_bad = row_offset + int(np.flatnonzero(~finite)[0]) if n_bad else -1
@@ -347,7 +400,7 @@ def estep_stats(
     return SuffStats(
         nk=nk,
         means=mean_c + shift,
-        m2=m2,
+        m2=layout.unpack(m2),
         loglik=loglik,
         weight=float(n_total if sample_weight is None else sample_weight.sum()),
         n_rows=n_total,

@@ -76,3 +76,70 @@ def test_centred_moments_survive_a_large_offset():
         ]
     )
     assert_rel(b.m2, a.m2, 1e-9, "m2")
+
+
+def _reference_stats(X, weights, means, prec_chol, ct):
+    """Textbook E-step statistics: every difference x − μₖ formed explicitly, two-pass moments."""
+    k, d = means.shape
+    pcs = {
+        "full": prec_chol,
+        "tied": [prec_chol] * k,
+        "diag": [np.diag(p) for p in np.atleast_2d(prec_chol)],
+        "spherical": [p * np.eye(d) for p in np.atleast_1d(prec_chol)],
+    }[ct]
+    logp = np.stack(
+        [
+            np.log(weights[j])
+            - 0.5 * d * np.log(2 * np.pi)
+            + np.log(np.diag(pcs[j])).sum()
+            - 0.5 * (((X - means[j]) @ pcs[j]) ** 2).sum(axis=1)
+            for j in range(k)
+        ],
+        axis=1,
+    )
+    top = logp.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logp - top).sum(axis=1))
+    r = np.exp(logp - lse[:, None])
+    nk = r.sum(axis=0)
+    mu = (r.T @ X) / nk[:, None]
+    m2 = np.stack([(X - mu[j]).T @ ((X - mu[j]) * r[:, j : j + 1]) for j in range(k)])
+    return nk, mu, m2, lse.sum()
+
+
+@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+def test_tight_components_far_from_the_mixture_mean_keep_their_digits(ct):
+    # clusters 1e4 apart with spread 1e-3: ρ = mᵀPm ≈ 1e14, where a shared expansion about
+    # the mixture mean would lose ~14 digits of each covariance
+    rng = np.random.default_rng(5)
+    centres = np.array([[0.0, 0.0, 0.0], [1e4, 0.0, 5e3], [0.0, -1e4, 1e4]])
+    X = np.concatenate([c + 1e-3 * rng.normal(size=(300, 3)) for c in centres])
+    cov = {
+        "full": np.stack([1e-6 * np.eye(3)] * 3),
+        "tied": 1e-6 * np.eye(3),
+        "diag": np.full((3, 3), 1e-6),
+        "spherical": np.full(3, 1e-6),
+    }[ct]
+    pc = gaussian.compute_precision_cholesky(cov, ct)
+    weights = np.full(3, 1 / 3)
+    means = centres + 2e-4
+    got = estep_stats(X, None, weights, means, pc, ct, block_rows=128)
+    nk, mu, m2, loglik = _reference_stats(X, weights, means, pc, ct)
+    assert_rel(got.nk, nk, 1e-12, "nk")
+    assert_rel(got.means, mu, 1e-14, "means")
+    want = m2 if got.m2.ndim == 3 else np.diagonal(m2, axis1=1, axis2=2)
+    assert_rel(got.m2, want, 1e-9, "m2")
+    assert got.loglik == pytest.approx(loglik, rel=1e-12)
+
+
+@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+def test_expansion_and_exact_centring_agree(ct, monkeypatch):
+    from gmm_dask import suffstats
+
+    X, w, weights, means, pc = _setup(ct)
+    monkeypatch.setattr(suffstats, "EXPANSION_MAX_RHO", np.inf)
+    expanded = estep_stats(X, w, weights, means, pc, ct, block_rows=50)
+    monkeypatch.setattr(suffstats, "EXPANSION_MAX_RHO", -1.0)
+    exact = estep_stats(X, w, weights, means, pc, ct, block_rows=50)
+    for field in ("nk", "means", "m2"):
+        assert_rel(getattr(expanded, field), getattr(exact, field), 1e-12, field)
+    assert expanded.loglik == pytest.approx(exact.loglik, rel=1e-13)

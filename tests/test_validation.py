@@ -119,7 +119,7 @@ def test_bad_sample_weights():
         GaussianMixture(2).fit(X, sample_weight=np.zeros(len(X)))
 
 
-@pytest.mark.parametrize("bad, msg", [(np.nan, "NaN or infinity"), (-1e200, "magnitude exceeds 1e+100")])
+@pytest.mark.parametrize(("bad", "msg"), [(np.nan, "NaN or infinity"), (-1e200, "magnitude exceeds 1e+100")])
 def test_predict_on_bad_values_names_the_row(bad, msg):
     gm = GaussianMixture(2, random_state=0).fit(X)
     Xb = X.copy()
