@@ -35,7 +35,7 @@ def moment_kind(covariance_type: str) -> str:
 def default_block_rows(n_features_total: int) -> int:
     """Rows per in-cache block so the (F, rows) feature block stays around 4 MiB (F = number of
     per-row features of the E-step); measured fastest for D = 16 on this project's 2-core machines."""
-    return int(np.clip((1 << 19) // max(1, n_features_total), 256, 16384))
+    return int(np.clip((1 << 19) // max(1, n_features_total), 256, 4096))
 
 
 @dataclass(frozen=True)
