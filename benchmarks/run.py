@@ -2,6 +2,7 @@
 
     ./dev bench                 # full suite (~10-15 min on 2 cores)
     ./dev bench --quick         # smaller N, for a smoke run
+    ./dev bench --render        # rewrite RESULTS.md from results.json
 
 Every engine fits the same generated data from the same initial parameters with ``tol=0`` and a
 fixed number of iterations, in its own subprocess. Results go to benchmarks/RESULTS.md and
@@ -66,7 +67,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N=250k main case, short series")
     ap.add_argument("--out", default=str(HERE))
+    ap.add_argument(
+        "--render", action="store_true", help="only rewrite RESULTS.md from an existing results.json"
+    )
     args = ap.parse_args(argv)
+    if args.render:
+        out = Path(args.out)
+        (out / "RESULTS.md").write_text(render(json.loads((out / "results.json").read_text())))
+        print(f"wrote {out / 'RESULTS.md'}")
+        return 0
     workdir = HERE / "work"
     workdir.mkdir(exist_ok=True)
     n_main = 250_000 if args.quick else 1_000_000
@@ -84,6 +93,8 @@ def main(argv=None) -> int:
     print("DGEMM reference rate")
     results["dgemm"] = engine("dgemm")
     dgemm = max(results["dgemm"].values())
+    print("E-step phases of one 125,000-row partition, one core")
+    results["phases"] = {ct: engine("phases", n=125_000, d=d, k=k, ct=ct) for ct in ("full", "diag")}
 
     def case(
         label,
@@ -217,7 +228,7 @@ def render(r: dict) -> str:
         src = " (streamed from Parquet)" if not c["persist"] else ""
         lines.append(
             f"| {c['label']}{src} | {c['n']:,} | {c['covariance_type']} | {c['workers']} | {g['sec_per_iter']:.3f} | {skt} | {ratio} | "
-            f"{c['gflops']:.1f} | {100 * c['fraction_of_dgemm']:.0f}% | {mem:.2f} | {lbd} |"
+            f"{c['gflops']:.1f} | {100 * c['fraction_of_dgemm']:.1f}% | {mem:.2f} | {lbd} |"
         )
     lines += [
         "",
@@ -226,53 +237,161 @@ def render(r: dict) -> str:
         f"Spark MLlib: {r['spark']}.",
         "",
     ]
-    lines += ["## Targets", "", *targets(r), "", ANALYSIS]
+    checks, unmet = targets(r)
+    lines += ["## Targets", "", *checks, "", analysis(r, unmet)]
     return "\n".join(lines) + "\n"
 
 
-ANALYSIS = """## Why the unmet targets are unmet (as of this version)
+DESIGN = """## How the figures come about
 
-- **Two workers are not faster than one on this machine kind.** The `workers-1` row beats the
-  2-worker `main-full` row: two busy processes on these 2 vCPUs slow each other down (the stack
-  notes saw ~1.7x per process under a co-tenant's load), so the speed has to come from one core's
-  arithmetic. Timings on this shared VM also vary by 2x between runs (compare the 250k and 500k
-  rows); read ratios as ranges.
-- **The per-partition kernel runs at ~12 GFLOP/s on one core (~30 % of single-thread DGEMM).** It
-  works in 2,048-row in-cache blocks with reusable buffers (immune to the Dask nanny's
-  `MALLOC_TRIM_THRESHOLD_`, which made the first version 3x slower in workers) and does the
-  heavy products as GEMMs, but NumPy still makes ~4 separate memory passes per block (square,
-  group-sum, responsibility weighting, exp); those passes, not the GEMMs, now dominate. Reaching
-  the 1/5 target needs a fused single-pass kernel (e.g. Numba or a small C extension) — not done.
-- **diag**: scikit-learn's diag E-step is two thin GEMMs and already cheap, so per-partition
-  overheads weigh more; the ratio target of 1/4 is not met.
-- **Peak memory of a persisted fit** includes the data generator's temporaries (the source
-  blocks are built inside the workers); the EM loop itself adds only per-block buffers (a few MiB
-  per worker). Streaming fits stay flat as N grows.
-- **Scheduler overhead** (~60 ms per iteration for 100 tiny partitions) is one task per worker
-  plus one `who_has` round trip per iteration; close to, not under, the 50 ms target.
+- **Two GEMMs per block of rows** (`gmm_dask/suffstats.py`). Each in-cache block of up to
+  3,000 rows is expanded once into `f = [xᵢxⱼ (i ≤ j); x; 1]` (F = 153 rows for D = 16, full;
+  F = 33 for diag), centred at the mixture mean. Every component's log-density is `A @ f` and
+  every component's weight, first and second moments are `R @ fᵀ`: about 2·2·K·F·N ≈ 4.9 GFLOP
+  per iteration for the full case instead of the 4·N·K·D² ≈ 9.5 GFLOP of the standard
+  algorithm — symmetry halves it. (The GFLOP/s column counts the standard algorithm's work, so
+  it is an *effective* rate.) No N×K×D temporaries exist. Per-block moments are re-centred and
+  merged exactly (Chan et al.); components whose mean lies more than 1,000 of their own standard
+  deviations from the mixture mean are computed with explicit `x − μₖ`, so they keep their digits.
+- **One task per worker thread per iteration** over partitions that worker already holds
+  (`gmm_dask/runner.py`), one BLAS thread per task: EM's tall-skinny products run faster that
+  way than with threaded BLAS. The scheduler sees 2 tasks and a tree of merges per iteration.
+- **Memory**: the persisted data, plus per worker one feature block (≤ 4 MiB) and its
+  per-block moments. The `peak mem` column is measured above a baseline taken after the workers
+  have imported the library, so it includes the data and the generator's temporaries.
+- **Timings on this shared 2-vCPU VM vary by up to ~25 % between runs** (the DGEMM rate itself
+  moved between 78 and 102 GFLOP/s for 2 threads across this project's runs, and two busy worker
+  processes each run ~30 % slower than one alone); read ratios near a threshold as ranges.
 """
 
 
-def targets(r: dict) -> list[str]:
-    by = {c["label"]: c for c in r["cases"]}
-    out = []
+def _phases_table(r: dict) -> list[str]:
+    ph = r.get("phases")
+    if not ph:
+        return []
+    cols = [
+        ("centre", "centre_ms"),
+        ("products", "products_ms"),
+        ("A @ f", "gemm_density_ms"),
+        ("softmax", "softmax_ms"),
+        ("R @ fᵀ", "gemm_moments_ms"),
+        ("whole kernel", "kernel_ms"),
+    ]
+    lines = [
+        "E-step phases of one partition (`benchmarks/phases.py`: ms on one core, one BLAS thread; "
+        "the whole kernel also merges blocks and keeps the rows for re-seeding):",
+        "",
+        "| cov | rows | F | " + " | ".join(c for c, _ in cols) + " | A @ f GFLOP/s | R @ fᵀ GFLOP/s |",
+        "|---|---|---|" + "---|" * (len(cols) + 2),
+    ]
+    for ct, p in ph.items():
+        lines.append(
+            f"| {ct} | {p['rows']:,} | {p['F']} | "
+            + " | ".join(f"{p[k]:.1f}" for _, k in cols)
+            + f" | {p['gemm_density_gflops']:.1f} | {p['gemm_moments_gflops']:.1f} |"
+        )
+    return [*lines, ""]
 
-    def line(ok, text):
+
+def _why_unmet(key: str, r: dict) -> str:
+    """Why a target can be missed on this machine kind (only shown for targets a run missed)."""
+    ph = r.get("phases", {})
+    full = ph.get("full", {})
+    gemm_share = (
+        f" In this run's phase timings the two GEMMs are {full['gemm_density_ms'] + full['gemm_moments_ms']:.0f}"
+        f" of {full['kernel_ms']:.0f} ms per partition and run at {full['gemm_density_gflops']:.0f} and"
+        f" {full['gemm_moments_gflops']:.0f} GFLOP/s — with K = 8 they are skinny (8 × F by F × 3,000),"
+        " and the second has a long inner dimension, which OpenBLAS runs well below its square-matrix"
+        " rate; building the products and the softmax are memory passes that add no counted flops."
+        if full
+        else ""
+    )
+    why = {
+        "full_ratio": (
+            "The full case pays per iteration one Dask round trip (~20 ms for submit, merge and "
+            "gather on this machine) on top of the kernel." + gemm_share
+        ),
+        "dgemm": (
+            "Only the GEMMs run near the DGEMM rate." + gemm_share + " Two busy worker processes "
+            "also slow each other down (shared L3 and memory bandwidth), so the 2-worker rate is "
+            "below twice the 1-worker rate. Going clearly beyond needs a compiled fused kernel "
+            "(products, GEMM and softmax per block in registers) — not done."
+        ),
+        "diag_ratio": (
+            "For diag the per-row arithmetic is small (F = 33 rows per block), so fixed costs per "
+            "iteration — the Dask round trip and the N×K softmax, which scikit-learn pays too — "
+            "are a large share, and scikit-learn's diag E-step is already two thin GEMMs."
+        ),
+        "memory": (
+            "The persisted fit's peak includes the data generator's temporaries inside the "
+            "workers (the data are built there); the EM loop itself adds a few MiB per worker."
+        ),
+        "stream": (
+            "Streaming memory is dominated by pyarrow's read buffers and the worker's allocator, "
+            "which returns memory lazily."
+        ),
+        "overhead": (
+            "Each iteration is one task per worker plus a merge and a gather; on this machine a "
+            "no-op submit-and-gather alone takes ~20 ms, so little is left for 100 partitions."
+        ),
+        "agreement": "A disagreement is a bug, not a performance trade-off: see the per-case column.",
+    }
+    return why[key]
+
+
+def analysis(r: dict, unmet: list[str]) -> str:
+    """The design notes and phase timings, then one paragraph per target this run did not meet."""
+    out = [DESIGN, *_phases_table(r)]
+    if unmet:
+        out += ["## Why the unmet targets are unmet", ""]
+        out += [f"- **{LABELS[key]}**: {_why_unmet(key, r)}" for key in unmet]
+    else:
+        out.append("Every target was met in this run.")
+    return "\n".join(out)
+
+
+LABELS = {
+    "full_ratio": "full ≤ 1/5 of scikit-learn",
+    "dgemm": "≥ 40 % of DGEMM",
+    "diag_ratio": "diag ≤ 1/4 of scikit-learn",
+    "memory": "persisted peak ≤ 2× X",
+    "stream": "streaming memory bounded",
+    "overhead": "overhead < 50 ms",
+    "agreement": "lower bounds agree",
+}
+
+
+def targets(r: dict) -> tuple[list[str], list[str]]:
+    """Checklist lines for the issue's targets, and the keys of those not met."""
+    by = {c["label"]: c for c in r["cases"]}
+    out: list[str] = []
+    unmet: list[str] = []
+
+    def line(ok, text, key):
         out.append(f"- [{'x' if ok else ' '}] {text}")
+        if not ok:
+            unmet.append(key)
 
     f, dg = by["main-full"], by["main-diag"]
     line(
         f["ratio"] <= 0.2,
         f"full, N={f['n']:,}: s/iter ≤ 1/5 of scikit-learn's best — measured ratio {f['ratio']:.3f}",
+        "full_ratio",
     )
     line(
         f["fraction_of_dgemm"] >= 0.4,
-        f"full: ≥ 40 % of measured DGEMM rate — measured {100 * f['fraction_of_dgemm']:.0f}%",
+        f"full: ≥ 40 % of measured DGEMM rate — measured {100 * f['fraction_of_dgemm']:.1f}%",
+        "dgemm",
     )
-    line(dg["ratio"] <= 0.25, f"diag: s/iter ≤ 1/4 of scikit-learn's best — measured ratio {dg['ratio']:.3f}")
+    line(
+        dg["ratio"] <= 0.25,
+        f"diag: s/iter ≤ 1/4 of scikit-learn's best — measured ratio {dg['ratio']:.3f}",
+        "diag_ratio",
+    )
     line(
         f["gmm_dask"]["peak_rss_bytes"] <= 2 * f["x_bytes"],
         f"persisted fit peak memory ≤ 2× size(X) — measured {f['gmm_dask']['peak_rss_bytes'] / f['x_bytes']:.2f}×",
+        "memory",
     )
     streams = [c for c in r["cases"] if not c["persist"]]
     if streams:
@@ -281,17 +400,20 @@ def targets(r: dict) -> list[str]:
             max(mems) <= 1.5 * min(mems) + 64,
             "streaming fit memory bounded by chunk size, not N — peak "
             + ", ".join(f"{m:.0f} MiB at N={c['n']:,}" for m, c in zip(mems, streams, strict=True)),
+            "stream",
         )
     line(
         r["overhead_sec_per_iter"] < 0.05,
         f"scheduler overhead < 50 ms per iteration — measured {1000 * r['overhead_sec_per_iter']:.1f} ms",
+        "overhead",
     )
     lbs = [c["lower_bound_rel_diff"] for c in r["cases"] if "lower_bound_rel_diff" in c]
     line(
         max(lbs) <= 1e-6,
         f"lower bounds agree with scikit-learn to 1e-6 relative in every case — worst {max(lbs):.1e}",
+        "agreement",
     )
-    return out
+    return out, unmet
 
 
 if __name__ == "__main__":

@@ -33,9 +33,14 @@ def moment_kind(covariance_type: str) -> str:
 
 
 def default_block_rows(n_features_total: int) -> int:
-    """Rows per in-cache block so the (F, rows) feature block stays around 4 MiB (F = number of
-    per-row features of the E-step); measured fastest for D = 16 on this project's 2-core machines."""
-    return int(np.clip((1 << 19) // max(1, n_features_total), 256, 4096))
+    """Rows per in-cache block so the (F, rows) feature block stays under ~4 MiB (F = number of
+    per-row features of the E-step).
+
+    At most 3,000 rows: on this project's 2-core machines (1 MiB L2 per core) 4,096-row blocks
+    made the E-step 15–25 % slower for diag (the block no longer fits L2, and a power-of-two
+    row stride adds cache-set conflicts to the moments GEMM); ``benchmarks/phases.py`` times it.
+    """
+    return int(np.clip((1 << 19) // max(1, n_features_total), 256, 3000))
 
 
 @dataclass(frozen=True)
@@ -83,11 +88,22 @@ def _keep_worst(scores, rows, index, m):
 
 
 def _worst_rows(scores: np.ndarray, rows: np.ndarray, eligible: np.ndarray, row_offset: int, m: int):
-    """The m eligible rows with the lowest score: (scores, rows as float64 copies, global indices)."""
-    idx = np.flatnonzero(eligible)
-    if idx.size > m:
-        idx = idx[np.argpartition(scores[idx], m - 1)[:m]]
-    return _keep_worst(scores[idx], np.array(rows[idx], dtype=np.float64), idx + row_offset, m)
+    """The m eligible rows with the lowest score, ties broken by the lower global index:
+    (scores, rows as float64 copies, global indices).
+
+    Only rows at or below an upper bound of the m-th lowest score are sorted: the m-th lowest of
+    the minima of ≥ m segments (m segments each hold a row at or below it), so this costs two
+    cheap passes over ``scores`` instead of a selection over all of them.
+    """
+    s = scores if eligible.all() else np.where(eligible, scores, np.inf)
+    n = s.shape[0]
+    bound = np.inf
+    if n and m:
+        seg = max(1, min(1024, n // m))
+        minima = np.minimum.reduceat(s, np.arange(0, n, seg))
+        bound = np.partition(minima, m - 1)[m - 1] if minima.size >= m else np.inf
+    idx = np.flatnonzero(s <= bound) if np.isfinite(bound) else np.flatnonzero(np.isfinite(s))
+    return _keep_worst(s[idx], np.array(rows[idx], dtype=np.float64), idx + row_offset, m)
 
 
 def combine(a: SuffStats, b: SuffStats) -> SuffStats:

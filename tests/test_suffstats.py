@@ -143,3 +143,30 @@ def test_expansion_and_exact_centring_agree(ct, monkeypatch):
     for field in ("nk", "means", "m2"):
         assert_rel(getattr(expanded, field), getattr(exact, field), 1e-12, field)
     assert expanded.loglik == pytest.approx(exact.loglik, rel=1e-13)
+
+
+@pytest.mark.parametrize("n", [0, 3, 8, 9, 1000, 5003])
+def test_worst_rows_are_the_lowest_eligible_scores_with_ties_by_index(n):
+    # Collapsed components are re-seeded at these rows, so the choice must be exactly the m
+    # lowest eligible scores, ties going to the lower global index, however rows are split.
+    from gmm_dask.suffstats import _worst_rows
+
+    rng = np.random.default_rng(n)
+    scores = np.round(rng.normal(size=n), 1)  # many ties
+    eligible = rng.random(n) > 0.2
+    rows = np.arange(2 * n, dtype=float).reshape(n, 2)
+    m = 8
+    ws, wr, wi = _worst_rows(scores, rows, eligible, 100, m)
+    order = sorted(np.flatnonzero(eligible), key=lambda i: (scores[i], i))[:m]
+    np.testing.assert_array_equal(wi, np.array(order, dtype=int) + 100)
+    np.testing.assert_array_equal(ws, scores[order])
+    np.testing.assert_array_equal(wr, rows[order])
+    # the same rows whichever way the partition is split and merged
+    if n > 10:
+        cut = n // 3
+        a = _worst_rows(scores[:cut], rows[:cut], eligible[:cut], 100, m)
+        b = _worst_rows(scores[cut:], rows[cut:], eligible[cut:], 100 + cut, m)
+        merged = np.concatenate([a[2], b[2]])[
+            np.lexsort((np.concatenate([a[2], b[2]]), np.concatenate([a[0], b[0]])))
+        ][:m]
+        np.testing.assert_array_equal(merged, wi)
