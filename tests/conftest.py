@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests draw the same examples on every run of the default test command, so a CI run
+# is reproducible; GMM_DASK_HYPOTHESIS=explore draws fresh ones (a fuzzing session).
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("GMM_DASK_HYPOTHESIS", "repeatable"))
 
 
 def rel_err(a, b) -> float:
