@@ -273,7 +273,11 @@ def _log_density_coefficients(layout, weights, means_c, prec_chol, covariance_ty
 
 
 def _exact_log_density(xc, mean_c, prec_chol_k, covariance_type, const):
-    """log πₖ𝓝(x | μₖ, Σₖ) of one component for a block ``xc`` (D, n), centred exactly."""
+    """log πₖ𝓝(x | μₖ, Σₖ) of one component for a block ``xc`` (D, n), centred exactly.
+
+    Not :func:`gaussian.squared_mahalanobis`: for full/tied that forms ``x·U − μ·U`` (one GEMM
+    for all components), whose cancellation is exactly what this path exists to avoid.
+    """
     diff = xc - mean_c[:, None]
     if covariance_type in ("full", "tied"):
         y = prec_chol_k.T @ diff
@@ -283,13 +287,12 @@ def _exact_log_density(xc, mean_c, prec_chol_k, covariance_type, const):
     return const - 0.5 * y.sum(axis=0)
 
 
-def _exact_moment(xc, mean, r_k, kind):
+def _exact_moment(xc, mean, r_k, layout):
     """Σ r (x − m)(x − m)ᵀ (packed as the layout) of one component for a block ``xc`` (D, n)."""
     diff = xc - mean[:, None]
     wdiff = diff * r_k
-    if kind == "full":
-        g = wdiff @ diff.T
-        return g[np.triu_indices(len(mean))]
+    if layout.kind == "full":
+        return (wdiff @ diff.T)[layout.ia, layout.ja]
     return (wdiff * diff).sum(axis=1)
 
 
@@ -349,7 +352,6 @@ def estep_stats(
     means_c = means - shift
     A, consts, rho = _log_density_coefficients(layout, weights, means_c, prec_chol, covariance_type)
     far = np.flatnonzero(~(rho <= EXPANSION_MAX_RHO))
-    pcs = prec_chol if covariance_type in ("full", "diag", "spherical") else [prec_chol] * k
     n_total = X.shape[0]
     block_rows = max(1, min(block_rows or default_block_rows(F), n_total))
     # Buffers reused by every block (allocating per block is slow where glibc returns memory
@@ -373,7 +375,8 @@ def estep_stats(
         r = rbuf[:, :n]
         np.matmul(A, f, out=r)  # log πₖ𝓝ₖ, (K, n)
         for j in far:
-            r[j] = _exact_log_density(f[t : t + d], means_c[j], pcs[j], covariance_type, consts[j])
+            pc = prec_chol if covariance_type == "tied" else prec_chol[j]
+            r[j] = _exact_log_density(f[t : t + d], means_c[j], pc, covariance_type, consts[j])
         amax = r.max(axis=0)
         finite_max = np.isfinite(amax)
         safe = amax if finite_max.all() else np.where(finite_max, amax, 0.0)
@@ -404,7 +407,7 @@ def estep_stats(
         mb = np.divide(S[:, t : t + d], nkb[:, None], out=np.zeros((k, d)), where=pos[:, None])
         m2 = S[:, :t] - nkb[:, None] * (mb[:, layout.ia] * mb[:, layout.ja])
         for j in far:
-            m2[j] = _exact_moment(f[t : t + d], mb[j], r[j], kind)
+            m2[j] = _exact_moment(f[t : t + d], mb[j], r[j], layout)
         m2[:, diag_pos] = np.maximum(m2[:, diag_pos], 0.0)
         nk_b[i], mean_b[i], m2_b[i] = nkb, mb, m2
     nk, mean_c, m2 = _merge_blocks(nk_b, mean_b, m2_b, layout.ia, layout.ja)
