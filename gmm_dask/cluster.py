@@ -11,7 +11,7 @@ import importlib
 import logging
 from collections.abc import Iterator
 
-from .config import AddressClusterConfig, ClassClusterConfig, LocalClusterConfig
+from .config import AddressClusterConfig, ClassClusterConfig, ClusterConfig, LocalClusterConfig
 from .errors import ConfigError
 from .runner import active_client
 
@@ -19,17 +19,46 @@ logger = logging.getLogger(__name__)
 
 
 def _import_class(path: str):
+    """Import ``path`` and return it if it is a Dask cluster class; ConfigError otherwise.
+
+    Only imports (nothing is instantiated or called), so a config cannot make the job run an
+    arbitrary callable such as ``subprocess.Popen``.
+    """
+    from distributed.deploy.cluster import Cluster
+
     module, _, name = path.rpartition(".")
     if not module:
         raise ConfigError(
             f"cluster.cluster_class {path!r} must be a dotted path like 'dask_jobqueue.SLURMCluster'."
         )
     try:
-        return getattr(importlib.import_module(module), name)
+        cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as err:
         raise ConfigError(
             f"cluster.cluster_class {path!r} cannot be imported ({err}); install its package."
         ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Cluster)):
+        raise ConfigError(
+            f"cluster.cluster_class {path!r} is not a Dask cluster class (a subclass of "
+            "distributed.deploy.Cluster, such as distributed.LocalCluster, dask_jobqueue.SLURMCluster "
+            "or dask_kubernetes.operator.KubeCluster). Name a cluster class, or use cluster.type: "
+            "local or address."
+        )
+    return cls
+
+
+def check_cluster_config(cfg: ClusterConfig | None = None) -> None:
+    """Check a cluster config up front, starting nothing: a ``type: class`` config must name a
+    Dask cluster class (imported, never instantiated). ``None`` means the default local cluster.
+
+    Raises :class:`~gmm_dask.errors.ConfigError` naming the key, the value and the fix.
+    """
+    if cfg is None or isinstance(cfg, LocalClusterConfig | AddressClusterConfig):
+        return  # fully validated by the config model (memory limit, address format)
+    if isinstance(cfg, ClassClusterConfig):
+        _import_class(cfg.cluster_class)
+        return
+    raise ConfigError(f"cluster: unknown cluster config {cfg!r}; use type local, address or class.")
 
 
 @contextlib.contextmanager
@@ -40,6 +69,7 @@ def dask_client(cfg=None) -> Iterator:
     """
     from distributed import Client, LocalCluster
 
+    check_cluster_config(cfg)
     existing = active_client()
     if existing is not None:
         yield existing

@@ -1,4 +1,7 @@
-"""Job configuration: frozen pydantic models, loaded from YAML with ``yaml.safe_load``.
+"""Job configuration: frozen pydantic models, loaded from YAML with a safe loader.
+
+The loader is ``yaml.SafeLoader`` (plain data, never code) that also refuses a key repeated in a
+mapping. Booleans are never numbers (YAML reads ``yes``/``no``/``on``/``off`` as booleans).
 
 The same models are the Prefect flows' parameter types, so the UI renders them as forms and
 rejects bad values before any work starts. Unknown keys are errors. Relative local paths in a
@@ -12,11 +15,21 @@ import hashlib
 import json
 import os
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
 
@@ -27,8 +40,44 @@ _SECRET_KEYS = re.compile(
 )
 
 
+#: Largest feature magnitude accepted (after the transform, and scaling if any). Squared centred
+#: values (<= 4e200), times precisions (<= 1/reg_covar), summed over any realistic number of rows
+#: stay finite in float64; beyond it a mean rounded to 1e-16 relative error alone can square to
+#: infinity. Behavioural features this large are a unit or encoding mistake. Defined here (not in
+#: ``validation``) so that the input checks can use it without importing Dask.
+MAX_ABS_VALUE = 1e100
+
+
+def _is_number_type(annotation) -> bool:
+    """Whether a field's type is (or includes) int or float, but not bool."""
+    if annotation in (int, float):
+        return True
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _is_number_type(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_number_type(a) for a in typing.get_args(annotation))
+    return False
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, data):
+        """YAML reads yes/no/on/off/true/false as booleans, which pydantic would take as 1 and 0."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if isinstance(value, bool) and field is not None and _is_number_type(field.annotation):
+                    raise PydanticCustomError(
+                        "bool_not_number",
+                        "expected a number, got the boolean {value} (YAML reads yes/no/on/off/true/false "
+                        "as booleans); write a number",
+                        {"field": key, "value": "true" if value else "false"},
+                    )
+        return data
 
 
 class FeatureSpec(_Model):
@@ -157,14 +206,72 @@ class TLSConfig(_Model):
     require_encryption: bool = True
 
 
+# Byte units as Dask's ``parse_bytes`` reads them (case-insensitive; k/M/G... are powers of 1000,
+# Ki/Mi/Gi... powers of 1024); parsed here so that loading a config does not import Dask.
+_BYTE_UNITS = {"": 1, "b": 1}
+for _i, _p in enumerate("kmgtp", 1):
+    _BYTE_UNITS.update({_p: 1000**_i, _p + "b": 1000**_i, _p + "i": 1024**_i, _p + "ib": 1024**_i})
+_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+_MEMORY_HELP = (
+    "use 'auto', a number of bytes (e.g. 4000000000), a size such as '4GiB', '1.5 GB' or '800MB', "
+    "or a fraction of the machine's memory in (0, 1] such as 0.5"
+)
+
+
+def parse_memory_limit(value: str | int | float) -> int | float | str:
+    """Check a per-worker memory limit the way Dask will read it; returns bytes, a fraction or 'auto'.
+
+    >>> parse_memory_limit("4GiB"), parse_memory_limit("1.5 GB"), parse_memory_limit(0.5)
+    (4294967296, 1500000000, 0.5)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"got the boolean {value}; {_MEMORY_HELP}")
+    if isinstance(value, str):
+        if value.strip() == "auto":
+            return "auto"
+        m = _SIZE_RE.match(value)
+        if not m or m.group(2).lower() not in _BYTE_UNITS:
+            raise ValueError(f"cannot read {value!r} as a memory size; {_MEMORY_HELP}")
+        number, unit = float(m.group(1)), m.group(2).lower()
+        if not unit:
+            return parse_memory_limit(number)
+        nbytes = int(number * _BYTE_UNITS[unit])
+        if nbytes < 1:
+            raise ValueError(f"{value!r} is less than one byte; {_MEMORY_HELP}")
+        return nbytes
+    if not isinstance(value, int | float) or value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"cannot read {value!r} as a memory size; {_MEMORY_HELP}")
+    if value <= 0:
+        raise ValueError(f"{value!r} is not positive; {_MEMORY_HELP}")
+    if value <= 1:  # Dask reads numbers up to 1 as a fraction of the machine's memory
+        return float(value)
+    return int(value)
+
+
+_DOTTED_RE = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$")
+_HOST = r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?)"
+_ADDRESS_RE = re.compile(
+    rf"^(?:(?:tcp|tls|ucx)://{_HOST}:(?P<port>[0-9]{{1,5}})|inproc://[^\s/]+(?:/[^\s/]+)*)$"
+)
+
+
 class LocalClusterConfig(_Model):
     type: Literal["local"] = "local"
     n_workers: int = Field(2, ge=1, le=256)
     threads_per_worker: int = Field(1, ge=1, le=256)
-    memory_limit: str = Field("auto", description="Per worker, e.g. '4GiB', or 'auto'.")
+    memory_limit: str | int | float = Field(
+        "auto",
+        description="Per worker: 'auto', bytes, a size like '4GiB' or '800MB', or a fraction in (0, 1].",
+    )
     host: str = Field("127.0.0.1", description="Interface the scheduler and workers bind to.")
     dashboard_address: str = Field("127.0.0.1:0", description="Where the dashboard listens.")
     processes: bool = True
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _memory_limit(cls, v):
+        parse_memory_limit(v)  # raises with the accepted forms
+        return v.strip() if isinstance(v, str) else v
 
 
 class AddressClusterConfig(_Model):
@@ -172,12 +279,33 @@ class AddressClusterConfig(_Model):
     address: str = Field(description="An existing scheduler, e.g. tls://scheduler.internal:8786")
     tls: TLSConfig | None = None
 
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str):
+        m = _ADDRESS_RE.match(v.strip())
+        if not m or (m.group("port") is not None and not 0 < int(m.group("port")) < 65536):
+            raise ValueError(
+                f"{v!r} is not a scheduler address; write <protocol>://<host>:<port> with protocol "
+                "tcp, tls or ucx (or inproc://...), e.g. tcp://scheduler.internal:8786"
+            )
+        return v.strip()
+
 
 class ClassClusterConfig(_Model):
     type: Literal["class"] = "class"
     cluster_class: str = Field(description="Dotted path, e.g. dask_jobqueue.SLURMCluster")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     scale: int | None = Field(None, ge=1, description="Workers to ask for after start.")
+
+    @field_validator("cluster_class")
+    @classmethod
+    def _dotted_path(cls, v: str):
+        if not _DOTTED_RE.match(v):
+            raise ValueError(
+                f"{v!r} is not a dotted path to a Dask cluster class; write it like "
+                "'dask_jobqueue.SLURMCluster' or 'dask_kubernetes.operator.KubeCluster'"
+            )
+        return v
 
 
 ClusterConfig = Annotated[
@@ -217,17 +345,26 @@ def _resolve(path: str, base: Path) -> str:
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(
-            str(p) for p in e["loc"] if not (isinstance(p, str) and p in ("local", "address", "class"))
+        parts = list(e["loc"])
+        loc = ".".join(  # drop the union's tag: cluster.local.n_workers -> cluster.n_workers
+            str(p)
+            for i, p in enumerate(parts)
+            if not (i > 0 and parts[i - 1] == "cluster" and p in ("local", "address", "class"))
         )
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "union_tag_not_found":
+            lines.append(f"{source}: missing required key '{loc}.type' (local, address or class)")
+        elif e["type"] == "bool_not_number":  # raised for the model, about one of its keys
+            loc = ".".join(filter(None, [loc, e["ctx"]["field"]]))
+            lines.append(f"{source}: {loc}: {e['msg']}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{loc}' — remove it or check its spelling")
         elif e["type"] == "missing":
             lines.append(f"{source}: missing required key '{loc}'")
         else:
             got = e.get("input")
             got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
-            lines.append(f"{source}: {loc}: {e['msg']}{got_s}")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {loc}: {msg}{got_s}")
     return "\n".join(lines)
 
 
@@ -256,8 +393,63 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     return cfg
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping in a YAML document repeats a key (YAML loaders silently keep the last one)."""
+
+    def __init__(self, key: str, first_line: int, second_line: int):
+        super().__init__(f"duplicate key {key!r} (lines {first_line} and {second_line})")
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data only, never code) that refuses a key repeated in a mapping.
+
+    Keys brought in by a ``<<: *anchor`` merge may still be overridden, as YAML intends.
+    """
+
+    def construct_document(self, node):
+        self._check_unique_keys(node, (), set())
+        return super().construct_document(node)
+
+    def _check_unique_keys(self, node, path: tuple, seen: set) -> None:
+        if id(node) in seen:  # aliases may make the node graph cyclic
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key_node, value_node in node.value:
+                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if name is not None and key_node.tag != _MERGE_TAG:
+                    key = self.construct_object(key_node)
+                    try:
+                        first = lines.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key is refused by the constructor itself
+                        first = None
+                    if first is not None and first != key_node.start_mark.line + 1:
+                        raise DuplicateKeyError(
+                            ".".join([*path, str(key)]), first, key_node.start_mark.line + 1
+                        )
+                self._check_unique_keys(value_node, (*path, str(name)), seen)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                where = (*path[:-1], f"{path[-1]}[{i}]") if path else (f"[{i}]",)
+                self._check_unique_keys(item, where, seen)
+
+
+def _read_yaml(text: str):
+    """Like ``yaml.safe_load``, with :class:`UniqueKeySafeLoader`."""
+    loader = UniqueKeySafeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> JobConfig:
-    """Read and validate a YAML config file (safe loader only).
+    """Read and validate a YAML config file (safe loader only; a repeated key is an error).
 
     ``overrides`` maps dotted keys to values, e.g. ``{"model.n_components": 6}``.
     """
@@ -265,9 +457,16 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     if not p.is_file():
         raise ConfigError(f"Config file {str(p)!r} does not exist.")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = _read_yaml(p.read_text())
+    except DuplicateKeyError as err:
+        raise ConfigError(
+            f"{p}: key '{err.key}' appears twice (lines {err.first_line} and {err.second_line}); "
+            "YAML would silently keep only the last one. Remove one of them or merge the two."
+        ) from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{p}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        return parse_config(data, str(p), p.parent.resolve())  # raises the "expected a mapping" error
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
@@ -275,6 +474,48 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
             node = node.setdefault(key, {})
         node[leaf] = value
     return parse_config(data, str(p), p.parent.resolve())
+
+
+def _check_writable_dir(path: str, key: str) -> None:
+    """ConfigError unless ``path`` is a directory, or could be created as one, that we may write to."""
+    if path.startswith("file://"):
+        path = path[len("file://") :]
+    elif _is_url(path):
+        return  # object stores: permissions show only on the first write
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ConfigError(
+            f"{key} {path!r} is a file, not a directory. Point {key} at a directory (it is created "
+            "if missing), or move the file away."
+        )
+    parent = p
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(
+            f"{key} {path!r} cannot be created: {str(parent)!r} is a file, not a directory. Point "
+            f"{key} somewhere else, or move the file away."
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        what = "directory" if parent == p else f"nearest existing parent {str(parent)!r}"
+        raise ConfigError(
+            f"{key} {path!r}: the {what} is not writable by this user. Point {key} at a writable "
+            "location or fix the permissions."
+        )
+
+
+def check_output_location(cfg: JobConfig) -> None:
+    """Check, before any work, that the output root and the registry can be written (local paths).
+
+    Raises :class:`ConfigError` naming ``output.root`` / ``output.registry`` when the path is a
+    file, lies under a file, or its nearest existing directory is not writable. Creates nothing;
+    URLs (s3://, gs://, ...) are not checked.
+    """
+    _check_writable_dir(cfg.output.root, "output.root")
+    if cfg.output.registry is not None:
+        _check_writable_dir(cfg.output.registry, "output.registry")
+    else:
+        _check_writable_dir(cfg.output.registry_path, "output.root (its registry/ directory)")
 
 
 def validate_snapshot(value: str | None, name: str = "snapshot") -> str | None:

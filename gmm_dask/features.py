@@ -14,10 +14,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import FeatureSpec, InputConfig
+from .config import MAX_ABS_VALUE, FeatureSpec, InputConfig
 from .errors import DataError
 from .io import Piece, read_piece
-from .validation import MAX_ABS_VALUE
 
 _FORWARD = {"none": lambda x: x, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
 _INVERSE = {"none": lambda x: x, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}
@@ -98,6 +97,8 @@ class Profile:
     first_bad_weight: tuple | None = None
     n_null_ids: int = 0
     first_null_id: tuple | None = None
+    n_huge: int = 0  # rows with a finite transformed value above MAX_ABS_VALUE in magnitude
+    first_huge: tuple | None = None  # (path, row, column, raw value, transform)
     n_duplicate_ids: int = 0
     duplicate_examples: list = field(default_factory=list)
     # weighted statistics of transformed values
@@ -166,6 +167,12 @@ def profile_piece(piece: Piece, cfg: InputConfig, storage_options: dict | None =
         prof.first_domain = (piece.path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
     T = apply_transforms(X_raw, feats)
     finite = np.isfinite(T)
+    with np.errstate(invalid="ignore"):
+        huge = finite & (np.abs(T) > MAX_ABS_VALUE)
+    if huge.any():
+        r, c = (int(v[0]) for v in np.nonzero(huge))
+        prof.n_huge = int(huge.any(axis=1).sum())
+        prof.first_huge = (piece.path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
     missing = ~np.isfinite(X_raw)
     prof.missing_per_column = missing.sum(axis=0)
     any_missing = missing.any(axis=1)
@@ -189,9 +196,10 @@ def merge_profiles(a: Profile, b: Profile) -> Profile:
     out = Profile(n_rows=a.n_rows + b.n_rows)
     out.rows_with_missing = a.rows_with_missing + b.rows_with_missing
     out.missing_per_column = a.missing_per_column + b.missing_per_column
-    for name in ("first_missing", "first_domain", "first_bad_weight", "first_null_id"):
+    for name in ("first_missing", "first_domain", "first_bad_weight", "first_null_id", "first_huge"):
         setattr(out, name, getattr(a, name) or getattr(b, name))
     out.n_domain = a.n_domain + b.n_domain
+    out.n_huge = a.n_huge + b.n_huge
     out.n_bad_weight = a.n_bad_weight + b.n_bad_weight
     out.n_null_ids = a.n_null_ids + b.n_null_ids
     out.col_w, out.col_mean, out.col_m2 = _merge_moments(
@@ -222,8 +230,13 @@ def finish_profile(p: Profile) -> Profile:
     return p
 
 
-def check_profile(p: Profile, cfg: InputConfig, date: str) -> None:
-    """Raise the one clear error for data that cannot be used under the configured policy."""
+def check_profile(p: Profile, cfg: InputConfig, date: str, *, standardize: bool = True) -> None:
+    """Raise the one clear error for data that cannot be used under the configured policy.
+
+    ``standardize`` is ``model.standardize``: without scaling, transformed values above
+    ``MAX_ABS_VALUE`` in magnitude reach the fit as they are and are refused here (with scaling
+    they are scaled first, and an overflowing mean or variance is refused by :func:`build_plan`).
+    """
     if p.n_null_ids:
         path, row = p.first_null_id
         raise DataError(
@@ -250,9 +263,20 @@ def check_profile(p: Profile, cfg: InputConfig, date: str) -> None:
             f"({p.n_domain} row(s); first: file {path!r}, row {row}, value {val}). {tr} needs values "
             f"{rule}; use transform 'asinh' for signed values or 'none'."
         )
+    per_col = {
+        f: int(c) for f, c in zip(cfg.feature_names, np.atleast_1d(p.missing_per_column), strict=True) if c
+    }
+    if p.n_rows:
+        empty = [f for f, c in per_col.items() if c == p.n_rows]
+        if empty:
+            raise DataError(
+                f"Snapshot {date}: feature column(s) {empty} are null, NaN or infinite in all "
+                f"{p.n_rows} rows, so there is nothing to fit them on (input.missing is {cfg.missing!r}). "
+                "Check the export upstream (a renamed or unfilled column?), or remove them from "
+                "input.features."
+            )
     if p.rows_with_missing and cfg.missing == "error":
         path, row, col = p.first_missing
-        per_col = {f: int(c) for f, c in zip(cfg.feature_names, p.missing_per_column, strict=True) if c}
         raise DataError(
             f"Snapshot {date}: {p.rows_with_missing} row(s) have null, NaN or infinite features {per_col} "
             f"(first: file {path!r}, row {row}, column {col!r}). Set input.missing to 'drop' or "
@@ -260,7 +284,29 @@ def check_profile(p: Profile, cfg: InputConfig, date: str) -> None:
         )
     used = p.n_rows - (p.rows_with_missing if cfg.missing == "drop" else 0)
     if used == 0:
-        raise DataError(f"Snapshot {date}: no usable rows ({p.n_rows} read, all have missing features).")
+        raise DataError(
+            f"Snapshot {date}: no usable rows ({p.n_rows} read, every one has a null, NaN or infinite "
+            f"feature; rows missing per column: {per_col}). Fix the data upstream, or set input.missing "
+            "to 'impute_mean'."
+        )
+    if cfg.weight_column:
+        used_w = p.row_w if cfg.missing == "drop" else p.total_w
+        if not used_w > 0:
+            rows = "usable rows (rows with missing features dropped)" if cfg.missing == "drop" else "rows"
+            raise DataError(
+                f"Snapshot {date}: weight column {cfg.weight_column!r} (input.weight_column) is 0 in all "
+                f"{used} {rows}. At least one row needs a positive weight; fix the weights upstream, or "
+                "set input.weight_column: null to weigh every row equally."
+            )
+    if p.n_huge and not standardize:
+        path, row, col, val, tr = p.first_huge
+        after = "" if tr == "none" else f" after its {tr} transform"
+        raise DataError(
+            f"Snapshot {date}: {p.n_huge} row(s) have a feature whose magnitude{after} exceeds "
+            f"{MAX_ABS_VALUE:g} (first: file {path!r}, row {row}, column {col!r}, value {val!r}); with "
+            "model.standardize: false squared distances would overflow float64. Use transform 'asinh' "
+            "or 'log1p', set model.standardize: true, or fix the values upstream."
+        )
 
 
 def build_plan(p: Profile, cfg: InputConfig, standardize: bool) -> FeaturePlan:

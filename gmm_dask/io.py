@@ -161,15 +161,22 @@ def _check_schema(path: str, schema: pa.Schema, cfg: InputConfig) -> None:
         )
     for col in [*cfg.feature_names] + ([cfg.weight_column] if cfg.weight_column else []):
         t = schema.field(col).type
-        if not (
-            pa.types.is_integer(t)
-            or pa.types.is_floating(t)
-            or pa.types.is_boolean(t)
-            or pa.types.is_decimal(t)
-        ):
+        key = "input.weight_column" if col == cfg.weight_column else "input.features"
+        if pa.types.is_boolean(t):
             raise DataError(
-                f"Column {col!r} in Parquet file {path!r} has type {t}; features and weights must "
-                "be numeric. Encode it as numbers or remove it from input.features."
+                f"Column {col!r} ({key}) in Parquet file {path!r} is boolean; features and weights "
+                f"must be numbers. Cast it to 0/1 integers upstream (e.g. CAST({col} AS INT)), or "
+                f"remove it from {key}."
+            )
+        if pa.types.is_null(t):
+            raise DataError(
+                f"Column {col!r} ({key}) in Parquet file {path!r} has no values at all (type null). "
+                f"Check the export upstream, or remove it from {key}."
+            )
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+            raise DataError(
+                f"Column {col!r} ({key}) in Parquet file {path!r} has type {t}; features and weights "
+                f"must be numeric. Encode it as numbers upstream, or remove it from {key}."
             )
 
 
@@ -179,12 +186,21 @@ def open_snapshot(cfg: InputConfig, date: str, piece_rows: int = PIECE_ROWS) -> 
     part = f"{root.rstrip('/')}/{cfg.partition_key}={date}"
     if not fs.exists(part):
         resolve_snapshot(cfg, date)  # raises the helpful "not found" error
-    files = sorted(
+    visible = sorted(
         f
         for f in fs.find(part)
-        if f.endswith(".parquet")
-        and not any(seg.startswith((".", "_")) for seg in f[len(part) :].split("/") if seg)
-    )
+        if not any(seg.startswith((".", "_")) for seg in f[len(part) :].split("/") if seg)
+    )  # hidden: _SUCCESS, _metadata, .crc files, _temporary/ ...
+    files = [f for f in visible if f.endswith(".parquet")]
+    stray = [f for f in visible if not f.endswith(".parquet")]
+    if stray:
+        more = f" and {len(stray) - 5} more" if len(stray) > 5 else ""
+        shown = ", ".join(repr(f) for f in stray[:5]) + more
+        raise DataError(
+            f"Snapshot {date} at {part!r} holds {len(stray)} file(s) that are not Parquet (*.parquet): "
+            f"{shown}. Their rows would be silently skipped. Remove them from the snapshot, or "
+            "convert them to Parquet."
+        )
     if not files:
         raise DataError(f"Snapshot {date} at {part!r} has no Parquet files.")
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
