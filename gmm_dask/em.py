@@ -1,4 +1,9 @@
-"""The EM loop: one map/reduce pass per iteration, the M-step on the merged statistics."""
+"""The EM core: one map/reduce pass per iteration, the M-step on the merged statistics.
+
+:func:`fit_mixture` is the whole fit on a runner (initialisations, EM runs, the best kept, its
+log-likelihood): both the scikit-learn-style facade (:class:`gmm_dask.GaussianMixture`) and the
+warehouse pipeline call it once their inputs are validated.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ComponentCollapseWarning, FitError
-from .gaussian import compute_precision_cholesky
-from .init import MixtureParams
+from .gaussian import MixtureParams, compute_precision_cholesky, precision_cholesky_from_precisions
+from .init import initialize
 from .suffstats import SuffStats, collapsed_components, combine_all, estep_stats, m_step
 
 logger = logging.getLogger(__name__)
@@ -117,7 +122,7 @@ def run_em(
                 "than a thousandth of a row's weight) and were re-seeded at the worst-explained "
                 "rows. Fewer components may suit this data; see `reseeded_components_`.",
                 ComponentCollapseWarning,
-                stacklevel=3,
+                stacklevel=4,  # run_em ← fit_mixture ← GaussianMixture.fit ← the user's call
             )
         params = MixtureParams(
             weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar)
@@ -139,3 +144,186 @@ def run_em(
             converged = True
             break
     return EMResult(params, converged, n_iter, lower_bound, lower_bounds, reseeded)
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit_mixture` returns: the best run, and its parameters' fit to the data.
+
+    Attributes
+    ----------
+    params : MixtureParams
+        Parameters after the best run's last M-step.
+    converged : bool
+    n_iter : int
+    lower_bound : float
+        Mean (weighted) log-likelihood of the parameters entering the best run's last iteration.
+    lower_bounds : list of float
+        The best run's lower bound at every iteration.
+    reseeded : list of (iteration, component)
+        Components that collapsed and were re-seeded during the best run.
+    final_loglik : float
+        Σ w·log p(x) of ``params`` on the data (one pass after the runs).
+    weight : float
+        Σ w (the number of rows without weights).
+    n_rows : int
+    """
+
+    params: MixtureParams
+    converged: bool
+    n_iter: int
+    lower_bound: float
+    lower_bounds: list[float]
+    reseeded: list[tuple[int, int]]
+    final_loglik: float
+    weight: float
+    n_rows: int
+
+
+def seed_from(random_state) -> int:
+    """The base seed (an int in [0, 2⁶³)) of a ``random_state``: None, an int, or a NumPy
+    ``Generator`` / ``RandomState`` (one number is drawn from those)."""
+    if isinstance(random_state, np.random.Generator):
+        return int(random_state.integers(0, 2**63 - 1))
+    if isinstance(random_state, np.random.RandomState):
+        return int(random_state.randint(0, 2**31 - 1))
+    return int(np.random.SeedSequence(random_state).generate_state(1, np.uint64)[0] >> 1)
+
+
+def initial_params(
+    runner,
+    *,
+    n_components: int,
+    covariance_type: str,
+    reg_covar: float,
+    init_params: str,
+    seed: int,
+    data_variance: float,
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+) -> MixtureParams:
+    """Parameters one EM run starts from: ``init_params``' initialisation, with any of the
+    given (already validated) ``weights_init`` / ``means_init`` / ``precisions_init`` in place
+    of what it found. All three given: no pass over the data."""
+    ct = covariance_type
+    if weights_init is not None and means_init is not None and precisions_init is not None:
+        pc = precision_cholesky_from_precisions(precisions_init, ct)
+        return MixtureParams(weights_init, means_init, None, pc)
+    params = initialize(runner, init_params, n_components, ct, reg_covar, seed, data_variance=data_variance)
+    weights = params.weights if weights_init is None else weights_init
+    means = params.means if means_init is None else means_init
+    if precisions_init is None:
+        return MixtureParams(weights, means, params.covariances, params.precisions_cholesky)
+    return MixtureParams(weights, means, None, precision_cholesky_from_precisions(precisions_init, ct))
+
+
+def fit_mixture(
+    runner,
+    *,
+    n_components: int,
+    covariance_type: str,
+    tol: float,
+    reg_covar: float,
+    max_iter: int,
+    n_init: int,
+    init_params: str,
+    seed: int,
+    data_variance: float,
+    init: MixtureParams | None = None,
+    weights_init=None,
+    means_init=None,
+    precisions_init=None,
+    prev_lower_bound: float = -np.inf,
+    callback: Callable[[IterationInfo], None] | None = None,
+) -> FitResult:
+    """Fit a Gaussian mixture by EM on the data a runner holds; keep the best of ``n_init`` runs.
+
+    Values are not validated here: the caller has checked the parameters, the data (finite,
+    within range, non-negative weights, at least ``n_components`` rows) and the ``*_init``
+    arrays (shapes, positive definiteness).
+
+    Parameters
+    ----------
+    runner : GraphRunner or DistributedRunner
+    n_components, covariance_type, tol, reg_covar, max_iter, init_params
+        As :class:`gmm_dask.GaussianMixture`. ``max_iter=0`` returns the initial parameters.
+    n_init : int
+        Initialisations; the run with the highest final lower bound is kept.
+    seed : int
+        Base seed (see :func:`seed_from`); run i initialises with the i-th number of its
+        ``SeedSequence``.
+    data_variance : float
+        Mean per-feature (weighted) variance of the data: scales k-means' stopping tolerance.
+    init : MixtureParams, optional
+        Start from these parameters (a warm start): one run, no initialisation, their
+        ``precisions_cholesky`` used as they are. ``n_init``, ``init_params`` and the
+        ``*_init`` arrays are then ignored.
+    weights_init, means_init, precisions_init : ndarray, optional
+        Validated float64 arrays replacing the initialisation's weights, means or precisions.
+    prev_lower_bound : float, default=-inf
+        Lower bound before the first iteration (a warm start's previous ``lower_bound_``): the
+        first iteration's change is measured from it.
+    callback : callable, optional
+        Called with an :class:`IterationInfo` after every EM iteration.
+
+    Returns
+    -------
+    FitResult
+    """
+    n_runs = 1 if init is not None else n_init
+    seeds = np.random.SeedSequence(seed).generate_state(n_runs, np.uint64) >> np.uint64(1)
+    best = None
+    for i in range(n_runs):
+        params = init
+        if params is None:
+            params = initial_params(
+                runner,
+                n_components=n_components,
+                covariance_type=covariance_type,
+                reg_covar=reg_covar,
+                init_params=init_params,
+                seed=int(seeds[i]),
+                data_variance=data_variance,
+                weights_init=weights_init,
+                means_init=means_init,
+                precisions_init=precisions_init,
+            )
+        if max_iter == 0:
+            result = EMResult(params, False, 0, -np.inf)
+        else:
+            result = run_em(
+                runner,
+                params,
+                covariance_type=covariance_type,
+                tol=tol,
+                max_iter=max_iter,
+                reg_covar=reg_covar,
+                prev_lower_bound=prev_lower_bound,
+                init=i,
+                callback=callback,
+            )
+        logger.info(
+            "Initialisation %d/%d: lower bound %.10g after %d iterations (converged: %s)",
+            i + 1,
+            n_runs,
+            result.lower_bound,
+            result.n_iter,
+            result.converged,
+        )
+        if best is None or result.lower_bound > best.lower_bound:
+            best = result
+    # One more pass: the log-likelihood of the parameters actually returned (for BIC/AIC
+    # without re-reading the data later).
+    final = estep(runner, best.params, covariance_type)
+    return FitResult(
+        params=best.params,
+        converged=best.converged,
+        n_iter=best.n_iter,
+        lower_bound=best.lower_bound,
+        lower_bounds=best.lower_bounds,
+        reseeded=best.reseeded,
+        final_loglik=final.loglik,
+        weight=final.weight,
+        n_rows=final.n_rows,
+    )

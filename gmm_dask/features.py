@@ -115,13 +115,11 @@ class Profile:
 
 @np.errstate(over="ignore", invalid="ignore")
 def _merge_moments(wa, ma, sa, wb, mb, sb):
-    """Parallel merge; huge values may overflow to inf here and are reported by build_plan."""
-    w = wa + wb
-    safe = np.where(w > 0, w, 1.0)
-    delta = mb - ma
-    mean = np.where(w > 0, ma + delta * (wb / safe), 0.0)
-    m2 = sa + sb + delta**2 * np.where(w > 0, wa * wb / safe, 0.0)
-    return w, mean, m2
+    """:func:`suffstats.merge_moments`; huge values may overflow to inf here and are reported by
+    build_plan."""
+    from .suffstats import merge_moments
+
+    return merge_moments(wa, ma, sa, wb, mb, sb)
 
 
 @np.errstate(over="ignore", invalid="ignore")
@@ -205,15 +203,9 @@ def merge_profiles(a: Profile, b: Profile) -> Profile:
     out.col_w, out.col_mean, out.col_m2 = _merge_moments(
         a.col_w, a.col_mean, a.col_m2, b.col_w, b.col_mean, b.col_m2
     )
-    _, rm, rs = _merge_moments(
-        np.full_like(a.row_mean, a.row_w),
-        a.row_mean,
-        a.row_m2,
-        np.full_like(b.row_mean, b.row_w),
-        b.row_mean,
-        b.row_m2,
+    out.row_w, out.row_mean, out.row_m2 = _merge_moments(
+        a.row_w, a.row_mean, a.row_m2, b.row_w, b.row_mean, b.row_m2
     )
-    out.row_w, out.row_mean, out.row_m2 = a.row_w + b.row_w, rm, rs
     out.total_w = a.total_w + b.total_w
     out.complete_per_piece = {**a.complete_per_piece, **b.complete_per_piece}
     both = np.concatenate([a.ids, b.ids])

@@ -19,6 +19,8 @@ spherical     (K,)              (K,)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import linalg
 
@@ -33,6 +35,43 @@ _SINGULAR_MSG = (
     "decrease the number of components, increase reg_covar (now {reg}), or scale the input "
     "data (the pipeline's `standardize: true` does this)."
 )
+
+
+@dataclass(frozen=True)
+class MixtureParams:
+    """Parameters of a Gaussian mixture.
+
+    Attributes
+    ----------
+    weights : ndarray of shape (K,)
+    means : ndarray of shape (K, D)
+    covariances : ndarray or None
+        Shape by ``covariance_type`` (see the module docstring); None when the parameters were
+        given as precisions (they are then derived from ``precisions_cholesky`` on demand).
+    precisions_cholesky : ndarray
+        Shape by ``covariance_type``.
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    covariances: np.ndarray | None
+    precisions_cholesky: np.ndarray
+
+
+def n_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
+    """Number of free parameters of a mixture (for BIC and AIC).
+
+    K − 1 weights, K·D means, and the covariances: K·D(D+1)/2 (full), D(D+1)/2 (tied),
+    K·D (diag) or K (spherical).
+    """
+    k, d = n_components, n_features
+    cov = {
+        "full": k * d * (d + 1) // 2,
+        "tied": d * (d + 1) // 2,
+        "diag": k * d,
+        "spherical": k,
+    }[covariance_type]
+    return cov + k * d + k - 1
 
 
 def singular_covariance_error(component: int | None = None, reg_covar: float | None = None):

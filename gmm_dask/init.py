@@ -24,36 +24,18 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
-from .gaussian import compute_precision_cholesky
-from .suffstats import (
-    SuffStats,
-    combine_all,
-    hard_stats,
-    m_step,
-    moment_kind,
-    nearest_center,
-    resp_stats,
-)
+from .gaussian import MixtureParams, compute_precision_cholesky
+from .kmeans import hard_stats, nearest_center
+from .suffstats import SuffStats, combine_all, m_step, moment_kind, resp_stats
 
 logger = logging.getLogger(__name__)
 
 INIT_METHODS: tuple[str, ...] = ("k-means||", "k-means++", "random", "random_from_data")
 
 _STREAM_FIRST, _STREAM_PARALLEL, _STREAM_PP, _STREAM_RANDOM, _STREAM_FROM_DATA = range(1, 6)
-
-
-@dataclass(frozen=True)
-class MixtureParams:
-    """Parameters of a Gaussian mixture (shapes as in :mod:`gmm_dask.gaussian`)."""
-
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray | None
-    precisions_cholesky: np.ndarray
 
 
 def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) -> np.ndarray:

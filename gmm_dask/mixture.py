@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 import warnings
@@ -13,13 +14,14 @@ import numpy as np
 import pandas as pd
 
 from . import gaussian
-from .em import EMResult, IterationInfo, estep, run_em
+from .em import IterationInfo, fit_mixture, seed_from
 from .errors import ConvergenceWarning, GMMDaskInputError, NotFittedError
-from .init import MixtureParams, initialize
+from .gaussian import MixtureParams
 from .runner import make_runner
 from .validation import (
     check_estimator_params,
     check_init_arrays,
+    check_int,
     check_predict_values,
     to_chunked,
     to_numpy,
@@ -27,14 +29,6 @@ from .validation import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-def _seed_from(random_state) -> int:
-    if isinstance(random_state, np.random.Generator):
-        return int(random_state.integers(0, 2**63 - 1))
-    if isinstance(random_state, np.random.RandomState):
-        return int(random_state.randint(0, 2**31 - 1))
-    return int(np.random.SeedSequence(random_state).generate_state(1, np.uint64)[0] >> 1)
 
 
 # --- per-block prediction kernels (pure, used for NumPy and inside map_blocks) --------------
@@ -62,7 +56,9 @@ class GaussianMixture:
     """Gaussian mixture fitted by Expectation–Maximization over partitioned data.
 
     The parameters and fitted attributes are those of scikit-learn's
-    ``sklearn.mixture.GaussianMixture``, so code and results can be compared. ``fit`` runs on the
+    ``sklearn.mixture.GaussianMixture``, so code and results can be compared; it is a
+    scikit-learn estimator (``get_params``/``set_params``, ``clone``, ``Pipeline``,
+    ``GridSearchCV``, ``sample``) without importing scikit-learn. ``fit`` runs on the
     active ``distributed.Client`` if there is one (each worker reduces the partitions it holds to
     sufficient statistics, one small task per worker per iteration), otherwise on Dask's local
     scheduler. It never starts a cluster.
@@ -149,6 +145,44 @@ class GaussianMixture:
             f"covariance_type={self.covariance_type!r}, init_params={self.init_params!r})"
         )
 
+    # --- the scikit-learn estimator protocol (scikit-learn itself is not imported) ---------
+
+    @classmethod
+    def _get_param_names(cls) -> list[str]:
+        """The constructor's parameter names, sorted (as ``sklearn.base.BaseEstimator``)."""
+        sig = inspect.signature(cls.__init__)
+        return sorted(p.name for p in sig.parameters.values() if p.name != "self")
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor parameters and their current values.
+
+        ``deep`` is accepted for scikit-learn's API; no parameter is itself an estimator.
+        """
+        return {name: getattr(self, name) for name in self._get_param_names()}
+
+    def set_params(self, **params) -> GaussianMixture:
+        """Set constructor parameters (checked at the next ``fit``, as in scikit-learn)."""
+        valid = self._get_param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise GMMDaskInputError(
+                    f"Invalid parameter {name!r} for estimator {self!r}. Valid parameters are: {valid!r}."
+                )
+            setattr(self, name, value)
+        return self
+
+    def __sklearn_tags__(self):
+        """scikit-learn's estimator tags: a density estimator on 2-D float input, no target.
+
+        Only scikit-learn calls this, so it imports scikit-learn here and nowhere else.
+        """
+        from sklearn.utils import Tags, TargetTags
+
+        return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False))
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "means_")
+
     # --- fitting --------------------------------------------------------------------------
 
     def fit(self, X, y=None, sample_weight=None) -> GaussianMixture:
@@ -178,68 +212,48 @@ class GaussianMixture:
                     f"n_samples = {report.n_rows}. Use fewer components or more rows."
                 )
             weights0, means0, precisions0 = check_init_arrays(self, d)
-            do_init = not (self.warm_start and hasattr(self, "converged_"))
-            if not do_init and self.n_features_in_ != d:
+            warm = self.warm_start and hasattr(self, "converged_")
+            if warm and self.n_features_in_ != d:
                 raise GMMDaskInputError(
                     f"warm_start: X has {d} features, but the model was fitted with {self.n_features_in_}."
                 )
-            n_init = self.n_init if do_init else 1
-            base_seed = _seed_from(self.random_state)
-            seeds = np.random.SeedSequence(base_seed).generate_state(n_init, np.uint64) >> np.uint64(1)
-            best = None
-            for i in range(n_init):
-                if do_init:
-                    params = self._initial_params(
-                        runner, int(seeds[i]), report.mean_variance, weights0, means0, precisions0
-                    )
-                    prev = -np.inf
-                else:
-                    params = MixtureParams(
-                        self.weights_, self.means_, self.covariances_, self.precisions_cholesky_
-                    )
-                    prev = self.lower_bound_
-                if self.max_iter == 0:
-                    result = EMResult(params, False, 0, -np.inf)
-                else:
-                    result = run_em(
-                        runner,
-                        params,
-                        covariance_type=self.covariance_type,
-                        tol=self.tol,
-                        max_iter=self.max_iter,
-                        reg_covar=self.reg_covar,
-                        prev_lower_bound=prev,
-                        init=i,
-                        callback=self.callback,
-                    )
-                logger.info(
-                    "Initialisation %d/%d: lower bound %.10g after %d iterations (converged: %s)",
-                    i + 1,
-                    n_init,
-                    result.lower_bound,
-                    result.n_iter,
-                    result.converged,
-                )
-                if best is None or result.lower_bound > best.lower_bound:
-                    best = result
-            # One more pass: the log-likelihood of the parameters actually returned (for BIC/AIC
-            # without re-reading the data later).
-            final = estep(runner, best.params, self.covariance_type) if self.max_iter > 0 else None
+            result = fit_mixture(
+                runner,
+                n_components=k,
+                covariance_type=self.covariance_type,
+                tol=self.tol,
+                reg_covar=self.reg_covar,
+                max_iter=self.max_iter,
+                n_init=self.n_init,
+                init_params=self.init_params,
+                seed=seed_from(self.random_state),
+                data_variance=report.mean_variance,
+                init=(
+                    MixtureParams(self.weights_, self.means_, self.covariances_, self.precisions_cholesky_)
+                    if warm
+                    else None
+                ),
+                weights_init=weights0,
+                means_init=means0,
+                precisions_init=precisions0,
+                prev_lower_bound=self.lower_bound_ if warm else -np.inf,
+                callback=self.callback,
+            )
         finally:
             runner.close()
-        if not best.converged and self.max_iter > 0:
+        if not result.converged and self.max_iter > 0:
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        self._set_params(best.params)
-        self.converged_ = best.converged
-        self.n_iter_ = best.n_iter
-        self.lower_bound_ = best.lower_bound
-        self.lower_bounds_ = best.lower_bounds
-        self.reseeded_components_ = best.reseeded
+        self._set_fitted_params(result.params)
+        self.converged_ = result.converged
+        self.n_iter_ = result.n_iter
+        self.lower_bound_ = result.lower_bound
+        self.lower_bounds_ = result.lower_bounds
+        self.reseeded_components_ = result.reseeded
         self.n_features_in_ = data.n_features
         if data.feature_names is not None:
             self.feature_names_in_ = np.asarray(data.feature_names, dtype=object)
@@ -247,7 +261,7 @@ class GaussianMixture:
             del self.feature_names_in_
         self.n_samples_fit_ = report.n_rows
         self.sample_weight_sum_ = report.weight_sum
-        self.final_log_likelihood_ = final.loglik / final.weight if final is not None else float("nan")
+        self.final_log_likelihood_ = result.final_loglik / result.weight
         return self
 
     def bic_fit(self) -> float:
@@ -264,28 +278,7 @@ class GaussianMixture:
         self._check_fitted()
         return -2 * self.final_log_likelihood_ * self.sample_weight_sum_ + 2 * self._n_parameters()
 
-    def _initial_params(self, runner, seed, data_variance, weights0, means0, precisions0):
-        ct = self.covariance_type
-        if weights0 is not None and means0 is not None and precisions0 is not None:
-            pc = gaussian.precision_cholesky_from_precisions(precisions0, ct)
-            return MixtureParams(weights0, means0, None, pc)
-        params = initialize(
-            runner,
-            self.init_params,
-            self.n_components,
-            ct,
-            self.reg_covar,
-            seed,
-            data_variance=data_variance,
-        )
-        weights = params.weights if weights0 is None else weights0
-        means = params.means if means0 is None else means0
-        if precisions0 is None:
-            return MixtureParams(weights, means, params.covariances, params.precisions_cholesky)
-        pc = gaussian.precision_cholesky_from_precisions(precisions0, ct)
-        return MixtureParams(weights, means, None, pc)
-
-    def _set_params(self, params: MixtureParams) -> None:
+    def _set_fitted_params(self, params: MixtureParams) -> None:
         ct = self.covariance_type
         self.weights_ = params.weights
         self.means_ = params.means
@@ -323,8 +316,8 @@ class GaussianMixture:
         out = to_numpy(X) if isinstance(X, np.ndarray | list | pd.DataFrame) else to_chunked(X).X
         if out.shape[1] != self.n_features_in_:
             raise GMMDaskInputError(
-                f"X has {out.shape[1]} features, but GaussianMixture was fitted with "
-                f"{self.n_features_in_} features."
+                f"X has {out.shape[1]} features, but GaussianMixture is expecting "
+                f"{self.n_features_in_} features as input (the number it was fitted with)."
             )
         return out
 
@@ -368,14 +361,7 @@ class GaussianMixture:
         return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())
 
     def _n_parameters(self) -> int:
-        k, d = self.means_.shape
-        cov = {
-            "full": k * d * (d + 1) / 2.0,
-            "diag": k * d,
-            "tied": d * (d + 1) / 2.0,
-            "spherical": k,
-        }[self.covariance_type]
-        return int(cov + d * k + k - 1)
+        return gaussian.n_parameters(*self.means_.shape, self.covariance_type)
 
     def _n_rows(self, X) -> int:
         return int(X.shape[0]) if not hasattr(X, "npartitions") else len(X)
@@ -393,6 +379,46 @@ class GaussianMixture:
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the most probable component of every row."""
         return self.fit(X, sample_weight=sample_weight).predict(X)
+
+    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """Draw rows from the fitted mixture, as scikit-learn's ``GaussianMixture.sample``.
+
+        The counts per component are multinomial on ``weights_``, then each component's rows
+        are drawn from its Gaussian; rows come grouped by component. ``random_state`` seeds the
+        draw as in scikit-learn (an int gives the same rows on every call, None the global
+        NumPy state; a ``Generator`` or ``RandomState`` is used as it is), so an int seed gives
+        exactly scikit-learn's rows for the same parameters.
+
+        Parameters
+        ----------
+        n_samples : int, default=1
+
+        Returns
+        -------
+        X : ndarray of shape (n_samples, n_features)
+        y : ndarray of shape (n_samples,)
+            The component each row was drawn from.
+        """
+        self._check_fitted()
+        n_samples = check_int("n_samples", n_samples, 1)
+        rs = self.random_state
+        if rs is None:
+            rng = np.random.mtrand._rand  # the global state, as sklearn's check_random_state(None)
+        elif isinstance(rs, np.random.Generator | np.random.RandomState):
+            rng = rs
+        else:
+            rng = np.random.RandomState(rs)
+        counts = rng.multinomial(n_samples, self.weights_)
+        ct, d = self.covariance_type, self.means_.shape[1]
+        parts = []
+        for j, (mean, count) in enumerate(zip(self.means_, counts, strict=True)):
+            if ct in ("full", "tied"):
+                cov = self.covariances_[j] if ct == "full" else self.covariances_
+                parts.append(rng.multivariate_normal(mean, cov, int(count)))
+            else:
+                parts.append(mean + rng.standard_normal(size=(count, d)) * np.sqrt(self.covariances_[j]))
+        labels = np.concatenate([np.full(count, j, dtype=int) for j, count in enumerate(counts)])
+        return np.vstack(parts), labels
 
 
 __all__ = ["GaussianMixture"]

@@ -6,7 +6,10 @@ that mean. Two values merge with the parallel formula of Chan, Golub & LeVeque, 
 the same (to rounding) however the rows are split, and data offset by 1e6 lose no digits.
 
 These functions are pure NumPy and know nothing about Dask: the distributed driver only maps
-:func:`partition_stats` over partitions and folds the results with :func:`combine`.
+:func:`estep_stats` over partitions and folds the results with :func:`combine`.
+:func:`merge_moments` is the one implementation of the parallel formula in the package (also
+used by the input validation and the feature profile). The k-means kernels of the
+initialisation are in :mod:`gmm_dask.kmeans`.
 """
 
 from __future__ import annotations
@@ -106,21 +109,59 @@ def _worst_rows(scores: np.ndarray, rows: np.ndarray, eligible: np.ndarray, row_
     return _keep_worst(s[idx], np.array(rows[idx], dtype=np.float64), idx + row_offset, m)
 
 
+def merge_moments(wa, ma, m2a, wb, mb, m2b, pairs=None):
+    """Weight, mean and centred second moment of the union of two disjoint weighted sets.
+
+    The parallel formula of Chan, Golub & LeVeque: with w = wa + wb and δ = mb − ma,
+    mean = ma + δ·wb/w and M2 = M2a + M2b + (wa·wb/w)·δδᵀ, so no raw moment E[x²] is ever
+    formed and data offset by 1e6 lose no digits. Every argument broadcasts elementwise over a
+    leading shape S (one merge per component, per column, per block, ...).
+
+    Parameters
+    ----------
+    wa, wb : float or ndarray of shape S
+        Summed weights (≥ 0) of the two sets.
+    ma, mb : ndarray of shape S or S + (D,)
+        Weighted means.
+    m2a, m2b : ndarray or None
+        Centred second moments: the same shape as the means (diagonal), S + (D, D) (full), or
+        S + (T,) packed at the index pairs ``pairs``; None to merge the means only.
+    pairs : tuple of two int ndarrays of shape (T,), optional
+        ``(ia, ja)``: packed entry t holds the moment of features ``ia[t]`` and ``ja[t]``.
+
+    Returns
+    -------
+    w : float or ndarray of shape S
+    mean : ndarray, shape of the means
+        Exactly ``mb`` where ``wa == 0`` (so where ``w == 0`` too).
+    m2 : ndarray, shape of the moments, or None
+    """
+    w = wa + wb
+    pos = w > 0
+    safe = np.where(pos, w, 1.0)
+    frac_b = np.where(pos, wb / safe, 0.0)
+    coef = np.where(pos, wa * wb / safe, 0.0)
+    has_a = np.asarray(wa) > 0
+    if np.ndim(ma) > np.ndim(w):  # means carry a feature axis
+        frac_b, has_a = frac_b[..., None], has_a[..., None]
+        coef = coef[..., None]
+    delta = mb - ma
+    mean = np.where(has_a, ma + delta * frac_b, mb)
+    if m2a is None or m2b is None:
+        return w, mean, None
+    if pairs is not None:
+        outer = delta[..., pairs[0]] * delta[..., pairs[1]]
+    elif np.ndim(m2a) > np.ndim(ma):
+        outer = delta[..., :, None] * delta[..., None, :]
+        coef = coef[..., None]
+    else:
+        outer = delta**2
+    return w, mean, m2a + m2b + coef * outer
+
+
 def combine(a: SuffStats, b: SuffStats) -> SuffStats:
-    """Merge the statistics of two disjoint sets of rows (Chan et al.'s parallel formula)."""
-    n = a.nk + b.nk
-    pos = n > 0
-    safe_n = np.where(pos, n, 1.0)
-    delta = b.means - a.means
-    frac_b = np.where(pos, b.nk / safe_n, 0.0)
-    means = np.where((a.nk > 0)[:, None], a.means + delta * frac_b[:, None], b.means)
-    m2 = None
-    if a.m2 is not None and b.m2 is not None:
-        coef = np.where(pos, a.nk * b.nk / safe_n, 0.0)
-        if a.m2.ndim == 3:
-            m2 = a.m2 + b.m2 + coef[:, None, None] * (delta[:, :, None] * delta[:, None, :])
-        else:
-            m2 = a.m2 + b.m2 + coef[:, None] * delta**2
+    """Merge the statistics of two disjoint sets of rows (:func:`merge_moments`)."""
+    n, means, m2 = merge_moments(a.nk, a.means, a.m2, b.nk, b.means, b.m2)
     m = max(len(a.worst_scores), len(b.worst_scores), a.nk.shape[0])
     ws, wr, wi = _keep_worst(
         np.concatenate([a.worst_scores, b.worst_scores]),
@@ -155,49 +196,6 @@ def combine_all(parts: list[SuffStats]) -> SuffStats:
             nxt.append(parts[-1])
         parts = nxt
     return parts[0]
-
-
-def _block_stats(Xc, shift, r, scores, w, kind, row_offset, n_worst) -> SuffStats:
-    """Statistics of one block given per-row weighted responsibilities ``r`` (n, K)."""
-    n = Xc.shape[0]
-    finite = np.isfinite(scores)
-    n_bad = int(n - finite.sum())
-    first_bad = -1
-    if n_bad:
-        first_bad = row_offset + int(np.flatnonzero(~finite)[0])
-        r = np.where(finite[:, None], r, 0.0)
-    nk = r.sum(axis=0)
-    pos = nk > 0
-    sums = r.T @ Xc
-    means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=pos[:, None])
-    m2 = None
-    if kind is not None:
-        diff = Xc[None, :, :] - means_c[:, None, :]  # (K, n, D)
-        wdiff = diff * r.T[:, :, None]
-        if kind == "full":
-            m2 = np.matmul(diff.transpose(0, 2, 1), wdiff)
-        else:
-            wdiff *= diff
-            m2 = wdiff.sum(axis=1)
-    wsum = float(n if w is None else w.sum())
-    contrib = scores if w is None else w * scores
-    loglik = float(contrib[finite].sum())
-    # Rows that can seed a collapsed component: positive weight, finite score.
-    eligible = finite if w is None else finite & (w > 0)
-    ws, wr, wi = _worst_rows(scores, Xc + shift, eligible, row_offset, n_worst)
-    return SuffStats(
-        nk=nk,
-        means=means_c + shift,
-        m2=m2,
-        loglik=loglik,
-        weight=wsum,
-        n_rows=n,
-        n_bad=n_bad,
-        first_bad=first_bad,
-        worst_scores=ws,
-        worst_rows=wr,
-        worst_index=wi,
-    )
 
 
 class _Layout:
@@ -296,15 +294,18 @@ def _exact_moment(xc, mean, r_k, layout):
     return (wdiff * diff).sum(axis=1)
 
 
-def _merge_blocks(nk_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray, ia: np.ndarray, ja: np.ndarray):
-    """Exact merge of per-block centred moments, packed at index pairs (ia, ja):
-    M2 = Σ M2_b + Σ n_b (m_b − m)(m_b − m)ᵀ."""
-    nk = nk_b.sum(axis=0)
-    safe = np.where(nk > 0, nk, 1.0)
-    mean = np.einsum("bk,bkd->kd", nk_b, mean_b) / safe[:, None]
-    dev = mean_b - mean[None]
-    m2 = m2_b.sum(axis=0) + np.einsum("bk,bkt->kt", nk_b, dev[:, :, ia] * dev[:, :, ja])
-    return nk, np.where((nk > 0)[:, None], mean, 0.0), m2
+def _merge_blocks(nk_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray, pairs: tuple):
+    """Exact merge of per-block statistics (leading axis: blocks), second moments packed at the
+    index pairs ``pairs``: a balanced pairwise fold of :func:`merge_moments`."""
+    while len(nk_b) > 1:
+        h = len(nk_b) // 2 * 2  # blocks 0, 2, 4, … merge with 1, 3, 5, …; an odd last one waits
+        nk, mean, m2 = merge_moments(
+            nk_b[0:h:2], mean_b[0:h:2], m2_b[0:h:2], nk_b[1:h:2], mean_b[1:h:2], m2_b[1:h:2], pairs
+        )
+        nk_b = np.concatenate([nk, nk_b[h:]])
+        mean_b = np.concatenate([mean, mean_b[h:]])
+        m2_b = np.concatenate([m2, m2_b[h:]])
+    return nk_b[0], mean_b[0], m2_b[0]
 
 
 def estep_stats(
@@ -410,7 +411,7 @@ def estep_stats(
             m2[j] = _exact_moment(f[t : t + d], mb[j], r[j], layout)
         m2[:, diag_pos] = np.maximum(m2[:, diag_pos], 0.0)
         nk_b[i], mean_b[i], m2_b[i] = nkb, mb, m2
-    nk, mean_c, m2 = _merge_blocks(nk_b, mean_b, m2_b, layout.ia, layout.ja)
+    nk, mean_c, m2 = _merge_blocks(nk_b, mean_b, m2_b, (layout.ia, layout.ja))
     finite = np.isfinite(scores)
     n_bad = int(n_total - finite.sum())
     first_bad = row_offset + int(np.flatnonzero(~finite)[0]) if n_bad else -1
@@ -431,97 +432,6 @@ def estep_stats(
     )
 
 
-def nearest_center(
-    Xc: np.ndarray, centers_c: np.ndarray, block_rows: int = 8192
-) -> tuple[np.ndarray, np.ndarray]:
-    """Index of and squared distance to the nearest centre, both shape (n,).
-
-    ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖² as a GEMM in row blocks (memory O(block × C)); ``Xc`` and
-    ``centers_c`` should be expressed around a common shift near the data, which keeps the
-    expansion accurate. Distances are clipped at 0.
-    """
-    n = Xc.shape[0]
-    labels = np.empty(n, dtype=np.intp)
-    d2 = np.empty(n)
-    cc = (centers_c**2).sum(axis=1)
-    for start in range(0, n, block_rows):
-        xb = Xc[start : start + block_rows]
-        g = xb @ centers_c.T
-        g *= -2.0
-        g += cc
-        lab = g.argmin(axis=1)
-        labels[start : start + block_rows] = lab
-        d2[start : start + block_rows] = np.maximum(g[np.arange(len(lab)), lab] + (xb * xb).sum(axis=1), 0.0)
-    return labels, d2
-
-
-def labelled_stats(
-    X: np.ndarray,
-    sample_weight: np.ndarray | None,
-    labels: np.ndarray,
-    scores: np.ndarray,
-    k: int,
-    moments: str | None,
-    row_offset: int,
-) -> SuffStats:
-    """Statistics of rows wholly assigned to components ``labels`` (exactly centred per cluster).
-
-    The "worst" rows are those with the lowest ``scores``.
-    """
-    n, d = X.shape
-    w = np.ones(n) if sample_weight is None else sample_weight
-    nk = np.bincount(labels, weights=w, minlength=k).astype(np.float64)
-    means = np.zeros((k, d))
-    m2 = None if moments is None else np.zeros((k, d, d) if moments == "full" else (k, d))
-    order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(k + 1))
-    for j in range(k):
-        idx = order[bounds[j] : bounds[j + 1]]
-        if not idx.size or nk[j] <= 0:
-            continue
-        xj, wj = X[idx], w[idx]
-        means[j] = (wj @ xj) / nk[j]
-        if m2 is not None:
-            dj = xj - means[j]
-            if moments == "full":
-                m2[j] = dj.T @ (dj * wj[:, None])
-            else:
-                m2[j] = wj @ (dj * dj)
-    ws_, wr, wi = _worst_rows(scores, X, w > 0, row_offset, k)
-    return SuffStats(
-        nk=nk,
-        means=means,
-        m2=m2,
-        loglik=float(w @ scores),
-        weight=float(w.sum()),
-        n_rows=n,
-        n_bad=0,
-        first_bad=-1,
-        worst_scores=ws_,
-        worst_rows=wr,
-        worst_index=wi,
-    )
-
-
-def hard_stats(
-    X: np.ndarray,
-    sample_weight: np.ndarray | None,
-    centers: np.ndarray,
-    moments: str | None,
-    *,
-    row_offset: int = 0,
-    block_rows: int | None = None,
-) -> SuffStats:
-    """Statistics with each row assigned wholly to its nearest centre (a k-means step).
-
-    ``loglik`` is −Σ w·d² (minus the inertia); the "worst" rows are the farthest from any centre.
-    ``moments`` is 'full', 'diag' or None (means only).
-    """
-    shift = centers.mean(axis=0)
-    labels, d2 = nearest_center(X - shift, centers - shift, block_rows or 8192)
-    return labelled_stats(X, sample_weight, labels, -d2, len(centers), moments, row_offset)
-
-
 def resp_stats(
     X: np.ndarray,
     sample_weight: np.ndarray | None,
@@ -530,11 +440,41 @@ def resp_stats(
     *,
     row_offset: int = 0,
 ) -> SuffStats:
-    """Statistics for given responsibilities (the 'random' initialisation)."""
+    """Statistics for given responsibilities ``resp`` (n, K) (the 'random' initialisation).
+
+    Moments are formed exactly centred (about the partition mean, then each component's mean);
+    ``loglik`` is 0 and the "worst" rows are the first rows with positive weight.
+    """
+    n, k = resp.shape
     r = resp if sample_weight is None else resp * sample_weight[:, None]
-    shift = X.mean(axis=0) if len(X) else np.zeros(X.shape[1])
-    return _block_stats(
-        X - shift, shift, r, np.zeros(len(X)), sample_weight, moments, row_offset, resp.shape[1]
+    shift = X.mean(axis=0) if n else np.zeros(X.shape[1])
+    Xc = X - shift
+    nk = r.sum(axis=0)
+    sums = r.T @ Xc
+    means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=(nk > 0)[:, None])
+    m2 = None
+    if moments is not None:
+        diff = Xc[None, :, :] - means_c[:, None, :]  # (K, n, D)
+        wdiff = diff * r.T[:, :, None]
+        if moments == "full":
+            m2 = np.matmul(diff.transpose(0, 2, 1), wdiff)
+        else:
+            wdiff *= diff
+            m2 = wdiff.sum(axis=1)
+    eligible = np.ones(n, dtype=bool) if sample_weight is None else sample_weight > 0
+    ws, wr, wi = _worst_rows(np.zeros(n), X, eligible, row_offset, k)
+    return SuffStats(
+        nk=nk,
+        means=means_c + shift,
+        m2=m2,
+        loglik=0.0,
+        weight=float(n if sample_weight is None else sample_weight.sum()),
+        n_rows=n,
+        n_bad=0,
+        first_bad=-1,
+        worst_scores=ws,
+        worst_rows=wr,
+        worst_index=wi,
     )
 
 

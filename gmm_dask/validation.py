@@ -13,20 +13,17 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
+from .config import MAX_ABS_VALUE
 from .errors import GMMDaskInputError
 from .gaussian import COVARIANCE_TYPES
 from .init import INIT_METHODS
 from .runner import ChunkedData
+from .suffstats import merge_moments
 
 #: Rows per partition when a NumPy array is split for Dask's local scheduler.
 DEFAULT_CHUNK_ROWS = 131_072
-
-#: Largest feature magnitude accepted. Squared centred values (<= 4e200), times precisions
-#: (<= 1/reg_covar), summed over any realistic number of rows stay finite in float64; beyond
-#: it a mean rounded to 1e-16 relative error alone can square to infinity. Behavioural
-#: features this large are a unit or encoding mistake.
-MAX_ABS_VALUE = 1e100
 
 
 def invalid(name: str, value, allowed: str) -> GMMDaskInputError:
@@ -138,15 +135,38 @@ def _frame_to_numpy(df: pd.DataFrame) -> np.ndarray:
     return df.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
+def _check_not_sparse(X, name="X") -> None:
+    if sparse.issparse(X):
+        raise GMMDaskInputError(
+            f"{name} is a sparse {type(X).__name__}; gmm-dask needs dense features. Pass "
+            f"{name}.toarray() (mixtures of few features are dense in practice)."
+        )
+
+
+def _check_features(shape, name="X") -> None:
+    if shape[1] == 0:
+        raise GMMDaskInputError(
+            f"Found array with 0 feature(s) (shape={tuple(shape)}) while a minimum of 1 is required: "
+            f"{name} needs at least one feature column."
+        )
+
+
 def _check_numpy(X, name="X") -> np.ndarray:
+    _check_not_sparse(X, name)
     X = np.asarray(X) if not isinstance(X, np.ndarray) else X
     if X.ndim == 1:
         raise GMMDaskInputError(
             f"Expected a 2-D {name} (rows × features), got a 1-D array of {X.shape[0]} values. "
-            "Reshape with X.reshape(-1, 1) for one feature or X.reshape(1, -1) for one row."
+            f"Reshape your data: {name}.reshape(-1, 1) for one feature or {name}.reshape(1, -1) for one row."
         )
     if X.ndim != 2:
         raise GMMDaskInputError(f"Expected a 2-D {name} (rows × features), got {X.ndim} dimensions.")
+    _check_features(X.shape, name)
+    if X.dtype.kind == "c":
+        raise GMMDaskInputError(
+            f"Complex data not supported: {name} has dtype {X.dtype}; pass real-valued features "
+            "(e.g. the absolute value, or the real and imaginary parts as two columns)."
+        )
     if X.dtype.kind not in "biuf":
         try:
             return X.astype(np.float64)
@@ -188,6 +208,7 @@ def to_chunked(X, sample_weight=None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
     if isinstance(X, da.Array):
         if X.ndim != 2:
             raise GMMDaskInputError(f"Expected a 2-D Dask array (rows × features), got {X.ndim} dimensions.")
+        _check_features(X.shape)
         if X.dtype.kind not in "biuf":
             raise GMMDaskInputError(
                 f"X has non-numeric values (dtype {X.dtype}); every feature must be a number."
@@ -256,15 +277,9 @@ def _to_weight_array(sample_weight, Xd: da.Array) -> da.Array:
 
 @dataclass(frozen=True)
 class ValueReport:
+    """What the validation pass learned about valid data (invalid data raised instead)."""
+
     n_rows: int
-    n_bad_rows: int
-    first_bad_row: int
-    first_bad_col: int
-    n_bad_weights: int
-    first_bad_weight: int
-    n_huge_rows: int
-    first_huge_row: int
-    first_huge_col: int
     weight_sum: float
     mean_variance: float  # mean over features of the (weighted) variance
 
@@ -333,11 +348,7 @@ def _merge_values(parts):
         if mean is None:
             tot, mean, m2 = t, mu, s
         elif t > 0:
-            new = tot + t
-            delta = mu - mean
-            mean = mean + delta * (t / new)
-            m2 = m2 + s + delta**2 * (tot * t / new)
-            tot = new
+            tot, mean, m2 = merge_moments(tot, mean, m2, t, mu, s)
     return (n, nbad, fr, fc, nbw, fw, wsum, tot, mean, m2, nhuge, fh)
 
 
@@ -380,7 +391,7 @@ def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
             "Weights must be finite and >= 0."
         )
     if n and wsum <= 0:
-        raise GMMDaskInputError("sample_weight sums to 0: at least one row needs a positive weight.")
+        raise GMMDaskInputError("sample_weight sums to zero: at least one row needs a positive weight.")
     mean_var = float(np.mean(m2 / tot)) if tot > 0 and m2 is not None else 0.0
     if not np.isfinite(mean_var):
         col = int(np.flatnonzero(~np.isfinite(m2))[0]) if m2 is not None and (~np.isfinite(m2)).any() else 0
@@ -389,4 +400,4 @@ def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
             f"X has values so large that the variance of column {name!r} overflows float64. "
             "Rescale or log-transform the features."
         )
-    return ValueReport(n, nbad, fr, fc, nbw, fw, nhuge, fh[0], fh[1], wsum, mean_var)
+    return ValueReport(n, wsum, mean_var)

@@ -89,3 +89,15 @@ def test_logsumexp_extremes():
     np.testing.assert_allclose(got[0], -1e4 + np.log1p(np.exp(-1.0)), rtol=1e-15)
     assert got[1] == -np.inf
     assert got[2] == 0.0
+
+
+@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize(("k", "d"), [(1, 1), (3, 4), (8, 16)])
+def test_n_parameters_equals_sklearn(ct, k, d):
+    from sklearn.mixture import GaussianMixture as SkGaussianMixture
+
+    sk = SkGaussianMixture(k, covariance_type=ct)
+    sk.means_ = np.zeros((k, d))
+    n = gaussian.n_parameters(k, d, ct)
+    assert isinstance(n, int)
+    assert n == sk._n_parameters()

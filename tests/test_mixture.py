@@ -260,3 +260,47 @@ def test_streaming_fit_equals_persisted_fit():
     a = GaussianMixture(4, random_state=0, tol=0, max_iter=10).fit(Xd)
     b = GaussianMixture(4, random_state=0, tol=0, max_iter=10, persist=False).fit(Xd)
     assert_rel(b.means_, a.means_, 1e-13, "means")
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_fit_mixture_on_a_runner_gives_the_facades_fit(ct):
+    import math
+
+    from gmm_dask.em import fit_mixture, seed_from
+    from gmm_dask.gaussian import n_parameters
+    from gmm_dask.runner import make_runner
+    from gmm_dask.validation import to_chunked, validate_values
+
+    X = blobs(1200, k=3, d=3, sep=4.0, seed=6)[0]
+    w = np.random.default_rng(1).uniform(0.5, 2.0, len(X))
+    kw = {"covariance_type": ct, "tol": 1e-4, "reg_covar": 1e-6, "max_iter": 30, "n_init": 2}
+    gm = GaussianMixture(3, random_state=5, warm_start=True, **kw).fit(X, sample_weight=w)
+    runner = make_runner(to_chunked(X, w))
+    try:
+        report = validate_values(runner, None)
+        core = {"n_components": 3, "init_params": "k-means||", "data_variance": report.mean_variance, **kw}
+        res = fit_mixture(runner, seed=seed_from(5), **core)
+        for attr, got in [
+            ("weights_", res.params.weights),
+            ("means_", res.params.means),
+            ("covariances_", res.params.covariances),
+            ("precisions_cholesky_", res.params.precisions_cholesky),
+        ]:
+            np.testing.assert_array_equal(got, getattr(gm, attr), err_msg=attr)
+        assert (res.converged, res.n_iter, res.lower_bound) == (gm.converged_, gm.n_iter_, gm.lower_bound_)
+        assert res.lower_bounds == gm.lower_bounds_
+        assert res.reseeded == gm.reseeded_components_
+        assert res.final_loglik / res.weight == gm.final_log_likelihood_
+        assert res.n_rows == len(X)
+        assert res.weight == pytest.approx(w.sum(), rel=1e-13)
+        p = n_parameters(3, 3, ct)
+        assert -2 * res.final_loglik + p * math.log(res.weight) == pytest.approx(gm.bic_fit(), rel=1e-12)
+        assert -2 * res.final_loglik + 2 * p == pytest.approx(gm.aic_fit(), rel=1e-12)
+        # a warm start from the result: one run from exactly these parameters, as a second fit
+        warm = fit_mixture(runner, seed=0, init=res.params, prev_lower_bound=res.lower_bound, **core)
+    finally:
+        runner.close()
+    gm.fit(X, sample_weight=w)
+    np.testing.assert_array_equal(warm.params.means, gm.means_)
+    np.testing.assert_array_equal(warm.params.covariances, gm.covariances_)
+    assert warm.lower_bounds == gm.lower_bounds_

@@ -5,7 +5,7 @@ import pytest
 from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
 
 from gmm_dask import gaussian
-from gmm_dask.suffstats import combine, combine_all, estep_stats, m_step, resp_stats
+from gmm_dask.suffstats import combine, combine_all, estep_stats, m_step, merge_moments, resp_stats
 
 from .conftest import assert_rel
 
@@ -170,3 +170,67 @@ def test_worst_rows_are_the_lowest_eligible_scores_with_ties_by_index(n):
             np.lexsort((np.concatenate([a[2], b[2]]), np.concatenate([a[0], b[0]])))
         ][:m]
         np.testing.assert_array_equal(merged, wi)
+
+
+def _moments(X, W):
+    """Two-pass weighted statistics: W of shape (n, K) gives weights (K,), means (K, D) and full
+    centred moments (K, D, D); W of shape (n,) gives a scalar weight, (D,) and (D, D)."""
+    Wk = W if W.ndim == 2 else W[:, None]
+    wk = Wk.sum(axis=0)
+    means = (Wk.T @ X) / wk[:, None]
+    m2 = np.stack([(X - m).T @ ((X - m) * Wk[:, j : j + 1]) for j, m in enumerate(means)])
+    return (wk, means, m2) if W.ndim == 2 else (wk[0], means[0], m2[0])
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_merge_moments_of_two_halves_equals_the_whole(offset):
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(500, 4)) * [1.0, 3.0, 0.5, 2.0] + offset
+    W = rng.uniform(0, 2, size=(500, 3))
+    tol = 1e-12 if offset == 0 else 1e-9
+    cut = 180
+    whole, a, b = _moments(X, W), _moments(X[:cut], W[:cut]), _moments(X[cut:], W[cut:])
+    ia, ja = np.triu_indices(4)
+    diag = np.arange(4)
+    layouts = {
+        "full": (lambda m2: m2, None),
+        "diag": (lambda m2: m2[..., diag, diag], None),
+        "packed": (lambda m2: m2[..., ia, ja], (ia, ja)),
+    }
+    for name, (view, pairs) in layouts.items():
+        w, mean, m2 = merge_moments(a[0], a[1], view(a[2]), b[0], b[1], view(b[2]), pairs)
+        assert_rel(w, whole[0], 1e-14, f"{name} weights")
+        assert_rel(mean, whole[1], 1e-14, f"{name} means")
+        assert_rel(m2, view(whole[2]), tol, f"{name} moments")
+    # one scalar weight per set (validation's fold) and one weight per column (the profile)
+    wa, wb, wh = _moments(X[:cut], W[:cut, 0]), _moments(X[cut:], W[cut:, 0]), _moments(X, W[:, 0])
+    w, mean, m2 = merge_moments(wa[0], wa[1], np.diag(wa[2]), wb[0], wb[1], np.diag(wb[2]))
+    assert w == pytest.approx(wh[0], rel=1e-14)
+    assert_rel(mean, wh[1], 1e-14, "scalar-weight means")
+    assert_rel(m2, np.diag(wh[2]), tol, "scalar-weight moments")
+    Wc = rng.uniform(0, 2, size=X.shape)  # a weight per value, as for columns with gaps
+    cols = [_column_moments(X[rows], Wc[rows]) for rows in (slice(0, cut), slice(cut, None))]
+    whole = _column_moments(X, Wc)
+    w, mean, m2 = merge_moments(*cols[0], *cols[1])
+    assert_rel(w, whole[0], 1e-14, "per-column weights")
+    assert_rel(mean, whole[1], 1e-14, "per-column means")
+    assert_rel(m2, whole[2], tol, "per-column moments")
+
+
+def _column_moments(X, Wc):
+    w = Wc.sum(axis=0)
+    mean = (Wc * X).sum(axis=0) / w
+    return w, mean, (Wc * (X - mean) ** 2).sum(axis=0)
+
+
+def test_merge_moments_keeps_the_second_mean_where_the_first_set_is_empty():
+    ma, mb = np.array([[7.0, -1.0], [3.0, 3.0]]), np.array([[1e6 + 0.1, 2.0], [5.0, 6.0]])
+    w, mean, m2 = merge_moments(
+        np.array([0.0, 0.0]), ma, np.ones((2, 2)), np.array([2.5, 0.0]), mb, np.ones((2, 2))
+    )
+    np.testing.assert_array_equal(w, [2.5, 0.0])
+    np.testing.assert_array_equal(mean, mb)  # exactly, also where no set has weight
+    np.testing.assert_array_equal(m2, 2.0)
+    _, mean, m2 = merge_moments(np.array([1.0]), ma[:1], None, np.array([0.0]), mb[:1], None)
+    np.testing.assert_array_equal(mean, ma[:1])
+    assert m2 is None

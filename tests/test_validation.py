@@ -115,7 +115,7 @@ def test_bad_sample_weights():
     w[9] = -1
     with pytest.raises(GMMDaskInputError, match=r"negative or non-finite value.*row 9"):
         GaussianMixture(2).fit(X, sample_weight=w)
-    with pytest.raises(GMMDaskInputError, match="sums to 0"):
+    with pytest.raises(GMMDaskInputError, match="sums to zero"):
         GaussianMixture(2).fit(X, sample_weight=np.zeros(len(X)))
 
 
@@ -132,7 +132,7 @@ def test_predict_on_bad_values_names_the_row(bad, msg):
 def test_feature_count_mismatch_at_predict():
     gm = GaussianMixture(2, random_state=0).fit(X)
     with pytest.raises(
-        GMMDaskInputError, match="X has 2 features, but GaussianMixture was fitted with 3 features"
+        GMMDaskInputError, match="X has 2 features, but GaussianMixture is expecting 3 features as input"
     ):
         gm.predict(X[:, :2])
     with pytest.raises(GMMDaskInputError, match="X has 2 features"):
@@ -156,3 +156,19 @@ def test_errors_are_value_errors():
     """Code written against scikit-learn keeps catching ValueError."""
     assert issubclass(GMMDaskInputError, ValueError)
     assert issubclass(NotFittedError, ValueError)
+
+
+def test_complex_sparse_and_featureless_inputs():
+    from scipy import sparse
+
+    with pytest.raises(GMMDaskInputError, match="Complex data not supported"):
+        GaussianMixture(1).fit(X + 1j)
+    with pytest.raises(GMMDaskInputError, match=re.escape("X is a sparse csr_matrix") + ".*toarray"):
+        GaussianMixture(1).fit(sparse.csr_matrix(X))
+    with pytest.raises(GMMDaskInputError, match=re.escape("0 feature(s) (shape=(60, 0))")):
+        GaussianMixture(1).fit(X[:, :0])
+    with pytest.raises(GMMDaskInputError, match=re.escape("0 feature(s) (shape=(60, 0))")):
+        GaussianMixture(1).fit(da.from_array(X[:, :0]))
+    gm = GaussianMixture(2, random_state=0).fit(X)
+    with pytest.raises(GMMDaskInputError, match="sparse"):
+        gm.predict(sparse.csr_matrix(X))
