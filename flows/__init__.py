@@ -1,4 +1,4 @@
-"""Prefect 3 flows that orchestrate gmm-dask. They compose library functions; they compute nothing."""
+"""Prefect 3 flows that orchestrate gmm-dask. They wrap the library's jobs; they compute nothing."""
 
 from .backfill import backfill
 from .fluidity import fluidity

@@ -1,18 +1,26 @@
-"""Library functions wrapped as Prefect tasks, one line each. Retries on I/O steps only."""
+"""The library's job steps as Prefect tasks, one line each. Retries on I/O steps only."""
 
 from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from gmm_dask import fluidity, pipeline
 from gmm_dask.errors import GMMDaskInputError
+from gmm_dask.jobs import STEPS, Steps
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
     """Retry transient failures (network, storage); never retry bad input or config."""
     exc = state.data if isinstance(state.data, BaseException) else None
     return not isinstance(exc, GMMDaskInputError)
+
+
+def _fit_name() -> str:
+    from prefect.runtime import task_run
+
+    p = task_run.parameters
+    k, ct = p.get("n_components"), p.get("covariance_type")
+    return f"fit-K{k}-{ct}" if k else "fit-model"
 
 
 _io = {
@@ -23,14 +31,16 @@ _io = {
 }
 _compute = {"cache_policy": NO_CACHE}
 
-open_snapshot = task(pipeline.open_job_snapshot, name="open-snapshot", **_io)
-profile_snapshot = task(pipeline.profile_snapshot, name="profile-snapshot", **_io)
-fit_data = task(pipeline.fit_data, name="prepare-fit-data", **_io)
-fit_model = task(pipeline.fit_model, name="fit-model", **_compute)
-register_model = task(pipeline.register_model, name="register-model", **_io)
-load_model = task(pipeline.load_model, name="load-model", **_io)
-write_outputs = task(pipeline.write_outputs, name="write-tables", **_io)
-score_with_model = task(pipeline.score_with_model, name="score-snapshot", **_io)
-refit = task(pipeline.refit, name="refit-snapshot", **_compute)
-partition_model_version = task(pipeline.partition_model_version, name="check-partition", **_io)
-compute_fluidity = task(fluidity.compute_fluidity, name="compute-fluidity", **_io)
+TASK_STEPS = Steps(
+    open_snapshot=task(STEPS.open_snapshot, name="open-snapshot", **_io),
+    profile=task(STEPS.profile, name="profile-snapshot", **_io),
+    prepare_data=task(STEPS.prepare_data, name="read-fit-data", **_io),
+    fit=task(STEPS.fit, name="fit-model", task_run_name=_fit_name, **_compute),
+    register=task(STEPS.register, name="register-model", **_io),
+    set_alias=task(STEPS.set_alias, name="move-alias", **_io),
+    load_model=task(STEPS.load_model, name="load-model", **_io),
+    write_tables=task(STEPS.write_tables, name="write-tables", **_io),
+    partition_model_version=task(STEPS.partition_model_version, name="check-partition", **_io),
+    compute_fluidity=task(STEPS.compute_fluidity, name="compute-fluidity", **_io),
+    write_report=task(STEPS.write_report, name="write-report", **_io),
+)

@@ -1,29 +1,40 @@
-"""gmm-dask: Gaussian mixture segmentation at warehouse scale, on Dask."""
+"""gmm-dask: Gaussian mixture segmentation at warehouse scale, on Dask.
 
-from importlib.metadata import PackageNotFoundError, version
+Imports are lazy, so ``import gmm_dask`` (and the CLI's ``--help``) does not load Dask.
+"""
 
-from .errors import (
-    ComponentCollapseWarning,
-    ConvergenceWarning,
-    FitError,
-    GMMDaskError,
-    GMMDaskInputError,
-    NotFittedError,
-)
-from .mixture import GaussianMixture
+from __future__ import annotations
 
-try:
-    __version__ = version("gmm-dask")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+unknown"
+import importlib
+from typing import Any
 
-__all__ = [
-    "ComponentCollapseWarning",
-    "ConvergenceWarning",
-    "FitError",
-    "GMMDaskError",
-    "GMMDaskInputError",
-    "GaussianMixture",
-    "NotFittedError",
-    "__version__",
-]
+from ._version import package_version
+
+__version__ = package_version()
+
+_EXPORTS = {
+    "GaussianMixture": "mixture",
+    "SegmentationModel": "model",
+    "load_model": "model",
+    "ComponentCollapseWarning": "errors",
+    "ConvergenceWarning": "errors",
+    "FitError": "errors",
+    "GMMDaskError": "errors",
+    "GMMDaskInputError": "errors",
+    "NotFittedError": "errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gmm_dask' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+__all__ = [*_EXPORTS, "__version__"]

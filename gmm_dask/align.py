@@ -12,19 +12,7 @@ import dataclasses
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .registry import SegmentationModel
-
-
-def _full_covariances(model: SegmentationModel) -> np.ndarray:
-    k, d = model.means.shape
-    c = model.covariances
-    if model.covariance_type == "full":
-        return c
-    if model.covariance_type == "tied":
-        return np.broadcast_to(c, (k, d, d))
-    if model.covariance_type == "diag":
-        return np.stack([np.diag(v) for v in c])
-    return np.stack([np.eye(d) * v for v in c])
+from .model import SegmentationModel
 
 
 def bhattacharyya(mu1, cov1, mu2, cov2) -> float:
@@ -41,7 +29,7 @@ def alignment(old: SegmentationModel, new: SegmentationModel) -> np.ndarray:
     """perm such that new component perm[i] plays the role of old component i."""
     if old.means.shape != new.means.shape:
         raise ValueError("alignment needs models with the same number of components and features")
-    c_old, c_new = _full_covariances(old), _full_covariances(new)
+    c_old, c_new = old.full_covariances(), new.full_covariances()
     k = len(old.weights)
     cost = np.array(
         [[bhattacharyya(old.means[i], c_old[i], new.means[j], c_new[j]) for j in range(k)] for i in range(k)]

@@ -13,7 +13,6 @@ from collections.abc import Iterator
 
 from .config import AddressClusterConfig, ClassClusterConfig, ClusterConfig, LocalClusterConfig
 from .errors import ConfigError
-from .runner import active_client
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +67,8 @@ def dask_client(cfg=None) -> Iterator:
     If a client is already active it is reused and ``cfg`` is ignored.
     """
     from distributed import Client, LocalCluster
+
+    from .runner import active_client
 
     check_cluster_config(cfg)
     existing = active_client()

@@ -516,18 +516,3 @@ def check_output_location(cfg: JobConfig) -> None:
         _check_writable_dir(cfg.output.registry, "output.registry")
     else:
         _check_writable_dir(cfg.output.registry_path, "output.root (its registry/ directory)")
-
-
-def validate_snapshot(value: str | None, name: str = "snapshot") -> str | None:
-    """Check a YYYY-MM-DD date string (the Prefect server does not enforce date formats)."""
-    if value is None:
-        return None
-    import datetime as _dt
-
-    if not isinstance(value, str) or not SNAPSHOT_RE.match(value):
-        raise ConfigError(f"Invalid {name} {value!r}: expected a date as YYYY-MM-DD, e.g. 2026-01-31.")
-    try:
-        _dt.date.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"Invalid {name} {value!r}: not a real calendar date.") from None
-    return value

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 from .config import MAX_ABS_VALUE, FeatureSpec, InputConfig
 from .errors import DataError
 from .io import Piece, read_piece
+from .suffstats import merge_moments
 
 _FORWARD = {"none": lambda x: x, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
 _INVERSE = {"none": lambda x: x, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}
@@ -117,8 +118,6 @@ class Profile:
 def _merge_moments(wa, ma, sa, wb, mb, sb):
     """:func:`suffstats.merge_moments`; huge values may overflow to inf here and are reported by
     build_plan."""
-    from .suffstats import merge_moments
-
     return merge_moments(wa, ma, sa, wb, mb, sb)
 
 

@@ -14,10 +14,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
+from . import io
 from .errors import DataError
-from .io import PartitionWriter, filesystem, write_table_file
 from .tables import table_metadata
 
 
@@ -35,16 +34,13 @@ class FluidityResult:
 
 
 def _read_memberships(root: str, date: str, id_column: str, storage_options=None) -> pa.Table:
-    fs, base = filesystem(root, storage_options)
-    path = f"{base.rstrip('/')}/memberships/dt={date}"
-    if not fs.exists(path):
-        raise DataError(
-            f"No memberships for snapshot {date} under {root!r}: run segment/score for that date first."
-        )
-    table = ds.dataset(path, format="parquet", filesystem=fs).to_table(
-        columns=[id_column, "segment", "gamma", "entropy_bits", "model_version"]
+    return io.read_partition(
+        root,
+        "memberships",
+        date,
+        [id_column, "segment", "gamma", "entropy_bits", "model_version"],
+        storage_options,
     )
-    return table
 
 
 def _gamma(table: pa.Table, column: str) -> np.ndarray:
@@ -136,13 +132,7 @@ def compute_fluidity(
         out = out.replace_schema_metadata(
             table_metadata("fluidity", ",".join(versions), {"gmm_dask.from_date": from_date})
         )
-        w = PartitionWriter(root, "fluidity", to_date, storage_options=storage_options)
-        try:
-            write_table_file(out, w.file("part-00000.parquet"), storage_options)
-            path = w.commit()
-        except BaseException:
-            w.abort()
-            raise
+        path = io.write_partition(root, "fluidity", to_date, out, storage_options)
     return FluidityResult(
         from_date, to_date, n, a.num_rows - n, b.num_rows - n, transitions, top, summary, path
     )

@@ -35,6 +35,7 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import _faults
 from .config import SNAPSHOT_RE, InputConfig
 from .errors import DataError
 
@@ -377,3 +378,155 @@ def write_table_file(table: pa.Table, path: str, storage_options: dict | None = 
             pq.write_table(table, f, compression="snappy")
     else:
         pq.write_table(table, path, compression="snappy")
+
+
+class StagedPartitions:
+    """The one way a table partition is written: stage every table's partition of one date, then
+    commit them together, or abort them all if anything fails (a context manager).
+
+    >>> with StagedPartitions(root, ["segments", "overlaps"], "2026-01-31") as st:  # doctest: +SKIP
+    ...     st.write("segments", table)                         # one file
+    ...     path = st.file("overlaps", "part-00000.parquet")   # or a path to write to (e.g. from workers)
+    >>> st.paths                                               # doctest: +SKIP
+    {'segments': '.../segments/dt=2026-01-31', 'overlaps': ...}
+
+    Tables are committed in the order given, each in one step; ``paths`` holds the committed
+    partitions after a clean exit.
+    """
+
+    def __init__(self, root: str, tables: Sequence[str], date: str, storage_options: dict | None = None):
+        self.root, self.tables, self.date = root, list(tables), date
+        self.storage_options = storage_options
+        self.writers: dict[str, PartitionWriter] = {}
+        self.paths: dict[str, str] = {}
+
+    def __enter__(self) -> StagedPartitions:
+        try:
+            for t in self.tables:
+                self.writers[t] = PartitionWriter(
+                    self.root, t, self.date, storage_options=self.storage_options
+                )
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def file(self, table: str, name: str) -> str:
+        return self.writers[table].file(name)
+
+    def write(self, table: str, data: pa.Table, name: str = "part-00000.parquet") -> None:
+        write_table_file(data, self.file(table, name), self.storage_options)
+
+    def _abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self._abort()
+            return
+        try:
+            _faults.point("before_commit")
+            for t in self.tables:
+                self.paths[t] = self.writers[t].commit()
+        except BaseException:
+            self._abort()
+            raise
+
+
+def write_partition(
+    root: str, table: str, date: str, data: pa.Table, storage_options: dict | None = None
+) -> str:
+    """Write one table's partition of ``date`` as a single file, committed atomically."""
+    with StagedPartitions(root, [table], date, storage_options) as st:
+        st.write(table, data)
+    return st.paths[table]
+
+
+def partition_path(root: str, table: str, date: str, partition_key: str = "dt") -> str:
+    return f"{root.rstrip('/')}/{table}/{partition_key}={date}"
+
+
+def _partition_files(root: str, table: str, date: str, storage_options: dict | None):
+    fs, base = filesystem(root, storage_options)
+    path = partition_path(base, table, date)
+    if not fs.exists(path):
+        return fs, path, None
+    return fs, path, sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+
+
+def read_partition(
+    root: str,
+    table: str,
+    date: str,
+    columns: Sequence[str] | None = None,
+    storage_options: dict | None = None,
+) -> pa.Table:
+    """A committed table partition (e.g. the memberships of one snapshot); DataError if absent."""
+    import pyarrow.dataset as ds
+
+    fs, _, files = _partition_files(root, table, date, storage_options)
+    if not files:
+        raise DataError(
+            f"No {table} for snapshot {date} under {root!r}: run segment/score for that date first."
+        )
+    return ds.dataset(files, format="parquet", filesystem=fs).to_table(
+        columns=list(columns) if columns is not None else None
+    )
+
+
+def partition_metadata(
+    root: str, table: str, date: str, storage_options: dict | None = None
+) -> dict[str, str] | None:
+    """The gmm-dask key-value metadata of a committed partition (None if there is none)."""
+    fs, _, files = _partition_files(root, table, date, storage_options)
+    if not files:
+        return None
+    with fs.open(files[0], "rb") as f:
+        meta = pq.read_schema(f).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"gmm_dask.")}
+
+
+# --- small documents (model registry, reports) ------------------------------------------------
+
+
+def read_text(path: str, storage_options: dict | None = None) -> str:
+    fs, inner = filesystem(path, storage_options)
+    with fs.open(inner, "r", encoding="utf-8") as f:
+        return f.read()
+
+
+def write_text_atomic(path: str, text: str, storage_options: dict | None = None) -> str:
+    """Write a small text file via a temporary name and a rename; returns where it is (an
+    absolute path for local files, the URL otherwise)."""
+    fs, inner = filesystem(path, storage_options)
+    parent = inner.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/.{inner.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
+    with fs.open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    fs.mv(tmp, inner)
+    return str(Path(inner).resolve()) if _is_local(fs) else fs.unstrip_protocol(inner)
+
+
+def exists(path: str, storage_options: dict | None = None) -> bool:
+    fs, inner = filesystem(path, storage_options)
+    return fs.exists(inner)
+
+
+def list_names(path: str, storage_options: dict | None = None) -> list[str]:
+    """Names of the entries directly under ``path`` ([] if it does not exist)."""
+    fs, inner = filesystem(path, storage_options)
+    if not fs.exists(inner):
+        return []
+    return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(inner, detail=False)]
+
+
+def make_dir_exclusive(path: str, storage_options: dict | None = None) -> None:
+    """Create a directory; FileExistsError if it exists (exclusive on local disks)."""
+    fs, inner = filesystem(path, storage_options)
+    parent = inner.rsplit("/", 1)[0]
+    fs.makedirs(parent, exist_ok=True)
+    fs.mkdir(inner, create_parents=False)
+    if not fs.exists(inner):  # object stores: mkdir is a no-op
+        fs.makedirs(inner, exist_ok=True)

@@ -1,26 +1,26 @@
-"""The warehouse job in library terms: snapshot → profile → fit/load → register → tables.
+"""The steps warehouse jobs are made of: snapshot → profile → prepare → fit/load → register → tables.
 
-Each step is a plain function taking configs and paths (not data), so Prefect tasks can wrap
-them one-to-one. Data move only between Dask workers; the client sees small aggregates.
+Each step is a plain function taking configs, small values and paths (not data), so a Prefect
+task wraps it one-to-one (``flows/tasks.py``); the jobs in :mod:`gmm_dask.jobs` sequence them.
+Data move only between Dask workers; the client sees footers, profiles and aggregates. Only
+``profile_snapshot`` validates the data: later steps rely on what it checked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import dask
-import dask.array as da
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
-from . import _faults
+from . import io
 from .config import JobConfig
-from .em import IterationInfo
 from .errors import DataError
 from .features import (
     FeaturePlan,
@@ -32,51 +32,19 @@ from .features import (
     merge_profiles,
     profile_piece,
 )
-from .io import PartitionWriter, Snapshot, open_snapshot, resolve_snapshot, write_table_file
-from .mixture import GaussianMixture
-from .registry import ModelRegistry, SegmentationModel
-from .tables import PieceResult, overlaps_table, score_piece, segments_table, table_metadata
+from .io import Snapshot, open_snapshot, resolve_snapshot
+from .model import SegmentationModel
+from .registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
 TABLES = ("memberships", "segments", "overlaps")
 
 
-@dataclass
-class RunResult:
-    """What a train/score run did (small; printed by the CLI, published by the flows)."""
-
-    snapshot: str
-    model_version: str
-    trained: bool
-    tables: dict[str, str]
-    segments: pd.DataFrame
-    overlaps: pd.DataFrame
-    counts: dict[str, int]
-    fit: dict = field(default_factory=dict)
-    entropy_hist: list[float] = field(default_factory=list)
-    band_count: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    sample_z: np.ndarray | None = None
-    sample_segment: np.ndarray | None = None
-    report_path: str | None = None
-
-    def summary(self) -> dict:
-        """JSON-friendly digest (what flows return)."""
-        return {
-            "snapshot": self.snapshot,
-            "model_version": self.model_version,
-            "trained": self.trained,
-            "tables": self.tables,
-            "counts": self.counts,
-            "bands": self.band_count,
-            "report": self.report_path,
-            "segments": self.segments[["segment", "name", "weight", "size"]].to_dict("records"),
-        }
-
-
 def _tree_reduce(items: list, combine: Callable, fan_in: int = 8):
     """Combine delayed values in a shallow tree of few tasks."""
+    import dask
+
     while len(items) > 1:
         items = [
             dask.delayed(functools.reduce, pure=False)(combine, items[i : i + fan_in])
@@ -85,8 +53,17 @@ def _tree_reduce(items: list, combine: Callable, fan_in: int = 8):
     return items[0]
 
 
+@contextlib.contextmanager
+def cluster(cfg: JobConfig) -> Iterator:
+    """The job's Dask client: the active one if there is one, else the configured cluster."""
+    from .cluster import dask_client
+
+    with dask_client(cfg.cluster) as client:
+        yield client
+
+
 def open_job_snapshot(cfg: JobConfig, snapshot: str | None = None) -> Snapshot:
-    """Resolve the snapshot (latest if None) and check every file's footer."""
+    """Resolve the snapshot (latest if None) and check every file's footer (no Dask)."""
     date = resolve_snapshot(cfg.input, snapshot)
     snap = open_snapshot(cfg.input, date)
     logger.info("Snapshot %s: %d rows in %d pieces", date, snap.n_rows, len(snap.pieces))
@@ -94,10 +71,13 @@ def open_job_snapshot(cfg: JobConfig, snapshot: str | None = None) -> Snapshot:
 
 
 def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
-    """One pass: missing values, duplicates, bad weights and scaler statistics; raises on bad data."""
+    """The one validating pass: ids, weights, missing values, domains, magnitudes, and the
+    scaler statistics; raises the clear error for bad data before anything is fitted or written."""
+    import dask
+
     parts = [dask.delayed(profile_piece, pure=False)(p, cfg.input, snap.storage_options) for p in snap.pieces]
     prof = dask.compute(dask.delayed(finish_profile)(_tree_reduce(parts, merge_profiles)))[0]
-    check_profile(prof, cfg.input, snap.date)
+    check_profile(prof, cfg.input, snap.date, standardize=cfg.model.standardize)
     if prof.rows_with_missing:
         logger.warning(
             "Snapshot %s: %d row(s) with missing features (%s)",
@@ -108,15 +88,8 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
     return prof
 
 
-def _model_arrays(cfg: JobConfig, snap: Snapshot, prof: Profile, plan: FeaturePlan):
-    d = len(cfg.input.features)
-    xs, ws = [], []
-    for p in snap.pieces:
-        n = prof.complete_per_piece[p.index] if cfg.input.missing == "drop" else p.n_rows
-        t = dask.delayed(fit_piece_arrays, nout=2, pure=False)(p, cfg.input, plan, snap.storage_options)
-        xs.append(da.from_delayed(t[0], shape=(n, d), dtype=np.float64))
-        ws.append(da.from_delayed(t[1], shape=(n,), dtype=np.float64))
-    return da.concatenate(xs), da.concatenate(ws)
+def rows_used(cfg: JobConfig, prof: Profile) -> int:
+    return int(sum(prof.complete_per_piece.values())) if cfg.input.missing == "drop" else prof.n_rows
 
 
 @dataclass
@@ -124,26 +97,47 @@ class FitData:
     """Model inputs of one snapshot (lazy or persisted Dask arrays) and the plan that made them."""
 
     plan: FeaturePlan
-    X: da.Array
-    w: da.Array
+    X: object  # dask.array.Array (n, D)
+    w: object | None  # dask.array.Array (n,) or None without a weight column
+    n_rows: int
+    variance: float  # mean variance of the model inputs over features (init tolerance)
 
 
-def fit_data(
+def prepare_data(
     cfg: JobConfig,
     snap: Snapshot,
     prof: Profile,
     *,
-    warm_start: SegmentationModel | None = None,
+    plan: FeaturePlan | None = None,
     persist: bool = False,
 ) -> FitData:
-    """Build the model inputs; with ``persist`` they are read once and held by the workers
-    (for several fits on the same data, e.g. model selection)."""
-    # a warm start keeps the previous scaler, so parameters stay comparable across dates
-    plan = warm_start.plan if warm_start is not None else build_plan(prof, cfg.input, cfg.model.standardize)
-    X, w = _model_arrays(cfg, snap, prof, plan)
+    """Build the model inputs from the profile's plan (or a given one, e.g. a warm start's, so
+    parameters stay comparable across dates); with ``persist`` they are read once and held by
+    the workers (for several fits on the same data, e.g. model selection)."""
+    import dask
+    import dask.array as da
+
+    plan = plan or build_plan(prof, cfg.input, cfg.model.standardize)
+    d = len(cfg.input.features)
+    xs, ws = [], []
+    for p in snap.pieces:
+        n = prof.complete_per_piece[p.index] if cfg.input.missing == "drop" else p.n_rows
+        t = dask.delayed(fit_piece_arrays, nout=2, pure=False)(p, cfg.input, plan, snap.storage_options)
+        xs.append(da.from_delayed(t[0], shape=(n, d), dtype=np.float64))
+        ws.append(da.from_delayed(t[1], shape=(n,), dtype=np.float64))
+    X = da.concatenate(xs)
+    w = da.concatenate(ws) if cfg.input.weight_column else None
     if persist:
-        X, w = dask.persist(X, w)
-    return FitData(plan, X, w)
+        X, w = dask.persist(X, w) if w is not None else (dask.persist(X)[0], None)
+    return FitData(plan, X, w, rows_used(cfg, prof), _model_space_variance(cfg, prof, plan))
+
+
+def _model_space_variance(cfg: JobConfig, prof: Profile, plan: FeaturePlan) -> float:
+    if cfg.input.missing == "impute_mean":
+        var = prof.col_m2 / prof.total_w if prof.total_w > 0 else np.zeros(len(plan.scale))
+    else:
+        var = prof.row_m2 / prof.row_w if prof.row_w > 0 else np.zeros(len(plan.scale))
+    return float(np.mean(var / plan.scale**2))
 
 
 def fit_model(
@@ -151,73 +145,95 @@ def fit_model(
     snap: Snapshot,
     prof: Profile,
     *,
-    callback: Callable[[IterationInfo], None] | None = None,
-    warm_start: SegmentationModel | None = None,
     n_components: int | None = None,
     covariance_type: str | None = None,
+    warm_start: SegmentationModel | None = None,
     data: FitData | None = None,
+    callback: Callable | None = None,
 ) -> SegmentationModel:
-    """Fit the mixture on the prepared snapshot (unregistered model, with metadata)."""
+    """Fit the mixture with the EM core on the prepared snapshot (an unregistered model with its
+    metadata). A ``warm_start`` model with the same K and covariance type is the starting point
+    (its scaler is kept, its Cholesky factors are used as they are)."""
+    from .em import fit_mixture, seed_from
+    from .gaussian import MixtureParams, n_parameters
+    from .runner import ChunkedData, make_runner
+
     m = cfg.model
     k = n_components or m.n_components
     ct = covariance_type or m.covariance_type
-    data = data or fit_data(cfg, snap, prof, warm_start=warm_start)
-    plan, X, w = data.plan, data.X, data.w
-    init = {}
+    if data is None:
+        data = prepare_data(cfg, snap, prof, plan=warm_start.plan if warm_start is not None else None)
+    if data.n_rows < k:
+        raise DataError(
+            f"Snapshot {snap.date}: {data.n_rows} usable row(s) for {k} components; use fewer components "
+            "(model.n_components) or more data."
+        )
+    init = None
     if warm_start is not None and warm_start.n_components == k and warm_start.covariance_type == ct:
-        init = {
-            "weights_init": warm_start.weights,
-            "means_init": warm_start.means,
-            "precisions_init": warm_start.mixture().precisions_,
-        }
-    gm = GaussianMixture(
-        k,
-        covariance_type=ct,
-        tol=m.tol,
-        reg_covar=m.reg_covar,
-        max_iter=m.max_iter,
-        n_init=1 if init else m.n_init,
-        init_params=m.init_params,
-        random_state=m.random_state,
-        callback=callback,
-        persist=m.persist,
-        **init,
-    )
+        init = MixtureParams(
+            warm_start.weights, warm_start.means, warm_start.covariances, warm_start.precisions_cholesky
+        )
     t0 = time.perf_counter()
-    gm.fit(X, sample_weight=w if cfg.input.weight_column else None)
+    runner = make_runner(ChunkedData(data.X, data.w), persist=m.persist)
+    try:
+        res = fit_mixture(
+            runner,
+            n_components=k,
+            covariance_type=ct,
+            tol=m.tol,
+            reg_covar=m.reg_covar,
+            max_iter=m.max_iter,
+            n_init=1 if init is not None else m.n_init,
+            init_params=m.init_params,
+            seed=seed_from(m.random_state),
+            data_variance=data.variance,
+            init=init,
+            callback=callback,
+        )
+    finally:
+        runner.close()
+    if not res.converged:
+        logger.warning(
+            "Snapshot %s: EM did not converge in %d iterations (K=%d, %s); raise model.max_iter or tol.",
+            snap.date,
+            res.n_iter,
+            k,
+            ct,
+        )
+    p = res.params
     names = (
         list(m.segment_names)
         if m.segment_names and len(m.segment_names) == k
         else [f"segment_{i}" for i in range(k)]
     )
-    used = int(sum(prof.complete_per_piece.values())) if cfg.input.missing == "drop" else prof.n_rows
+    n_params = n_parameters(k, p.means.shape[1], ct)
     metadata = {
         "snapshot": snap.date,
         "rows_read": prof.n_rows,
-        "rows_used": used,
-        "rows_dropped": prof.n_rows - used,
+        "rows_used": data.n_rows,
+        "rows_dropped": prof.n_rows - data.n_rows,
         "rows_imputed": prof.rows_with_missing if cfg.input.missing == "impute_mean" else 0,
-        "lower_bound": gm.lower_bound_,
-        "log_likelihood": gm.final_log_likelihood_,
-        "bic": gm.bic_fit(),
-        "aic": gm.aic_fit(),
-        "n_iter": gm.n_iter_,
-        "converged": bool(gm.converged_),
+        "lower_bound": res.lower_bound,
+        "log_likelihood": res.final_loglik / res.weight,
+        "bic": -2 * res.final_loglik + n_params * math.log(res.weight),
+        "aic": -2 * res.final_loglik + 2 * n_params,
+        "n_iter": res.n_iter,
+        "converged": bool(res.converged),
         "seed": m.random_state,
         "n_components": k,
         "covariance_type": ct,
         "config_hash": cfg.config_hash(),
-        "reseeded_components": [list(r) for r in gm.reseeded_components_],
+        "reseeded_components": [list(r) for r in res.reseeded],
         "fit_seconds": round(time.perf_counter() - t0, 3),
         "warm_started_from": warm_start.version if warm_start is not None else None,
     }
     return SegmentationModel(
-        plan,
+        data.plan,
         ct,
-        gm.weights_,
-        gm.means_,
-        gm.covariances_,
-        gm.precisions_cholesky_,
+        p.weights,
+        p.means,
+        p.covariances,
+        p.precisions_cholesky,
         names,
         cfg.input.id_column,
         cfg.input.weight_column,
@@ -225,19 +241,22 @@ def fit_model(
     )
 
 
-def register_model(cfg: JobConfig, model: SegmentationModel, *, alias: str = "latest") -> SegmentationModel:
-    """Store the model as a new registry version; returns it with its version set."""
-    reg = ModelRegistry(cfg.output.registry_path, cfg.input.storage_options)
-    version = reg.register(model, alias=alias)
-    return reg.load(version)
+def registry(cfg: JobConfig) -> ModelRegistry:
+    return ModelRegistry(cfg.output.registry_path, cfg.input.storage_options)
 
 
-def load_model(cfg: JobConfig, model_version: str | None = None) -> SegmentationModel:
-    """A registered version or alias (default ``latest``), validated."""
-    return ModelRegistry(cfg.output.registry_path, cfg.input.storage_options).load(model_version)
+def register_model(
+    cfg: JobConfig, model: SegmentationModel, *, alias: str | None = "latest"
+) -> SegmentationModel:
+    """Store the model as a new registry version (moving ``alias``); returns it as stored."""
+    return registry(cfg).register(model, alias=alias)
 
 
-def _check_model_fits_input(cfg: JobConfig, model: SegmentationModel) -> None:
+def set_alias(cfg: JobConfig, alias: str, version: str) -> None:
+    registry(cfg).set_alias(alias, version)
+
+
+def check_model_fits_input(cfg: JobConfig, model: SegmentationModel) -> None:
     if model.plan.names != cfg.input.feature_names or model.id_column != cfg.input.id_column:
         raise DataError(
             f"Model {model.version} was trained on features {model.plan.names} (id {model.id_column!r}) but "
@@ -246,21 +265,66 @@ def _check_model_fits_input(cfg: JobConfig, model: SegmentationModel) -> None:
         )
 
 
-def write_outputs(
-    cfg: JobConfig, snap: Snapshot, model: SegmentationModel
-) -> tuple[dict[str, str], PieceResult]:
-    """Score every piece and commit the three table partitions atomically (each in one step)."""
-    _check_model_fits_input(cfg, model)
+def load_model(cfg: JobConfig, model_version: str | None = None) -> SegmentationModel:
+    """A registered version or alias (default ``latest``), validated, and checked against the
+    config's features (no Dask)."""
+    model = registry(cfg).load(model_version)
+    check_model_fits_input(cfg, model)
+    return model
+
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
+    from .tables import PieceResult
+
+
+@dataclass
+class Written:
+    """What :func:`write_tables` committed, and the aggregates of the scoring pass."""
+
+    tables: dict[str, str]
+    agg: PieceResult
+    segments: pd.DataFrame
+    overlaps: pd.DataFrame
+
+
+def _with_metadata(df: pd.DataFrame, table: str, version: str, extra: dict | None = None) -> pa.Table:
+    import pyarrow as pa
+
+    from .tables import table_metadata
+
+    t = pa.Table.from_pandas(df, preserve_index=False)
+    return t.replace_schema_metadata({**(t.schema.metadata or {}), **table_metadata(table, version, extra)})
+
+
+def write_tables(
+    cfg: JobConfig,
+    snap: Snapshot,
+    model: SegmentationModel,
+    *,
+    extra: dict[str, tuple[pd.DataFrame, dict]] | None = None,
+) -> Written:
+    """Score every piece (each worker writes its pieces' memberships files into the staging
+    area) and commit the memberships, segments and overlaps partitions — plus any ``extra``
+    tables, ``{name: (frame, metadata)}`` — together, each atomically."""
+    import dask
+
+    from .tables import overlaps_table, score_piece, segments_table
+
+    check_model_fits_input(cfg, model)
     so = snap.storage_options
-    writers = {t: PartitionWriter(cfg.output.root, t, snap.date, storage_options=so) for t in TABLES}
-    try:
-        thr = cfg.output.overlap_threshold
+    thr = cfg.output.overlap_threshold
+    version = model.version or "unregistered"
+    names = [*(extra or {}), "segments", "overlaps", "memberships"]
+    with io.StagedPartitions(cfg.output.root, names, snap.date, so) as st:
         parts = [
             dask.delayed(score_piece, pure=False)(
                 p,
                 cfg.input,
                 model,
-                writers["memberships"].file(f"part-{p.index:05d}.parquet"),
+                st.file("memberships", f"part-{p.index:05d}.parquet"),
                 cfg.entropy_bands,
                 thr,
                 snap.id_type,
@@ -269,105 +333,16 @@ def write_outputs(
             for p in snap.pieces
         ]
         agg = dask.compute(_tree_reduce(parts, lambda a, b: a + b))[0]
-        version = model.version or "unregistered"
         seg = segments_table(model, agg)
         ov = overlaps_table(model, agg, thr)
-        for name, df in (("segments", seg), ("overlaps", ov)):
-            table = pa.Table.from_pandas(df, preserve_index=False)
-            table = table.replace_schema_metadata(
-                {**(table.schema.metadata or {}), **table_metadata(name, version)}
-            )
-            write_table_file(table, writers[name].file("part-00000.parquet"), so)
-        _faults.point("before_commit")
-        paths = {t: writers[t].commit() for t in ("segments", "overlaps", "memberships")}
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    return paths, agg
-
-
-def run_result(snap, model, trained, paths, agg, fit, t0, thr) -> RunResult:
-    """Assemble the :class:`RunResult` of a run from what :func:`write_outputs` returned."""
-    from .tables import BANDS
-
-    return RunResult(
-        snapshot=snap.date,
-        model_version=model.version or "unregistered",
-        trained=trained,
-        tables=paths,
-        segments=segments_table(model, agg),
-        overlaps=overlaps_table(model, agg, thr),
-        counts={
-            "rows_read": int(agg.n_read),
-            "rows_written": int(agg.n_written),
-            "rows_dropped": int(agg.n_dropped),
-            "rows_imputed": int(agg.n_imputed),
-        },
-        fit=fit,
-        entropy_hist=agg.entropy_hist.tolist(),
-        band_count={b: int(c) for b, c in zip(BANDS, agg.band_count, strict=True)},
-        seconds=round(time.perf_counter() - t0, 3),
-        sample_z=agg.sample_z,
-        sample_segment=agg.sample_segment,
-    )
+        st.write("segments", _with_metadata(seg, "segments", version))
+        st.write("overlaps", _with_metadata(ov, "overlaps", version))
+        for name, (df, meta) in (extra or {}).items():
+            st.write(name, _with_metadata(df, name, version, meta))
+    return Written(st.paths, agg, seg, ov)
 
 
 def partition_model_version(cfg: JobConfig, table: str, date: str) -> str | None:
     """The model version recorded in a committed table partition, or None if there is none."""
-    import pyarrow.parquet as pq
-
-    from .io import filesystem
-
-    fs, base = filesystem(cfg.output.root, cfg.input.storage_options)
-    path = f"{base.rstrip('/')}/{table}/dt={date}"
-    if not fs.exists(path):
-        return None
-    files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
-    if not files:
-        return None
-    with fs.open(files[0], "rb") as f:
-        meta = pq.read_schema(f).metadata or {}
-    return meta.get(b"gmm_dask.model_version", b"").decode() or None
-
-
-def score_with_model(cfg: JobConfig, snapshot: str | None, model: SegmentationModel) -> RunResult:
-    """Score a snapshot with an already-loaded model and write the tables."""
-    t0 = time.perf_counter()
-    snap = open_job_snapshot(cfg, snapshot)
-    _check_model_fits_input(cfg, model)
-    profile_snapshot(cfg, snap)  # validates ids, weights and the missing policy before any write
-    paths, agg = write_outputs(cfg, snap, model)
-    return run_result(snap, model, False, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
-
-
-def refit(cfg: JobConfig, snapshot: str, previous: SegmentationModel | None, *, callback=None) -> RunResult:
-    """Fit a snapshot warm-started from ``previous`` with components aligned to it, register, write."""
-    from .align import align_to
-
-    t0 = time.perf_counter()
-    snap = open_job_snapshot(cfg, snapshot)
-    prof = profile_snapshot(cfg, snap)
-    model = fit_model(cfg, snap, prof, callback=callback, warm_start=previous)
-    if previous is not None and previous.n_components == model.n_components:
-        model = align_to(previous, model)
-    model = register_model(cfg, model)
-    paths, agg = write_outputs(cfg, snap, model)
-    return run_result(snap, model, True, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
-
-
-def train(
-    cfg: JobConfig, snapshot: str | None = None, *, callback=None, warm_start: SegmentationModel | None = None
-) -> RunResult:
-    """Fit on a snapshot, register the model, write the tables."""
-    t0 = time.perf_counter()
-    snap = open_job_snapshot(cfg, snapshot)
-    prof = profile_snapshot(cfg, snap)
-    model = register_model(cfg, fit_model(cfg, snap, prof, callback=callback, warm_start=warm_start))
-    paths, agg = write_outputs(cfg, snap, model)
-    return run_result(snap, model, True, paths, agg, dict(model.metadata), t0, cfg.output.overlap_threshold)
-
-
-def score(cfg: JobConfig, snapshot: str | None = None, model_version: str | None = None) -> RunResult:
-    """Apply a stored model (default ``latest``) to a snapshot and write the tables."""
-    return score_with_model(cfg, snapshot, load_model(cfg, model_version))
+    meta = io.partition_metadata(cfg.output.root, table, date, cfg.input.storage_options)
+    return (meta or {}).get("gmm_dask.model_version") or None

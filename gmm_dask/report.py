@@ -7,7 +7,6 @@ curve for model selection, and a 2-D projection (PCA of a sample of users) colou
 from __future__ import annotations
 
 import html
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -174,16 +173,6 @@ def html_report(res, sample_z=None, sample_segment=None, bic_table: pd.DataFrame
     )
 
 
-def write_report(path: str | Path, text: str) -> str:
-    """Write the report atomically (temp file + rename); returns its absolute path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(p)
-    return str(p.resolve())
-
-
 def bic_markdown(table: pd.DataFrame, chosen: dict) -> str:
     lines = [
         "| K | covariance | BIC | AIC | log-likelihood | iterations | converged |",
@@ -201,4 +190,4 @@ def bic_markdown(table: pd.DataFrame, chosen: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["bic_markdown", "html_report", "markdown_summary", "write_report"]
+__all__ = ["bic_markdown", "html_report", "markdown_summary"]

@@ -13,14 +13,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import gaussian
 from .config import EntropyBands, InputConfig
 from .features import columns_to_read, prepare_piece
 from .io import Piece, read_piece, write_table_file
-from .registry import SegmentationModel
+from .model import BANDS, SegmentationModel
 
 SCHEMA_VERSION = "1"
-BANDS = ("low", "moderate", "high")
 SAMPLE_PER_PIECE = 400
 SAMPLE_CAP = 4000
 
@@ -51,31 +49,6 @@ def table_metadata(table: str, model_version: str, extra: dict | None = None) ->
     }
     meta.update(extra or {})
     return {k.encode(): str(v).encode() for k, v in meta.items()}
-
-
-def entropy_band(entropy_norm: np.ndarray, bands: EntropyBands) -> np.ndarray:
-    idx = np.where(entropy_norm < bands.low_max, 0, np.where(entropy_norm < bands.moderate_max, 1, 2))
-    return np.asarray(BANDS, dtype=object)[idx]
-
-
-def membership_arrays(model: SegmentationModel, Z: np.ndarray, bands: EntropyBands) -> dict[str, np.ndarray]:
-    """γ, argmax, entropies, band and log p(x) for model inputs ``Z`` (pure)."""
-    wlp = gaussian.estimate_weighted_log_prob(
-        Z, model.weights, model.means, model.precisions_cholesky, model.covariance_type
-    )
-    lpn, log_resp = gaussian.log_responsibilities(wlp)
-    gamma = np.exp(log_resp)
-    k = model.n_components
-    ent = gaussian.entropy_bits(log_resp)
-    norm = np.clip(ent / np.log2(k), 0.0, 1.0) if k > 1 else np.zeros_like(ent)
-    return {
-        "gamma": gamma,
-        "segment": log_resp.argmax(axis=1).astype(np.int32),
-        "entropy_bits": ent,
-        "entropy_norm": norm,
-        "entropy_band": entropy_band(norm, bands),
-        "log_likelihood": lpn,
-    }
 
 
 @dataclass
@@ -120,7 +93,7 @@ def score_piece(
     """Score one piece; write its memberships to ``out_file`` (if given); return aggregates."""
     table = read_piece(piece, columns_to_read(cfg), storage_options)
     ids, X_raw, Z, _w, n_dropped, n_imputed = prepare_piece(table, cfg, model.plan, piece.path)
-    m = membership_arrays(model, Z, bands)
+    m = model.memberships(Z, bands)
     gamma = m["gamma"]
     n, k = gamma.shape
     version = model.version or "unregistered"

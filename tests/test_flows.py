@@ -6,11 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
-from gmm_dask.config import ModelConfig
 from gmm_dask.demo import DemoSpec, read_truth, write_demo_dataset
 from gmm_dask.errors import GMMDaskInputError
+from gmm_dask.params import ModelOverride
 
 from .pipeline_helpers import make_config, read_partition
 
@@ -19,6 +20,26 @@ DATES = SPEC.dates
 
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*argv: str):
+    """The real command line, in a subprocess talking to the session's Prefect API."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    return subprocess.run(
+        [sys.executable, "-m", "gmm_dask_cli", *argv],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +74,17 @@ def test_segment_flow_writes_tables_and_report(tmp_path, data_root):
     assert sorted(p.name for p in (tmp_path / "out" / "registry" / "versions").iterdir()) == ["v0001"]
 
 
-def test_model_parameter_override(tmp_path, data_root):
+def test_model_parameter_override_patches_the_config(tmp_path, data_root):
+    """A form's model override changes only the fields it gives; the rest stay the config's."""
     from flows import train
 
-    res = train(
-        config=_cfg(tmp_path, data_root),
-        snapshot=DATES[1],
-        model=ModelConfig(n_components=3, covariance_type="diag"),
+    cfg = _cfg(
+        tmp_path, data_root, model={"n_components": 5, "random_state": 17, "tol": 1e-4, "max_iter": 200}
     )
+    res = train(config=cfg, snapshot=DATES[1], model=ModelOverride(n_components=3, covariance_type="diag"))
     assert len(res.segments) == 3
     assert res.fit["covariance_type"] == "diag"
+    assert res.fit["seed"] == 17  # not reset to the class default
 
 
 @pytest.mark.parametrize("mode", ["score", "refit"])
@@ -139,7 +161,7 @@ def test_fluidity_ranks_drifting_users_above_stable_ones(tmp_path, data_root):
 @pytest.mark.parametrize(
     ("flow_name", "kwargs", "needle"),
     [
-        ("segment", {"snapshot": "2030-01-01"}, "snapshot: 2030-01-01 does not exist"),
+        ("segment", {"snapshot": "2030-01-01"}, "Snapshot 2030-01-01 not found under"),
         ("backfill", {"start": DATES[3], "end": DATES[1]}, f"end ({DATES[1]}) is before start ({DATES[3]})"),
         ("select_k", {"k_min": 5, "k_max": 3}, "k_min (5) must be <= k_max (3)"),
         ("segment", {"model_version": "v0099"}, "Model version 'v0099' does not exist"),
@@ -165,3 +187,37 @@ def test_bad_date_parameter_is_rejected_by_validation(tmp_path, data_root):
 
     with pytest.raises(ParameterTypeError, match="snapshot"):
         flows.segment(config=_cfg(tmp_path, data_root), snapshot="2026-02-30")
+
+
+@pytest.mark.parametrize("mode", ["score", "refit"])
+def test_backfill_finishes_good_dates_and_exits_2_naming_each_bad_one(tmp_path, data_root, mode):
+    """A date with bad input does not stop the others: they are written whole, and the run
+    ends with exit 2 and a list naming each bad date and why."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "data"
+    shutil.copytree(data_root, data)
+    bad = DATES[2]
+    part = next((data / "snapshots" / f"dt={bad}").glob("*.parquet"))
+    t = pq.read_table(part)
+    ids = t.column("user_id").to_numpy().copy()
+    ids[5] = ids[4]
+    pq.write_table(t.set_column(0, "user_id", pa.array(ids)), part)
+    cfg = _cfg(tmp_path, data)
+    if mode == "score":
+        assert _cli("train", "--config", cfg, "--snapshot", DATES[0]).returncode == 0
+    out = _cli(
+        "backfill", "--config", cfg, "--start", DATES[0], "--end", DATES[-1], "--mode", mode, "--force"
+    )
+    assert out.returncode == 2, out.stderr
+    assert f"{bad}: Snapshot {bad}: 1 duplicate value(s) in id column 'user_id'" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert f"{len(DATES) - 1} date(s) run, 0 skipped, 1 failed" in out.stdout
+    root = tmp_path / "out"
+    for d in DATES:
+        if d == bad:
+            assert not (root / "memberships" / f"dt={d}").exists()
+        else:
+            assert read_partition(root, "memberships", d).num_rows == SPEC.n_users

@@ -108,7 +108,8 @@ def _write(tmp: Path, t: dict) -> Path:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(t=tables())
-def test_pipeline_gives_a_valid_fit_or_a_clear_error(tmp_path_factory, t):
+def test_pipeline_gives_a_valid_fit_or_a_clear_error(tmp_path_factory, dask_client, t):
+    """Every example runs on the session's cluster (the job reuses the active client)."""
     tmp = tmp_path_factory.mktemp("fuzz")
     path = _write(tmp, t)
     load_config(path)  # the drawn config itself is always valid

@@ -15,10 +15,11 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from gmm_dask import pipeline
-from gmm_dask.cli import main
+from gmm_dask import jobs, pipeline
 from gmm_dask.config import load_config
 from gmm_dask.demo import read_truth
+from gmm_dask.params import ScoreParams, TrainParams
+from gmm_dask_cli import main
 
 from .pipeline_helpers import SMALL, demo_data, gamma_matrix, make_config, read_partition, tree_digest
 
@@ -34,9 +35,9 @@ def data_root(tmp_path_factory):
 def trained(tmp_path_factory, data_root):
     """One training run on the last snapshot (threaded scheduler), shared by the invariant tests."""
     tmp = tmp_path_factory.mktemp("trained")
-    cfg = load_config(make_config(tmp, data_root))
-    res = pipeline.train(cfg, DATES[-1])
-    return cfg, res
+    path = make_config(tmp, data_root)
+    res = jobs.train(TrainParams(config=str(path), snapshot=DATES[-1]))
+    return load_config(path), res, str(path)
 
 
 def test_cli_train_then_score_end_to_end(tmp_path, data_root, capsys):
@@ -63,7 +64,7 @@ def test_cli_train_then_score_end_to_end(tmp_path, data_root, capsys):
 
 
 def test_written_table_invariants(trained):
-    cfg, res = trained
+    cfg, res, _ = trained
     root = Path(cfg.output.root)
     mem = read_partition(root, "memberships", res.snapshot)
     g = gamma_matrix(mem)
@@ -97,10 +98,10 @@ def test_written_table_invariants(trained):
 
 
 def test_scoring_the_saved_model_reproduces_the_fit_exactly(trained, tmp_path):
-    cfg, res = trained
+    cfg, res, path = trained
     root = Path(cfg.output.root)
     fit_gamma = read_partition(root, "memberships", res.snapshot)
-    again = pipeline.score(cfg, res.snapshot, res.model_version)
+    again = jobs.score(ScoreParams(config=path, snapshot=res.snapshot, model_version=res.model_version))
     assert again.model_version == res.model_version
     rescored = read_partition(root, "memberships", res.snapshot)
     assert rescored.column("user_id").equals(fit_gamma.column("user_id"))
@@ -110,7 +111,7 @@ def test_scoring_the_saved_model_reproduces_the_fit_exactly(trained, tmp_path):
 def test_model_recovers_demo_archetypes(trained, data_root):
     from sklearn.metrics import adjusted_rand_score
 
-    cfg, res = trained
+    cfg, res, _ = trained
     mem = read_partition(Path(cfg.output.root), "memberships", res.snapshot).to_pandas()
     truth = read_truth(data_root, res.snapshot)
     merged = truth.merge(mem, on="user_id")
@@ -122,10 +123,10 @@ def test_model_recovers_demo_archetypes(trained, data_root):
 
 
 def test_rerun_replaces_partition_with_exactly_one_copy(trained):
-    cfg, res = trained
+    cfg, res, path = trained
     root = Path(cfg.output.root)
     for _ in range(2):
-        pipeline.score(cfg, res.snapshot, res.model_version)
+        jobs.score(ScoreParams(config=path, snapshot=res.snapshot, model_version=res.model_version))
     mem = read_partition(root, "memberships", res.snapshot)
     ids = mem.column("user_id").to_numpy()
     assert len(ids) == len(np.unique(ids)) == SMALL.n_users
@@ -133,7 +134,7 @@ def test_rerun_replaces_partition_with_exactly_one_copy(trained):
 
 
 def test_tables_read_back_with_pandas_and_duckdb(trained):
-    cfg, res = trained
+    cfg, res, _ = trained
     root = Path(cfg.output.root)
     df = pd.read_parquet(root / "memberships")
     assert len(df) == SMALL.n_users
@@ -158,7 +159,7 @@ def test_killing_the_writer_mid_write_leaves_previous_partition_intact(tmp_path,
     before = {t: tree_digest(root / t / f"dt={DATES[0]}") for t in ("memberships", "segments", "overlaps")}
     env = {**os.environ, "GMM_DASK_FAULT": "before_commit:120"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gmm_dask.cli", "score", "--config", str(cfg_path), "--snapshot", DATES[0]],
+        [sys.executable, "-m", "gmm_dask_cli", "score", "--config", str(cfg_path), "--snapshot", DATES[0]],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
@@ -188,18 +189,59 @@ def test_killing_the_writer_mid_write_leaves_previous_partition_intact(tmp_path,
     assert len(ids) == len(np.unique(ids)) == SMALL.n_users
 
 
-def test_streaming_fit_from_parquet_equals_the_persisted_fit(trained, tmp_path):
-    """model.persist: false re-reads the snapshot every iteration and gives the same model."""
-    cfg, res = trained
-    streamed = cfg.model_copy(
-        update={
-            "model": cfg.model.model_copy(update={"persist": False}),
-            "output": cfg.output.model_copy(update={"root": str(tmp_path / "s")}),
-        }
+def test_streaming_fit_rereads_parquet_every_pass_and_equals_the_persisted_fit(
+    trained, tmp_path, monkeypatch
+):
+    """model.persist: false re-reads the snapshot in every pass (counted) and gives the same
+    model as reading it once and holding it."""
+    cfg, res, _ = trained
+    reads = []
+    original = pipeline.fit_piece_arrays
+
+    def counting(piece, *args, **kwargs):
+        reads.append(piece.index)
+        return original(piece, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fit_piece_arrays", counting)
+    models = {}
+    for persist in (True, False):
+        c = cfg.model_copy(update={"model": cfg.model.model_copy(update={"persist": persist})})
+        snap = pipeline.open_job_snapshot(c, res.snapshot)
+        prof = pipeline.profile_snapshot(c, snap)
+        reads.clear()
+        models[persist] = pipeline.fit_model(c, snap, prof)  # Dask's threaded scheduler, no cluster
+        n_pieces, n_iter = len(snap.pieces), models[persist].metadata["n_iter"]
+        if persist:
+            assert sorted(reads) == list(range(n_pieces)), "a persisted fit reads each piece once"
+        else:
+            # every EM iteration, the initialisation passes and the final pass re-read every piece
+            assert len(reads) >= (n_iter + 1) * n_pieces, (len(reads), n_iter, n_pieces)
+    np.testing.assert_allclose(models[False].means, models[True].means, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(models[False].weights, models[True].weights, rtol=1e-10)
+
+
+def test_public_scoring_api_applies_the_stored_transforms_and_matches_the_tables(trained, data_root):
+    """load_model + model.score(raw DataFrame) gives exactly the memberships the job wrote; raw
+    columns are found by name, never by position, and a mismatch is refused."""
+    from gmm_dask import load_model
+    from gmm_dask.errors import DataError
+
+    cfg, res, _ = trained
+    model = load_model(cfg.output.registry_path, res.model_version)
+    raw = pd.read_parquet(data_root / "snapshots" / f"dt={res.snapshot}")
+    shuffled = raw[["user_id", *reversed(model.feature_names)]].sample(frac=1.0, random_state=0)
+    scored = model.score(shuffled).set_index("user_id").sort_index()
+    mem = (
+        read_partition(Path(cfg.output.root), "memberships", res.snapshot)
+        .to_pandas()
+        .set_index("user_id")
+        .sort_index()
     )
-    snap = pipeline.open_job_snapshot(streamed, res.snapshot)
-    prof = pipeline.profile_snapshot(streamed, snap)
-    model = pipeline.fit_model(streamed, snap, prof)
-    persisted = pipeline.load_model(cfg, res.model_version)
-    np.testing.assert_allclose(model.means, persisted.means, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(model.weights, persisted.weights, rtol=1e-10)
+    assert scored.index.equals(mem.index)
+    np.testing.assert_array_equal(scored["segment"].to_numpy(), mem["segment"].to_numpy())
+    np.testing.assert_allclose(np.stack(scored["gamma"]), np.stack(mem["gamma"]), rtol=0, atol=1e-12)
+    assert (scored["entropy_band"] == mem["entropy_band"]).all()
+    with pytest.raises(DataError, match=r"no column\(s\) \['spend_per_month'\]"):
+        model.score(raw.rename(columns={"spend_per_month": "spend"}))
+    with pytest.raises(DataError, match="pandas DataFrame"):
+        model.score(raw[model.feature_names].to_numpy())

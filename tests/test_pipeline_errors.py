@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from gmm_dask.cli import main
+from gmm_dask_cli import main
 
 DATE = "2026-02-01"
 
@@ -163,10 +163,13 @@ def test_missing_snapshot_and_bad_date(tmp_path, capsys):
         "Snapshot 2030-01-01 not found",
         DATE,
     )
-    _fails(capsys, ["train", "--config", str(cfg), "--snapshot", "2030-02-30"], "not a real calendar date")
     _fails(
-        capsys, ["train", "--config", str(cfg), "--snapshot", "yesterday"], "expected a date as YYYY-MM-DD"
+        capsys,
+        ["train", "--config", str(cfg), "--snapshot", "2030-02-30"],
+        "--snapshot",
+        "day value is outside",
     )
+    _fails(capsys, ["train", "--config", str(cfg), "--snapshot", "yesterday"], "--snapshot", "valid date")
     assert _written(tmp_path) == []
 
 

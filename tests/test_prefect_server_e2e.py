@@ -87,7 +87,7 @@ def served(tmp_path_factory):
         )
         client_env = {**env, "PREFECT_API_URL": api}
         serve = subprocess.Popen(
-            [sys.executable, "-m", "flows.serve", "--config", str(cfg), "--no-schedule"],
+            [sys.executable, "-m", "gmm_dask_cli", "serve", "--config", str(cfg), "--no-schedule"],
             env=client_env,
             cwd=REPO,
             stdout=logs[1],
@@ -135,7 +135,7 @@ def test_cancelling_a_run_mid_fit_stops_the_dask_work_and_writes_nothing(served,
         cluster={"type": "local", "n_workers": 2, "threads_per_worker": 1, "processes": True},
     )
     before = {p.pid for p in psutil.Process(served["serve"].pid).children(recursive=True)}
-    out = _client_script(served, _CANCEL, str(cfg), spec.dates[0])
+    out = _client_script(served, _CANCEL, str(cfg), spec.dates[0], str(served["serve"].pid))
     assert "cancelled-state=CANCELLED" in out, out
     assert "saw-workers=2" in out, out
 
@@ -202,8 +202,10 @@ async def main():
             await asyncio.sleep(1)
         else:
             raise SystemExit("the fit never started")
-        workers = [p for p in psutil.process_iter(["cmdline"]) if any("spawn_main" in c or "distributed" in c for c in (p.info["cmdline"] or []))]
-        print(f"saw-workers={min(len(workers), 2)}")
+        # only the Dask worker processes this run started: descendants of the serve process
+        serve = psutil.Process(int(sys.argv[3]))
+        workers = [p for p in serve.children(recursive=True) if any("spawn_main" in c for c in p.cmdline())]
+        print(f"saw-workers={len(workers)}")
         await client.set_flow_run_state(run.id, Cancelling(), force=True)
         for _ in range(120):
             fr = await client.read_flow_run(run.id)

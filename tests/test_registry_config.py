@@ -14,7 +14,8 @@ from gmm_dask.config import FeatureSpec, load_config, parse_config
 from gmm_dask.errors import ConfigError, RegistryError
 from gmm_dask.features import FeaturePlan
 from gmm_dask.gaussian import compute_precision_cholesky
-from gmm_dask.registry import ModelRegistry, SegmentationModel
+from gmm_dask.model import SegmentationModel
+from gmm_dask.registry import ModelRegistry
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gmm_dask"
 
@@ -55,7 +56,7 @@ def _model(ct="full", k=3, d=2, seed=0):
 def test_round_trip_is_bit_exact(tmp_path, ct):
     reg = ModelRegistry(str(tmp_path / "reg"))
     m = _model(ct)
-    v = reg.register(m)
+    v = reg.register(m).version
     loaded = reg.load(v)
     for attr in ("weights", "means", "covariances", "precisions_cholesky"):
         np.testing.assert_array_equal(getattr(loaded, attr), getattr(m, attr))
@@ -66,8 +67,8 @@ def test_round_trip_is_bit_exact(tmp_path, ct):
 
 def test_versions_are_immutable_and_alias_moves(tmp_path):
     reg = ModelRegistry(str(tmp_path / "reg"))
-    v1 = reg.register(_model(seed=1))
-    v2 = reg.register(_model(seed=2))
+    v1 = reg.register(_model(seed=1)).version
+    v2 = reg.register(_model(seed=2)).version
     assert (v1, v2) == ("v0001", "v0002")
     assert reg.resolve(None) == "v0002"
     reg.set_alias("production", v1)
@@ -85,7 +86,7 @@ def test_versions_are_immutable_and_alias_moves(tmp_path):
 )
 def test_tampered_file_is_refused(tmp_path, edit, msg):
     reg = ModelRegistry(str(tmp_path / "reg"))
-    v = reg.register(_model())
+    v = reg.register(_model()).version
     path = tmp_path / "reg" / "versions" / v / "model.json"
     doc = json.loads(path.read_text())
     edit(doc["payload"])
@@ -99,7 +100,7 @@ def test_consistent_but_invalid_parameters_are_refused(tmp_path):
     from gmm_dask.registry import _digest
 
     reg = ModelRegistry(str(tmp_path / "reg"))
-    v = reg.register(_model())
+    v = reg.register(_model()).version
     path = tmp_path / "reg" / "versions" / v / "model.json"
     doc = json.loads(path.read_text())
     doc["payload"]["covariances"][0] = [[1.0, 2.0], [2.0, 1.0]]  # not positive definite

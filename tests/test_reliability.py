@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from gmm_dask import GaussianMixture, pipeline
-from gmm_dask.config import load_config
+from gmm_dask import GaussianMixture, jobs
 from gmm_dask.demo import DemoSpec, write_demo_dataset
+from gmm_dask.params import TrainParams
 
 from .conftest import assert_rel
 from .pipeline_helpers import make_config, read_partition
@@ -123,7 +123,7 @@ def test_overlapping_backfills_at_once_leave_one_complete_partition_per_date(tmp
     spec = DemoSpec(n_users=3000, n_snapshots=5, seed=21, block_users=1000)
     write_demo_dataset(tmp_path / "data", spec)
     cfg_path = make_config(tmp_path, tmp_path / "data")
-    pipeline.train(load_config(cfg_path), spec.dates[0])
+    jobs.train(TrainParams(config=str(cfg_path), snapshot=spec.dates[0]))
     d = spec.dates
     runs = []
     for i, (start, end) in enumerate([(d[0], d[3]), (d[1], d[4])]):
@@ -138,7 +138,7 @@ def test_overlapping_backfills_at_once_leave_one_complete_partition_per_date(tmp
                 [
                     sys.executable,
                     "-m",
-                    "gmm_dask.cli",
+                    "gmm_dask_cli",
                     "backfill",
                     "--config",
                     str(cfg_path),
@@ -311,7 +311,7 @@ def test_credentials_from_the_environment_never_reach_logs_or_outputs(tmp_path):
     }
     env.pop("PREFECT_API_URL", None)
     out = subprocess.run(
-        [sys.executable, "-m", "gmm_dask.cli", "-vv", "segment", "--config", str(cfg)],
+        [sys.executable, "-m", "gmm_dask_cli", "-vv", "segment", "--config", str(cfg)],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -1,0 +1,49 @@
+"""Flows whose parameters are a job's parameter model: the Prefect form (names, types, bounds,
+enums, defaults, descriptions) is generated from the same pydantic model as the CLI options."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Annotated
+
+from prefect import flow, get_run_logger
+from pydantic import Field
+
+from gmm_dask import progress
+from gmm_dask.params import parse_params
+
+
+def signature_of(params_cls) -> inspect.Signature:
+    """A keyword-only signature with one parameter per field of ``params_cls``."""
+    parameters = []
+    for name, f in params_cls.model_fields.items():
+        meta = [*f.metadata, Field(description=f.description)]
+        annotation = Annotated[(f.annotation, *meta)]
+        default = inspect.Parameter.empty if f.is_required() else Field(f.default, description=f.description)
+        parameters.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        )
+    return inspect.Signature(parameters)
+
+
+def job_flow(params_cls, *, name: str, description: str) -> Callable:
+    """Decorate ``body(params)`` into a flow whose parameters are ``params_cls``'s fields."""
+
+    def decorate(body: Callable):
+        @functools.wraps(body)
+        def fn(**kwargs):
+            params = parse_params(params_cls, kwargs, f"flow {name!r} parameters")
+            with progress.use(progress.RunLogProgress(get_run_logger()), add=True):
+                return body(params)
+
+        del fn.__wrapped__  # the signature below, not the body's, is the flow's
+        fn.__signature__ = signature_of(params_cls)
+        fn.__annotations__ = {p.name: p.annotation for p in fn.__signature__.parameters.values()}
+        # Prefect reads required parameters' descriptions from a Google-style "Args:" section
+        args = "\n".join(f"    {n}: {f.description}" for n, f in params_cls.model_fields.items())
+        fn.__doc__ = f"{(params_cls.__doc__ or '').strip()}\n\nArgs:\n{args}\n"
+        return flow(name=name, description=description)(fn)
+
+    return decorate

@@ -1,0 +1,229 @@
+"""One parameter model per job. The same pydantic models give the CLI its options (with help and
+defaults), the Prefect deployment form (descriptions, bounds, enums, defaults), and the
+validation of both: nothing about a job's parameters is declared twice.
+
+Every model is frozen and forbids unknown keys; integers are strict (``true`` is not 1). Dates
+are ``datetime.date`` (the CLI and the UI give YYYY-MM-DD strings); cross-field rules (``end``
+not before ``start``, ``k_min <= k_max``) are model validators, so both surfaces enforce them
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .config import JobConfig, ModelConfig, format_validation_error
+from .errors import ConfigError
+
+CovarianceType = Literal["full", "tied", "diag", "spherical"]
+InitMethod = Literal["k-means||", "k-means++", "random", "random_from_data"]
+
+ConfigPath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="Path of the job's YAML config (relative paths inside it resolve against its folder), "
+        "e.g. configs/demo.yaml.",
+    ),
+]
+SnapshotDate = Annotated[
+    dt.date | None,
+    Field(description="Date partition to process, YYYY-MM-DD. Empty: the latest snapshot under input.path."),
+]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelOverride(_Params):
+    """Changes to the config's `model` section for this run. Empty fields keep the config's values."""
+
+    n_components: Annotated[
+        int | None, Field(ge=1, le=256, strict=True, description="Number of mixture components K.")
+    ] = None
+    covariance_type: Annotated[
+        CovarianceType | None, Field(description="Covariance structure of each component.")
+    ] = None
+    init_params: Annotated[InitMethod | None, Field(description="Initialisation method.")] = None
+    n_init: Annotated[
+        int | None, Field(ge=1, le=100, strict=True, description="Initialisations; the best is kept.")
+    ] = None
+    tol: Annotated[float | None, Field(ge=0, description="Convergence threshold on the lower bound.")] = None
+    max_iter: Annotated[
+        int | None, Field(ge=1, le=100_000, strict=True, description="Most EM iterations per initialisation.")
+    ] = None
+    reg_covar: Annotated[float | None, Field(ge=0, description="Added to every covariance's diagonal.")] = (
+        None
+    )
+    random_state: Annotated[
+        int | None, Field(ge=0, strict=True, description="Seed of the initialisation.")
+    ] = None
+
+    def apply(self, cfg: JobConfig) -> JobConfig:
+        """The config with these fields patched into its model section (validated again)."""
+        changes = self.model_dump(exclude_none=True)
+        if not changes:
+            return cfg
+        try:
+            model = ModelConfig.model_validate({**cfg.model.model_dump(), **changes})
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, "model override")) from None
+        return cfg.model_copy(update={"model": model})
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.model_dump(exclude_none=True)
+
+
+ModelOverrideParam = Annotated[
+    ModelOverride | None,
+    Field(description="Override parts of the config's model section for this run (empty: the config's)."),
+]
+
+
+class JobParams(_Params):
+    """Parameters every job has."""
+
+    config: ConfigPath
+
+
+class TrainParams(JobParams):
+    """Fit a model on a snapshot, register it and write the tables."""
+
+    snapshot: SnapshotDate = None
+    model: ModelOverrideParam = None
+
+
+class ScoreParams(JobParams):
+    """Apply a registered model to a snapshot and write the tables."""
+
+    snapshot: SnapshotDate = None
+    model_version: Annotated[
+        str, Field(min_length=1, description="Registered model to apply: a version vNNNN or an alias.")
+    ] = "latest"
+
+
+class SegmentParams(JobParams):
+    """The daily job: fit on the snapshot (or score it with a pinned model), write tables and a report."""
+
+    snapshot: SnapshotDate = None
+    model_version: Annotated[
+        str | None,
+        Field(description="Score with this registered version or alias instead of fitting. Empty: fit."),
+    ] = None
+    model: ModelOverrideParam = None
+
+    @model_validator(mode="after")
+    def _pinned_or_override(self):
+        if self.model_version and self.model is not None and not self.model.is_empty:
+            raise ValueError(
+                "give either model_version (score with a stored model) or a model override (fit), not both"
+            )
+        return self
+
+
+class BackfillParams(JobParams):
+    """Segment every snapshot in [start, end]."""
+
+    start: Annotated[dt.date, Field(description="First date of the range, YYYY-MM-DD.")]
+    end: Annotated[dt.date, Field(description="Last date of the range (inclusive), YYYY-MM-DD.")]
+    mode: Annotated[
+        Literal["score", "refit"],
+        Field(
+            description="score: apply one model to every date. refit: fit each date warm-started from the "
+            "previous date's model, components aligned so segment ids keep their meaning."
+        ),
+    ] = "score"
+    model_version: Annotated[
+        str | None,
+        Field(
+            description="Model to score with (score mode; default 'latest') or to start from (refit mode)."
+        ),
+    ] = None
+    force: Annotated[bool, Field(description="Redo dates whose tables already exist.")] = False
+    max_concurrency: Annotated[
+        int, Field(ge=1, le=32, strict=True, description="Dates scored at the same time (score mode).")
+    ] = 2
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.end < self.start:
+            raise ValueError(f"end ({self.end}) is before start ({self.start}); give end >= start")
+        return self
+
+
+class SelectKParams(JobParams):
+    """Fit a grid of component counts and covariance types on one snapshot; pick by BIC or AIC."""
+
+    k_min: Annotated[int, Field(ge=1, le=64, strict=True, description="Smallest number of components.")] = 2
+    k_max: Annotated[int, Field(ge=1, le=64, strict=True, description="Largest number of components.")] = 8
+    covariance_types: Annotated[
+        list[CovarianceType], Field(min_length=1, description="Covariance types to try.")
+    ] = ["full"]
+    criterion: Annotated[Literal["bic", "aic"], Field(description="Information criterion to minimise.")] = (
+        "bic"
+    )
+    snapshot: SnapshotDate = None
+    max_concurrency: Annotated[
+        int, Field(ge=1, le=64, strict=True, description="Candidate models fitted at the same time.")
+    ] = 4
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.k_min > self.k_max:
+            raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
+        return self
+
+
+class FluidityParams(JobParams):
+    """Per-user membership shift between two segmented snapshots."""
+
+    from_date: Annotated[dt.date, Field(description="Earlier snapshot (already segmented), YYYY-MM-DD.")]
+    to_date: Annotated[dt.date, Field(description="Later snapshot (already segmented), YYYY-MM-DD.")]
+    top_n: Annotated[
+        int, Field(ge=1, le=100_000, strict=True, description="Users who moved most, listed in the summary.")
+    ] = 100
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        if self.from_date == self.to_date:
+            raise ValueError("from_date and to_date are the same day; pick two different snapshots")
+        return self
+
+
+def parse_params(cls: type[_Params], values: dict, source: str) -> _Params:
+    """Validate parameters into ``cls``; a :class:`ConfigError` naming each bad parameter."""
+    try:
+        return cls.model_validate(values)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def date_str(value: dt.date | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+__all__ = [
+    "BackfillParams",
+    "FluidityParams",
+    "ModelOverride",
+    "ScoreParams",
+    "SegmentParams",
+    "SelectKParams",
+    "TrainParams",
+    "parse_params",
+]
+
+
+class ServeParams(JobParams):
+    """Serve the deployments from this process (Ctrl-C to stop); runs use this config by default."""
+
+    cron: Annotated[
+        str, Field(min_length=1, description="Schedule of the daily segment run (cron syntax).")
+    ] = "0 3 * * *"
+    timezone: Annotated[str, Field(min_length=1, description="Time zone of the cron schedule.")] = "UTC"
+    schedule: Annotated[bool, Field(description="Attach the schedule to the daily deployment.")] = True

@@ -1,0 +1,291 @@
+"""The ``gmm-dask`` command line, on top of the library (``gmm_dask``) and the flows (``flows``).
+
+Each job command's options are generated from the job's parameter model, so they match the
+Prefect form. Every command checks its arguments, config, paths, snapshots and model version
+before it starts Prefect or Dask: bad input exits 2 within seconds, with one message and no
+traceback (``-v`` adds it). ``train`` and ``score`` run without Prefect; ``segment``,
+``backfill``, ``select-k`` and ``fluidity`` run their flows (Prefect's temporary local API when
+PREFECT_API_URL is unset). Exit codes: 0 done, 2 bad input or configuration, 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+DEFAULT_DEMO_CONFIG = "configs/demo.yaml"
+
+
+def _version() -> str:
+    from gmm_dask._version import package_version
+
+    return package_version()
+
+
+# --- commands -----------------------------------------------------------------------------------
+
+
+def _display():
+    from .display import make_display
+
+    return make_display()
+
+
+def _run_job(fn, params):
+    from gmm_dask import progress
+
+    with _display() as sink, progress.use(sink):
+        return fn(params)
+
+
+def cmd_train(p, args) -> int:
+    from gmm_dask import jobs
+
+    from .output import print_result
+
+    print_result(_run_job(jobs.train, p))
+    return EXIT_OK
+
+
+def cmd_score(p, args) -> int:
+    from gmm_dask import jobs
+
+    from .output import print_result
+
+    print_result(_run_job(jobs.score, p))
+    return EXIT_OK
+
+
+class _NoInputTracebacks(logging.Filter):
+    """Drop log records that carry a bad-input error: the CLI prints it once, as one message."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and (_is_input_error(exc) or type(exc).__name__ == "ParameterTypeError"):
+            return False
+        if record.name.startswith("prefect"):  # "Finished in state Failed('DataError: ...')"
+            msg = record.getMessage()
+            return not any(f"{name}:" in msg for name in _input_error_names())
+        return True
+
+
+def _input_error_names() -> set[str]:
+    from gmm_dask.errors import GMMDaskInputError
+
+    names, todo = set(), [GMMDaskInputError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names | {"ParameterTypeError"}
+
+
+def _is_input_error(exc: BaseException) -> bool:
+    from gmm_dask.errors import GMMDaskInputError
+
+    return isinstance(exc, GMMDaskInputError)
+
+
+def _quiet_prefect(verbose: int) -> None:
+    """Prefect's console shows warnings only (our display shows progress), and never the
+    traceback of a bad-input error that we print as one clear message (unless -v)."""
+    if verbose:
+        return
+    for h in logging.getLogger("prefect").handlers:
+        h.setLevel(logging.WARNING)
+        h.addFilter(_NoInputTracebacks())
+
+
+def _run_flow(name: str, p, verbose: int):
+    from gmm_dask import jobs, progress
+
+    jobs.plan(p)  # every check that needs no cluster, before Prefect starts
+    import flows
+
+    _quiet_prefect(verbose)
+    flow = getattr(flows, name)
+    with _display() as sink, progress.use(sink):
+        return flow(**p.model_dump(exclude_none=True))
+
+
+def cmd_segment(p, args) -> int:
+    from .output import print_result
+
+    print_result(_run_flow("segment", p, args.verbose))
+    return EXIT_OK
+
+
+def cmd_backfill(p, args) -> int:
+    from .output import print_backfill
+
+    print_backfill(_run_flow("backfill", p, args.verbose))
+    return EXIT_OK
+
+
+def cmd_select_k(p, args) -> int:
+    from .output import print_selection
+
+    print_selection(_run_flow("select_k", p, args.verbose))
+    return EXIT_OK
+
+
+def cmd_fluidity(p, args) -> int:
+    from .output import print_fluidity
+
+    print_fluidity(_run_flow("fluidity", p, args.verbose))
+    return EXIT_OK
+
+
+def cmd_serve(p, args) -> int:
+    from gmm_dask import jobs
+
+    jobs.check_job(jobs.load_job(p.config))
+    from flows.serve import serve
+
+    serve(p)
+    return EXIT_OK
+
+
+def cmd_demo(p, args) -> int:
+    import time
+
+    from gmm_dask import jobs
+    from gmm_dask.demo import DemoSpec, write_demo_dataset
+    from gmm_dask.params import SegmentParams
+
+    from .output import print_result
+
+    cfg = jobs.load_job(p.config)
+    spec = DemoSpec(n_users=p.users, n_snapshots=p.snapshots, seed=p.seed)
+    root = os.path.dirname(cfg.input.path.rstrip("/"))
+    t0 = time.perf_counter()
+    print(f"Demo data: {spec.n_users:,} users x {spec.n_snapshots} daily snapshots under {root}")
+    write_demo_dataset(root, spec)
+    print(f"  ready in {time.perf_counter() - t0:.1f} s")
+    print(
+        "Running the `segment` flow (Prefect; a temporary local API starts if PREFECT_API_URL is unset) ..."
+    )
+    seg = SegmentParams(config=p.config, snapshot=p.snapshot)
+    print_result(_run_flow("segment", seg, args.verbose))
+    return EXIT_OK
+
+
+def _commands():
+    """(name, parameter model, help, handler) of every command."""
+    from gmm_dask import params
+
+    from .demo import DemoParams
+
+    return [
+        (
+            "train",
+            params.TrainParams,
+            "fit on a snapshot, register the model, write the tables (no Prefect)",
+            cmd_train,
+        ),
+        (
+            "score",
+            params.ScoreParams,
+            "apply a registered model to a snapshot, write the tables (no Prefect)",
+            cmd_score,
+        ),
+        (
+            "segment",
+            params.SegmentParams,
+            "run the daily segment flow: fit (or score with --model-version), tables, report",
+            cmd_segment,
+        ),
+        ("backfill", params.BackfillParams, "run the backfill flow over [start, end]", cmd_backfill),
+        ("select-k", params.SelectKParams, "run the model selection flow", cmd_select_k),
+        ("fluidity", params.FluidityParams, "run the fluidity flow between two snapshots", cmd_fluidity),
+        ("serve", params.ServeParams, "serve the deployments from this process (Ctrl-C to stop)", cmd_serve),
+        ("demo", DemoParams, "generate demo data if absent and run the segment flow on it", cmd_demo),
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .options import add_options
+
+    p = argparse.ArgumentParser(prog="gmm-dask", description="Gaussian mixture user segmentation on Dask.")
+    p.add_argument("--version", action="version", version=f"gmm-dask {_version()}")
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more logging and tracebacks (-vv for Dask's logs too)",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, model, help_text, handler in _commands():
+        sp = sub.add_parser(name, help=help_text, description=(model.__doc__ or help_text).strip())
+        add_options(sp, model)
+        sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sp.set_defaults(func=handler, _params=model)
+    return p
+
+
+def _configure_logging(verbose: int) -> None:
+    # Before Dask is imported: distributed configures its loggers from this at import time.
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose >= 2 else "warning")
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for h in logging.getLogger().handlers:  # also gets Prefect's records, which propagate here
+        h.setLevel(level)
+        if verbose == 0:
+            h.addFilter(_NoInputTracebacks())
+    for noisy in ("distributed", "tornado", "bokeh", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv in (["--version"], ["-V"]):  # answered without importing anything else
+        print(f"gmm-dask {_version()}")
+        return EXIT_OK
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    from gmm_dask.errors import GMMDaskInputError
+
+    from .options import params_from_args
+
+    try:
+        params = params_from_args(args._params, args, args.command)
+        return args.func(params, args)
+    except GMMDaskInputError as err:
+        from .output import print_backfill
+
+        result = getattr(err, "result", None)
+        if result is not None:  # a backfill: the good dates were written
+            print_backfill(result.dates)
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        print(f"gmm-dask: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("gmm-dask: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if type(err).__name__ == "ParameterTypeError":  # Prefect's bad-parameter error
+            print(f"gmm-dask: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        print(
+            f"gmm-dask: internal failure: {type(err).__name__}: {err} (rerun with -v for details)",
+            file=sys.stderr,
+        )
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
+        return EXIT_FAILURE
+
+
+__all__ = ["main"]

@@ -1,0 +1,93 @@
+"""What the CLI prints for people: run summaries, backfill and model selection tables."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _w(stream=None):
+    return (stream or sys.stdout).write
+
+
+def print_phases(timings: dict, stream=None) -> None:
+    if timings:
+        w = _w(stream)
+        w("Phases: " + "; ".join(ph.summary() for ph in timings.values()) + "\n")
+
+
+def print_result(res, stream=None) -> None:
+    """A short human summary of a :class:`~gmm_dask.jobs.RunResult`."""
+    import pandas as pd
+
+    w = _w(stream)
+    verb = "trained and registered" if res.trained else "scored with"
+    w(
+        f"\nSnapshot {res.snapshot}: model {res.model_version} {verb}; "
+        f"{res.counts['rows_written']:,} users written ({res.counts['rows_dropped']:,} dropped, "
+        f"{res.counts['rows_imputed']:,} imputed) in {res.seconds:.1f} s\n"
+    )
+    if res.trained:
+        f = res.fit
+        w(
+            f"EM: {f.get('n_iter')} iterations, converged={f.get('converged')}, "
+            f"log-likelihood {f.get('log_likelihood', float('nan')):.6f}, BIC {f.get('bic', float('nan')):,.1f}\n"
+        )
+    print_phases(res.timings, stream)
+    seg = res.segments
+    cols = ["segment", "name", "weight", "size", "mean_entropy_bits", "high_entropy_share"]
+    feats = [c for c in seg.columns if c.startswith("mean_") and c != "mean_entropy_bits"]
+    table = seg[cols + feats].rename(columns={c: c[5:] for c in feats})
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 30, "display.float_format", "{:,.3f}".format
+    ):
+        w("\nSegments (feature means in original units):\n")
+        w(table.to_string(index=False) + "\n")
+    bands = ", ".join(f"{k} {v:,}" for k, v in res.band_count.items())
+    w(f"\nEntropy bands: {bands}\n")
+    if res.overlaps is not None and len(res.overlaps):
+        top = res.overlaps.sort_values("n_users", ascending=False).head(3)
+        pairs = "; ".join(f"{r.name_a} + {r.name_b}: {r.n_users:,}" for r in top.itertuples())
+        w(f"Most blended pairs (γ ≥ {res.overlaps['threshold'].iloc[0]} on both): {pairs}\n")
+    w("\nTables:\n")
+    for name, path in res.tables.items():
+        w(f"  {name:<16} {path}\n")
+    if res.report_path:
+        w(f"  {'report':<16} {res.report_path}\n")
+
+
+def print_backfill(dates: list[dict], stream=None) -> None:
+    w = _w(stream)
+    for r in dates:
+        if r.get("error"):
+            state = "FAILED (see below)"
+        elif r.get("skipped"):
+            state = "skipped (already done)"
+        else:
+            state = f"{r['counts']['rows_written']:,} users in {r.get('seconds', 0):.1f} s"
+        w(f"  {r['snapshot']}  model {r.get('model_version') or '-':<8} {state}\n")
+    run = sum(1 for r in dates if not r.get("skipped") and not r.get("error"))
+    skipped = sum(1 for r in dates if r.get("skipped"))
+    failed = sum(1 for r in dates if r.get("error"))
+    w(f"{run} date(s) run, {skipped} skipped, {failed} failed\n")
+
+
+def print_selection(out: dict, stream=None) -> None:
+    w = _w(stream)
+    crit = out["criterion"]
+    w(f"{'K':>3} {'covariance':<10} {crit.upper():>14} {'iter':>5}\n")
+    for r in sorted(out["table"], key=lambda r: (r["covariance_type"], r["n_components"])):
+        mark = "  <- selected" if r["selected"] else ""
+        w(f"{r['n_components']:>3} {r['covariance_type']:<10} {r[crit]:>14,.1f} {r['n_iter']:>5}{mark}\n")
+    sel = out["selected"]
+    w(
+        f"Selected K={sel['n_components']} ({sel['covariance_type']}), registered as {sel['model_version']}; "
+        f"report: {out['report']}\n"
+    )
+
+
+def print_fluidity(out: dict, stream=None) -> None:
+    w = _w(stream)
+    w(f"Fluidity {out['from_date']} -> {out['to_date']}: written to {out['path']}\n")
+    for k, v in out.items():
+        if k not in ("from_date", "to_date", "path"):
+            w(f"  {k.replace('_', ' ')}: {v:,.4g}\n")

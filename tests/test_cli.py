@@ -1,0 +1,205 @@
+"""The CLI and the Prefect forms come from the same parameter models; bad input fails fast and
+quietly (exit 2, one message, nothing started, nothing written); success is quiet too."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import pytest
+
+from gmm_dask import params
+from gmm_dask.demo import DemoSpec, write_demo_dataset
+from gmm_dask_cli import build_parser
+
+from .pipeline_helpers import make_config
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = DemoSpec(n_users=1500, n_snapshots=2, seed=5, block_users=1500)
+HEAVY = ("dask", "distributed", "prefect")
+
+_PROBE = r"""
+import sys, time
+t = time.perf_counter()
+from gmm_dask_cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:  # argparse: --help, usage errors
+    rc = e.code
+loaded = sorted(m for m in %r if m in sys.modules)
+print(f"PROBE rc={rc} loaded={','.join(loaded)} seconds={time.perf_counter() - t:.3f}", file=sys.stderr)
+sys.exit(rc)
+""".replace("%r", repr(HEAVY))
+
+
+def _probe(*argv: str, env=None) -> tuple[int, str, str, float]:
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, *argv], cwd=REPO, capture_output=True, text=True, timeout=120, env=env
+    )
+    return out.returncode, out.stdout, out.stderr, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    write_demo_dataset(tmp / "data", SPEC)
+    return tmp, make_config(tmp, tmp / "data")
+
+
+def test_version_and_help_load_neither_dask_nor_prefect():
+    for argv in (["--version"], ["--help"], ["select-k", "--help"], ["segment", "--help"]):
+        rc, _, err, seconds = _probe(*argv)
+        assert rc == 0, err
+        assert "PROBE rc=0 loaded= " in err, err  # nothing heavy imported
+        print(f"{' '.join(argv)}: {seconds:.2f} s")
+    assert "gmm-dask " in _probe("--version")[1]
+
+
+COMMANDS = [
+    ("train", params.TrainParams),
+    ("score", params.ScoreParams),
+    ("segment", params.SegmentParams),
+    ("backfill", params.BackfillParams),
+    ("select-k", params.SelectKParams),
+    ("fluidity", params.FluidityParams),
+    ("serve", params.ServeParams),
+]
+
+
+def _subparser(name):
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices[name]
+
+
+@pytest.mark.parametrize(("command", "model"), COMMANDS)
+def test_every_parameter_is_an_option_with_its_help_and_default(command, model):
+    sp = _subparser(command)
+    by_dest = {a.dest: a for a in sp._actions}
+    for name, f in model.model_fields.items():
+        nested = typing.get_args(f.annotation)[0] if typing.get_args(f.annotation) else f.annotation
+        if inspect.isclass(nested) and issubclass(nested, params.ModelOverride):
+            for sub, sf in nested.model_fields.items():
+                assert by_dest[f"{name}.{sub}"].help.startswith(sf.description.replace("%", "%%"))
+            continue
+        action = by_dest[name]
+        assert f.description, name
+        assert action.help.startswith(f.description.replace("%", "%%")), name
+        assert action.required == f.is_required(), name
+        if not f.is_required() and f.default not in (None, [], ()):
+            assert "[default:" in action.help, name
+    assert by_dest["config"].required  # never silently the demo's config
+
+
+@pytest.mark.parametrize("flow_name", ["segment", "train", "score", "backfill", "select_k", "fluidity"])
+def test_every_flow_parameter_is_described_bounded_and_defaulted(flow_name):
+    from prefect.utilities.callables import parameter_schema
+
+    import flows
+
+    flow = getattr(flows, flow_name)
+    schema = parameter_schema(flow.fn).model_dump_for_openapi()
+    model = {
+        "segment": params.SegmentParams,
+        "train": params.TrainParams,
+        "score": params.ScoreParams,
+        "backfill": params.BackfillParams,
+        "select_k": params.SelectKParams,
+        "fluidity": params.FluidityParams,
+    }[flow_name]
+    props = schema["properties"]
+    assert list(props) == list(model.model_fields)
+    for name, f in model.model_fields.items():
+        assert props[name].get("description") == f.description, name
+        if not f.is_required():
+            assert props[name]["default"] == (
+                f.default if not hasattr(f.default, "isoformat") else str(f.default)
+            )
+    assert schema["required"] == [n for n, f in model.model_fields.items() if f.is_required()]
+    if "max_concurrency" in props:
+        assert props["max_concurrency"]["minimum"] == 1  # the form refuses 0
+    if flow_name == "select_k":
+        assert props["k_min"]["minimum"] == 1
+        assert props["covariance_types"]["default"] == ["full"]
+
+
+def _bad_inputs(tmp: Path, cfg: Path) -> list[tuple[list[str], list[str]]]:
+    bad_cfg = tmp / "bad.yaml"
+    bad_cfg.write_text(cfg.read_text().replace("n_components: 5", "n_components: yes"))
+    d = SPEC.dates
+    return [
+        (["train", "--config", str(bad_cfg)], ["model.n_components", "boolean"]),
+        (["train", "--config", str(cfg), "--snapshot", "2031-01-01"], ["Snapshot 2031-01-01 not found"]),
+        (["score", "--config", str(cfg), "--model-version", "v0042"], ["v0042"]),
+        (["segment", "--config", str(tmp / "nope.yaml")], ["nope.yaml", "does not exist"]),
+        (
+            ["segment", "--config", str(cfg), "--n-components", "0"],
+            ["--n-components", "greater than or equal to 1"],
+        ),
+        (["backfill", "--config", str(cfg), "--start", d[1], "--end", d[0]], ["end (", "before start"]),
+        (
+            ["backfill", "--config", str(cfg), "--start", d[0], "--end", d[1], "--max-concurrency", "0"],
+            ["--max-concurrency"],
+        ),
+        (
+            ["backfill", "--config", str(cfg), "--start", d[0], "--end", d[1]],
+            ["Model alias 'latest' does not exist"],
+        ),
+        (
+            ["select-k", "--config", str(cfg), "--k-min", "5", "--k-max", "3"],
+            ["k_min (5) must be <= k_max (3)"],
+        ),
+        (["select-k", "--config", str(cfg), "--k-min", "0"], ["--k-min"]),
+        (
+            ["fluidity", "--config", str(cfg), "--from-date", d[0], "--to-date", d[1]],
+            ["from_date", "no memberships"],
+        ),
+        (["serve", "--config", str(bad_cfg)], ["model.n_components"]),
+        (["demo", "--config", str(bad_cfg)], ["model.n_components"]),
+    ]
+
+
+def test_bad_input_of_every_command_exits_2_fast_before_prefect_or_dask(job):
+    tmp, cfg = job
+    seen = set()
+    for argv, needles in _bad_inputs(tmp, cfg):
+        rc, _, err, seconds = _probe(*argv)
+        seen.add(argv[0])
+        assert rc == 2, (argv, err)
+        assert "PROBE rc=2 loaded= " in err, (argv, err)  # neither Dask nor Prefect was started
+        assert "Traceback" not in err, (argv, err)
+        message = err.split("PROBE")[0]
+        for needle in needles:
+            assert needle in message, (argv, needle, message)
+        assert seconds < 3.0, (argv, seconds)
+    assert seen == {"train", "score", "segment", "backfill", "select-k", "fluidity", "serve", "demo"}
+    assert not (tmp / "out").exists()  # nothing written
+
+
+def test_a_successful_train_prints_progress_lines_and_no_dask_logs(job, tmp_path):
+    tmp, _ = job
+    cfg = make_config(
+        tmp_path,
+        tmp / "data",
+        cluster={"type": "local", "n_workers": 2, "threads_per_worker": 1, "processes": True},
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "gmm_dask_cli", "train", "--config", str(cfg)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "distributed" not in out.stderr, out.stderr
+    assert " INFO " not in out.stderr, out.stderr
+    # not a terminal: plain progress lines for each phase, with rows and rows/s
+    for phase in ("profile", "fit", "write"):
+        assert f"{phase}: {SPEC.n_users:,} rows in" in out.stderr, out.stderr
+    assert "EM init 1 iteration 1/" in out.stderr
+    assert "Phases: profile:" in out.stdout
