@@ -198,6 +198,10 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "RESULTS.md").write_text(render(results))
     print(f"wrote {out / 'RESULTS.md'} and results.json in {results['seconds']} s")
+    from benchmarks import calibration
+
+    calibration.main(["--users", "30000" if args.quick else "100000", "--out", str(out)])
+    print(f"wrote {out / 'CALIBRATION.md'}, calibration.json and calibration.svg")
     return 0
 
 

@@ -30,10 +30,11 @@ def deployments(p: ServeParams):
             parameters=params,
             tags=tags,
             description="Daily segmentation of the latest snapshot.",
+            concurrency_limit=1,  # one publishing run at a time; the publish lock guards each date too
         ),
         train.to_deployment(name="train", parameters=params, tags=tags),
         score.to_deployment(name="score", parameters=params, tags=tags),
-        backfill.to_deployment(name="backfill", parameters=params, tags=tags),
+        backfill.to_deployment(name="backfill", parameters=params, tags=tags, concurrency_limit=1),
         select_k.to_deployment(name="select-k", parameters=params, tags=tags),
         fluidity.to_deployment(name="fluidity", parameters=params, tags=tags),
     ]

@@ -41,6 +41,8 @@ TASK_STEPS = Steps(
     load_model=task(STEPS.load_model, name="load-model", **_io),
     write_tables=task(STEPS.write_tables, name="write-tables", **_io),
     partition_model_version=task(STEPS.partition_model_version, name="check-partition", **_io),
+    published_model=task(STEPS.published_model, name="load-published-model", **_io),
+    co_membership=task(STEPS.co_membership, name="co-membership", **_io),
     compute_fluidity=task(STEPS.compute_fluidity, name="compute-fluidity", **_io),
     write_report=task(STEPS.write_report, name="write-report", **_io),
 )

@@ -1,8 +1,16 @@
-"""Keep component ids stable across refits: match new components to old ones.
+"""One segment identity across runs: match a new model's components to the published model's.
 
-The cost of pairing old component i with new component j is the Bhattacharyya distance
-between the two Gaussians; the assignment minimising the total cost (Hungarian algorithm)
-reorders the new model so that segment 3 means the same archetype on every date.
+Components are matched on what they share — the *co-membership mass* of the two models over the
+same users, M[i, j] = Σᵤ wᵤ γ_old[u, i] γ_new[u, j] (both models score the new snapshot) — by the
+assignment maximising the total shared mass (Hungarian algorithm), with the Bhattacharyya
+distance between the Gaussians as a tie-break. A small or degenerate component shares little
+mass with anything, so it can never capture a large one.
+
+A matched pair must share at least half of the smaller component's mass; otherwise the new
+component is a *birth* (it gets a new id, never used before) and the old one a *death* (its id
+is retired for good). A birth that takes most of its mass from one old component is reported as
+a split of it; a death whose mass went mostly to one new component as a merge into it. Names
+travel with ids; a birth gets ``segment_<id>``.
 """
 
 from __future__ import annotations
@@ -13,6 +21,9 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .model import SegmentationModel
+
+#: A matched pair must share at least this fraction of the smaller component's mass.
+MATCH_FRACTION = 0.5
 
 
 def bhattacharyya(mu1, cov1, mu2, cov2) -> float:
@@ -25,32 +36,116 @@ def bhattacharyya(mu1, cov1, mu2, cov2) -> float:
     return float(diff @ np.linalg.solve(cov, diff) / 8 + 0.5 * (logdet - 0.5 * (l1 + l2)))
 
 
-def alignment(old: SegmentationModel, new: SegmentationModel) -> np.ndarray:
-    """perm such that new component perm[i] plays the role of old component i."""
-    if old.means.shape != new.means.shape:
-        raise ValueError("alignment needs models with the same number of components and features")
-    c_old, c_new = old.full_covariances(), new.full_covariances()
-    k = len(old.weights)
-    cost = np.array(
-        [[bhattacharyya(old.means[i], c_old[i], new.means[j], c_new[j]) for j in range(k)] for i in range(k)]
+def _distances(old: SegmentationModel, new: SegmentationModel) -> np.ndarray:
+    """Bhattacharyya distances in raw-feature-aligned model space (both models' means and
+    covariances mapped through their own scalers to the transformed space)."""
+
+    def to_t(m):
+        s = m.plan.scale
+        return m.means * s + m.plan.mean, m.full_covariances() * np.outer(s, s)
+
+    mo, co = to_t(old)
+    mn, cn = to_t(new)
+    return np.array(
+        [[bhattacharyya(mo[i], co[i], mn[j], cn[j]) for j in range(len(mn))] for i in range(len(mo))]
     )
-    _, cols = linear_sum_assignment(cost)
-    return cols
 
 
-def align_to(old: SegmentationModel, new: SegmentationModel) -> SegmentationModel:
-    """``new`` with its components reordered to match ``old`` (and old's segment names)."""
-    perm = alignment(old, new)
+@dataclasses.dataclass
+class Alignment:
+    """How a new model's components map onto the published model's segment ids."""
+
+    ids: list[int]  # id of each new component, in the new model's order
+    matched: dict[int, int]  # new component -> old component
+    births: list[int]  # new components with fresh ids
+    deaths: list[int]  # old segment ids retired
+    splits: dict[int, int]  # born id -> id it split from
+    merges: dict[int, int]  # retired id -> id it merged into
+    shared: np.ndarray  # (K_old, K_new) co-membership mass
+
+    def summary(self, old: SegmentationModel) -> dict:
+        return {
+            "aligned_to": old.version,
+            "mapping": {str(self.ids[j]): old.ids[i] for j, i in self.matched.items()},
+            "births": [self.ids[j] for j in self.births],
+            "deaths": self.deaths,
+            "splits": {str(k): v for k, v in self.splits.items()},
+            "merges": {str(k): v for k, v in self.merges.items()},
+        }
+
+
+def match(old: SegmentationModel, new: SegmentationModel, shared: np.ndarray) -> Alignment:
+    """Match components from their co-membership mass ``shared`` (K_old, K_new)."""
+    mass_old, mass_new = shared.sum(axis=1), shared.sum(axis=0)
+    total = max(shared.sum(), 1e-300)
+    dist = _distances(old, new)
+    # maximise shared mass; the distance only breaks ties (its scale is below any real mass gap)
+    cost = -shared / total + 1e-9 * dist / max(dist.max(), 1e-300)
+    rows, cols = linear_sum_assignment(cost)
+    matched = {
+        int(j): int(i)
+        for i, j in zip(rows, cols, strict=True)
+        if shared[i, j] >= MATCH_FRACTION * min(mass_old[i], mass_new[j]) and shared[i, j] > 0
+    }
+    next_id = max([*old.ids, *old.metadata.get("retired_ids", []), -1]) + 1
+    ids, births = [], []
+    for j in range(new.n_components):
+        if j in matched:
+            ids.append(old.ids[matched[j]])
+        else:
+            ids.append(next_id)
+            births.append(j)
+            next_id += 1
+    deaths = [old.ids[i] for i in range(old.n_components) if i not in matched.values()]
+    splits = {}
+    for j in births:
+        i = int(np.argmax(shared[:, j]))
+        if shared[i, j] >= MATCH_FRACTION * mass_new[j]:
+            splits[ids[j]] = old.ids[i]
+    merges = {}
+    for i in (old.ids.index(d) for d in deaths):
+        j = int(np.argmax(shared[i]))
+        if shared[i, j] >= MATCH_FRACTION * mass_old[i]:
+            merges[old.ids[i]] = ids[j]
+    return Alignment(ids, matched, births, deaths, splits, merges, shared)
+
+
+def apply(old: SegmentationModel, new: SegmentationModel, al: Alignment) -> SegmentationModel:
+    """``new`` with its components in id order, carrying the ids and names of ``old``."""
+    order = np.argsort(al.ids, kind="stable")
+    ids = [al.ids[j] for j in order]
+    old_names = dict(zip(old.ids, old.segment_names, strict=True))
+    names = []
+    for j in order:
+        name = old_names[old.ids[al.matched[j]]] if j in al.matched else f"segment_{al.ids[j]}"
+        names.append(name if name not in names else f"{name} ({al.ids[j]})")
     tied = new.covariance_type == "tied"
     meta = dict(new.metadata)
+    meta["alignment"] = al.summary(old)
     meta["aligned_to"] = old.version
-    meta["alignment_permutation"] = perm.tolist()
+    meta["retired_ids"] = sorted({*old.metadata.get("retired_ids", []), *al.deaths})
+    degenerate = meta.get("degenerate")
+    if degenerate and degenerate.get("components"):
+        rename = dict(
+            zip(new.segment_names, [names[list(order).index(j)] for j in range(len(order))], strict=True)
+        )
+        degenerate = {
+            **degenerate,
+            "components": {rename.get(k, k): v for k, v in degenerate["components"].items()},
+        }
+        meta["degenerate"] = degenerate
     return dataclasses.replace(
         new,
-        weights=new.weights[perm],
-        means=new.means[perm],
-        covariances=new.covariances if tied else new.covariances[perm],
-        precisions_cholesky=new.precisions_cholesky if tied else new.precisions_cholesky[perm],
-        segment_names=list(old.segment_names),
+        weights=new.weights[order],
+        means=new.means[order],
+        covariances=new.covariances if tied else new.covariances[order],
+        precisions_cholesky=new.precisions_cholesky if tied else new.precisions_cholesky[order],
+        segment_names=names,
+        segment_ids=ids,
         metadata=meta,
     )
+
+
+def align_to(old: SegmentationModel, new: SegmentationModel, shared: np.ndarray) -> SegmentationModel:
+    """``new`` aligned to ``old`` given their co-membership mass over the same users."""
+    return apply(old, new, match(old, new, shared))

@@ -88,6 +88,49 @@ class FeatureSpec(_Model):
         "none",
         description="log1p/sqrt for non-negative heavy-tailed counts, asinh for signed amounts.",
     )
+    kind: Literal["count", "amount", "continuous"] | None = Field(
+        None,
+        description="count (integers), amount (money, durations: often exactly 0) or continuous. "
+        "Counts and amounts are not resolved finer than `resolution`, which floors every component's "
+        "variance in this feature (Sheppard's Δ²/12 through the transform and scaling). Empty: "
+        "inferred from the data (all values whole numbers: count; non-negative with exact zeros: "
+        "amount; else continuous).",
+    )
+    resolution: float | None = Field(
+        None,
+        gt=0,
+        description="Smallest meaningful step in the raw units. Default: 1 for counts, 1 currency "
+        "unit for amounts, none for continuous features.",
+    )
+
+    @model_validator(mode="after")
+    def _resolution_needs_discrete(self):
+        if self.resolution is not None and self.kind == "continuous":
+            raise ValueError("resolution applies to counts and amounts; remove it or set kind: count/amount")
+        return self
+
+
+class DegenerateConfig(_Model):
+    """What to do with degenerate components: too small to be a segment, or atoms (a variance at
+    the resolution floor in some feature: the component models one exact value there)."""
+
+    min_share: float = Field(
+        0.005,
+        gt=0,
+        lt=1,
+        description="Smallest share of rows (soft weight and hard size) a segment may hold.",
+    )
+    small: Literal["warn", "prune", "error"] = Field(
+        "prune",
+        description="Components below min_share: prune (refit without them, the default: a scheduled "
+        "job must neither fail nor publish a segment of a handful of users), warn (keep and report), "
+        "or error.",
+    )
+    atoms: Literal["warn", "prune", "error"] = Field(
+        "warn",
+        description="Components at the resolution floor in some feature: warn (keep and report, the "
+        "default: a point mass such as users with no purchase is often a real archetype), prune, or error.",
+    )
 
 
 class InputConfig(_Model):
@@ -159,6 +202,9 @@ class ModelConfig(_Model):
     )
     segment_names: list[str] | None = Field(
         None, description="One name per component, e.g. Creators, Consistent users, Ghosts."
+    )
+    degenerate: DegenerateConfig = Field(
+        default_factory=DegenerateConfig, description="Detection of and policy for degenerate components."
     )
 
     @model_validator(mode="after")

@@ -46,11 +46,13 @@ class EMResult:
     reseeded: list[tuple[int, int]] = field(default_factory=list)
 
 
-def _estep_chunk(Xb, wb, idx, off, *, weights, means, prec_chol, covariance_type):
-    return estep_stats(Xb, wb, weights, means, prec_chol, covariance_type, row_offset=off)
+def _estep_chunk(Xb, wb, idx, off, *, weights, means, prec_chol, covariance_type, hard_counts=False):
+    return estep_stats(
+        Xb, wb, weights, means, prec_chol, covariance_type, row_offset=off, hard_counts=hard_counts
+    )
 
 
-def estep(runner, params: MixtureParams, covariance_type: str) -> SuffStats:
+def estep(runner, params: MixtureParams, covariance_type: str, *, hard_counts: bool = False) -> SuffStats:
     """One pass: the E-step fused with the sufficient statistics, merged over all partitions."""
     fn = functools.partial(
         _estep_chunk,
@@ -58,6 +60,7 @@ def estep(runner, params: MixtureParams, covariance_type: str) -> SuffStats:
         means=params.means,
         prec_chol=params.precisions_cholesky,
         covariance_type=covariance_type,
+        hard_counts=hard_counts,
     )
     stats = runner.map_reduce(fn, combine_all)
     if stats.n_bad:
@@ -96,6 +99,7 @@ def run_em(
     prev_lower_bound: float = -np.inf,
     init: int = 0,
     callback: Callable[[IterationInfo], None] | None = None,
+    covariance_floor: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> EMResult:
     """Iterate EM from ``params`` until the lower bound changes by less than ``tol``.
 
@@ -112,7 +116,7 @@ def run_em(
         prev = lower_bound
         stats = estep(runner, params, covariance_type)
         lower_bound = stats.loglik / stats.weight
-        weights, means, cov = m_step(stats, covariance_type, reg_covar)
+        weights, means, cov = m_step(stats, covariance_type, reg_covar, covariance_floor)
         collapsed = collapsed_components(stats)
         if collapsed.size:
             _reseed(stats, weights, means, cov, covariance_type, collapsed)
@@ -167,6 +171,10 @@ class FitResult:
     weight : float
         Σ w (the number of rows without weights).
     n_rows : int
+    soft_weight : ndarray of shape (K,)
+        Σ w·γₖ of ``params`` on the data.
+    hard_weight : ndarray of shape (K,)
+        Σ w over the rows whose most probable component is k.
     """
 
     params: MixtureParams
@@ -178,6 +186,8 @@ class FitResult:
     final_loglik: float
     weight: float
     n_rows: int
+    soft_weight: np.ndarray | None = None
+    hard_weight: np.ndarray | None = None
 
 
 def seed_from(random_state) -> int:
@@ -202,6 +212,7 @@ def initial_params(
     weights_init=None,
     means_init=None,
     precisions_init=None,
+    covariance_floor=None,
 ) -> MixtureParams:
     """Parameters one EM run starts from: ``init_params``' initialisation, with any of the
     given (already validated) ``weights_init`` / ``means_init`` / ``precisions_init`` in place
@@ -210,7 +221,16 @@ def initial_params(
     if weights_init is not None and means_init is not None and precisions_init is not None:
         pc = precision_cholesky_from_precisions(precisions_init, ct)
         return MixtureParams(weights_init, means_init, None, pc)
-    params = initialize(runner, init_params, n_components, ct, reg_covar, seed, data_variance=data_variance)
+    params = initialize(
+        runner,
+        init_params,
+        n_components,
+        ct,
+        reg_covar,
+        seed,
+        data_variance=data_variance,
+        floor=covariance_floor,
+    )
     weights = params.weights if weights_init is None else weights_init
     means = params.means if means_init is None else means_init
     if precisions_init is None:
@@ -236,6 +256,7 @@ def fit_mixture(
     precisions_init=None,
     prev_lower_bound: float = -np.inf,
     callback: Callable[[IterationInfo], None] | None = None,
+    covariance_floor: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM on the data a runner holds; keep the best of ``n_init`` runs.
 
@@ -266,6 +287,9 @@ def fit_mixture(
         first iteration's change is measured from it.
     callback : callable, optional
         Called with an :class:`IterationInfo` after every EM iteration.
+    covariance_floor : callable, optional
+        ``floor(means)`` → (K, D) smallest variances (see :func:`~gmm_dask.suffstats.m_step`),
+        applied in every M-step, the initialisation's included.
 
     Returns
     -------
@@ -288,6 +312,7 @@ def fit_mixture(
                 weights_init=weights_init,
                 means_init=means_init,
                 precisions_init=precisions_init,
+                covariance_floor=covariance_floor,
             )
         if max_iter == 0:
             result = EMResult(params, False, 0, -np.inf)
@@ -302,6 +327,7 @@ def fit_mixture(
                 prev_lower_bound=prev_lower_bound,
                 init=i,
                 callback=callback,
+                covariance_floor=covariance_floor,
             )
         logger.info(
             "Initialisation %d/%d: lower bound %.10g after %d iterations (converged: %s)",
@@ -315,7 +341,7 @@ def fit_mixture(
             best = result
     # One more pass: the log-likelihood of the parameters actually returned (for BIC/AIC
     # without re-reading the data later).
-    final = estep(runner, best.params, covariance_type)
+    final = estep(runner, best.params, covariance_type, hard_counts=True)
     return FitResult(
         params=best.params,
         converged=best.converged,
@@ -326,4 +352,6 @@ def fit_mixture(
         final_loglik=final.loglik,
         weight=final.weight,
         n_rows=final.n_rows,
+        soft_weight=final.nk,
+        hard_weight=final.hard_nk,
     )

@@ -34,13 +34,53 @@ class FeaturePlan:
     mean: np.ndarray  # (D,) in transformed space
     scale: np.ndarray  # (D,)
     impute_values: np.ndarray  # (D,) transformed-space means of observed values
+    kinds: tuple[str, ...] = ()  # per feature: count | amount | continuous ('' for old models)
+    resolution: np.ndarray | None = None  # (D,) raw-unit step of counts/amounts, NaN for continuous
+    low: np.ndarray | None = None  # (D,) smallest raw value seen in training
 
     @property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
+    @property
+    def has_floor(self) -> bool:
+        return self.resolution is not None and bool(np.isfinite(self.resolution).any())
+
+    def variance_floor(self, means: np.ndarray) -> np.ndarray:
+        """The smallest variance each component may have in each feature: shape (K, D), model space.
+
+        A count or amount is not resolved finer than its resolution Δ: near a component's mean
+        x (raw units) the data cannot tell values within the step of width Δ around it, whose
+        width after the transform T is gap = T(x + Δ/2) − T(x − Δ/2); a uniform spread over it has
+        variance gap²/12 (Sheppard's correction; the variance uniform dequantisation adds). Divided by the scaler's
+        scale², that is the floor in model space; 0 for continuous features.
+        """
+        floor = np.zeros(means.shape)
+        if not self.has_floor:
+            return floor
+        T = means * self.scale + self.mean
+        for j, f in enumerate(self.features):
+            step = self.resolution[j]
+            if not np.isfinite(step):
+                continue
+            with np.errstate(invalid="ignore", over="ignore"):
+                x = _INVERSE[f.transform](T[:, j])
+            x = np.nan_to_num(x, nan=self.low[j])
+            lo = np.maximum(x - step / 2, self.low[j])
+            gap = _FORWARD[f.transform](lo + step) - _FORWARD[f.transform](lo)
+            floor[:, j] = (gap / self.scale[j]) ** 2 / 12.0
+        return floor
+
+    @property
+    def half_step(self) -> np.ndarray | float:
+        """Half the resolution of counts and amounts (0 for continuous features): scoring places
+        a value at the middle of its step."""
+        if not self.has_floor:
+            return 0.0
+        return np.where(np.isfinite(self.resolution), self.resolution / 2.0, 0.0)
+
     def transform(self, X_raw: np.ndarray) -> np.ndarray:
-        return (apply_transforms(X_raw, self.features) - self.mean) / self.scale
+        return (apply_transforms(X_raw + self.half_step, self.features) - self.mean) / self.scale
 
     def to_original_units(self, Z: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`transform` for points in model space (e.g. component means)."""
@@ -98,6 +138,9 @@ class Profile:
     first_bad_weight: tuple | None = None
     n_null_ids: int = 0
     first_null_id: tuple | None = None
+    col_integral: np.ndarray | None = None  # (D,) every finite value is a whole number
+    col_zeros: np.ndarray | None = None  # (D,) rows exactly 0
+    col_min: np.ndarray | None = None  # (D,) smallest finite raw value (inf if none)
     n_huge: int = 0  # rows with a finite transformed value above MAX_ABS_VALUE in magnitude
     first_huge: tuple | None = None  # (path, row, column, raw value, transform)
     n_duplicate_ids: int = 0
@@ -171,6 +214,10 @@ def profile_piece(piece: Piece, cfg: InputConfig, storage_options: dict | None =
         prof.n_huge = int(huge.any(axis=1).sum())
         prof.first_huge = (piece.path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
     missing = ~np.isfinite(X_raw)
+    with np.errstate(invalid="ignore"):
+        prof.col_integral = ((X_raw == np.round(X_raw)) | missing).all(axis=0)
+        prof.col_zeros = (X_raw == 0).sum(axis=0)
+        prof.col_min = np.where(missing, np.inf, X_raw).min(axis=0) if n else np.full(d, np.inf)
     prof.missing_per_column = missing.sum(axis=0)
     any_missing = missing.any(axis=1)
     prof.rows_with_missing = int(any_missing.sum())
@@ -197,6 +244,9 @@ def merge_profiles(a: Profile, b: Profile) -> Profile:
         setattr(out, name, getattr(a, name) or getattr(b, name))
     out.n_domain = a.n_domain + b.n_domain
     out.n_huge = a.n_huge + b.n_huge
+    out.col_integral = a.col_integral & b.col_integral
+    out.col_zeros = a.col_zeros + b.col_zeros
+    out.col_min = np.minimum(a.col_min, b.col_min)
     out.n_bad_weight = a.n_bad_weight + b.n_bad_weight
     out.n_null_ids = a.n_null_ids + b.n_null_ids
     out.col_w, out.col_mean, out.col_m2 = _merge_moments(
@@ -326,15 +376,51 @@ def build_plan(p: Profile, cfg: InputConfig, standardize: bool) -> FeaturePlan:
     else:
         scale = np.sqrt(var)
         scale = np.where(scale > 0, scale, 1.0)  # a constant feature stays centred, unscaled
+    kinds, resolution = infer_kinds(p, cfg)
+    low = np.where(np.isfinite(p.col_min), p.col_min, 0.0)
     return FeaturePlan(
-        tuple(cfg.features), cfg.missing, np.asarray(mean, float), np.asarray(scale, float), impute
+        tuple(cfg.features),
+        cfg.missing,
+        np.asarray(mean, float),
+        np.asarray(scale, float),
+        impute,
+        kinds,
+        resolution,
+        low,
     )
 
 
-def prepare_piece(table: pa.Table, cfg: InputConfig, plan: FeaturePlan, path: str):
-    """Apply the plan to one piece: (ids kept, raw features kept, model inputs, weights, n dropped, n imputed)."""
+#: Default resolution by kind: one unit of a count, one currency (or time) unit of an amount.
+DEFAULT_RESOLUTION = {"count": 1.0, "amount": 1.0, "continuous": np.nan}
+
+
+def infer_kinds(p: Profile, cfg: InputConfig) -> tuple[tuple[str, ...], np.ndarray]:
+    """Each feature's kind and resolution: as configured, else inferred from the profile —
+    whole non-negative numbers are counts; non-negative values with at least 1 % exact zeros
+    are amounts; anything else is continuous."""
+    kinds, res = [], []
+    observed = np.maximum(p.n_rows - p.missing_per_column, 1)
+    for j, f in enumerate(cfg.features):
+        kind = f.kind
+        if kind is None:
+            nonneg = p.col_min[j] >= 0
+            if nonneg and p.col_integral[j]:
+                kind = "count"
+            elif nonneg and p.col_zeros[j] >= 0.01 * observed[j]:
+                kind = "amount"
+            else:
+                kind = "continuous"
+        kinds.append(kind)
+        res.append(f.resolution if f.resolution is not None else DEFAULT_RESOLUTION[kind])
+    return tuple(kinds), np.asarray(res, dtype=float)
+
+
+def prepare_piece(table: pa.Table, cfg: InputConfig, plan: FeaturePlan, path: str, *, offsets=None):
+    """Apply the plan to one piece: (ids kept, raw features kept, model inputs, weights, n dropped,
+    n imputed). Counts and amounts are placed at the middle of their resolution step, or at
+    ``offsets`` (n, D) raw units into it (the fit's dequantisation)."""
     ids, X_raw, w = raw_arrays(table, cfg)
-    T = apply_transforms(X_raw, plan.features)
+    T = apply_transforms(X_raw + (plan.half_step if offsets is None else offsets), plan.features)
     bad = ~np.isfinite(T)
     with np.errstate(over="ignore", invalid="ignore"):
         huge = ~bad & (np.abs((T - plan.mean) / plan.scale) > MAX_ABS_VALUE)
@@ -371,8 +457,20 @@ def prepare_piece(table: pa.Table, cfg: InputConfig, plan: FeaturePlan, path: st
     return ids, X_raw, Z, w, n_dropped, n_imputed
 
 
-def fit_piece_arrays(piece: Piece, cfg: InputConfig, plan: FeaturePlan, storage_options=None):
-    """(model inputs, weights) of one piece, for the fit (runs inside a Dask task)."""
+def fit_piece_arrays(
+    piece: Piece, cfg: InputConfig, plan: FeaturePlan, storage_options=None, seed: int | None = 0
+):
+    """(model inputs, weights) of one piece, for the fit (runs inside a Dask task).
+
+    Counts and amounts are *dequantised*: each value x is drawn uniformly from its step
+    [x, x + resolution) (seeded by ``seed`` and the piece, so a fit is reproducible), so the
+    mixture is fitted to a continuous density instead of spikes on exact values. ``seed=None``:
+    no dequantisation (the inputs as scoring sees them).
+    """
     table = read_piece(piece, columns_to_read(cfg), storage_options)
-    _, _, Z, w, _, _ = prepare_piece(table, cfg, plan, piece.path)
+    offsets = None
+    if plan.has_floor and seed is not None:
+        step = np.where(np.isfinite(plan.resolution), plan.resolution, 0.0)
+        offsets = np.random.default_rng([seed, piece.index]).random((table.num_rows, len(step))) * step
+    _, _, Z, w, _, _ = prepare_piece(table, cfg, plan, piece.path, offsets=offsets)
     return Z, (np.ones(len(Z)) if w is None else w)

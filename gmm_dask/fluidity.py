@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import io
-from .errors import DataError
 from .tables import table_metadata
 
 
@@ -41,6 +40,21 @@ def _read_memberships(root: str, date: str, id_column: str, storage_options=None
         [id_column, "segment", "gamma", "entropy_bits", "model_version"],
         storage_options,
     )
+
+
+def _segment_ids(root: str, date: str, storage_options=None) -> list[int]:
+    return [
+        int(x)
+        for x in io.read_partition(root, "segments", date, ["segment"], storage_options)
+        .column("segment")
+        .to_pylist()
+    ]
+
+
+def _expand(g: np.ndarray, ids: list[int], union: list[int]) -> np.ndarray:
+    out = np.zeros((len(g), len(union)))
+    out[:, [union.index(i) for i in ids]] = g
+    return out
 
 
 def _gamma(table: pa.Table, column: str) -> np.ndarray:
@@ -74,13 +88,12 @@ def compute_fluidity(
     """Compare the memberships of two snapshots; optionally write ``<root>/fluidity/dt=<to_date>``."""
     a = _read_memberships(root, from_date, id_column, storage_options)
     b = _read_memberships(root, to_date, id_column, storage_options)
-    ka = len(a.column("gamma")[0]) if a.num_rows else 0
-    kb = len(b.column("gamma")[0]) if b.num_rows else 0
-    if ka != kb:
-        raise DataError(
-            f"Snapshots {from_date} and {to_date} were segmented with different numbers of components "
-            f"({ka} vs {kb}); score both with the same model (backfill mode 'score') or refit with alignment."
-        )
+    # γ is ordered by each date's segment ids (the segments table's rows): compare in the union
+    # of both dates' ids, so births and deaths between the dates line up
+    ids_a = _segment_ids(root, from_date, storage_options)
+    ids_b = _segment_ids(root, to_date, storage_options)
+    union = sorted(set(ids_a) | set(ids_b))
+    ka = len(union)
     # pyarrow joins cannot carry list columns: join the ids, then gather rows by position
     left = pd.DataFrame({"id": a.column(id_column).to_pandas(), "ia": np.arange(a.num_rows)})
     right = pd.DataFrame({"id": b.column(id_column).to_pandas(), "ib": np.arange(b.num_rows)})
@@ -88,13 +101,16 @@ def compute_fluidity(
     ia, ib = pa.array(pos["ia"].to_numpy()), pa.array(pos["ib"].to_numpy())
     ja, jb = a.take(ia), b.take(ib)
     n = len(pos)
-    g1, g2 = _gamma(ja, "gamma"), _gamma(jb, "gamma")
+    g1 = _expand(_gamma(ja, "gamma"), ids_a, union)
+    g2 = _expand(_gamma(jb, "gamma"), ids_b, union)
     tv = 0.5 * np.abs(g1 - g2).sum(axis=1) if n else np.zeros(0)
     js = js_distance(g1, g2) if n else np.zeros(0)
     s_from = ja.column("segment").to_numpy()
     s_to = jb.column("segment").to_numpy()
+    pos_of = {sid: i for i, sid in enumerate(union)}
     trans = np.zeros((ka, ka), dtype=np.int64)
-    np.add.at(trans, (s_from, s_to), 1)
+    if n:
+        np.add.at(trans, ([pos_of[x] for x in s_from], [pos_of[x] for x in s_to]), 1)
     out = pa.table(
         {
             id_column: ja.column(id_column),
@@ -117,7 +133,7 @@ def compute_fluidity(
         .to_pandas()
     )
     transitions = pd.DataFrame(
-        trans, index=pd.Index(range(ka), name="segment_from"), columns=pd.Index(range(ka), name="segment_to")
+        trans, index=pd.Index(union, name="segment_from"), columns=pd.Index(union, name="segment_to")
     )
     summary = {
         "users_in_both": n,

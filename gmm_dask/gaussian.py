@@ -77,7 +77,12 @@ def n_parameters(n_components: int, n_features: int, covariance_type: str) -> in
 def singular_covariance_error(component: int | None = None, reg_covar: float | None = None):
     """Build the one error raised when a covariance is not positive definite."""
     where = "" if component is None else f"; component {component}"
-    reg = "unknown" if reg_covar is None else f"{reg_covar:g}"
+    if reg_covar is None:
+        reg = "unknown"
+    elif np.ndim(reg_covar):
+        reg = "[" + ", ".join(f"{r:g}" for r in np.ravel(reg_covar)) + "] per feature"
+    else:
+        reg = f"{float(reg_covar):g}"
     return FitError(_SINGULAR_MSG.format(where=where, reg=reg))
 
 

@@ -52,9 +52,9 @@ def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) ->
     return gen.random(n * k).reshape(n, k)
 
 
-def params_from_stats(stats: SuffStats, covariance_type: str, reg_covar: float) -> MixtureParams:
+def params_from_stats(stats: SuffStats, covariance_type: str, reg_covar, floor=None) -> MixtureParams:
     """M-step on initial responsibilities, then precision Cholesky factors."""
-    weights, means, cov = m_step(stats, covariance_type, reg_covar)
+    weights, means, cov = m_step(stats, covariance_type, reg_covar, floor)
     return MixtureParams(weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
 
 
@@ -208,8 +208,10 @@ def initialize(
     data_variance: float,
     oversampling: float = 2.0,
     rounds: int = 5,
+    floor=None,
 ) -> MixtureParams:
-    """Initial parameters by ``method`` (one of :data:`INIT_METHODS`)."""
+    """Initial parameters by ``method`` (one of :data:`INIT_METHODS`); ``reg_covar`` and the
+    variance ``floor`` as in :func:`~gmm_dask.suffstats.m_step`."""
     k = n_components
     moments = moment_kind(covariance_type)
     lloyd_tol = 1e-4 * max(data_variance, np.finfo(np.float64).tiny)
@@ -217,19 +219,22 @@ def initialize(
         stats = runner.map_reduce(
             functools.partial(_random_chunk, seed=seed, k=k, moments=moments), combine_all
         )
-        return params_from_stats(stats, covariance_type, reg_covar)
+        return params_from_stats(stats, covariance_type, reg_covar, floor)
     if method == "random_from_data":
         _, rows = _sample_rows(runner, seed, _STREAM_FROM_DATA, None, k)
         d = rows.shape[1]
         weights = np.full(k, 1.0 / k)
-        cov = {
-            "full": np.broadcast_to(np.eye(d) * reg_covar, (k, d, d)).copy(),
-            "tied": np.eye(d) * reg_covar,
-            "diag": np.full((k, d), reg_covar),
-            "spherical": np.full(k, reg_covar),
-        }[covariance_type]
         if len(rows) < k:
             rows = np.concatenate([rows, np.repeat(rows[-1:], k - len(rows), axis=0)])
+        var = np.broadcast_to(np.asarray(reg_covar, dtype=float), (k, d)) + (
+            floor(rows) if floor is not None else 0.0
+        )
+        cov = {
+            "full": np.stack([np.diag(v) for v in var]),
+            "tied": np.diag(var.mean(axis=0)),
+            "diag": var.copy(),
+            "spherical": var.mean(axis=1),
+        }[covariance_type]
         return MixtureParams(weights, rows, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
     if method == "k-means++":
         centers = _greedy_kmeanspp(runner, k, seed)
@@ -238,7 +243,7 @@ def initialize(
     else:  # validated by the caller
         raise ValueError(f"unknown init method {method!r}")
     stats = lloyd(runner, centers, moments=moments, tol=lloyd_tol)
-    return params_from_stats(stats, covariance_type, reg_covar)
+    return params_from_stats(stats, covariance_type, reg_covar, floor)
 
 
 def _greedy_kmeanspp(runner, k, seed):

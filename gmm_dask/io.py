@@ -530,3 +530,100 @@ def make_dir_exclusive(path: str, storage_options: dict | None = None) -> None:
     fs.mkdir(inner, create_parents=False)
     if not fs.exists(inner):  # object stores: mkdir is a no-op
         fs.makedirs(inner, exist_ok=True)
+
+
+# --- publishing: one writer per published date; candidates promoted later ----------------------
+
+
+class PublishConflictError(Exception):
+    """Another run is publishing the same snapshot date right now."""
+
+
+@contextlib.contextmanager
+def publish_lock(root: str, date: str, storage_options: dict | None = None, *, owner: str = ""):
+    """Hold ``<root>/_locks/dt=<date>.lock`` while this run writes the published partitions of
+    ``date``. Created exclusively (``O_EXCL`` on local disks); a lock left by a process that no
+    longer exists on this host is taken over; a live one raises :class:`PublishConflictError`,
+    so two runs never interleave their writes of one date."""
+    import json
+    import socket
+
+    fs, base = filesystem(root, storage_options)
+    path = f"{base.rstrip('/')}/_locks/dt={date}.lock"
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "run": owner,
+    }
+    for _ in range(2):
+        try:
+            if _is_local(fs):
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(me, f)
+            else:  # no exclusive create on this store: best effort (see the README)
+                if fs.exists(path):
+                    raise FileExistsError(path)
+                with fs.open(path, "w") as f:
+                    json.dump(me, f)
+            break
+        except FileExistsError:
+            try:
+                with fs.open(path, "r") as f:
+                    held = json.load(f)
+            except (OSError, ValueError):
+                held = {}
+            if held.get("host") == me["host"] and held.get("pid") and not _alive(int(held["pid"])):
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm(path)
+                logger.warning(
+                    "Took over the publish lock of %s left by dead process %s", date, held.get("pid")
+                )
+                continue
+            raise PublishConflictError(
+                f"Snapshot {date} is being published by another run (pid {held.get('pid')} on "
+                f"{held.get('host')}, run {held.get('run') or '?'}, since {held.get('since')}); this run "
+                f"wrote nothing for {date}. Retry when that run has finished (lock: {path})."
+            ) from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def candidates_root(root: str, run_id: str) -> str:
+    """Where a run that does not publish writes its tables: ``<root>/_candidates/<run_id>``."""
+    return f"{root.rstrip('/')}/_candidates/{run_id}"
+
+
+def copy_partitions(
+    src_root: str, dst_root: str, tables: Sequence[str], date: str, storage_options=None
+) -> dict:
+    """Copy one date's partitions of ``tables`` from ``src_root`` into ``dst_root``, committing
+    them together (each atomically): how a candidate is promoted."""
+    fs, src = filesystem(src_root, storage_options)
+    with StagedPartitions(dst_root, tables, date, storage_options) as st:
+        for t in tables:
+            part = partition_path(src, t, date)
+            for f in sorted(fs.find(part)):
+                name = f[len(part) :].lstrip("/")
+                fs_dst, dst = filesystem(st.file(t, name), storage_options)
+                if _is_local(fs) and _is_local(fs_dst):
+                    shutil.copyfile(f, dst)
+                else:
+                    with fs.open(f, "rb") as a, fs_dst.open(dst, "wb") as b:
+                        shutil.copyfileobj(a, b)
+    return st.paths

@@ -13,11 +13,14 @@ backfill starts it once). A job with nothing to do starts nothing.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import dataclasses
 import datetime as dt
 import logging
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import pipeline, progress
+from . import io, pipeline, progress
+from .align import align_to
 from .config import JobConfig, check_output_location, load_config
 from .errors import DataError, GMMDaskInputError
 from .io import list_snapshots
@@ -33,6 +37,7 @@ from .model import BANDS, SegmentationModel
 from .params import (
     BackfillParams,
     FluidityParams,
+    PromoteParams,
     ScoreParams,
     SegmentParams,
     SelectKParams,
@@ -59,6 +64,8 @@ class Steps:
     load_model: Callable = pipeline.load_model
     write_tables: Callable = pipeline.write_tables
     partition_model_version: Callable = pipeline.partition_model_version
+    published_model: Callable = pipeline.published_model
+    co_membership: Callable = pipeline.co_membership
     compute_fluidity: Callable = None  # filled below (imports pandas/pyarrow joins lazily)
     write_report: Callable = None
 
@@ -114,6 +121,8 @@ class RunResult:
     sample_segment: np.ndarray | None = None
     report_path: str | None = None
     model: SegmentationModel | None = field(default=None, repr=False)
+    published: bool = True
+    run_id: str = ""
 
     def summary(self) -> dict:
         """JSON-friendly digest (what flows return)."""
@@ -125,6 +134,8 @@ class RunResult:
             "counts": self.counts,
             "bands": self.band_count,
             "report": self.report_path,
+            "published": self.published,
+            "run_id": self.run_id,
             "seconds": self.seconds,
             "phases": {k: round(v.seconds, 3) for k, v in self.timings.items()},
             "segments": self.segments[["segment", "name", "weight", "size"]].to_dict("records"),
@@ -197,19 +208,42 @@ def plan_score(p: ScoreParams | SegmentParams, *, steps: Steps = STEPS) -> Snaps
 # --- train, score, segment ----------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a run writes: the published tables, or its own candidate namespace."""
+
+    publish: bool
+    run_id: str
+
+    def root(self, cfg: JobConfig) -> str:
+        return cfg.output.root if self.publish else io.candidates_root(cfg.output.root, self.run_id)
+
+
+def new_run_id() -> str:
+    return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
 def run_snapshot(
     cfg: JobConfig,
     snap,
     *,
     model: SegmentationModel | None = None,
     warm_start: SegmentationModel | None = None,
-    align: bool = False,
+    reference: SegmentationModel | None = None,
+    target: Target | None = None,
     steps: Steps = STEPS,
 ) -> RunResult:
-    """Segment one opened snapshot: profile → (fit → register | given model) → tables."""
+    """Segment one opened snapshot: profile → (fit → align to ``reference`` → register | the
+    given model) → tables. A publishing run holds the date's publish lock throughout."""
+    target = target or Target(True, new_run_id())
     t0 = time.perf_counter()
     timings: dict[str, progress.Phase] = {}
-    with pipeline.cluster(cfg):
+    lock = (
+        io.publish_lock(cfg.output.root, snap.date, cfg.input.storage_options, owner=target.run_id)
+        if target.publish
+        else contextlib.nullcontext()
+    )
+    with lock, pipeline.cluster(cfg):
         with progress.phase("profile", timings, rows=snap.n_rows):
             prof = steps.profile(cfg, snap)
         trained = model is None
@@ -219,41 +253,106 @@ def run_snapshot(
                 ph.detail = (
                     f"{model.metadata['n_iter']} EM iterations, converged: {model.metadata['converged']}"
                 )
-            if align and warm_start is not None and warm_start.n_components == model.n_components:
-                from .align import align_to
-
-                model = align_to(warm_start, model)
-            model = steps.register(cfg, model)
+            if reference is not None:
+                with progress.phase("align", timings, rows=snap.n_rows) as ph:
+                    model = align_to(reference, model, steps.co_membership(cfg, snap, reference, model))
+                    a = model.metadata["alignment"]
+                    ph.detail = f"to {reference.version}: births {a['births']}, deaths {a['deaths']}"
+            model = steps.register(cfg, model, alias="latest" if target.publish else None)
         with progress.phase("write", timings, rows=snap.n_rows):
-            written = steps.write_tables(cfg, snap, model)
+            written = steps.write_tables(cfg, snap, model, root=target.root(cfg))
     res = _run_result(snap, model, trained, written, t0, timings)
+    res.published, res.run_id = target.publish, target.run_id
     logger.info(
-        "Snapshot %s %s with model %s in %.1f s",
+        "Snapshot %s %s with model %s in %.1f s (%s)",
         snap.date,
         "segmented" if trained else "scored",
         res.model_version,
         res.seconds,
+        "published" if target.publish else f"candidate {target.run_id}",
     )
+    if not target.publish:
+        write_manifest(cfg, target, [res])
     return res
+
+
+def write_manifest(cfg: JobConfig, target: Target, results: list) -> str:
+    """Record what a candidate run wrote (``candidate.json``), for ``promote``."""
+
+    runs = [r for r in results if r is not None]
+    path = f"{target.root(cfg)}/candidate.json"
+    with _MANIFEST_LOCK:
+        return _write_manifest(cfg, target, runs, path)
+
+
+_MANIFEST_LOCK = threading.Lock()
+
+
+def _write_manifest(cfg, target, runs, path) -> str:
+    import json
+
+    previous = (
+        json.loads(io.read_text(path, cfg.input.storage_options))
+        if io.exists(path, cfg.input.storage_options)
+        else {}
+    )
+    dates = {
+        **previous.get("dates", {}),
+        **{
+            r.snapshot: {"model_version": r.model_version, "trained": r.trained, "tables": sorted(r.tables)}
+            for r in runs
+        },
+    }
+    doc = {
+        "run_id": target.run_id,
+        "created_at": previous.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "dates": dates,
+    }
+    return io.write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True), cfg.input.storage_options)
 
 
 def train(p: TrainParams, *, steps: Steps = STEPS) -> RunResult:
     """Fit on a snapshot (latest by default), register the model, write the tables."""
     plan = plan_train(p, steps=steps)
-    return run_snapshot(plan.cfg, plan.snapshot, steps=steps)
+    target = Target(p.publishes(), new_run_id())
+    reference = steps.published_model(plan.cfg) if target.publish else None
+    return run_snapshot(plan.cfg, plan.snapshot, reference=reference, target=target, steps=steps)
 
 
 def score(p: ScoreParams, *, steps: Steps = STEPS) -> RunResult:
     """Apply a registered model (default ``latest``) to a snapshot and write the tables."""
     plan = plan_score(p, steps=steps)
-    return run_snapshot(plan.cfg, plan.snapshot, model=plan.model, steps=steps)
+    return run_snapshot(
+        plan.cfg, plan.snapshot, model=plan.model, target=Target(p.publishes(), new_run_id()), steps=steps
+    )
 
 
 def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> RunResult:
     """The daily job: fit the snapshot (or score it with a pinned model), write the tables and
-    the HTML report."""
+    the HTML report. A publishing fit starts from the published model when that has the
+    configured K and covariance type (today's segments stay yesterday's unless the data moved
+    them), and is aligned to it either way."""
     plan = plan_score(p, steps=steps)
-    res = run_snapshot(plan.cfg, plan.snapshot, model=plan.model, steps=steps)
+    target = Target(p.publishes(), new_run_id())
+    reference = steps.published_model(plan.cfg) if target.publish and plan.model is None else None
+    m = plan.cfg.model
+    warm = (
+        reference
+        if reference is not None
+        and reference.n_components == m.n_components
+        and reference.covariance_type == m.covariance_type
+        and reference.feature_names == plan.cfg.input.feature_names
+        else None
+    )
+    res = run_snapshot(
+        plan.cfg,
+        plan.snapshot,
+        model=plan.model,
+        warm_start=warm,
+        reference=reference,
+        target=target,
+        steps=steps,
+    )
     if report:
         res.report_path = steps.write_report(plan.cfg, res, "segment")
     return res
@@ -280,6 +379,8 @@ class BackfillPlan:
 class BackfillResult:
     dates: list[dict] = field(default_factory=list)  # one summary per date, in date order
     failed: dict[str, str] = field(default_factory=dict)  # date -> why
+    run_id: str = ""
+    published: bool = False
 
     @property
     def n_run(self) -> int:
@@ -339,9 +440,12 @@ def backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillResult:
             ", ".join(plan.missing_days[:10]),
         )
     result = BackfillResult()
+    target = Target(p.publishes(), new_run_id())
+    result.run_id, result.published = target.run_id, target.publish
     by_date: dict[str, dict] = {
         d: {"snapshot": d, "skipped": True, "model_version": v} for d, v in plan.done.items()
     }
+    failures = (GMMDaskInputError, io.PublishConflictError)
     if plan.todo:
         with pipeline.cluster(cfg):
             if p.mode == "score":
@@ -349,8 +453,9 @@ def backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillResult:
                 def one(d):
                     try:
                         snap = steps.open_snapshot(cfg, d)
-                        return d, run_snapshot(cfg, snap, model=plan.model, steps=steps).summary(), None
-                    except GMMDaskInputError as err:
+                        res = run_snapshot(cfg, snap, model=plan.model, target=target, steps=steps)
+                        return d, res.summary(), None
+                    except failures as err:
                         return d, None, str(err)
 
                 with ThreadPoolExecutor(max_workers=p.max_concurrency) as pool:
@@ -368,8 +473,10 @@ def backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillResult:
                             previous = steps.load_model(cfg, plan.done[prev_dates[-1]])
                     try:
                         snap = steps.open_snapshot(cfg, d)
-                        res = run_snapshot(cfg, snap, warm_start=previous, align=True, steps=steps)
-                    except GMMDaskInputError as err:
+                        res = run_snapshot(
+                            cfg, snap, warm_start=previous, reference=previous, target=target, steps=steps
+                        )
+                    except failures as err:
                         outcomes.append((d, None, str(err)))
                         continue
                     outcomes.append((d, res.summary(), None))
@@ -421,6 +528,8 @@ class SelectKResult:
             "snapshot": self.run.snapshot,
             "selected": self.selected,
             "criterion": self.criterion,
+            "published": self.run.published,
+            "run_id": self.run.run_id,
             "table": self.table.to_dict("records"),
             "report": self.run.report_path,
         }
@@ -457,14 +566,22 @@ def plan_select_k(p: SelectKParams, *, steps: Steps = STEPS) -> SnapshotPlan:
 
 def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> SelectKResult:
     """Fit K in [k_min, k_max] × covariance types on data read once, in parallel on the cluster;
-    register the best (alias ``selected`` and ``latest``), write its tables and the criterion
-    table (``model_selection``)."""
+    align the best to the published model, register it (alias ``selected``; ``latest`` only when
+    publishing), write its tables and the criterion table (``model_selection``) — as a candidate
+    unless ``publish``."""
     plan = plan_select_k(p, steps=steps)
     cfg, snap = plan.cfg, plan.snapshot
+    target = Target(p.publishes(), new_run_id())
+    reference = steps.published_model(cfg)
     grid = [(k, ct) for ct in dict.fromkeys(p.covariance_types) for k in range(p.k_min, p.k_max + 1)]
     t0 = time.perf_counter()
     timings: dict[str, progress.Phase] = {}
-    with pipeline.cluster(cfg):
+    lock = (
+        io.publish_lock(cfg.output.root, snap.date, cfg.input.storage_options, owner=target.run_id)
+        if target.publish
+        else contextlib.nullcontext()
+    )
+    with lock, pipeline.cluster(cfg):
         with progress.phase("profile", timings, rows=snap.n_rows):
             prof = steps.profile(cfg, snap)
         with progress.phase("read", timings, rows=pipeline.rows_used(cfg, prof)):
@@ -489,14 +606,24 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
         best = dataclasses.replace(
             best, metadata=best.metadata | {"selected_by": p.criterion, "candidates": len(grid)}
         )
+        if reference is not None:  # ids that stay true if this winner is promoted
+            best = align_to(reference, best, steps.co_membership(cfg, snap, reference, best))
         best = steps.register(cfg, best, alias="selected")
-        steps.set_alias(cfg, "latest", best.version)
+        if target.publish:
+            steps.set_alias(cfg, "latest", best.version)
         table["model_version"] = [best.version if s else None for s in table.selected]
         with progress.phase("write", timings, rows=snap.n_rows):
             written = steps.write_tables(
-                cfg, snap, best, extra={"model_selection": (table, {"gmm_dask.criterion": p.criterion})}
+                cfg,
+                snap,
+                best,
+                extra={"model_selection": (table, {"gmm_dask.criterion": p.criterion})},
+                root=target.root(cfg),
             )
     res = _run_result(snap, best, True, written, t0, timings)
+    res.published, res.run_id = target.publish, target.run_id
+    if not target.publish:
+        write_manifest(cfg, target, [res])
     if report:
         res.report_path = steps.write_report(cfg, res, "select-k", table)
     return SelectKResult(res, table, p.criterion)
@@ -525,6 +652,52 @@ def fluidity(p: FluidityParams, *, steps: Steps = STEPS):
         return steps.compute_fluidity(cfg, p.from_date.isoformat(), p.to_date.isoformat(), p.top_n)
 
 
+# --- promote -------------------------------------------------------------------------------
+
+
+@dataclass
+class PromoteResult:
+    run_id: str
+    dates: list[str]
+    tables: dict[str, dict[str, str]]  # date -> table -> published path
+    latest: str | None
+
+
+def plan_promote(p: PromoteParams, *, steps: Steps = STEPS):
+    import json
+
+    cfg = load_job(p.config)
+    check_output_location(cfg)
+    target = Target(False, p.run_id)
+    path = f"{target.root(cfg)}/candidate.json"
+    if not io.exists(path, cfg.input.storage_options):
+        known = io.list_names(f"{cfg.output.root.rstrip('/')}/_candidates", cfg.input.storage_options)
+        raise DataError(
+            f"run_id: no candidate run {p.run_id!r} under {cfg.output.root!r} (candidates: "
+            f"{', '.join(sorted(known)[-10:]) or 'none'})."
+        )
+    manifest = json.loads(io.read_text(path, cfg.input.storage_options))
+    return cfg, target, manifest
+
+
+def promote(p: PromoteParams, *, steps: Steps = STEPS) -> PromoteResult:
+    """Publish a candidate run: each date's partitions are copied into the published tables and
+    committed together (each atomically) under that date's publish lock; ``latest`` then points
+    at the model of the candidate's most recent trained date."""
+    cfg, target, manifest = plan_promote(p, steps=steps)
+    so = cfg.input.storage_options
+    out: dict[str, dict[str, str]] = {}
+    for date, info in sorted(manifest["dates"].items()):
+        with io.publish_lock(cfg.output.root, date, so, owner=f"promote {p.run_id}"):
+            out[date] = io.copy_partitions(target.root(cfg), cfg.output.root, info["tables"], date, so)
+    trained = [info["model_version"] for _, info in sorted(manifest["dates"].items()) if info.get("trained")]
+    latest = trained[-1] if trained else None
+    if latest:
+        steps.set_alias(cfg, "latest", latest)
+    logger.info("Promoted candidate %s: %d date(s), latest -> %s", p.run_id, len(out), latest)
+    return PromoteResult(p.run_id, sorted(out), out, latest)
+
+
 # --- planning for the CLI ----------------------------------------------------------------------
 
 PLANS = {
@@ -534,6 +707,7 @@ PLANS = {
     BackfillParams: plan_backfill,
     SelectKParams: plan_select_k,
     FluidityParams: plan_fluidity,
+    PromoteParams: plan_promote,
 }
 
 

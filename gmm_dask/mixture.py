@@ -23,6 +23,7 @@ from .validation import (
     check_init_arrays,
     check_int,
     check_predict_values,
+    check_reg_covar,
     to_chunked,
     to_numpy,
     validate_values,
@@ -69,8 +70,8 @@ class GaussianMixture:
     covariance_type : {'full', 'tied', 'diag', 'spherical'}, default='full'
     tol : float, default=1e-3
         Convergence threshold on the change of the mean log-likelihood lower bound.
-    reg_covar : float, default=1e-6
-        Added to the diagonal of every covariance.
+    reg_covar : float or array of shape (D,), default=1e-6
+        Added to the diagonal of every covariance; a vector gives each feature its own.
     max_iter : int, default=100
     n_init : int, default=1
         Number of initialisations; the one with the best lower bound is kept.
@@ -202,6 +203,7 @@ class GaussianMixture:
         """
         check_estimator_params(self)
         data = to_chunked(X, sample_weight)
+        reg_covar = check_reg_covar(self.reg_covar, data.n_features)
         runner = make_runner(data, persist=self.persist)
         try:
             report = validate_values(runner, data.feature_names)
@@ -222,7 +224,7 @@ class GaussianMixture:
                 n_components=k,
                 covariance_type=self.covariance_type,
                 tol=self.tol,
-                reg_covar=self.reg_covar,
+                reg_covar=reg_covar,
                 max_iter=self.max_iter,
                 n_init=self.n_init,
                 init_params=self.init_params,

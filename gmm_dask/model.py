@@ -60,10 +60,16 @@ class SegmentationModel:
     weight_column: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     version: str | None = None
+    segment_ids: list[int] | None = None  # stable ids across refits (default 0..K-1)
 
     @property
     def n_components(self) -> int:
         return len(self.weights)
+
+    @property
+    def ids(self) -> list[int]:
+        """The segment id of each component (what the tables call ``segment``)."""
+        return list(self.segment_ids) if self.segment_ids is not None else list(range(self.n_components))
 
     @property
     def feature_names(self) -> list[str]:
@@ -115,7 +121,10 @@ class SegmentationModel:
         idx = np.where(norm < bands.low_max, 0, np.where(norm < bands.moderate_max, 1, 2))
         return {
             "gamma": gamma,
-            "segment": log_resp.argmax(axis=1).astype(np.int32) if len(Z) else np.zeros(0, np.int32),
+            "component": log_resp.argmax(axis=1) if len(Z) else np.zeros(0, np.intp),
+            "segment": np.asarray(self.ids, dtype=np.int32)[log_resp.argmax(axis=1)]
+            if len(Z)
+            else np.zeros(0, np.int32),
             "entropy_bits": ent,
             "entropy_norm": norm,
             "entropy_band": np.asarray(BANDS, dtype=object)[idx],
@@ -173,7 +182,7 @@ class SegmentationModel:
             out[self.id_column] = frame[self.id_column].to_numpy()[keep]
         names = np.asarray(self.segment_names, dtype=object)
         out["segment"] = m["segment"]
-        out["segment_name"] = names[m["segment"]] if len(index) else []
+        out["segment_name"] = names[m["component"]] if len(index) else []
         out["gamma"] = list(m["gamma"])
         for j in range(self.n_components):
             out[f"gamma_{j}"] = m["gamma"][:, j]
@@ -194,7 +203,7 @@ class SegmentationModel:
                 f"{where}: row {r}, column {f.name!r} has value {float(X_raw[r, c])!r} outside the domain "
                 f"of its {f.transform} transform (needs values {_DOMAIN[f.transform][1]}). Fix the value."
             )
-        T = apply_transforms(X_raw, plan.features)
+        T = apply_transforms(X_raw + plan.half_step, plan.features)
         bad = ~np.isfinite(T)
         rows_bad = bad.any(axis=1)
         keep = np.ones(len(T), dtype=bool)
@@ -223,6 +232,7 @@ class SegmentationModel:
             "covariances": self.covariances.tolist(),
             "precisions_cholesky": self.precisions_cholesky.tolist(),
             "segment_names": list(self.segment_names),
+            "segment_ids": self.ids,
             "id_column": self.id_column,
             "weight_column": self.weight_column,
             "features": [f.model_dump() for f in self.plan.features],
@@ -230,6 +240,11 @@ class SegmentationModel:
             "scaler_mean": self.plan.mean.tolist(),
             "scaler_scale": self.plan.scale.tolist(),
             "impute_values": self.plan.impute_values.tolist(),
+            "kinds": list(self.plan.kinds),
+            "resolution": [None if not np.isfinite(r) else float(r) for r in self.plan.resolution]
+            if self.plan.resolution is not None
+            else None,
+            "low": self.plan.low.tolist() if self.plan.low is not None else None,
             "metadata": self.metadata,
         }
 
@@ -277,12 +292,21 @@ def model_from_payload(payload: dict, where: str, version: str | None = None) ->
     try:
         features = tuple(FeatureSpec.model_validate(f) for f in payload["features"])
         names = [str(n) for n in payload["segment_names"]]
+        kinds = tuple(str(k) for k in payload.get("kinds") or ())
+        if any(k not in ("count", "amount", "continuous") for k in kinds):
+            raise ValueError(f"unknown feature kind in {kinds}")
+        res = payload.get("resolution")
+        resolution = None if res is None else np.array([np.nan if r is None else float(r) for r in res])
+        low = None if payload.get("low") is None else _arr(payload, "low", where, 1)
         plan = FeaturePlan(
             features,
             str(payload["missing"]),
             _arr(payload, "scaler_mean", where, 1),
             _arr(payload, "scaler_scale", where, 1),
             _arr(payload, "impute_values", where, 1),
+            kinds,
+            resolution,
+            low,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise RegistryError(f"{where}: invalid feature specification ({err}).") from None
@@ -292,6 +316,11 @@ def model_from_payload(payload: dict, where: str, version: str | None = None) ->
         )
     if np.any(plan.scale <= 0):
         raise RegistryError(f"{where}: scaler_scale must be positive.")
+    ids = payload.get("segment_ids")
+    if ids is not None and (
+        len(ids) != k or len(set(ids)) != k or not all(isinstance(i, int) and i >= 0 for i in ids)
+    ):
+        raise RegistryError(f"{where}: segment_ids must be {k} distinct non-negative integers.")
     return SegmentationModel(
         plan,
         ct,
@@ -304,6 +333,7 @@ def model_from_payload(payload: dict, where: str, version: str | None = None) ->
         payload.get("weight_column"),
         dict(payload.get("metadata", {})),
         version,
+        None if ids is None else [int(i) for i in ids],
     )
 
 

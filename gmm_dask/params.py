@@ -91,11 +91,25 @@ class JobParams(_Params):
     config: ConfigPath
 
 
+PublishParam = Annotated[
+    bool | None,
+    Field(
+        description="Write the published tables (and move the `latest` alias for a fitted model). Empty: "
+        "yes for a plain train, score or segment run; no for select-k, backfills and runs with a model "
+        "override, which write candidates under <output.root>/_candidates/<run id>/ (see `promote`)."
+    ),
+]
+
+
 class TrainParams(JobParams):
     """Fit a model on a snapshot, register it and write the tables."""
 
     snapshot: SnapshotDate = None
     model: ModelOverrideParam = None
+    publish: PublishParam = None
+
+    def publishes(self) -> bool:
+        return self.publish if self.publish is not None else self.model is None or self.model.is_empty
 
 
 class ScoreParams(JobParams):
@@ -105,6 +119,10 @@ class ScoreParams(JobParams):
     model_version: Annotated[
         str, Field(min_length=1, description="Registered model to apply: a version vNNNN or an alias.")
     ] = "latest"
+    publish: PublishParam = None
+
+    def publishes(self) -> bool:
+        return self.publish if self.publish is not None else True
 
 
 class SegmentParams(JobParams):
@@ -116,6 +134,10 @@ class SegmentParams(JobParams):
         Field(description="Score with this registered version or alias instead of fitting. Empty: fit."),
     ] = None
     model: ModelOverrideParam = None
+    publish: PublishParam = None
+
+    def publishes(self) -> bool:
+        return self.publish if self.publish is not None else self.model is None or self.model.is_empty
 
     @model_validator(mode="after")
     def _pinned_or_override(self):
@@ -148,6 +170,10 @@ class BackfillParams(JobParams):
     max_concurrency: Annotated[
         int, Field(ge=1, le=32, strict=True, description="Dates scored at the same time (score mode).")
     ] = 2
+    publish: PublishParam = None
+
+    def publishes(self) -> bool:
+        return bool(self.publish)
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -171,6 +197,10 @@ class SelectKParams(JobParams):
     max_concurrency: Annotated[
         int, Field(ge=1, le=64, strict=True, description="Candidate models fitted at the same time.")
     ] = 4
+    publish: PublishParam = None
+
+    def publishes(self) -> bool:
+        return bool(self.publish)
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -217,6 +247,19 @@ __all__ = [
     "TrainParams",
     "parse_params",
 ]
+
+
+class PromoteParams(JobParams):
+    """Publish a candidate run's tables (each date's partitions committed together, atomically)
+    and point `latest` at its model."""
+
+    run_id: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="The candidate run to publish (its folder under <output.root>/_candidates/).",
+        ),
+    ]
 
 
 class ServeParams(JobParams):

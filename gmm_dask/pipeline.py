@@ -21,12 +21,13 @@ import numpy as np
 
 from . import io
 from .config import JobConfig
-from .errors import DataError
+from .errors import DataError, FitError
 from .features import (
     FeaturePlan,
     Profile,
     build_plan,
     check_profile,
+    columns_to_read,
     finish_profile,
     fit_piece_arrays,
     merge_profiles,
@@ -110,10 +111,13 @@ def prepare_data(
     *,
     plan: FeaturePlan | None = None,
     persist: bool = False,
+    dequantize: bool = True,
 ) -> FitData:
     """Build the model inputs from the profile's plan (or a given one, e.g. a warm start's, so
     parameters stay comparable across dates); with ``persist`` they are read once and held by
-    the workers (for several fits on the same data, e.g. model selection)."""
+    the workers (for several fits on the same data, e.g. model selection). Counts and amounts
+    are dequantised (see :func:`~gmm_dask.features.fit_piece_arrays`) unless ``dequantize`` is
+    False, which gives the inputs exactly as scoring sees them."""
     import dask
     import dask.array as da
 
@@ -122,7 +126,9 @@ def prepare_data(
     xs, ws = [], []
     for p in snap.pieces:
         n = prof.complete_per_piece[p.index] if cfg.input.missing == "drop" else p.n_rows
-        t = dask.delayed(fit_piece_arrays, nout=2, pure=False)(p, cfg.input, plan, snap.storage_options)
+        t = dask.delayed(fit_piece_arrays, nout=2, pure=False)(
+            p, cfg.input, plan, snap.storage_options, cfg.model.random_state if dequantize else None
+        )
         xs.append(da.from_delayed(t[0], shape=(n, d), dtype=np.float64))
         ws.append(da.from_delayed(t[1], shape=(n,), dtype=np.float64))
     X = da.concatenate(xs)
@@ -174,22 +180,63 @@ def fit_model(
             warm_start.weights, warm_start.means, warm_start.covariances, warm_start.precisions_cholesky
         )
     t0 = time.perf_counter()
+    floor = data.plan.variance_floor if data.plan.has_floor else None
+    names = (
+        list(m.segment_names)
+        if m.segment_names and len(m.segment_names) == k
+        else [f"segment_{i}" for i in range(k)]
+    )
     runner = make_runner(ChunkedData(data.X, data.w), persist=m.persist)
     try:
-        res = fit_mixture(
-            runner,
-            n_components=k,
-            covariance_type=ct,
-            tol=m.tol,
-            reg_covar=m.reg_covar,
-            max_iter=m.max_iter,
-            n_init=1 if init is not None else m.n_init,
-            init_params=m.init_params,
-            seed=seed_from(m.random_state),
-            data_variance=data.variance,
-            init=init,
-            callback=callback,
-        )
+
+        def fit(n, start):
+            return fit_mixture(
+                runner,
+                n_components=n,
+                covariance_type=ct,
+                tol=m.tol,
+                reg_covar=m.reg_covar,
+                max_iter=m.max_iter,
+                n_init=1 if start is not None else m.n_init,
+                init_params=m.init_params,
+                seed=seed_from(m.random_state),
+                data_variance=data.variance,
+                init=start,
+                callback=callback,
+                covariance_floor=floor,
+            )
+
+        res = fit(k, init)
+        pruned: list[dict] = []
+        scored = None
+        while True:
+            if data.plan.has_floor:  # the published assignment scores undequantised inputs
+                if scored is None:
+                    scored = prepare_data(cfg, snap, prof, plan=data.plan, dequantize=False)
+                hard = _hard_weight(scored, res.params, ct)
+            else:
+                hard = res.hard_weight
+            found = degenerate_components(res, hard, data.plan, ct, m.reg_covar, m.degenerate.min_share)
+            _enforce(found, m.degenerate, names, snap.date, data.plan.names)
+            drop = sorted(
+                (set(found.small) if m.degenerate.small == "prune" else set())
+                | (set(found.atoms) if m.degenerate.atoms == "prune" else set())
+            )
+            if not drop or len(drop) >= res.params.means.shape[0]:
+                break
+            keep = [i for i in range(res.params.means.shape[0]) if i not in drop]
+            pruned += [
+                {"name": names[i], "reason": found.reason(i, data.plan.names, m.degenerate.min_share)}
+                for i in drop
+            ]
+            logger.warning(
+                "Snapshot %s: pruning %s and refitting with %d components",
+                snap.date,
+                [names[i] for i in drop],
+                len(keep),
+            )
+            names = [names[i] for i in keep]
+            res = fit(len(keep), _subset(res.params, keep, ct))
     finally:
         runner.close()
     if not res.converged:
@@ -197,15 +244,17 @@ def fit_model(
             "Snapshot %s: EM did not converge in %d iterations (K=%d, %s); raise model.max_iter or tol.",
             snap.date,
             res.n_iter,
-            k,
+            len(names),
             ct,
         )
+    if res.reseeded:
+        logger.warning(
+            "Snapshot %s: component(s) collapsed and were re-seeded during the fit: %s (iteration, component)",
+            snap.date,
+            res.reseeded,
+        )
     p = res.params
-    names = (
-        list(m.segment_names)
-        if m.segment_names and len(m.segment_names) == k
-        else [f"segment_{i}" for i in range(k)]
-    )
+    k = p.means.shape[0]
     n_params = n_parameters(k, p.means.shape[1], ct)
     metadata = {
         "snapshot": snap.date,
@@ -221,9 +270,12 @@ def fit_model(
         "converged": bool(res.converged),
         "seed": m.random_state,
         "n_components": k,
+        "n_components_requested": n_components or m.n_components,
         "covariance_type": ct,
         "config_hash": cfg.config_hash(),
+        "feature_kinds": dict(zip(data.plan.names, data.plan.kinds, strict=True)),
         "reseeded_components": [list(r) for r in res.reseeded],
+        "degenerate": found.as_metadata(names, data.plan.names, m.degenerate.min_share) | {"pruned": pruned},
         "fit_seconds": round(time.perf_counter() - t0, 3),
         "warm_started_from": warm_start.version if warm_start is not None else None,
     }
@@ -238,6 +290,97 @@ def fit_model(
         cfg.input.id_column,
         cfg.input.weight_column,
         metadata,
+    )
+
+
+@dataclass
+class Degenerate:
+    """Degenerate components of a fit: too small, or atoms (a variance at the resolution floor)."""
+
+    small: dict[int, float]  # component -> its smallest share (soft weight or hard size)
+    atoms: dict[int, list[int]]  # component -> features where its variance sits at the floor
+    atom_values: dict[int, list[float]]  # the raw values the atoms sit on
+
+    def reason(self, k: int, features: list[str], min_share: float) -> str | None:
+        parts = []
+        if k in self.small:
+            parts.append(f"small: {self.small[k]:.2%} of rows < min_share {min_share:.2%}")
+        if k in self.atoms:
+            at = ", ".join(
+                f"{features[j]}={v:g}" for j, v in zip(self.atoms[k], self.atom_values[k], strict=True)
+            )
+            parts.append(f"atom at {at} (variance at the resolution floor)")
+        return "; ".join(parts) or None
+
+    def as_metadata(self, names: list[str], features: list[str], min_share: float) -> dict:
+        return {
+            "min_share": min_share,
+            "components": {
+                names[k]: self.reason(k, features, min_share) for k in sorted({*self.small, *self.atoms})
+            },
+        }
+
+
+def _hard_weight(data: FitData, params, covariance_type: str) -> np.ndarray:
+    """Σ w over the rows each component would win when the tables are written (one pass)."""
+    from .em import estep
+    from .runner import ChunkedData, make_runner
+
+    runner = make_runner(ChunkedData(data.X, data.w), persist=False)
+    try:
+        return estep(runner, params, covariance_type, hard_counts=True).hard_nk
+    finally:
+        runner.close()
+
+
+def degenerate_components(
+    res, hard_weight, plan: FeaturePlan, covariance_type: str, reg_covar, min_share: float
+) -> Degenerate:
+    """Components of a fit holding less than ``min_share`` of the rows (by soft weight, or by
+    ``hard_weight``, the rows they win), and components whose variance sits at the resolution
+    floor in some feature."""
+    from .suffstats import variance_at_floor
+
+    p = res.params
+    share = np.minimum(res.soft_weight, hard_weight) / res.weight
+    small = {int(i): float(share[i]) for i in np.flatnonzero(share < min_share)}
+    atoms, values = {}, {}
+    if plan.has_floor:
+        at = variance_at_floor(p.covariances, covariance_type, reg_covar, plan.variance_floor(p.means))
+        raw = plan.to_original_units(p.means)
+        for i in np.flatnonzero(at.any(axis=1)):
+            js = [int(j) for j in np.flatnonzero(at[i])]
+            atoms[int(i)] = js
+            values[int(i)] = [float(np.round(raw[i, j], 6)) for j in js]
+    return Degenerate(small, atoms, values)
+
+
+def _enforce(found: Degenerate, policy, names: list[str], date: str, features: list[str]) -> None:
+    """Log what was found; raise where the policy says error."""
+    for kind, comps in (("small", found.small), ("atoms", found.atoms)):
+        for i in comps:
+            why = found.reason(i, features, policy.min_share)
+            action = getattr(policy, kind)
+            if action == "error":
+                raise FitError(
+                    f"Snapshot {date}: component {names[i]!r} is degenerate ({why}) and "
+                    f"model.degenerate.{kind} is 'error'. Use fewer components (model.n_components), "
+                    f"or set model.degenerate.{kind} to 'prune' or 'warn'."
+                )
+            logger.warning("Snapshot %s: component %r is degenerate: %s (%s)", date, names[i], why, action)
+
+
+def _subset(params, keep: list[int], covariance_type: str):
+    """Parameters of the kept components, weights renormalised (a warm start for the refit)."""
+    from .gaussian import MixtureParams
+
+    w = params.weights[keep] / params.weights[keep].sum()
+    tied = covariance_type == "tied"
+    return MixtureParams(
+        w,
+        params.means[keep],
+        params.covariances if tied else params.covariances[keep],
+        params.precisions_cholesky if tied else params.precisions_cholesky[keep],
     )
 
 
@@ -305,6 +448,7 @@ def write_tables(
     model: SegmentationModel,
     *,
     extra: dict[str, tuple[pd.DataFrame, dict]] | None = None,
+    root: str | None = None,
 ) -> Written:
     """Score every piece (each worker writes its pieces' memberships files into the staging
     area) and commit the memberships, segments and overlaps partitions — plus any ``extra``
@@ -318,7 +462,7 @@ def write_tables(
     thr = cfg.output.overlap_threshold
     version = model.version or "unregistered"
     names = [*(extra or {}), "segments", "overlaps", "memberships"]
-    with io.StagedPartitions(cfg.output.root, names, snap.date, so) as st:
+    with io.StagedPartitions(root or cfg.output.root, names, snap.date, so) as st:
         parts = [
             dask.delayed(score_piece, pure=False)(
                 p,
@@ -346,3 +490,47 @@ def partition_model_version(cfg: JobConfig, table: str, date: str) -> str | None
     """The model version recorded in a committed table partition, or None if there is none."""
     meta = io.partition_metadata(cfg.output.root, table, date, cfg.input.storage_options)
     return (meta or {}).get("gmm_dask.model_version") or None
+
+
+def _co_membership_piece(piece, cfg_input, old, new, storage_options):
+    from .features import prepare_piece
+    from .io import read_piece
+
+    table = read_piece(piece, columns_to_read(cfg_input), storage_options)
+    ids_old, _, Z_old, _, _, _ = prepare_piece(table, cfg_input, old.plan, piece.path)
+    ids_new, _, Z_new, w, _, _ = prepare_piece(table, cfg_input, new.plan, piece.path)
+    if len(Z_old) != len(Z_new):  # the two plans drop different rows: compare the users both keep
+        a, b = ids_old.to_numpy(zero_copy_only=False), ids_new.to_numpy(zero_copy_only=False)
+        keep_a, keep_b = np.isin(a, b), np.isin(b, a)
+        Z_old, Z_new = Z_old[keep_a], Z_new[keep_b]
+        w = None if w is None else w[keep_b]
+    g_old = old.memberships(Z_old)["gamma"]
+    g_new = new.memberships(Z_new)["gamma"]
+    if w is not None:
+        g_new = g_new * w[:, None]
+    return g_old.T @ g_new
+
+
+def co_membership(
+    cfg: JobConfig, snap: Snapshot, old: SegmentationModel, new: SegmentationModel
+) -> np.ndarray:
+    """Σᵤ w γ_old ⊗ γ_new over the snapshot's users, both models scoring it: (K_old, K_new), one pass."""
+    import dask
+
+    parts = [
+        dask.delayed(_co_membership_piece, pure=False)(p, cfg.input, old, new, snap.storage_options)
+        for p in snap.pieces
+    ]
+    return dask.compute(_tree_reduce(parts, lambda a, b: a + b))[0]
+
+
+def published_model(cfg: JobConfig) -> SegmentationModel | None:
+    """The model behind the published tables (alias ``latest``), or None before the first publish."""
+    from .errors import RegistryError
+
+    try:
+        return load_model(cfg, "latest")
+    except RegistryError as err:
+        if "does not exist" in str(err):
+            return None
+        raise

@@ -63,6 +63,16 @@ def markdown_summary(res) -> str:
         ]
         row += [f"{getattr(r, c):,.2f}" for c in feats]
         lines.append("| " + " | ".join(row) + " |")
+    flagged = [r for r in seg.itertuples(index=False) if isinstance(getattr(r, "degenerate", None), str)]
+    if flagged:
+        lines += ["", "## Degenerate components", ""] + [f"- **{r.name}**: {r.degenerate}" for r in flagged]
+    if f.get("reseeded_components"):
+        lines.append(f"\nRe-seeded during the fit (iteration, component): {f['reseeded_components']}")
+    pruned = (f.get("degenerate") or {}).get("pruned")
+    if pruned:
+        lines.append(
+            "\nPruned and refitted without: " + "; ".join(f"{p['name']} ({p['reason']})" for p in pruned)
+        )
     lines += ["", "## Entropy", ""]
     lines.append(", ".join(f"{k}: {v:,}" for k, v in res.band_count.items()))
     if res.overlaps is not None and len(res.overlaps):

@@ -83,6 +83,7 @@ class SuffStats:
     worst_scores: np.ndarray
     worst_rows: np.ndarray
     worst_index: np.ndarray
+    hard_nk: np.ndarray | None = None  # (K,) Σ w over rows whose most probable component is k
 
 
 def _keep_worst(scores, rows, index, m):
@@ -182,6 +183,7 @@ def combine(a: SuffStats, b: SuffStats) -> SuffStats:
         worst_scores=ws,
         worst_rows=wr,
         worst_index=wi,
+        hard_nk=a.hard_nk + b.hard_nk if a.hard_nk is not None and b.hard_nk is not None else None,
     )
 
 
@@ -318,6 +320,7 @@ def estep_stats(
     *,
     row_offset: int = 0,
     block_rows: int | None = None,
+    hard_counts: bool = False,
 ) -> SuffStats:
     """E-step of one partition fused with its sufficient statistics (one pass over ``X``).
 
@@ -367,6 +370,7 @@ def estep_stats(
     diag_pos = np.flatnonzero(layout.ia == layout.ja)
     scores = np.empty(n_total)
     loglik = 0.0
+    hard_nk = np.zeros(k) if hard_counts else None
     for i, start in enumerate(range(0, n_total, block_rows)):
         stop = min(start + block_rows, n_total)
         n = stop - start
@@ -394,6 +398,9 @@ def estep_stats(
             r[:, bad] = 0.0
             lpn[bad & ~finite_max] = amax[bad & ~finite_max]
         scores[start:stop] = lpn
+        if hard_counts:
+            hw = np.where(bad, 0.0, 1.0 if sample_weight is None else sample_weight[start:stop])
+            hard_nk += np.bincount(r.argmax(axis=0), weights=hw, minlength=k)
         if sample_weight is not None:
             wb = sample_weight[start:stop]
             r *= wb
@@ -429,6 +436,7 @@ def estep_stats(
         worst_scores=ws_,
         worst_rows=wr,
         worst_index=wi,
+        hard_nk=hard_nk,
     )
 
 
@@ -479,9 +487,21 @@ def resp_stats(
 
 
 def m_step(
-    stats: SuffStats, covariance_type: str, reg_covar: float
+    stats: SuffStats, covariance_type: str, reg_covar, floor=None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mixture parameters from merged statistics, as scikit-learn's M-step computes them.
+
+    Parameters
+    ----------
+    stats : SuffStats
+    covariance_type : {'full', 'tied', 'diag', 'spherical'}
+    reg_covar : float or ndarray of shape (D,)
+        Added to the diagonal of every covariance (per feature when a vector).
+    floor : callable, optional
+        ``floor(means)`` → (K, D): the smallest variance of each component in each feature
+        (e.g. from a discrete feature's resolution). A variance below it is raised to it
+        before ``reg_covar`` is added; tied and spherical covariances use the weighted and
+        the feature-averaged floor.
 
     Returns
     -------
@@ -494,17 +514,46 @@ def m_step(
     means = stats.means.copy()
     d = means.shape[1]
     m2 = stats.m2
+    fl = floor(means) if floor is not None else None
+    idx = np.arange(d)
     if covariance_type == "full":
         cov = m2 / nk[:, None, None]
-        cov[:, np.arange(d), np.arange(d)] += reg_covar
+        if fl is not None:
+            cov[:, idx, idx] = np.maximum(cov[:, idx, idx], fl)
+        cov[:, idx, idx] += reg_covar
     elif covariance_type == "tied":
         cov = m2.sum(axis=0) / nk.sum()
-        cov[np.arange(d), np.arange(d)] += reg_covar
+        if fl is not None:
+            cov[idx, idx] = np.maximum(cov[idx, idx], (nk @ fl) / nk.sum())
+        cov[idx, idx] += reg_covar
     elif covariance_type == "diag":
-        cov = m2 / nk[:, None] + reg_covar
+        cov = m2 / nk[:, None]
+        if fl is not None:
+            cov = np.maximum(cov, fl)
+        cov = cov + reg_covar
     else:
-        cov = (m2 / nk[:, None]).mean(axis=1) + reg_covar
+        cov = (m2 / nk[:, None]).mean(axis=1)
+        if fl is not None:
+            cov = np.maximum(cov, fl.mean(axis=1))
+        cov = cov + np.mean(reg_covar)
     return weights, means, cov
+
+
+def variance_at_floor(covariances, covariance_type: str, reg_covar, floor: np.ndarray) -> np.ndarray:
+    """(K, D) mask of the variances :func:`m_step` raised to (or left exactly at) the floor."""
+    k, d = floor.shape
+    reg = np.broadcast_to(np.asarray(reg_covar, dtype=float), (d,))
+    if covariance_type == "full":
+        var = np.diagonal(covariances, axis1=1, axis2=2) - reg
+    elif covariance_type == "tied":
+        var = np.broadcast_to(np.diag(covariances) - reg, (k, d))
+        floor = np.broadcast_to(floor.mean(axis=0), (k, d))
+    elif covariance_type == "diag":
+        var = covariances - reg
+    else:
+        var = np.broadcast_to((covariances - reg.mean())[:, None], (k, d))
+        floor = np.broadcast_to(floor.mean(axis=1, keepdims=True), (k, d))
+    return (floor > 0) & (var <= floor * (1 + 1e-9))
 
 
 def collapsed_components(stats: SuffStats) -> np.ndarray:

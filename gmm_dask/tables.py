@@ -103,7 +103,7 @@ def score_piece(
             {
                 cfg.id_column: ids.cast(id_type) if isinstance(ids, pa.ChunkedArray) else ids,
                 "segment": pa.array(m["segment"], pa.int32()),
-                "segment_name": pa.array(names[m["segment"]] if n else [], pa.string()),
+                "segment_name": pa.array(names[m["component"]] if n else [], pa.string()),
                 "gamma": pa.ListArray.from_arrays(
                     np.arange(0, n * k + 1, k, dtype=np.int32), pa.array(gamma.ravel())
                 ),
@@ -117,7 +117,7 @@ def score_piece(
             schema=membership_schema(id_type, cfg.id_column, version),
         )
         write_table_file(out, out_file, storage_options)
-    seg = m["segment"]
+    seg = m["component"]
     onehot = np.zeros((n, k))
     onehot[np.arange(n), seg] = 1.0
     high = m["entropy_band"] == "high"
@@ -163,7 +163,7 @@ def segments_table(model: SegmentationModel, agg: PieceResult) -> pd.DataFrame:
         cov = np.stack([np.eye(model.means.shape[1]) * c for c in cov])
     df = pd.DataFrame(
         {
-            "segment": np.arange(k, dtype=np.int32),
+            "segment": np.asarray(model.ids, dtype=np.int32),
             "name": model.segment_names,
             "weight": model.weights,
             "size": size.astype(np.int64),
@@ -172,6 +172,8 @@ def segments_table(model: SegmentationModel, agg: PieceResult) -> pd.DataFrame:
     )
     for j, f in enumerate(model.plan.names):
         df[f"mean_{f}"] = raw_means[:, j]
+    reasons = (model.metadata.get("degenerate") or {}).get("components") or {}
+    df["degenerate"] = pd.array([reasons.get(n) for n in model.segment_names], dtype="string")
     df["mean_entropy_bits"] = mean_entropy
     df["high_entropy_share"] = high_share
     df["covariance"] = [c.ravel().tolist() for c in cov]
@@ -188,8 +190,8 @@ def overlaps_table(model: SegmentationModel, agg: PieceResult, threshold: float)
             n = agg.overlap_count[a, b]
             rows.append(
                 {
-                    "segment_a": a,
-                    "segment_b": b,
+                    "segment_a": model.ids[a],
+                    "segment_b": model.ids[b],
                     "name_a": model.segment_names[a],
                     "name_b": model.segment_names[b],
                     "threshold": threshold,

@@ -53,12 +53,33 @@ def check_choice(name, value, choices):
     return value
 
 
+def check_reg_covar(value, n_features: int | None = None):
+    """``reg_covar``: a number >= 0, or one per feature (shape (D,), every value >= 0)."""
+    if np.ndim(value) == 0:
+        return check_float("reg_covar", value)
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise invalid("reg_covar", value, "a number >= 0 or one number >= 0 per feature") from None
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise invalid(
+            "reg_covar", value, "a number >= 0 or a 1-D array of finite numbers >= 0, one per feature"
+        )
+    if n_features is not None and arr.shape != (n_features,):
+        raise invalid(
+            "reg_covar",
+            f"an array of shape {arr.shape}",
+            f"a number or shape ({n_features},), one per feature",
+        )
+    return arr
+
+
 def check_estimator_params(est) -> None:
     """Validate a GaussianMixture's constructor arguments (shapes of the *_init need D)."""
     check_int("n_components", est.n_components, 1)
     check_choice("covariance_type", est.covariance_type, COVARIANCE_TYPES)
     check_float("tol", est.tol)
-    check_float("reg_covar", est.reg_covar)
+    check_reg_covar(est.reg_covar)
     check_int("max_iter", est.max_iter, 0)
     check_int("n_init", est.n_init, 1)
     check_choice("init_params", est.init_params, INIT_METHODS)

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_CONFLICT = 75  # another run is publishing the same date: retry later (EX_TEMPFAIL)
 DEFAULT_DEMO_CONFIG = "configs/demo.yaml"
 
 
@@ -140,6 +141,16 @@ def cmd_fluidity(p, args) -> int:
     return EXIT_OK
 
 
+def cmd_promote(p, args) -> int:
+    from gmm_dask import jobs
+
+    out = jobs.promote(p)
+    for date in out.dates:
+        print(f"  {date}: published " + ", ".join(sorted(out.tables[date])))
+    print(f"Promoted candidate {out.run_id}: {len(out.dates)} date(s); latest -> {out.latest or 'unchanged'}")
+    return EXIT_OK
+
+
 def cmd_serve(p, args) -> int:
     from gmm_dask import jobs
 
@@ -202,6 +213,7 @@ def _commands():
         ("backfill", params.BackfillParams, "run the backfill flow over [start, end]", cmd_backfill),
         ("select-k", params.SelectKParams, "run the model selection flow", cmd_select_k),
         ("fluidity", params.FluidityParams, "run the fluidity flow between two snapshots", cmd_fluidity),
+        ("promote", params.PromoteParams, "publish a candidate run's tables and model", cmd_promote),
         ("serve", params.ServeParams, "serve the deployments from this process (Ctrl-C to stop)", cmd_serve),
         ("demo", DemoParams, "generate demo data if absent and run the segment flow on it", cmd_demo),
     ]
@@ -274,6 +286,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gmm-dask: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
+        if type(err).__name__ == "PublishConflictError":
+            print(f"gmm-dask: conflict: {err}", file=sys.stderr)
+            return EXIT_CONFLICT
         if type(err).__name__ == "ParameterTypeError":  # Prefect's bad-parameter error
             print(f"gmm-dask: error: {err}", file=sys.stderr)
             return EXIT_BAD_INPUT

@@ -42,13 +42,31 @@ def print_result(res, stream=None) -> None:
     ):
         w("\nSegments (feature means in original units):\n")
         w(table.to_string(index=False) + "\n")
+    for r in seg.itertuples():
+        if isinstance(r.degenerate, str):
+            w(f"  degenerate: {r.name}: {r.degenerate}\n")
+    reseeded = res.fit.get("reseeded_components") if res.trained else None
+    if reseeded:
+        w(f"  re-seeded during the fit (iteration, component): {reseeded}\n")
+    pruned = (res.fit.get("degenerate") or {}).get("pruned") if res.trained else None
+    if pruned:
+        w(
+            "  pruned and refitted without: "
+            + "; ".join(f"{p['name']} ({p['reason']})" for p in pruned)
+            + "\n"
+        )
     bands = ", ".join(f"{k} {v:,}" for k, v in res.band_count.items())
     w(f"\nEntropy bands: {bands}\n")
     if res.overlaps is not None and len(res.overlaps):
         top = res.overlaps.sort_values("n_users", ascending=False).head(3)
         pairs = "; ".join(f"{r.name_a} + {r.name_b}: {r.n_users:,}" for r in top.itertuples())
         w(f"Most blended pairs (γ ≥ {res.overlaps['threshold'].iloc[0]} on both): {pairs}\n")
-    w("\nTables:\n")
+    if getattr(res, "published", True):
+        w("\nTables (published):\n")
+    else:
+        w(
+            f"\nTables (candidate run {res.run_id}; `gmm-dask promote --run-id {res.run_id}` publishes them):\n"
+        )
     for name, path in res.tables.items():
         w(f"  {name:<16} {path}\n")
     if res.report_path:
@@ -69,6 +87,9 @@ def print_backfill(dates: list[dict], stream=None) -> None:
     skipped = sum(1 for r in dates if r.get("skipped"))
     failed = sum(1 for r in dates if r.get("error"))
     w(f"{run} date(s) run, {skipped} skipped, {failed} failed\n")
+    cand = {r.get("run_id") for r in dates if r.get("published") is False and r.get("run_id")}
+    for run_id in sorted(cand):
+        w(f"Written as candidate run {run_id}; `gmm-dask promote --run-id {run_id}` publishes it.\n")
 
 
 def print_selection(out: dict, stream=None) -> None:
@@ -78,6 +99,10 @@ def print_selection(out: dict, stream=None) -> None:
     for r in sorted(out["table"], key=lambda r: (r["covariance_type"], r["n_components"])):
         mark = "  <- selected" if r["selected"] else ""
         w(f"{r['n_components']:>3} {r['covariance_type']:<10} {r[crit]:>14,.1f} {r['n_iter']:>5}{mark}\n")
+    if not out.get("published", True):
+        w(
+            f"Written as candidate run {out['run_id']}; `gmm-dask promote --run-id {out['run_id']}` publishes it.\n"
+        )
     sel = out["selected"]
     w(
         f"Selected K={sel['n_components']} ({sel['covariance_type']}), registered as {sel['model_version']}; "

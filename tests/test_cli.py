@@ -68,6 +68,7 @@ COMMANDS = [
     ("select-k", params.SelectKParams),
     ("fluidity", params.FluidityParams),
     ("serve", params.ServeParams),
+    ("promote", params.PromoteParams),
 ]
 
 
@@ -160,6 +161,7 @@ def _bad_inputs(tmp: Path, cfg: Path) -> list[tuple[list[str], list[str]]]:
             ["from_date", "no memberships"],
         ),
         (["serve", "--config", str(bad_cfg)], ["model.n_components"]),
+        (["promote", "--config", str(cfg), "--run-id", "nope"], ["run_id: no candidate run 'nope'"]),
         (["demo", "--config", str(bad_cfg)], ["model.n_components"]),
     ]
 
@@ -177,7 +179,17 @@ def test_bad_input_of_every_command_exits_2_fast_before_prefect_or_dask(job):
         for needle in needles:
             assert needle in message, (argv, needle, message)
         assert seconds < 3.0, (argv, seconds)
-    assert seen == {"train", "score", "segment", "backfill", "select-k", "fluidity", "serve", "demo"}
+    assert seen == {
+        "train",
+        "score",
+        "segment",
+        "backfill",
+        "select-k",
+        "fluidity",
+        "serve",
+        "demo",
+        "promote",
+    }
     assert not (tmp / "out").exists()  # nothing written
 
 

@@ -119,11 +119,13 @@ def test_served_deployment_runs_with_ui_style_parameter_override(served):
     spec, tmp = served["spec"], served["tmp"]
     out = _client_script(served, _TRIGGER, spec.dates[0])
     assert "state=COMPLETED" in out, out
-    mem = read_partition(tmp / "out", "memberships", spec.dates[0])
+    # a run with a model override writes a candidate; the published tables are untouched
+    assert not (tmp / "out" / "memberships").exists()
+    (cand,) = (tmp / "out" / "_candidates").iterdir()
+    mem = read_partition(cand, "memberships", spec.dates[0])
     assert mem.num_rows == spec.n_users
-    segs = read_partition(tmp / "out", "segments", spec.dates[0])
+    segs = read_partition(cand, "segments", spec.dates[0])
     assert segs.num_rows == 3  # the override reached the run: model.n_components = 3
-    assert not (tmp / "out" / "memberships" / f"dt={spec.dates[1]}").exists()
 
 
 def test_cancelling_a_run_mid_fit_stops_the_dask_work_and_writes_nothing(served, tmp_path):
