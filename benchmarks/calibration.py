@@ -129,7 +129,9 @@ def report_markdown(f: dict, spec: DemoSpec) -> str:
     if "select_k" in f:
         n = len(spec.archetypes)
         ok = "met" if f["select_k"] == n else "NOT met"
-        lines.append(f"| select-k (BIC, K = 2…9) picks the true number of archetypes | {f['select_k']} | {n} | {ok} |")
+        lines.append(
+            f"| select-k (BIC, K = 2…9) picks the true number of archetypes | {f['select_k']} | {n} | {ok} |"
+        )
         lines.append("")
         lines.append("BIC by K: " + ", ".join(f"{k}: {v:,.0f}" for k, v in sorted(f["select_k_bic"].items())))
     lines += [
@@ -144,9 +146,10 @@ def report_markdown(f: dict, spec: DemoSpec) -> str:
         "Why a Gaussian mixture falls short of ARI 0.9 here: each archetype is itself zero-inflated "
         "(e.g. 40 % of 'Consistent users' made no purchase in the window), so in any transform an "
         "archetype is two clouds — purchasers and non-purchasers — and a K-component Gaussian mixture "
-        "spends components on zero patterns that cut across archetypes. Dequantisation and the "
-        "resolution floor remove the spikes (ARI 0.37 → 0.60, hybrids outside the low band 0.7 % → 22 %) "
-        "but not the within-archetype bimodality; modelling zeros as censored values (a Tobit "
+        "spends components on zero patterns that cut across archetypes. Measured on this data (30,000 "
+        "users): with `reg_covar` alone, ARI 0.44 and 0.0 % of hybrids outside the low band; the "
+        "resolution floor alone, 0.37 and 0.7 %; dequantisation with the floor (the default), 0.60 and "
+        "22 %. They remove the spikes but not the within-archetype bimodality; modelling zeros as censored values (a Tobit "
         "mixture) is the principled next step and is not done. For the same reason BIC keeps "
         "falling past the true K: extra components buy likelihood by splitting archetypes along "
         "their zero patterns.",

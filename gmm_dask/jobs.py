@@ -218,6 +218,12 @@ class Target:
     def root(self, cfg: JobConfig) -> str:
         return cfg.output.root if self.publish else io.candidates_root(cfg.output.root, self.run_id)
 
+    def lock(self, cfg: JobConfig, date: str):
+        """The date's publish lock for a publishing run (a candidate writes only its own namespace)."""
+        if not self.publish:
+            return contextlib.nullcontext()
+        return io.publish_lock(cfg.output.root, date, cfg.input.storage_options, owner=self.run_id)
+
 
 def new_run_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -238,12 +244,7 @@ def run_snapshot(
     target = target or Target(True, new_run_id())
     t0 = time.perf_counter()
     timings: dict[str, progress.Phase] = {}
-    lock = (
-        io.publish_lock(cfg.output.root, snap.date, cfg.input.storage_options, owner=target.run_id)
-        if target.publish
-        else contextlib.nullcontext()
-    )
-    with lock, pipeline.cluster(cfg):
+    with target.lock(cfg, snap.date), pipeline.cluster(cfg):
         with progress.phase("profile", timings, rows=snap.n_rows):
             prof = steps.profile(cfg, snap)
         trained = model is None
@@ -576,12 +577,7 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
     grid = [(k, ct) for ct in dict.fromkeys(p.covariance_types) for k in range(p.k_min, p.k_max + 1)]
     t0 = time.perf_counter()
     timings: dict[str, progress.Phase] = {}
-    lock = (
-        io.publish_lock(cfg.output.root, snap.date, cfg.input.storage_options, owner=target.run_id)
-        if target.publish
-        else contextlib.nullcontext()
-    )
-    with lock, pipeline.cluster(cfg):
+    with target.lock(cfg, snap.date), pipeline.cluster(cfg):
         with progress.phase("profile", timings, rows=snap.n_rows):
             prof = steps.profile(cfg, snap)
         with progress.phase("read", timings, rows=pipeline.rows_used(cfg, prof)):

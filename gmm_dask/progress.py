@@ -40,8 +40,19 @@ class Phase:
         return f"{self.name}: {rows}in {self.seconds:.2f} s{speed}{extra}"
 
 
+def em_line(info) -> str:
+    """One EM iteration, as every sink words it."""
+    return (
+        f"EM init {info.init + 1} iteration {info.n_iter}/{info.max_iter}: lower bound "
+        f"{info.lower_bound:.8f}, change {info.change:+.2e} ({info.seconds:.2f} s)"
+    )
+
+
 class Progress:
-    """The sink interface; this base class logs through the ``gmm_dask.jobs`` logger."""
+    """The sink interface; this base class logs through the ``gmm_dask.jobs`` logger, EM
+    iterations every ``em_every``-th (and the first)."""
+
+    em_every = 10
 
     def __init__(self, log: logging.Logger | logging.LoggerAdapter | None = None):
         self.log = log or logger
@@ -53,16 +64,8 @@ class Progress:
         self.log.info("%s", phase.summary())
 
     def em_iteration(self, info) -> None:
-        if info.n_iter == 1 or info.n_iter % 10 == 0:
-            self.log.info(
-                "EM init %d iteration %d/%d: lower bound %.8f, change %.3g (%.2f s)",
-                info.init + 1,
-                info.n_iter,
-                info.max_iter,
-                info.lower_bound,
-                info.change,
-                info.seconds,
-            )
+        if info.n_iter == 1 or info.n_iter % self.em_every == 0:
+            self.log.info("%s", em_line(info))
 
     def message(self, text: str) -> None:
         self.log.info("%s", text)
@@ -71,16 +74,7 @@ class Progress:
 class RunLogProgress(Progress):
     """Every EM iteration and phase as a line of a Prefect run's log (given its run logger)."""
 
-    def em_iteration(self, info) -> None:
-        self.log.info(
-            "EM init %d iteration %d/%d: lower bound %.8f, change %.3g (%.2f s)",
-            info.init + 1,
-            info.n_iter,
-            info.max_iter,
-            info.lower_bound,
-            info.change,
-            info.seconds,
-        )
+    em_every = 1
 
 
 class Tee(Progress):

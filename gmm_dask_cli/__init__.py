@@ -171,7 +171,15 @@ def cmd_demo(p, args) -> int:
     from .output import print_result
 
     cfg = jobs.load_job(p.config)
-    spec = DemoSpec(n_users=p.users, n_snapshots=p.snapshots, seed=p.seed)
+    # a two-day promotion (most users' activity jumps, then returns) in the middle of the history
+    promo = (p.snapshots // 2, 2) if p.snapshots >= 5 else (None, 0)
+    spec = DemoSpec(
+        n_users=p.users,
+        n_snapshots=p.snapshots,
+        seed=p.seed,
+        promotion_start=promo[0],
+        promotion_days=promo[1],
+    )
     root = os.path.dirname(cfg.input.path.rstrip("/"))
     t0 = time.perf_counter()
     print(f"Demo data: {spec.n_users:,} users x {spec.n_snapshots} daily snapshots under {root}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from gmm_dask.progress import Phase, Progress
+from gmm_dask.progress import Phase, Progress, em_line
 
 
 class PlainProgress(Progress):
@@ -26,11 +26,8 @@ class PlainProgress(Progress):
         self._line(phase.summary())
 
     def em_iteration(self, info) -> None:
-        if info.n_iter == 1 or info.n_iter % 10 == 0:
-            self._line(
-                f"EM init {info.init + 1} iteration {info.n_iter}/{info.max_iter}: lower bound "
-                f"{info.lower_bound:.8f}, change {info.change:+.2e} ({info.seconds:.2f} s)"
-            )
+        if info.n_iter == 1 or info.n_iter % self.em_every == 0:
+            self._line(em_line(info))
 
     def message(self, text: str) -> None:
         self._line(text)

@@ -119,6 +119,7 @@ def test_worker_killed_mid_fit_finishes_on_the_survivor_with_the_same_result(tmp
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
 def test_overlapping_backfills_at_once_leave_one_complete_partition_per_date(tmp_path):
     spec = DemoSpec(n_users=3000, n_snapshots=5, seed=21, block_users=1000)
     write_demo_dataset(tmp_path / "data", spec)
@@ -126,13 +127,10 @@ def test_overlapping_backfills_at_once_leave_one_complete_partition_per_date(tmp
     jobs.train(TrainParams(config=str(cfg_path), snapshot=spec.dates[0]))
     d = spec.dates
     runs = []
-    for i, (start, end) in enumerate([(d[0], d[3]), (d[1], d[4])]):
-        env = {
-            **os.environ,
-            "PREFECT_HOME": str(tmp_path / f"prefect-{i}"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        }
-        env.pop("PREFECT_API_URL", None)
+    for start, end in [(d[0], d[3]), (d[1], d[4])]:
+        from prefect.settings import PREFECT_API_URL
+
+        env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}  # the session's Prefect API
         runs.append(
             subprocess.Popen(
                 [
