@@ -145,6 +145,7 @@ class Profile:
     first_huge: tuple | None = None  # (path, row, column, raw value, transform)
     n_duplicate_ids: int = 0
     duplicate_examples: list = field(default_factory=list)
+    duplicate_where: str = ""  # e.g. "id 3 in <file> row 3; <file> row 10"
     # weighted statistics of transformed values
     col_w: np.ndarray | None = None  # observed weight per column
     col_mean: np.ndarray | None = None
@@ -154,7 +155,7 @@ class Profile:
     row_mean: np.ndarray | None = None
     row_m2: np.ndarray | None = None
     complete_per_piece: dict = field(default_factory=dict)  # piece index -> complete rows
-    ids: np.ndarray | None = None  # sorted unique ids (dropped before returning to the client)
+    id_hashes: list | None = None  # per bucket: (hash, piece, row) of this piece's ids (see id_buckets)
 
 
 @np.errstate(over="ignore", invalid="ignore")
@@ -173,8 +174,12 @@ def _weighted_moments(X, w):
     return W, mean, m2
 
 
-def profile_piece(piece: Piece, cfg: InputConfig, storage_options: dict | None = None) -> Profile:
-    """Read one piece and collect counts and statistics (pure apart from the read)."""
+def profile_piece(
+    piece: Piece, cfg: InputConfig, storage_options: dict | None = None, n_buckets: int = 1
+) -> Profile:
+    """Read one piece and collect counts and statistics (pure apart from the read); its ids
+    leave as 64-bit hashes split into ``n_buckets`` by hash (see :func:`id_buckets`) in
+    ``id_hashes``, which the caller takes away before the profiles are merged."""
     table = read_piece(piece, columns_to_read(cfg), storage_options)
     ids, X_raw, w = raw_arrays(table, cfg)
     n, d = X_raw.shape
@@ -183,12 +188,7 @@ def profile_piece(piece: Piece, cfg: InputConfig, storage_options: dict | None =
     if null_ids.any():
         prof.n_null_ids = int(null_ids.sum())
         prof.first_null_id = (piece.path, int(np.flatnonzero(null_ids)[0]))
-    ids_np = ids.to_numpy(zero_copy_only=False)
-    uniq, counts = np.unique(ids_np[~null_ids], return_counts=True)
-    if (counts > 1).any():
-        prof.n_duplicate_ids = int((counts - 1)[counts > 1].sum())
-        prof.duplicate_examples = uniq[counts > 1][:5].tolist()
-    prof.ids = uniq
+    prof.id_hashes = id_buckets(ids, null_ids, piece.index, n_buckets)
     if w is not None:
         badw = ~np.isfinite(w) | (w < 0)
         if badw.any():
@@ -257,18 +257,61 @@ def merge_profiles(a: Profile, b: Profile) -> Profile:
     )
     out.total_w = a.total_w + b.total_w
     out.complete_per_piece = {**a.complete_per_piece, **b.complete_per_piece}
-    both = np.concatenate([a.ids, b.ids])
-    both.sort(kind="stable")
-    dup = both[1:][both[1:] == both[:-1]] if len(both) > 1 else both[:0]
-    out.n_duplicate_ids = a.n_duplicate_ids + b.n_duplicate_ids + len(dup)
-    out.duplicate_examples = (a.duplicate_examples + b.duplicate_examples + dup[:5].tolist())[:5]
-    out.ids = np.unique(both) if len(dup) else both
+    out.n_duplicate_ids = a.n_duplicate_ids + b.n_duplicate_ids
+    out.duplicate_examples = (a.duplicate_examples + b.duplicate_examples)[:5]
     return out
 
 
 def finish_profile(p: Profile) -> Profile:
-    p.ids = None
+    p.id_hashes = None
     return p
+
+
+# --- duplicate ids at any size: hash-partitioned checks -----------------------------------------
+
+
+def id_buckets(ids: pa.ChunkedArray, null: np.ndarray, piece_index: int, n_buckets: int) -> list:
+    """This piece's non-null ids as 64-bit hashes split by ``hash % n_buckets``: per bucket a
+    tuple (hashes, piece index, rows), so each bucket of every piece can be checked on its own
+    (a few MB per task at any number of users, instead of every id in one task)."""
+    import pandas as pd
+
+    values = ids.to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(~null).astype(np.int64)
+    h = pd.util.hash_array(
+        np.asarray(values[~null], dtype=object) if values.dtype == object else values[~null]
+    )
+    which = h % np.uint64(n_buckets)
+    out = []
+    for b in range(n_buckets):
+        m = which == b
+        out.append((h[m], np.full(int(m.sum()), piece_index, dtype=np.int32), rows[m]))
+    return out
+
+
+def duplicate_hashes(parts: list, max_examples: int = 5) -> tuple[int, list]:
+    """Rows whose id hash occurs more than once across ``parts`` (one bucket of every piece):
+    (number of extra rows, up to ``max_examples`` examples as lists of (piece, row))."""
+    h = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint64)
+    piece = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
+    row = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
+    order = np.argsort(h, kind="stable")
+    h, piece, row = h[order], piece[order], row[order]
+    same = h[1:] == h[:-1]
+    n_extra = int(same.sum())
+    examples = []
+    if n_extra:
+        starts = np.flatnonzero(np.concatenate([[True], ~same]))
+        for s_, e in zip(starts, [*starts[1:], len(h)], strict=True):
+            if e - s_ > 1:
+                examples.append([(int(piece[i]), int(row[i])) for i in range(s_, e)])
+                if len(examples) == max_examples:
+                    break
+    return n_extra, examples
+
+
+def merge_duplicates(a: tuple, b: tuple) -> tuple:
+    return a[0] + b[0], (a[1] + b[1])[:5]
 
 
 def check_profile(p: Profile, cfg: InputConfig, date: str, *, standardize: bool = True) -> None:
@@ -287,7 +330,8 @@ def check_profile(p: Profile, cfg: InputConfig, date: str, *, standardize: bool 
     if p.n_duplicate_ids:
         raise DataError(
             f"Snapshot {date}: {p.n_duplicate_ids} duplicate value(s) in id column {cfg.id_column!r}, "
-            f"e.g. {p.duplicate_examples}. Each user must appear once per snapshot; deduplicate upstream "
+            f"e.g. {p.duplicate_examples}{f' ({p.duplicate_where})' if p.duplicate_where else ''}. Each user "
+            "must appear once per snapshot; deduplicate upstream "
             "or aggregate rows and pass the count as input.weight_column."
         )
     if p.n_bad_weight:

@@ -463,7 +463,8 @@ def backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillResult:
                     outcomes = list(pool.map(_in_context(one), plan.todo))
             else:
                 outcomes = []
-                previous = plan.model
+                # the chain starts from the given model, else the published one (ids stay the published ids)
+                previous = plan.model if plan.model is not None else steps.published_model(cfg)
                 for d in plan.dates:
                     if d in plan.done:
                         previous = None  # reloaded below only if a later date needs it

@@ -28,8 +28,10 @@ from .features import (
     build_plan,
     check_profile,
     columns_to_read,
+    duplicate_hashes,
     finish_profile,
     fit_piece_arrays,
+    merge_duplicates,
     merge_profiles,
     profile_piece,
 )
@@ -71,13 +73,39 @@ def open_job_snapshot(cfg: JobConfig, snapshot: str | None = None) -> Snapshot:
     return snap
 
 
+#: Rows of ids per duplicate-check task (16 bytes each: hash, piece, row).
+ID_BUCKET_ROWS = 2_000_000
+
+
+def _profile_and_ids(piece, cfg_input, storage_options, n_buckets):
+    prof = profile_piece(piece, cfg_input, storage_options, n_buckets)
+    buckets, prof.id_hashes = prof.id_hashes, None
+    return prof, buckets
+
+
 def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
     """The one validating pass: ids, weights, missing values, domains, magnitudes, and the
-    scaler statistics; raises the clear error for bad data before anything is fitted or written."""
+    scaler statistics; raises the clear error for bad data before anything is fitted or written.
+
+    Duplicate ids are found at any size without gathering them: every piece splits its ids'
+    hashes into buckets, and each bucket (one slice of every piece) is checked by its own task;
+    the few examples found are confirmed against the real ids.
+    """
     import dask
 
-    parts = [dask.delayed(profile_piece, pure=False)(p, cfg.input, snap.storage_options) for p in snap.pieces]
-    prof = dask.compute(dask.delayed(finish_profile)(_tree_reduce(parts, merge_profiles)))[0]
+    n_buckets = int(np.clip(-(-snap.n_rows // ID_BUCKET_ROWS), 1, 4096))
+    outs = [
+        dask.delayed(_profile_and_ids, nout=2, pure=False)(p, cfg.input, snap.storage_options, n_buckets)
+        for p in snap.pieces
+    ]
+    checks = [dask.delayed(duplicate_hashes, pure=False)([o[1][b] for o in outs]) for b in range(n_buckets)]
+    prof, dups = dask.compute(
+        dask.delayed(finish_profile)(_tree_reduce([o[0] for o in outs], merge_profiles)),
+        _tree_reduce(checks, merge_duplicates),
+    )
+    prof.n_duplicate_ids, prof.duplicate_examples, prof.duplicate_where = _confirm_duplicates(
+        cfg, snap, *dups
+    )
     check_profile(prof, cfg.input, snap.date, standardize=cfg.model.standardize)
     if prof.rows_with_missing:
         logger.warning(
@@ -87,6 +115,36 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
             cfg.input.missing,
         )
     return prof
+
+
+def _confirm_duplicates(cfg: JobConfig, snap: Snapshot, n_extra: int, groups: list) -> tuple[int, list, str]:
+    """Read the ids behind the duplicate hashes found (a handful of rows) and keep the groups
+    whose ids are really equal: (count, examples as 'id (file, rows)')."""
+    from .io import read_piece
+
+    if not n_extra:
+        return 0, [], ""
+    cache: dict[int, np.ndarray] = {}
+
+    def value(piece: int, row: int):
+        if piece not in cache:
+            col = read_piece(snap.pieces[piece], [cfg.input.id_column], snap.storage_options).column(0)
+            cache[piece] = col.to_numpy(zero_copy_only=False)
+        return cache[piece][row]
+
+    examples, where = [], ""
+    for group in groups:
+        vals = [value(p, r) for p, r in group]
+        if all(v == vals[0] for v in vals):
+            v = vals[0]
+            examples.append(v.item() if hasattr(v, "item") else v)
+            if not where:
+                where = f"id {examples[-1]!r} in " + "; ".join(
+                    f"{snap.pieces[p].path} row {r}" for p, r in group[:3]
+                )
+    if not examples:  # 64-bit hash collisions only: no duplicate
+        return 0, [], ""
+    return n_extra, examples, where
 
 
 def rows_used(cfg: JobConfig, prof: Profile) -> int:
