@@ -252,3 +252,18 @@ def test_public_scoring_api_applies_the_stored_transforms_and_matches_the_tables
         model.score(raw.rename(columns={"spend_90d": "spend"}))
     with pytest.raises(DataError, match="pandas DataFrame"):
         model.score(raw[model.feature_names].to_numpy())
+
+
+def test_a_backfill_with_nothing_to_do_starts_no_cluster(trained, monkeypatch):
+    """Dates already written with the model are skipped, and with nothing left no Dask cluster
+    is started."""
+    from gmm_dask.params import BackfillParams
+
+    _, res, path = trained
+
+    def no_cluster(cfg):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr(pipeline, "cluster", no_cluster)
+    out = jobs.backfill(BackfillParams(config=path, start=res.snapshot, end=res.snapshot, publish=True))
+    assert [r["skipped"] for r in out.dates] == [True]
