@@ -8,6 +8,7 @@ in the model, so scoring applies exactly the training transform.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -141,6 +142,7 @@ class Profile:
     col_integral: np.ndarray | None = None  # (D,) every finite value is a whole number
     col_zeros: np.ndarray | None = None  # (D,) rows exactly 0
     col_min: np.ndarray | None = None  # (D,) smallest finite raw value (inf if none)
+    col_max: np.ndarray | None = None  # (D,) largest finite raw value (-inf if none)
     n_huge: int = 0  # rows with a finite transformed value above MAX_ABS_VALUE in magnitude
     first_huge: tuple | None = None  # (path, row, column, raw value, transform)
     n_duplicate_ids: int = 0
@@ -218,6 +220,7 @@ def profile_piece(
         prof.col_integral = ((X_raw == np.round(X_raw)) | missing).all(axis=0)
         prof.col_zeros = (X_raw == 0).sum(axis=0)
         prof.col_min = np.where(missing, np.inf, X_raw).min(axis=0) if n else np.full(d, np.inf)
+        prof.col_max = np.where(missing, -np.inf, X_raw).max(axis=0) if n else np.full(d, -np.inf)
     prof.missing_per_column = missing.sum(axis=0)
     any_missing = missing.any(axis=1)
     prof.rows_with_missing = int(any_missing.sum())
@@ -247,6 +250,7 @@ def merge_profiles(a: Profile, b: Profile) -> Profile:
     out.col_integral = a.col_integral & b.col_integral
     out.col_zeros = a.col_zeros + b.col_zeros
     out.col_min = np.minimum(a.col_min, b.col_min)
+    out.col_max = np.maximum(a.col_max, b.col_max)
     out.n_bad_weight = a.n_bad_weight + b.n_bad_weight
     out.n_null_ids = a.n_null_ids + b.n_null_ids
     out.col_w, out.col_mean, out.col_m2 = _merge_moments(
@@ -281,12 +285,14 @@ def id_buckets(ids: pa.ChunkedArray, null: np.ndarray, piece_index: int, n_bucke
     h = pd.util.hash_array(
         np.asarray(values[~null], dtype=object) if values.dtype == object else values[~null]
     )
-    which = h % np.uint64(n_buckets)
-    out = []
-    for b in range(n_buckets):
-        m = which == b
-        out.append((h[m], np.full(int(m.sum()), piece_index, dtype=np.int32), rows[m]))
-    return out
+    which = (h % np.uint64(n_buckets)).astype(np.int64)
+    order = np.argsort(which, kind="stable")
+    bounds = np.searchsorted(which[order], np.arange(n_buckets + 1))
+    h, rows = h[order], rows[order]
+    return [
+        (h[a:b], np.full(b - a, piece_index, dtype=np.int32), rows[a:b])
+        for a, b in itertools.pairwise(bounds)
+    ]
 
 
 def duplicate_hashes(parts: list, max_examples: int = 5) -> tuple[int, list]:
@@ -440,17 +446,19 @@ DEFAULT_RESOLUTION = {"count": 1.0, "amount": 1.0, "continuous": np.nan}
 
 def infer_kinds(p: Profile, cfg: InputConfig) -> tuple[tuple[str, ...], np.ndarray]:
     """Each feature's kind and resolution: as configured, else inferred from the profile —
-    whole non-negative numbers are counts; non-negative values with at least 1 % exact zeros
-    are amounts; anything else is continuous."""
+    whole non-negative numbers are counts; non-negative values spanning at least 10 units with
+    at least 1 % exact zeros are amounts; anything else (rates and shares included) is continuous."""
     kinds, res = [], []
     observed = np.maximum(p.n_rows - p.missing_per_column, 1)
     for j, f in enumerate(cfg.features):
         kind = f.kind
         if kind is None:
             nonneg = p.col_min[j] >= 0
+            # a value range of a few units (a rate, a share) is not money: one unit would swamp it
+            wide = p.col_max[j] - p.col_min[j] >= 10 * DEFAULT_RESOLUTION["amount"]
             if nonneg and p.col_integral[j]:
                 kind = "count"
-            elif nonneg and p.col_zeros[j] >= 0.01 * observed[j]:
+            elif nonneg and wide and p.col_zeros[j] >= 0.01 * observed[j]:
                 kind = "amount"
             else:
                 kind = "continuous"

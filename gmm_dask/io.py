@@ -587,6 +587,10 @@ def publish_lock(root: str, date: str, storage_options: dict | None = None, *, o
                 f"{held.get('host')}, run {held.get('run') or '?'}, since {held.get('since')}); this run "
                 f"wrote nothing for {date}. Retry when that run has finished (lock: {path})."
             ) from None
+    else:  # the takeover lost a race: someone else holds it now
+        raise PublishConflictError(
+            f"Snapshot {date} is being published by another run (lock {path}); this run wrote nothing."
+        )
     try:
         yield
     finally:
@@ -615,6 +619,12 @@ def copy_partitions(
     """Copy one date's partitions of ``tables`` from ``src_root`` into ``dst_root``, committing
     them together (each atomically): how a candidate is promoted."""
     fs, src = filesystem(src_root, storage_options)
+    for t in tables:
+        if not fs.exists(partition_path(src, t, date)) or not fs.find(partition_path(src, t, date)):
+            raise DataError(
+                f"Candidate partition {partition_path(src_root, t, date)!r} is missing or empty; nothing was "
+                "published. Re-run the candidate."
+            )
     with StagedPartitions(dst_root, tables, date, storage_options) as st:
         for t in tables:
             part = partition_path(src, t, date)

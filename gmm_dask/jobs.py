@@ -90,9 +90,8 @@ def write_report(cfg: JobConfig, res: RunResult, kind: str, bic_table: pd.DataFr
 
     html = html_report(res, res.sample_z, res.sample_segment, bic_table)
     name = f"{kind}-{res.snapshot}-{res.model_version}.html"
-    return io.write_text_atomic(
-        f"{cfg.output.root.rstrip('/')}/_reports/{name}", html, cfg.input.storage_options
-    )
+    root = cfg.output.root if res.published else io.candidates_root(cfg.output.root, res.run_id)
+    return io.write_text_atomic(f"{root.rstrip('/')}/_reports/{name}", html, cfg.input.storage_options)
 
 
 STEPS = Steps(compute_fluidity=_compute_fluidity, write_report=write_report)
@@ -259,9 +258,11 @@ def run_snapshot(
                     model = align_to(reference, model, steps.co_membership(cfg, snap, reference, model))
                     a = model.metadata["alignment"]
                     ph.detail = f"to {reference.version}: births {a['births']}, deaths {a['deaths']}"
-            model = steps.register(cfg, model, alias="latest" if target.publish else None)
+            model = steps.register(cfg, model, alias=None)
         with progress.phase("write", timings, rows=snap.n_rows):
             written = steps.write_tables(cfg, snap, model, root=target.root(cfg))
+        if trained and target.publish:  # only once its tables are committed
+            move_latest(cfg, model, steps)
     res = _run_result(snap, model, trained, written, t0, timings)
     res.published, res.run_id = target.publish, target.run_id
     logger.info(
@@ -275,6 +276,24 @@ def run_snapshot(
     if not target.publish:
         write_manifest(cfg, target, [res])
     return res
+
+
+def move_latest(cfg: JobConfig, model: SegmentationModel, steps: Steps = STEPS) -> bool:
+    """Point ``latest`` at ``model`` unless the published model is of a later snapshot (a
+    backfill or a re-run of an old date never takes ``latest`` back in time)."""
+    current = steps.published_model(cfg)
+    if current is not None and str(current.metadata.get("snapshot", "")) > str(
+        model.metadata.get("snapshot", "")
+    ):
+        logger.info(
+            "latest stays %s (snapshot %s, after %s)",
+            current.version,
+            current.metadata.get("snapshot"),
+            model.metadata.get("snapshot"),
+        )
+        return False
+    steps.set_alias(cfg, "latest", model.version)
+    return True
 
 
 def write_manifest(cfg: JobConfig, target: Target, results: list) -> str:
@@ -316,7 +335,8 @@ def train(p: TrainParams, *, steps: Steps = STEPS) -> RunResult:
     """Fit on a snapshot (latest by default), register the model, write the tables."""
     plan = plan_train(p, steps=steps)
     target = Target(p.publishes(), new_run_id())
-    reference = steps.published_model(plan.cfg) if target.publish else None
+    # aligned to the published model even as a candidate: its ids stay true if it is promoted
+    reference = steps.published_model(plan.cfg)
     return run_snapshot(plan.cfg, plan.snapshot, reference=reference, target=target, steps=steps)
 
 
@@ -335,7 +355,7 @@ def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> R
     them), and is aligned to it either way."""
     plan = plan_score(p, steps=steps)
     target = Target(p.publishes(), new_run_id())
-    reference = steps.published_model(plan.cfg) if target.publish and plan.model is None else None
+    reference = steps.published_model(plan.cfg) if plan.model is None else None
     m = plan.cfg.model
     warm = (
         reference
@@ -583,9 +603,15 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
             prof = steps.profile(cfg, snap)
         with progress.phase("read", timings, rows=pipeline.rows_used(cfg, prof)):
             data = steps.prepare_data(cfg, snap, prof, persist=True)  # read once, shared by every fit
+            # the inputs as the tables will score them (segment sizes), also held once for every fit
+            scored = (
+                steps.prepare_data(cfg, snap, prof, persist=True, dequantize=False)
+                if data.plan.has_floor
+                else None
+            )
 
         def fit_one(k, ct):
-            m = steps.fit(cfg, snap, prof, n_components=k, covariance_type=ct, data=data)
+            m = steps.fit(cfg, snap, prof, n_components=k, covariance_type=ct, data=data, score_data=scored)
             progress.current().message(
                 f"fitted K={k} ({ct}): {p.criterion.upper()} {m.metadata[p.criterion]:,.1f}, "
                 f"{m.metadata['n_iter']} iterations"
@@ -606,8 +632,6 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
         if reference is not None:  # ids that stay true if this winner is promoted
             best = align_to(reference, best, steps.co_membership(cfg, snap, reference, best))
         best = steps.register(cfg, best, alias="selected")
-        if target.publish:
-            steps.set_alias(cfg, "latest", best.version)
         table["model_version"] = [best.version if s else None for s in table.selected]
         with progress.phase("write", timings, rows=snap.n_rows):
             written = steps.write_tables(
@@ -617,6 +641,8 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
                 extra={"model_selection": (table, {"gmm_dask.criterion": p.criterion})},
                 root=target.root(cfg),
             )
+        if target.publish:
+            move_latest(cfg, best, steps)
     res = _run_result(snap, best, True, written, t0, timings)
     res.published, res.run_id = target.publish, target.run_id
     if not target.publish:
@@ -690,7 +716,9 @@ def promote(p: PromoteParams, *, steps: Steps = STEPS) -> PromoteResult:
     trained = [info["model_version"] for _, info in sorted(manifest["dates"].items()) if info.get("trained")]
     latest = trained[-1] if trained else None
     if latest:
-        steps.set_alias(cfg, "latest", latest)
+        model = steps.load_model(cfg, latest)
+        if not move_latest(cfg, model, steps):
+            latest = None
     logger.info("Promoted candidate %s: %d date(s), latest -> %s", p.run_id, len(out), latest)
     return PromoteResult(p.run_id, sorted(out), out, latest)
 

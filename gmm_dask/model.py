@@ -117,7 +117,7 @@ class SegmentationModel:
         gamma = np.exp(log_resp)
         ent = gaussian.entropy_bits(log_resp)
         k = self.n_components
-        norm = ent / np.log2(k) if k > 1 else np.zeros_like(ent)
+        norm = np.clip(ent / np.log2(k), 0.0, 1.0) if k > 1 else np.zeros_like(ent)
         idx = np.where(norm < bands.low_max, 0, np.where(norm < bands.moderate_max, 1, 2))
         return {
             "gamma": gamma,

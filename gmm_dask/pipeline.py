@@ -9,6 +9,7 @@ Data move only between Dask workers; the client sees footers, profiles and aggre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -213,30 +214,28 @@ def fit_model(
     covariance_type: str | None = None,
     warm_start: SegmentationModel | None = None,
     data: FitData | None = None,
+    score_data: FitData | None = None,
     callback: Callable | None = None,
 ) -> SegmentationModel:
     """Fit the mixture with the EM core on the prepared snapshot (an unregistered model with its
-    metadata). A ``warm_start`` model with the same K and covariance type is the starting point
-    (its scaler is kept, its Cholesky factors are used as they are)."""
+    metadata). A ``warm_start`` model with the same K, covariance type and transforms is the
+    starting point, its parameters carried into this snapshot's feature plan (the plan always
+    comes from this run's config and profile)."""
     from .em import fit_mixture, seed_from
-    from .gaussian import MixtureParams, n_parameters
+    from .gaussian import n_parameters
     from .runner import ChunkedData, make_runner
 
     m = cfg.model
     k = n_components or m.n_components
     ct = covariance_type or m.covariance_type
     if data is None:
-        data = prepare_data(cfg, snap, prof, plan=warm_start.plan if warm_start is not None else None)
+        data = prepare_data(cfg, snap, prof)
     if data.n_rows < k:
         raise DataError(
             f"Snapshot {snap.date}: {data.n_rows} usable row(s) for {k} components; use fewer components "
             "(model.n_components) or more data."
         )
-    init = None
-    if warm_start is not None and warm_start.n_components == k and warm_start.covariance_type == ct:
-        init = MixtureParams(
-            warm_start.weights, warm_start.means, warm_start.covariances, warm_start.precisions_cholesky
-        )
+    init = _warm_params(warm_start, data.plan, k, ct)
     t0 = time.perf_counter()
     floor = data.plan.variance_floor if data.plan.has_floor else None
     names = (
@@ -266,7 +265,7 @@ def fit_model(
 
         res = fit(k, init)
         pruned: list[dict] = []
-        scored = None
+        scored = score_data  # the undequantised inputs, read when first needed
         while True:
             if data.plan.has_floor:  # the published assignment scores undequantised inputs
                 if scored is None:
@@ -351,6 +350,37 @@ def fit_model(
     )
 
 
+def _warm_params(warm: SegmentationModel | None, plan: FeaturePlan, k: int, covariance_type: str):
+    """``warm``'s parameters expressed in ``plan``'s model space, or None when they cannot start
+    this fit (other K, covariance type, features or transforms)."""
+    from .gaussian import MixtureParams, compute_precision_cholesky
+
+    if (
+        warm is None
+        or warm.n_components != k
+        or warm.covariance_type != covariance_type
+        or [(f.name, f.transform) for f in warm.plan.features]
+        != [(f.name, f.transform) for f in plan.features]
+    ):
+        return None
+    if np.array_equal(warm.plan.mean, plan.mean) and np.array_equal(warm.plan.scale, plan.scale):
+        return MixtureParams(warm.weights, warm.means, warm.covariances, warm.precisions_cholesky)
+    ratio = warm.plan.scale / plan.scale  # z_new = z_old · ratio + shift
+    means = warm.means * ratio + (warm.plan.mean - plan.mean) / plan.scale
+    c = warm.covariances
+    if covariance_type == "full":
+        cov = c * np.outer(ratio, ratio)[None]
+    elif covariance_type == "tied":
+        cov = c * np.outer(ratio, ratio)
+    elif covariance_type == "diag":
+        cov = c * ratio[None] ** 2
+    else:  # spherical: exact only for one common ratio
+        if not np.allclose(ratio, ratio[0]):
+            return None
+        cov = c * ratio[0] ** 2
+    return MixtureParams(warm.weights, means, cov, compute_precision_cholesky(cov, covariance_type))
+
+
 @dataclass
 class Degenerate:
     """Degenerate components of a fit: too small, or atoms (a variance at the resolution floor)."""
@@ -404,7 +434,9 @@ def degenerate_components(
     small = {int(i): float(share[i]) for i in np.flatnonzero(share < min_share)}
     atoms, values = {}, {}
     if plan.has_floor:
-        at = variance_at_floor(p.covariances, covariance_type, reg_covar, plan.variance_floor(p.means))
+        at = variance_at_floor(
+            p.covariances, covariance_type, reg_covar, plan.variance_floor(p.means), p.weights
+        )
         raw = plan.to_original_units(p.means)
         for i in np.flatnonzero(at.any(axis=1)):
             js = [int(j) for j in np.flatnonzero(at[i])]
@@ -555,10 +587,11 @@ def _co_membership_piece(piece, cfg_input, old, new, storage_options):
     from .io import read_piece
 
     table = read_piece(piece, columns_to_read(cfg_input), storage_options)
-    ids_old, _, Z_old, _, _, _ = prepare_piece(table, cfg_input, old.plan, piece.path)
+    old_plan = dataclasses.replace(old.plan, missing=new.plan.missing)  # today's rows, today's policy
+    ids_old, _, Z_old, _, _, _ = prepare_piece(table, cfg_input, old_plan, piece.path)
     ids_new, _, Z_new, w, _, _ = prepare_piece(table, cfg_input, new.plan, piece.path)
-    if len(Z_old) != len(Z_new):  # the two plans drop different rows: compare the users both keep
-        a, b = ids_old.to_numpy(zero_copy_only=False), ids_new.to_numpy(zero_copy_only=False)
+    a, b = ids_old.to_numpy(zero_copy_only=False), ids_new.to_numpy(zero_copy_only=False)
+    if len(a) != len(b) or not np.array_equal(a, b):  # the plans kept different rows: the users both kept
         keep_a, keep_b = np.isin(a, b), np.isin(b, a)
         Z_old, Z_new = Z_old[keep_a], Z_new[keep_b]
         w = None if w is None else w[keep_b]
@@ -583,12 +616,22 @@ def co_membership(
 
 
 def published_model(cfg: JobConfig) -> SegmentationModel | None:
-    """The model behind the published tables (alias ``latest``), or None before the first publish."""
+    """The model behind the published tables (alias ``latest``), or None before the first publish
+    or when it was trained on other features or another id column (a new segmentation: nothing
+    to continue from or align to)."""
     from .errors import RegistryError
 
     try:
-        return load_model(cfg, "latest")
+        model = registry(cfg).load("latest")
     except RegistryError as err:
         if "does not exist" in str(err):
             return None
         raise
+    if model.plan.names != cfg.input.feature_names or model.id_column != cfg.input.id_column:
+        logger.warning(
+            "The published model %s was trained on other features or another id column; this fit "
+            "starts a new segmentation (no warm start, no alignment).",
+            model.version,
+        )
+        return None
+    return model

@@ -539,15 +539,19 @@ def m_step(
     return weights, means, cov
 
 
-def variance_at_floor(covariances, covariance_type: str, reg_covar, floor: np.ndarray) -> np.ndarray:
-    """(K, D) mask of the variances :func:`m_step` raised to (or left exactly at) the floor."""
+def variance_at_floor(
+    covariances, covariance_type: str, reg_covar, floor: np.ndarray, weights=None
+) -> np.ndarray:
+    """(K, D) mask of the variances :func:`m_step` raised to (or left exactly at) the floor
+    (``weights``: the mixture weights, which weight the tied floor as the M-step does)."""
     k, d = floor.shape
     reg = np.broadcast_to(np.asarray(reg_covar, dtype=float), (d,))
     if covariance_type == "full":
         var = np.diagonal(covariances, axis1=1, axis2=2) - reg
     elif covariance_type == "tied":
         var = np.broadcast_to(np.diag(covariances) - reg, (k, d))
-        floor = np.broadcast_to(floor.mean(axis=0), (k, d))
+        w = np.full(k, 1.0 / k) if weights is None else np.asarray(weights) / np.sum(weights)
+        floor = np.broadcast_to(w @ floor, (k, d))
     elif covariance_type == "diag":
         var = covariances - reg
     else:

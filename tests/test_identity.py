@@ -178,3 +178,23 @@ def test_two_runs_publishing_the_same_date_at_once_exactly_one_publishes(tmp_pat
     assert mem.num_rows == SPEC.n_users
     assert len(set(mem.column("model_version").to_pylist())) == 1  # whole, and from one model
     assert not (tmp_path / "out" / "_locks" / f"dt={d}.lock").exists()
+
+
+def test_latest_never_goes_back_and_a_new_feature_set_starts_a_new_segmentation(tmp_path, data):
+    import json
+
+    import yaml
+
+    cfg = make_config(tmp_path, data)
+    late = jobs.train(TrainParams(config=str(cfg), snapshot=SPEC.dates[2]))
+    early = jobs.train(TrainParams(config=str(cfg), snapshot=SPEC.dates[0]))  # a re-run of an old date
+    latest = json.loads((tmp_path / "out" / "registry" / "aliases" / "latest.json").read_text())["version"]
+    assert latest == late.model_version != early.model_version
+    # the config drops a feature: the published model cannot be continued or aligned to, and the
+    # next publishing run starts a new segmentation instead of failing
+    doc = yaml.safe_load(cfg.read_text())
+    doc["input"]["features"] = doc["input"]["features"][:-1]
+    cfg.write_text(yaml.safe_dump(doc))
+    new = jobs.segment(SegmentParams(config=str(cfg), snapshot=SPEC.dates[3]), report=False)
+    assert new.model.metadata.get("aligned_to") is None
+    assert new.model.feature_names == [f["name"] for f in doc["input"]["features"]]
