@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -25,7 +27,8 @@ def _fit_name() -> str:
 
 _io = {
     "retries": 2,
-    "retry_delay_seconds": 5,
+    # GMM_DASK_RETRY_DELAY: seconds between the two retries of an I/O step (default 5)
+    "retry_delay_seconds": float(os.environ.get("GMM_DASK_RETRY_DELAY", "5")),
     "retry_condition_fn": _retry_unless_bad_input,
     "cache_policy": NO_CACHE,
 }

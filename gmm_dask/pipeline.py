@@ -441,7 +441,11 @@ def degenerate_components(
         for i in np.flatnonzero(at.any(axis=1)):
             js = [int(j) for j in np.flatnonzero(at[i])]
             atoms[int(i)] = js
-            values[int(i)] = [float(np.round(raw[i, j], 6)) for j in js]
+            # the step the component sits on (fitted values are spread over [x, x + Δ))
+            step = plan.resolution
+            values[int(i)] = [
+                float(np.round(np.round((raw[i, j] - step[j] / 2) / step[j]) * step[j], 6)) for j in js
+            ]
     return Degenerate(small, atoms, values)
 
 

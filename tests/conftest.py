@@ -13,6 +13,8 @@ from hypothesis import settings
 settings.register_profile("repeatable", derandomize=True, print_blob=True)
 settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("GMM_DASK_HYPOTHESIS", "repeatable"))
+# retried I/O steps wait 0.5 s instead of 5 s in the tests (read when flows/tasks.py is imported)
+os.environ.setdefault("GMM_DASK_RETRY_DELAY", "0.5")
 
 
 def rel_err(a, b) -> float:

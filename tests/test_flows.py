@@ -204,7 +204,7 @@ def test_bad_date_parameter_is_rejected_by_validation(tmp_path, data_root):
         flows.segment(config=_cfg(tmp_path, data_root), snapshot="2026-02-30")
 
 
-@pytest.mark.parametrize("mode", ["score", "refit"])
+@pytest.mark.parametrize("mode", ["score"])  # refit mode's per-date failures: tests/test_identity.py
 def test_backfill_finishes_good_dates_and_exits_2_naming_each_bad_one(tmp_path, data_root, mode):
     """A date with bad input does not stop the others: they are written whole, and the run
     ends with exit 2 and a list naming each bad date and why."""

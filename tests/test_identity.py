@@ -198,3 +198,30 @@ def test_latest_never_goes_back_and_a_new_feature_set_starts_a_new_segmentation(
     new = jobs.segment(SegmentParams(config=str(cfg), snapshot=SPEC.dates[3]), report=False)
     assert new.model.metadata.get("aligned_to") is None
     assert new.model.feature_names == [f["name"] for f in doc["input"]["features"]]
+
+
+def test_a_refit_backfill_with_a_bad_date_writes_the_others_and_names_it(tmp_path, data):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from gmm_dask.jobs import BackfillError
+
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    bad = SPEC.dates[2]
+    part = next((root / "snapshots" / f"dt={bad}").glob("*.parquet"))
+    t = pq.read_table(part)
+    ids = t.column("user_id").to_numpy().copy()
+    ids[5] = ids[4]
+    pq.write_table(t.set_column(0, "user_id", pa.array(ids)), part)
+    cfg = str(make_config(tmp_path, root))
+    with pytest.raises(BackfillError, match=f"{bad}: Snapshot {bad}: 1 duplicate value") as err:
+        jobs.backfill(
+            BackfillParams(config=cfg, start=SPEC.dates[0], end=SPEC.dates[3], mode="refit", publish=True)
+        )
+    assert list(err.value.result.failed) == [bad]
+    for d in SPEC.dates[:4]:
+        exists = (tmp_path / "out" / "memberships" / f"dt={d}").exists()
+        assert exists == (d != bad)
