@@ -60,7 +60,7 @@ class TerminalProgress(Progress):
         self.bar = RichProgress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=20),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
             TextColumn("ETA ≤"),
@@ -85,10 +85,11 @@ class TerminalProgress(Progress):
     def phase_done(self, phase: Phase) -> None:
         task = self.tasks.pop(phase.name, None)
         if task is not None:
-            self.bar.update(task, total=1, completed=1, description=phase.summary())
+            self.bar.remove_task(task)
         if self.em_task is not None and phase.name == "fit":
             self.bar.remove_task(self.em_task)
             self.em_task = None
+        self.console.print(f"✓ {phase.summary()}", highlight=False, soft_wrap=True)
 
     def em_iteration(self, info) -> None:
         desc = f"EM init {info.init + 1}: lower bound {info.lower_bound:.6f} (Δ {info.change:+.1e})"
