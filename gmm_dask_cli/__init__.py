@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: int) -> None:
     # Before Dask is imported: distributed configures its loggers from this at import time.
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose >= 2 else "warning")
+    # the project sends no usage data (pyproject.toml turns the server's off; this, the client's notice)
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
