@@ -113,32 +113,22 @@ def _run_flow(name: str, p, verbose: int):
         return flow(**p.model_dump(exclude_none=True))
 
 
-def cmd_segment(p, args) -> int:
-    from .output import print_result
+def _flow_command(flow_name: str, printer: str):
+    """A command that runs the flow ``flow_name`` and prints its result with ``output.<printer>``."""
 
-    print_result(_run_flow("segment", p, args.verbose))
-    return EXIT_OK
+    def command(p, args) -> int:
+        from . import output
 
+        getattr(output, printer)(_run_flow(flow_name, p, args.verbose))
+        return EXIT_OK
 
-def cmd_backfill(p, args) -> int:
-    from .output import print_backfill
-
-    print_backfill(_run_flow("backfill", p, args.verbose))
-    return EXIT_OK
+    return command
 
 
-def cmd_select_k(p, args) -> int:
-    from .output import print_selection
-
-    print_selection(_run_flow("select_k", p, args.verbose))
-    return EXIT_OK
-
-
-def cmd_fluidity(p, args) -> int:
-    from .output import print_fluidity
-
-    print_fluidity(_run_flow("fluidity", p, args.verbose))
-    return EXIT_OK
+cmd_segment = _flow_command("segment", "print_result")
+cmd_backfill = _flow_command("backfill", "print_backfill")
+cmd_select_k = _flow_command("select_k", "print_selection")
+cmd_fluidity = _flow_command("fluidity", "print_fluidity")
 
 
 def cmd_promote(p, args) -> int:
