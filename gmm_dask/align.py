@@ -21,6 +21,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .model import SegmentationModel
+from .naming import is_placeholder
 
 #: A matched pair must share at least this fraction of the smaller component's mass.
 MATCH_FRACTION = 0.5
@@ -115,10 +116,13 @@ def apply(old: SegmentationModel, new: SegmentationModel, al: Alignment) -> Segm
     order = np.argsort(al.ids, kind="stable")
     ids = [al.ids[j] for j in order]
     old_names = dict(zip(old.ids, old.segment_names, strict=True))
+    carried = {old_names[old.ids[al.matched[j]]] for j in order if j in al.matched}
     names = []
-    for j in order:
-        name = old_names[old.ids[al.matched[j]]] if j in al.matched else f"segment_{al.ids[j]}"
-        names.append(name if name not in names else f"{name} ({al.ids[j]})")
+    for j in order:  # a segment keeps its name with its id; a new one keeps the name it was fitted with
+        name = old_names[old.ids[al.matched[j]]] if j in al.matched else new.segment_names[j]
+        if j not in al.matched and (name in carried or is_placeholder(name)):
+            name = f"{name} #{al.ids[j]}" if not is_placeholder(name) else f"segment_{al.ids[j]}"
+        names.append(name if name not in names else f"{name} #{al.ids[j]}")
     tied = new.covariance_type == "tied"
     meta = dict(new.metadata)
     meta["alignment"] = al.summary(old)

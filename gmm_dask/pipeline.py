@@ -223,6 +223,7 @@ def fit_model(
     comes from this run's config and profile)."""
     from .em import fit_mixture, seed_from
     from .gaussian import n_parameters
+    from .naming import generate_names
     from .runner import ChunkedData, make_runner
 
     m = cfg.model
@@ -312,6 +313,8 @@ def fit_model(
         )
     p = res.params
     k = p.means.shape[0]
+    if not (m.segment_names and len(m.segment_names) == k):  # configured names win
+        names = generate_names(data.plan, p.weights, p.means, p.covariances, ct)
     n_params = n_parameters(k, p.means.shape[1], ct)
     metadata = {
         "snapshot": snap.date,
