@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from gmm_dask.report import bic_markdown, markdown_summary
 
@@ -13,14 +11,59 @@ def _key(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")[:100]
 
 
+def _records(df, digits: int = 4) -> list[dict]:
+    """A DataFrame as table-artifact rows (no NaN: the UI shows an empty cell)."""
+    out = df.round(digits).astype(object)
+    return out.where(out.notna(), None).to_dict("records")
+
+
 def publish_run(res, kind: str = "segment") -> None:
-    """Markdown summary of a segmentation run, and a link to its HTML report."""
-    create_markdown_artifact(
-        markdown_summary(res), key=_key(f"{kind}-summary"), description=f"{kind} {res.snapshot}"
-    )
+    """What a UI user needs without leaving the UI: the summary (segments, bands, audiences,
+    forecast) as markdown, the segments and audiences as tables, and where the report lives."""
+    data = res.report
+    md = markdown_summary(data) if data is not None else f"# {kind} {res.snapshot}"
     if res.report_path:
-        link = res.report_path if "://" in res.report_path else Path(res.report_path).as_uri()
-        create_link_artifact(link, link_text=f"HTML report for {res.snapshot}", key=_key(f"{kind}-report"))
+        md += (
+            f"\n\n## Report\n\nThe full report with charts is next to the tables: `{res.report_path}` "
+            "(a self-contained HTML file: open it from where the output lives, or copy it anywhere)."
+        )
+    create_markdown_artifact(md, key=_key(f"{kind}-summary"), description=f"{kind} {res.snapshot}")
+    cols = [
+        c
+        for c in ("segment", "name", "share", "size", "mean_entropy_bits", "high_entropy_share")
+        if c in res.segments
+    ]
+    create_table_artifact(
+        _records(res.segments[cols]), key=_key(f"{kind}-segments"), description=f"segments of {res.snapshot}"
+    )
+    if res.analysis is not None:
+        publish_audience_sizes(res.analysis, kind)
+
+
+def publish_audience_sizes(analysis, kind: str) -> None:
+    create_table_artifact(
+        _records(analysis.audiences.sizes),
+        key=_key(f"{kind}-audiences"),
+        description=f"audiences of {analysis.snapshot} (files: {analysis.tables.get('audiences_csv', '')})",
+    )
+
+
+def publish_audience(res) -> None:
+    """The audience flow's result in the UI."""
+    a = res.analysis
+    lines = [f"# Audiences of {res.snapshot} (model {res.model_version})", ""]
+    lines += ["| audience | users | definition |", "|---|---:|---|"]
+    lines += [
+        f"| {r.audience_key} | {r.n_users:,} | {r.definition} |"
+        for r in a.audiences.sizes.itertuples(index=False)
+    ]
+    lines += ["", "## Files", ""] + [f"- `{k}`: `{v}`" for k, v in res.tables.items()]
+    if not res.published:
+        lines += ["", f"Candidate run `{res.run_id}`: `gmm-dask promote --run-id {res.run_id}` publishes it."]
+    create_markdown_artifact(
+        "\n".join(lines), key="audience-summary", description=f"audiences {res.snapshot}"
+    )
+    publish_audience_sizes(a, "audience")
 
 
 def publish_selection(out) -> None:

@@ -2,7 +2,7 @@
 
 Serving registers the deployments with the Prefect API in PREFECT_API_URL and executes their
 runs in this process until interrupted: the daily ``segment`` run on a cron schedule, and
-parameterised ``backfill``, ``select-k``, ``fluidity``, ``train`` and ``score`` deployments that
+parameterised ``backfill``, ``select-k``, ``fluidity``, ``audience``, ``train`` and ``score`` deployments that
 analysts trigger from the UI. ``prefect.yaml`` declares the same set for a work pool.
 """
 
@@ -13,6 +13,7 @@ from prefect.schedules import Cron
 
 from gmm_dask.params import ServeParams
 
+from .audience import audience
 from .backfill import backfill
 from .fluidity import fluidity
 from .segment import score, segment, train
@@ -37,6 +38,7 @@ def deployments(p: ServeParams):
         backfill.to_deployment(name="backfill", parameters=params, tags=tags, concurrency_limit=1),
         select_k.to_deployment(name="select-k", parameters=params, tags=tags),
         fluidity.to_deployment(name="fluidity", parameters=params, tags=tags),
+        audience.to_deployment(name="audience", parameters=params, tags=tags),
     ]
 
 

@@ -48,4 +48,5 @@ TASK_STEPS = Steps(
     co_membership=task(STEPS.co_membership, name="co-membership", **_io),
     compute_fluidity=task(STEPS.compute_fluidity, name="compute-fluidity", **_io),
     write_report=task(STEPS.write_report, name="write-report", **_io),
+    analyse=task(STEPS.analyse, name="fluidity-forecast-audiences", **_io),
 )

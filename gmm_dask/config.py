@@ -245,6 +245,50 @@ class OutputConfig(_Model):
         return self.registry or _join(self.root, "registry")
 
 
+class AudienceConfig(_Model):
+    """Who is in each audience (see gmm_dask.audiences); written per snapshot by the segment job,
+    the backfill and ``gmm-dask audience``."""
+
+    blend_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=0.5,
+        description="γ needed on both segments of a pair to be in its blended audience. Empty: "
+        "output.overlap_threshold.",
+    )
+    pairs: list[tuple[int, int]] | None = Field(
+        None,
+        description="Segment id pairs [a, b] that get a blended audience. Empty: every pair.",
+    )
+    atypical_quantile: float = Field(
+        0.01, gt=0, lt=0.5, description="Share of users with the lowest log-likelihood called atypical."
+    )
+    mover_min_tv: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Total variation ½‖γ_prev − γ‖₁ since the previous snapshot from which a user is a mover.",
+    )
+
+
+class ForecastConfig(_Model):
+    """The Markov forecast of next-period segments (see gmm_dask.forecast)."""
+
+    counts: Literal["gamma_mass", "n_users"] = Field(
+        "gamma_mass", description="gamma_mass: a Markov chain on γ (soft); n_users: on hard segments."
+    )
+    half_life: float | None = Field(
+        7.0, gt=0, description="Recency weighting of past steps, in snapshots. Empty: all steps equal."
+    )
+    prior_users: float = Field(
+        10.0,
+        ge=0,
+        description="Pseudo-users who stay, per segment: rows with little data forecast little change.",
+    )
+    history: int = Field(60, ge=1, le=3650, description="Most past steps (pairs of snapshots) read.")
+    holdout: int = Field(2, ge=1, le=365, description="Last snapshots held out in the backtest.")
+
+
 class TLSConfig(_Model):
     ca_file: str
     cert_file: str
@@ -366,6 +410,8 @@ class JobConfig(_Model):
     model: ModelConfig = ModelConfig()
     output: OutputConfig
     entropy_bands: EntropyBands = EntropyBands()
+    audiences: AudienceConfig = AudienceConfig()
+    forecast: ForecastConfig = ForecastConfig()
     cluster: ClusterConfig = LocalClusterConfig()
 
     def config_hash(self) -> str:

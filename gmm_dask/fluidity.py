@@ -30,6 +30,9 @@ class FluidityResult:
     top_movers: pd.DataFrame
     summary: dict
     path: str | None = None
+    transition_table: pd.DataFrame | None = None  # the ``transitions`` rows (hard and soft counts)
+    paths: dict[str, str] | None = None  # table -> committed partition
+    movers: pa.Table | None = None  # id, segment_from, segment_to, tv_distance of every user in both
 
 
 def _read_memberships(root: str, date: str, id_column: str, storage_options=None) -> pa.Table:
@@ -84,13 +87,25 @@ def compute_fluidity(
     top_n: int = 100,
     write: bool = True,
     storage_options: dict | None = None,
+    from_root: str | None = None,
+    out_root: str | None = None,
 ) -> FluidityResult:
-    """Compare the memberships of two snapshots; optionally write ``<root>/fluidity/dt=<to_date>``."""
-    a = _read_memberships(root, from_date, id_column, storage_options)
+    """Compare the memberships of two snapshots; optionally write ``<out_root>/fluidity/dt=<to_date>``
+    (one row per user in both) and ``<out_root>/transitions/dt=<to_date>`` (one row per pair of
+    segments: users hard-assigned to ``segment_from`` then ``segment_to``, and their soft mass
+    Σ γ_from ⊗ γ_to), committed together.
+
+    ``to_date`` is read from ``root``, ``from_date`` from ``from_root`` (default ``root``): a
+    candidate run compares its own memberships with the published previous snapshot. Output goes
+    to ``out_root`` (default ``root``).
+    """
+    from_root = from_root or root
+    out_root = out_root or root
+    a = _read_memberships(from_root, from_date, id_column, storage_options)
     b = _read_memberships(root, to_date, id_column, storage_options)
     # γ is ordered by each date's segment ids (the segments table's rows): compare in the union
     # of both dates' ids, so births and deaths between the dates line up
-    ids_a = _segment_ids(root, from_date, storage_options)
+    ids_a = _segment_ids(from_root, from_date, storage_options)
     ids_b = _segment_ids(root, to_date, storage_options)
     union = sorted(set(ids_a) | set(ids_b))
     ka = len(union)
@@ -111,6 +126,18 @@ def compute_fluidity(
     trans = np.zeros((ka, ka), dtype=np.int64)
     if n:
         np.add.at(trans, ([pos_of[x] for x in s_from], [pos_of[x] for x in s_to]), 1)
+    soft = g1.T @ g2 if n else np.zeros((ka, ka))
+    fi, ti = np.meshgrid(np.arange(ka), np.arange(ka), indexing="ij")
+    transition_table = pd.DataFrame(
+        {
+            "from_date": from_date,
+            "to_date": to_date,
+            "segment_from": np.asarray(union, dtype=np.int32)[fi.ravel()],
+            "segment_to": np.asarray(union, dtype=np.int32)[ti.ravel()],
+            "n_users": trans.ravel().astype(np.int64),
+            "gamma_mass": soft.ravel(),
+        }
+    )
     out = pa.table(
         {
             id_column: ja.column(id_column),
@@ -142,13 +169,32 @@ def compute_fluidity(
         "p95_tv": float(np.quantile(tv, 0.95)) if n else 0.0,
         "mean_js": float(js.mean()) if n else 0.0,
     }
-    path = None
+    path, paths = None, None
     if write:
-        versions = sorted(set(out.column("model_version_to").to_pylist()))
-        out = out.replace_schema_metadata(
-            table_metadata("fluidity", ",".join(versions), {"gmm_dask.from_date": from_date})
-        )
-        path = io.write_partition(root, "fluidity", to_date, out, storage_options)
+        versions = ",".join(sorted(set(out.column("model_version_to").to_pylist())))
+        meta = {"gmm_dask.from_date": from_date}
+        with io.StagedPartitions(out_root, ["transitions", "fluidity"], to_date, storage_options) as st:
+            st.write(
+                "transitions",
+                pa.Table.from_pandas(transition_table, preserve_index=False).replace_schema_metadata(
+                    table_metadata("transitions", versions, meta)
+                ),
+            )
+            st.write("fluidity", out.replace_schema_metadata(table_metadata("fluidity", versions, meta)))
+        paths = st.paths
+        path = paths["fluidity"]
+    movers = out.select([id_column, "segment_from", "segment_to", "tv_distance"])
     return FluidityResult(
-        from_date, to_date, n, a.num_rows - n, b.num_rows - n, transitions, top, summary, path
+        from_date,
+        to_date,
+        n,
+        a.num_rows - n,
+        b.num_rows - n,
+        transitions,
+        top,
+        summary,
+        path,
+        transition_table,
+        paths,
+        movers,
     )

@@ -380,6 +380,15 @@ def write_table_file(table: pa.Table, path: str, storage_options: dict | None = 
         pq.write_table(table, path, compression="snappy")
 
 
+def write_csv_file(table: pa.Table, path: str, storage_options: dict | None = None) -> None:
+    """One CSV file with a header (list columns are not allowed)."""
+    import pyarrow.csv as pacsv
+
+    fs, inner = filesystem(path, storage_options)
+    with fs.open(inner, "wb") as f:
+        pacsv.write_csv(table, f)
+
+
 class StagedPartitions:
     """The one way a table partition is written: stage every table's partition of one date, then
     commit them together, or abort them all if anything fails (a context manager).
@@ -413,6 +422,10 @@ class StagedPartitions:
 
     def file(self, table: str, name: str) -> str:
         return self.writers[table].file(name)
+
+    def directory(self, table: str) -> str:
+        """The staged partition directory of ``table`` (files written under it are committed)."""
+        return self.writers[table].staged
 
     def write(self, table: str, data: pa.Table, name: str = "part-00000.parquet") -> None:
         write_table_file(data, self.file(table, name), self.storage_options)
@@ -453,6 +466,23 @@ def _partition_files(root: str, table: str, date: str, storage_options: dict | N
     if not fs.exists(path):
         return fs, path, None
     return fs, path, sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+
+
+def partition_files(root: str, table: str, date: str, storage_options: dict | None = None) -> list[str]:
+    """The Parquet files of a committed partition, as paths or URLs ([] if there is none)."""
+    fs, _, files = _partition_files(root, table, date, storage_options)
+    if not files:
+        return []
+    return [f if _is_local(fs) else fs.unstrip_protocol(f) for f in files]
+
+
+def partition_dates(root: str, table: str, storage_options: dict | None = None) -> list[str]:
+    """The dates that have a committed partition of ``table`` under ``root``, in order."""
+    return sorted(
+        n.split("=", 1)[1]
+        for n in list_names(f"{root.rstrip('/')}/{table}", storage_options)
+        if n.startswith("dt=")
+    )
 
 
 def read_partition(

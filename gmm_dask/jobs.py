@@ -35,6 +35,7 @@ from .errors import DataError, GMMDaskInputError
 from .io import list_snapshots
 from .model import BANDS, SegmentationModel
 from .params import (
+    AudienceParams,
     BackfillParams,
     FluidityParams,
     PromoteParams,
@@ -47,6 +48,8 @@ from .params import (
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from .analysis import Analysis
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +71,7 @@ class Steps:
     co_membership: Callable = pipeline.co_membership
     compute_fluidity: Callable = None  # filled below (imports pandas/pyarrow joins lazily)
     write_report: Callable = None
+    analyse: Callable = None
 
 
 def _compute_fluidity(cfg: JobConfig, from_date: str, to_date: str, top_n: int):
@@ -83,18 +87,105 @@ def _compute_fluidity(cfg: JobConfig, from_date: str, to_date: str, top_n: int):
     )
 
 
-def write_report(cfg: JobConfig, res: RunResult, kind: str, bic_table: pd.DataFrame | None = None) -> str:
-    """The run's self-contained HTML report, next to the tables under ``<root>/_reports/``."""
-    from . import io
+def write_report(cfg: JobConfig, data) -> str:
+    """The run's self-contained HTML report (of a :class:`gmm_dask.report.ReportData`), next to
+    the tables under ``<root>/_reports/``."""
     from .report import html_report
 
-    html = html_report(res, res.sample_z, res.sample_segment, bic_table)
-    name = f"{kind}-{res.snapshot}-{res.model_version}.html"
-    root = cfg.output.root if res.published else io.candidates_root(cfg.output.root, res.run_id)
+    html = html_report(data)
+    name = f"{data.kind}-{data.snapshot}-{data.model_version}.html"
+    root = cfg.output.root if data.published else io.candidates_root(cfg.output.root, data.run_id)
     return io.write_text_atomic(f"{root.rstrip('/')}/_reports/{name}", html, cfg.input.storage_options)
 
 
-STEPS = Steps(compute_fluidity=_compute_fluidity, write_report=write_report)
+def report_data(cfg: JobConfig, res: RunResult, kind: str, bic_table: pd.DataFrame | None = None):
+    """What the report and the UI's markdown show of a run (:class:`gmm_dask.report.ReportData`)."""
+    import pandas as pd
+
+    from .naming import component_variances, profile_z, typical_values
+    from .report import ReportData
+
+    model, seg = res.model, res.segments
+    feats = model.feature_names
+    k, d = model.means.shape
+    variances = component_variances(model.covariances, model.covariance_type, k, d)
+    z = profile_z(model.weights, model.means, variances)
+    raw = (
+        seg[[f"mean_{f}" for f in feats]].to_numpy() if len(seg) else typical_values(model.plan, model.means)
+    )
+    ids = pd.Index(model.ids, name="segment")
+    covs = model.full_covariances()
+    a = res.analysis
+    fl = a.fluidity if a is not None else None
+    names = dict(zip(model.ids, model.segment_names, strict=True))
+    if a is not None and a.previous_segments is not None:
+        names = {
+            **dict(zip(a.previous_segments["segment"], a.previous_segments["name"], strict=True)),
+            **names,
+        }
+    seg_ids = np.asarray(model.ids)
+    sample_seg = seg_ids[res.sample_segment] if res.sample_segment is not None and len(seg_ids) else None
+    return ReportData(
+        kind=kind,
+        snapshot=res.snapshot,
+        model_version=res.model_version,
+        published=res.published,
+        run_id=res.run_id,
+        counts=res.counts,
+        fit=res.fit,
+        phases={n: ph.seconds for n, ph in res.timings.items()},
+        segments=seg,
+        features=list(feats),
+        profile_z=pd.DataFrame(z, index=ids, columns=feats),
+        profile_raw=pd.DataFrame(raw, index=ids, columns=feats),
+        entropy_hist=np.asarray(res.entropy_hist, dtype=float),
+        bands={"low_max": cfg.entropy_bands.low_max, "moderate_max": cfg.entropy_bands.moderate_max},
+        band_count=res.band_count,
+        overlaps=res.overlaps,
+        components=[
+            {"segment": int(i), "name": n, "weight": float(w), "mean": m, "cov": c}
+            for i, n, w, m, c in zip(
+                model.ids, model.segment_names, model.weights, model.means, covs, strict=True
+            )
+        ],
+        sample_z=res.sample_z,
+        sample_segment=sample_seg,
+        previous_segments=a.previous_segments if a is not None else None,
+        previous_snapshot=a.previous if a is not None else None,
+        transitions=fl.transitions if fl is not None else None,
+        segment_names=names,
+        bic_table=bic_table,
+        criterion=(res.fit or {}).get("selected_by", "bic"),
+        forecast=_forecast_frame(a),
+        backtest=a.backtest.shares
+        if a is not None and a.backtest is not None and a.backtest.reason is None
+        else None,
+        backtest_scores=_backtest_scores(a),
+        audiences=a.audiences.sizes.assign(path=a.tables.get("audiences")) if a is not None else None,
+        tables=res.tables,
+    )
+
+
+def _forecast_frame(a):
+    if a is None or a.forecast is None or a.forecast.reason is not None:
+        return None
+    f = a.forecast.shares.rename(columns={"now": "share_now", "forecast": "share_forecast"})
+    return f[[c for c in ("segment", "name", "share_now", "share_forecast") if c in f]]
+
+
+def _backtest_scores(a):
+    if a is None or a.backtest is None or a.backtest.reason is not None:
+        return None
+    return a.backtest.scores
+
+
+def _analyse(cfg: JobConfig, date: str, out_root: str, segments, source_root: str | None = None):
+    from .analysis import analyse_snapshot
+
+    return analyse_snapshot(cfg, date, out_root, segments, source_root)
+
+
+STEPS = Steps(compute_fluidity=_compute_fluidity, write_report=write_report, analyse=_analyse)
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -122,6 +213,8 @@ class RunResult:
     model: SegmentationModel | None = field(default=None, repr=False)
     published: bool = True
     run_id: str = ""
+    analysis: Analysis | None = field(default=None, repr=False)
+    report: object | None = field(default=None, repr=False)  # report.ReportData: what the report and UI show
 
     def summary(self) -> dict:
         """JSON-friendly digest (what flows return)."""
@@ -138,6 +231,7 @@ class RunResult:
             "seconds": self.seconds,
             "phases": {k: round(v.seconds, 3) for k, v in self.timings.items()},
             "segments": self.segments[["segment", "name", "weight", "size"]].to_dict("records"),
+            **({"analysis": self.analysis.summary()} if self.analysis is not None else {}),
         }
 
 
@@ -237,9 +331,11 @@ def run_snapshot(
     reference: SegmentationModel | None = None,
     target: Target | None = None,
     steps: Steps = STEPS,
+    analyse: bool = False,
 ) -> RunResult:
     """Segment one opened snapshot: profile → (fit → align to ``reference`` → register | the
-    given model) → tables. A publishing run holds the date's publish lock throughout."""
+    given model) → tables (→ fluidity, forecast and audiences when ``analyse``). A publishing
+    run holds the date's publish lock throughout."""
     target = target or Target(True, new_run_id())
     t0 = time.perf_counter()
     timings: dict[str, progress.Phase] = {}
@@ -261,9 +357,19 @@ def run_snapshot(
             model = steps.register(cfg, model, alias=None)
         with progress.phase("write", timings, rows=snap.n_rows):
             written = steps.write_tables(cfg, snap, model, root=target.root(cfg))
+        analysis = None
+        if analyse:
+            with progress.phase("analyse", timings, rows=snap.n_rows) as ph:
+                analysis = steps.analyse(cfg, snap.date, target.root(cfg), written.segments)
+                written.tables.update(analysis.tables)
+                ph.detail = ", ".join(
+                    f"{r.audience_key}: {r.n_users:,}"
+                    for r in analysis.audiences.sizes.itertuples(index=False)
+                )
         if trained and target.publish:  # only once its tables are committed
             move_latest(cfg, model, steps)
     res = _run_result(snap, model, trained, written, t0, timings)
+    res.analysis = analysis
     res.published, res.run_id = target.publish, target.run_id
     logger.info(
         "Snapshot %s %s with model %s in %.1f s (%s)",
@@ -337,15 +443,19 @@ def train(p: TrainParams, *, steps: Steps = STEPS) -> RunResult:
     target = Target(p.publishes(), new_run_id())
     # aligned to the published model even as a candidate: its ids stay true if it is promoted
     reference = steps.published_model(plan.cfg)
-    return run_snapshot(plan.cfg, plan.snapshot, reference=reference, target=target, steps=steps)
+    res = run_snapshot(plan.cfg, plan.snapshot, reference=reference, target=target, steps=steps)
+    res.report = report_data(plan.cfg, res, "train")
+    return res
 
 
 def score(p: ScoreParams, *, steps: Steps = STEPS) -> RunResult:
     """Apply a registered model (default ``latest``) to a snapshot and write the tables."""
     plan = plan_score(p, steps=steps)
-    return run_snapshot(
+    res = run_snapshot(
         plan.cfg, plan.snapshot, model=plan.model, target=Target(p.publishes(), new_run_id()), steps=steps
     )
+    res.report = report_data(plan.cfg, res, "score")
+    return res
 
 
 def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> RunResult:
@@ -373,9 +483,11 @@ def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> R
         reference=reference,
         target=target,
         steps=steps,
+        analyse=True,
     )
+    res.report = report_data(plan.cfg, res, "segment")
     if report:
-        res.report_path = steps.write_report(plan.cfg, res, "segment")
+        res.report_path = steps.write_report(plan.cfg, res.report)
     return res
 
 
@@ -439,6 +551,22 @@ def plan_backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillPlan:
     return BackfillPlan(cfg, p, dates, missing, model, done)
 
 
+def _analyse_after(cfg: JobConfig, target: Target, outcome, steps: Steps):
+    """The analyst step of a date scored in parallel, run afterwards (dates in order)."""
+    d, res, _ = outcome
+    if res is None:
+        return outcome
+    try:
+        with target.lock(cfg, d), progress.phase("analyse", res.timings, rows=res.counts["rows_written"]):
+            res.analysis = steps.analyse(cfg, d, target.root(cfg), res.segments)
+    except (GMMDaskInputError, io.PublishConflictError) as e:
+        return d, None, str(e)
+    res.tables.update(res.analysis.tables)
+    if not target.publish:
+        write_manifest(cfg, target, [res])
+    return d, res, None
+
+
 def _in_context(fn):
     """Run ``fn`` in a copy of the caller's context (so Prefect's run context and the progress
     sink reach worker threads)."""
@@ -475,12 +603,15 @@ def backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillResult:
                     try:
                         snap = steps.open_snapshot(cfg, d)
                         res = run_snapshot(cfg, snap, model=plan.model, target=target, steps=steps)
-                        return d, res.summary(), None
+                        return d, res, None
                     except failures as err:
                         return d, None, str(err)
 
                 with ThreadPoolExecutor(max_workers=p.max_concurrency) as pool:
                     outcomes = list(pool.map(_in_context(one), plan.todo))
+                if p.analyse:  # in date order: each date compares with the one before
+                    outcomes = [_analyse_after(cfg, target, o, steps) for o in outcomes]
+                outcomes = [(d, r.summary() if r is not None else None, e) for d, r, e in outcomes]
             else:
                 outcomes = []
                 # the chain starts from the given model, else the published one (ids stay the published ids)
@@ -496,7 +627,13 @@ def backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillResult:
                     try:
                         snap = steps.open_snapshot(cfg, d)
                         res = run_snapshot(
-                            cfg, snap, warm_start=previous, reference=previous, target=target, steps=steps
+                            cfg,
+                            snap,
+                            warm_start=previous,
+                            reference=previous,
+                            target=target,
+                            steps=steps,
+                            analyse=p.analyse,
                         )
                     except failures as err:
                         outcomes.append((d, None, str(err)))
@@ -647,8 +784,9 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
     res.published, res.run_id = target.publish, target.run_id
     if not target.publish:
         write_manifest(cfg, target, [res])
+    res.report = report_data(cfg, res, "select-k", table)
     if report:
-        res.report_path = steps.write_report(cfg, res, "select-k", table)
+        res.report_path = steps.write_report(cfg, res.report)
     return SelectKResult(res, table, p.criterion)
 
 
@@ -673,6 +811,73 @@ def fluidity(p: FluidityParams, *, steps: Steps = STEPS):
     timings: dict[str, progress.Phase] = {}
     with progress.phase("fluidity", timings):
         return steps.compute_fluidity(cfg, p.from_date.isoformat(), p.to_date.isoformat(), p.top_n)
+
+
+# --- audiences -----------------------------------------------------------------------------
+
+
+@dataclass
+class AudienceRunResult:
+    """What ``gmm-dask audience`` wrote for one segmented snapshot."""
+
+    snapshot: str
+    model_version: str
+    analysis: Analysis
+    tables: dict[str, str]
+    published: bool
+    run_id: str
+    trained: bool = False
+
+    def summary(self) -> dict:
+        return {
+            "snapshot": self.snapshot,
+            "model_version": self.model_version,
+            "tables": self.tables,
+            "published": self.published,
+            "run_id": self.run_id,
+            **self.analysis.summary(),
+        }
+
+
+def plan_audience(p: AudienceParams, *, steps: Steps = STEPS) -> tuple[JobConfig, str, str]:
+    """(config, snapshot, model version of its memberships), checked without Dask."""
+    cfg = p.apply(load_job(p.config))
+    check_job(cfg)
+    so = cfg.input.storage_options
+    if p.snapshot is not None:
+        date = p.snapshot.isoformat()
+    else:
+        dates = io.partition_dates(cfg.output.root, "memberships", so)
+        if not dates:
+            raise DataError(
+                f"snapshot: no published memberships under {cfg.output.root!r}; run segment, score or "
+                "backfill first."
+            )
+        date = dates[-1]
+    version = steps.partition_model_version(cfg, "memberships", date)
+    if version is None:
+        raise DataError(
+            f"snapshot: no published memberships for {date} under {cfg.output.root!r}; run segment, score "
+            "or backfill for that date first."
+        )
+    return cfg, date, version
+
+
+def audience(p: AudienceParams, *, steps: Steps = STEPS) -> AudienceRunResult:
+    """Write a segmented snapshot's audiences (and its fluidity against the previous snapshot,
+    transitions and forecast) — as a candidate unless ``publish``."""
+    cfg, date, version = plan_audience(p, steps=steps)
+    target = Target(p.publishes(), new_run_id())
+    so = cfg.input.storage_options
+    segments = io.read_partition(cfg.output.root, "segments", date, None, so).to_pandas()
+    timings: dict[str, progress.Phase] = {}
+    rows = int(segments["size"].sum())
+    with target.lock(cfg, date), pipeline.cluster(cfg), progress.phase("analyse", timings, rows=rows):
+        analysis = steps.analyse(cfg, date, target.root(cfg), segments, source_root=cfg.output.root)
+    res = AudienceRunResult(date, version, analysis, dict(analysis.tables), target.publish, target.run_id)
+    if not target.publish:
+        write_manifest(cfg, target, [res])
+    return res
 
 
 # --- promote -------------------------------------------------------------------------------
@@ -733,6 +938,7 @@ PLANS = {
     SelectKParams: plan_select_k,
     FluidityParams: plan_fluidity,
     PromoteParams: plan_promote,
+    AudienceParams: plan_audience,
 }
 
 
@@ -748,6 +954,7 @@ __all__ = [
     "RunResult",
     "SelectKResult",
     "Steps",
+    "audience",
     "backfill",
     "fluidity",
     "plan",

@@ -170,6 +170,13 @@ class BackfillParams(JobParams):
     max_concurrency: Annotated[
         int, Field(ge=1, le=32, strict=True, description="Dates scored at the same time (score mode).")
     ] = 2
+    analyse: Annotated[
+        bool,
+        Field(
+            description="Also write each date's fluidity, transitions, forecast and audiences (against "
+            "the date before it), as the daily segment run does."
+        ),
+    ] = True
     publish: PublishParam = None
 
     def publishes(self) -> bool:
@@ -225,6 +232,49 @@ class FluidityParams(JobParams):
         return self
 
 
+class AudienceParams(JobParams):
+    """Write the audiences of a segmented snapshot: high-entropy, blended, atypical users and movers
+    (Parquet and CSV), with the fluidity against the previous snapshot and the forecast."""
+
+    snapshot: Annotated[
+        dt.date | None,
+        Field(description="Segmented snapshot, YYYY-MM-DD. Empty: the latest with published memberships."),
+    ] = None
+    blend_threshold: Annotated[
+        float | None,
+        Field(gt=0, le=0.5, description="γ needed on both segments of a pair. Empty: the config's."),
+    ] = None
+    atypical_quantile: Annotated[
+        float | None,
+        Field(
+            gt=0, lt=0.5, description="Share of users with the lowest log-likelihood. Empty: the config's."
+        ),
+    ] = None
+    mover_min_tv: Annotated[
+        float | None,
+        Field(gt=0, le=1, description="Total variation since the previous snapshot. Empty: the config's."),
+    ] = None
+    publish: Annotated[
+        bool,
+        Field(
+            description="Replace the published audiences; otherwise write a candidate under "
+            "<output.root>/_candidates/<run id>/ (see `promote`)."
+        ),
+    ] = False
+
+    def publishes(self) -> bool:
+        return self.publish
+
+    def apply(self, cfg: JobConfig) -> JobConfig:
+        """The config with this run's audience settings patched in."""
+        changes = self.model_dump(
+            include={"blend_threshold", "atypical_quantile", "mover_min_tv"}, exclude_none=True
+        )
+        if not changes:
+            return cfg
+        return cfg.model_copy(update={"audiences": cfg.audiences.model_copy(update=changes)})
+
+
 def parse_params(cls: type[_Params], values: dict, source: str) -> _Params:
     """Validate parameters into ``cls``; a :class:`ConfigError` naming each bad parameter."""
     try:
@@ -238,6 +288,7 @@ def date_str(value: dt.date | None) -> str | None:
 
 
 __all__ = [
+    "AudienceParams",
     "BackfillParams",
     "FluidityParams",
     "ModelOverride",

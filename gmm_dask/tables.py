@@ -21,6 +21,7 @@ from .model import BANDS, SegmentationModel
 SCHEMA_VERSION = "1"
 SAMPLE_PER_PIECE = 400
 SAMPLE_CAP = 4000
+ENTROPY_BINS = 50  # equal-width bins of normalised entropy in the report
 
 
 def membership_schema(id_type: pa.DataType, id_column: str, model_version: str) -> pa.Schema:
@@ -68,7 +69,7 @@ class PieceResult:
     overlap_count: np.ndarray  # (K, K)
     overlap_gamma: np.ndarray  # (K, K) Σ γ_a over users with γ_a, γ_b ≥ threshold
     band_count: np.ndarray  # (3,)
-    entropy_hist: np.ndarray  # (20,) histogram of entropy_norm on [0, 1]
+    entropy_hist: np.ndarray  # (ENTROPY_BINS,) histogram of entropy_norm on [0, 1]
     sample_z: np.ndarray  # (m, D) a few model-space rows for the report's 2-D projection
     sample_segment: np.ndarray  # (m,)
 
@@ -140,7 +141,7 @@ def score_piece(
         overlap_count=overf.T @ overf,
         overlap_gamma=(gamma * overf).T @ overf,
         band_count=np.array([(m["entropy_band"] == b).sum() for b in BANDS], dtype=float),
-        entropy_hist=np.histogram(m["entropy_norm"], bins=20, range=(0.0, 1.0))[0].astype(float),
+        entropy_hist=np.histogram(m["entropy_norm"], bins=ENTROPY_BINS, range=(0.0, 1.0))[0].astype(float),
         sample_z=Z[pick],
         sample_segment=seg[pick],
     )

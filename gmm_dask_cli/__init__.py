@@ -4,7 +4,7 @@ Each job command's options are generated from the job's parameter model, so they
 Prefect form. Every command checks its arguments, config, paths, snapshots and model version
 before it starts Prefect or Dask: bad input exits 2 within seconds, with one message and no
 traceback (``-v`` adds it). ``train`` and ``score`` run without Prefect; ``segment``,
-``backfill``, ``select-k`` and ``fluidity`` run their flows (Prefect's temporary local API when
+``backfill``, ``select-k``, ``fluidity`` and ``audience`` run their flows (Prefect's temporary local API when
 PREFECT_API_URL is unset). Exit codes: 0 done, 2 bad input or configuration, 1 internal failure.
 """
 
@@ -129,6 +129,7 @@ cmd_segment = _flow_command("segment", "print_result")
 cmd_backfill = _flow_command("backfill", "print_backfill")
 cmd_select_k = _flow_command("select_k", "print_selection")
 cmd_fluidity = _flow_command("fluidity", "print_fluidity")
+cmd_audience = _flow_command("audience", "print_audience")
 
 
 def cmd_promote(p, args) -> int:
@@ -211,6 +212,12 @@ def _commands():
         ("backfill", params.BackfillParams, "run the backfill flow over [start, end]", cmd_backfill),
         ("select-k", params.SelectKParams, "run the model selection flow", cmd_select_k),
         ("fluidity", params.FluidityParams, "run the fluidity flow between two snapshots", cmd_fluidity),
+        (
+            "audience",
+            params.AudienceParams,
+            "run the audience flow: high-entropy, blended, atypical users and movers (Parquet + CSV)",
+            cmd_audience,
+        ),
         ("promote", params.PromoteParams, "publish a candidate run's tables and model", cmd_promote),
         ("serve", params.ServeParams, "serve the deployments from this process (Ctrl-C to stop)", cmd_serve),
         ("demo", DemoParams, "generate demo data if absent and run the segment flow on it", cmd_demo),

@@ -57,6 +57,8 @@ def print_result(res, stream=None) -> None:
         )
     bands = ", ".join(f"{k} {v:,}" for k, v in res.band_count.items())
     w(f"\nEntropy bands: {bands}\n")
+    if getattr(res, "analysis", None) is not None:
+        print_analysis(res.analysis, stream)
     if res.overlaps is not None and len(res.overlaps):
         top = res.overlaps.sort_values("n_users", ascending=False).head(3)
         pairs = "; ".join(f"{r.name_a} + {r.name_b}: {r.n_users:,}" for r in top.itertuples())
@@ -71,6 +73,52 @@ def print_result(res, stream=None) -> None:
         w(f"  {name:<16} {path}\n")
     if res.report_path:
         w(f"  {'report':<16} {res.report_path}\n")
+
+
+def print_analysis(a, stream=None) -> None:
+    """Audience sizes, fluidity against the previous snapshot, the forecast and its backtest."""
+    w = _w(stream)
+    if a.fluidity is not None:
+        f = a.fluidity.summary
+        w(
+            f"Since {a.previous}: {f['segment_changed_share']:.1%} of {f['users_in_both']:,} users changed "
+            f"segment; median membership shift (TV) {f['median_tv']:.3f}\n"
+        )
+    sizes = a.audiences.sizes
+    w("Audiences:\n")
+    for r in sizes.itertuples(index=False):
+        w(f"  {r.audience_key:<18} {r.n_users:>10,}  {r.definition}\n")
+    fc, bt = a.forecast, a.backtest
+    if fc is not None and fc.reason is None:
+        moves = ", ".join(
+            f"{getattr(r, 'name', r.segment)} {r.now:.1%} -> {r.forecast:.1%}"
+            for r in fc.shares.itertuples(index=False)
+        )
+        w(f"Forecast of the next snapshot's shares (Markov on γ, {fc.n_steps} steps): {moves}\n")
+    elif fc is not None:
+        w(f"Forecast: none ({fc.reason})\n")
+    if bt is not None and bt.reason is None:
+        s = bt.summary()
+        imp = s["improvement"]
+        w(
+            f"Backtest on {', '.join(s['held_out'])}: share MAE {s['markov']['share_mae']:.4f} vs persistence "
+            f"{s['persistence']['share_mae']:.4f} ({imp['share_mae']:+.0%}); user Brier "
+            f"{s['markov']['user_brier']:.4f} vs {s['persistence']['user_brier']:.4f} ({imp['user_brier']:+.0%})\n"
+        )
+
+
+def print_audience(res, stream=None) -> None:
+    w = _w(stream)
+    w(f"\nSnapshot {res.snapshot} (model {res.model_version}):\n")
+    print_analysis(res.analysis, stream)
+    if res.published:
+        w("\nTables (published):\n")
+    else:
+        w(
+            f"\nTables (candidate run {res.run_id}; `gmm-dask promote --run-id {res.run_id}` publishes them):\n"
+        )
+    for name, path in res.tables.items():
+        w(f"  {name:<16} {path}\n")
 
 
 def print_backfill(dates: list[dict], stream=None) -> None:

@@ -1,0 +1,174 @@
+"""The analyst step of a segmented snapshot: fluidity and transitions against the previous
+snapshot, the forecast with its backtest, and the audiences (one step of the jobs, after the
+tables are written).
+
+Reads: the snapshot's memberships and segments (from ``out_root``, where the run wrote them),
+the previous segmented snapshot (from ``out_root`` if the run wrote it, else from the published
+tables), and past ``transitions`` partitions (the run's own first, then the published ones).
+Writes under ``out_root``: ``fluidity`` and ``transitions`` (when there is a previous snapshot),
+``audiences``, ``audiences_csv`` and ``forecast`` (when there is a transition history).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from . import io
+from .audiences import AudienceResult, AudienceRules, atypical_threshold, write_audiences
+from .config import JobConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Analysis:
+    """What the analyst step wrote and found for one snapshot."""
+
+    snapshot: str
+    previous: str | None
+    audiences: AudienceResult
+    fluidity: object | None = None  # fluidity.FluidityResult
+    forecast: object | None = None  # forecast.Forecast
+    backtest: object | None = None  # forecast.Backtest
+    previous_segments: pd.DataFrame | None = None
+    tables: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        out: dict = {
+            "previous_snapshot": self.previous,
+            "audiences": {
+                r.audience_key: int(r.n_users) for r in self.audiences.sizes.itertuples(index=False)
+            },
+        }
+        if self.fluidity is not None:
+            out["fluidity"] = self.fluidity.summary
+        if self.forecast is not None:
+            out["forecast"] = (
+                {"reason": self.forecast.reason}
+                if self.forecast.reason
+                else {
+                    "steps": self.forecast.n_steps,
+                    "shares": {
+                        int(r.segment): round(float(r.forecast), 6)
+                        for r in self.forecast.shares.itertuples(index=False)
+                    },
+                }
+            )
+        if self.backtest is not None:
+            out["backtest"] = self.backtest.summary()
+        return out
+
+
+def _dates_with(cfg: JobConfig, table: str, roots: list[str]) -> dict[str, str]:
+    """date -> the first root (in order) that has a committed partition of ``table`` for it."""
+    so = cfg.input.storage_options
+    found: dict[str, str] = {}
+    for root in roots:
+        for d in io.partition_dates(root, table, so):
+            found.setdefault(d, root)
+    return found
+
+
+def _shares(cfg: JobConfig, root: str, date: str) -> pd.DataFrame:
+    return io.read_partition(
+        root, "segments", date, ["segment", "name", "size", "share"], cfg.input.storage_options
+    ).to_pandas()
+
+
+def analyse_snapshot(
+    cfg: JobConfig, date: str, out_root: str, segments: pd.DataFrame, source_root: str | None = None
+) -> Analysis:
+    """Fluidity/transitions vs the previous snapshot, forecast + backtest, audiences of ``date``,
+    whose memberships are under ``source_root`` (default ``out_root``); writes under ``out_root``."""
+    from .fluidity import compute_fluidity
+    from .forecast import backtest, forecast_next
+
+    so = cfg.input.storage_options
+    source_root = source_root or out_root
+    roots = list(dict.fromkeys([out_root, cfg.output.root]))
+    tables: dict[str, str] = {}
+    segmented = _dates_with(cfg, "memberships", roots)
+    earlier = sorted(d for d in segmented if d < date)
+    previous = earlier[-1] if earlier else None
+    fl = prev_segments = None
+    if previous is not None:
+        fl = compute_fluidity(
+            source_root,
+            previous,
+            date,
+            cfg.input.id_column,
+            storage_options=so,
+            from_root=segmented[previous],
+            out_root=out_root,
+        )
+        tables.update(fl.paths or {})
+        prev_segments = _shares(cfg, segmented[previous], previous)
+    # the transition history up to this date (the run's own partitions first)
+    have = _dates_with(cfg, "transitions", roots)
+    steps = sorted(d for d in have if d <= date)[-cfg.forecast.history :]
+    history = (
+        pd.concat(
+            [io.read_partition(have[d], "transitions", d, None, so).to_pandas() for d in steps],
+            ignore_index=True,
+        )
+        if steps
+        else pd.DataFrame(
+            columns=["from_date", "to_date", "segment_from", "segment_to", "n_users", "gamma_mass"]
+        )
+    )
+    f = cfg.forecast
+    opts = {"counts": f.counts, "half_life": f.half_life, "prior_users": f.prior_users}
+    ids = [int(s) for s in segments["segment"]]
+    names = dict(zip(ids, segments["name"], strict=True))
+    now = pd.Series(segments["size"].to_numpy(dtype=float), index=pd.Index(ids, name="segment"))
+    forecast = bt = None
+    transition = None
+    if len(history):
+        forecast = forecast_next(now, history, names=names, **opts)
+        if forecast.reason is None:
+            transition = (ids, forecast.matrix.reindex(index=ids, columns=ids).to_numpy())
+        dates = sorted({*history["from_date"], *history["to_date"]} | {date})
+        shares_by_date = {}
+        for d in dates:
+            src = segmented.get(d)
+            if src is not None:
+                s = _shares(cfg, src, d)
+                shares_by_date[d] = pd.Series(s["size"].to_numpy(dtype=float), index=s["segment"].astype(int))
+        bt = backtest(shares_by_date, history, f.holdout, names=names, **opts)
+    a = cfg.audiences
+    files = io.partition_files(source_root, "memberships", date, so)
+    n_rows = int(segments["size"].sum())
+    rules = AudienceRules(
+        blend_threshold=a.blend_threshold or cfg.output.overlap_threshold,
+        pairs=tuple(tuple(p) for p in a.pairs) if a.pairs else tuple(itertools.combinations(ids, 2)),
+        atypical_quantile=a.atypical_quantile,
+        atypical_threshold=atypical_threshold(files, n_rows, a.atypical_quantile, so),
+        mover_min_tv=a.mover_min_tv,
+        high_min=cfg.entropy_bands.moderate_max,
+        from_date=previous,
+    )
+    aud = write_audiences(
+        source_root,
+        out_root,
+        date,
+        cfg.input.id_column,
+        segments,
+        rules,
+        movers=fl.movers if fl is not None else None,
+        transition=transition,
+        storage_options=so,
+    )
+    tables.update(aud.paths)
+    logger.info(
+        "Snapshot %s: audiences %s",
+        date,
+        ", ".join(f"{r.audience_key} {r.n_users:,}" for r in aud.sizes.itertuples(index=False)),
+    )
+    return Analysis(date, previous, aud, fl, forecast, bt, prev_segments, tables)
+
+
+__all__ = ["Analysis", "analyse_snapshot"]

@@ -1,0 +1,384 @@
+"""Audiences: the users behind the ideas of soft segmentation, as files activation tools take.
+
+Per snapshot, from its memberships (and, for movers, from its fluidity against the previous
+snapshot), one row per (user, audience):
+
+``high_entropy``
+    users whose normalised entropy is in the ``high`` band (no segment explains them: hybrids of
+    several segments, fluid identities, anomalies);
+``blended``
+    users with γ_a ≥ t and γ_b ≥ t for a pair of segments (a, b) — every pair unless the config
+    lists some — the cross-segment targets (``audience_key`` = ``blended_<a>_<b>``);
+``atypical``
+    users in the lowest ``atypical_quantile`` of log-likelihood under the model (the threshold is
+    the exact k-th smallest log-likelihood of the snapshot, k = ⌈q·N⌉; ties at it are included);
+``mover``
+    users whose membership moved by a total variation ½‖γ_prev − γ‖₁ ≥ ``mover_min_tv`` since the
+    previous snapshot.
+
+Columns: the id column, ``audience``, ``audience_key``, ``reason`` (why this user is in it, in
+words), ``segment``, ``segment_name``, ``max_gamma``, ``entropy_bits``, ``entropy_band``,
+``log_likelihood``, one ``gamma_<segment id>`` column per segment, ``snapshot`` and
+``model_version``. Written as Parquet (``audiences/dt=<date>/``) and as CSV with a header, one
+file per audience key and piece (``audiences_csv/dt=<date>/<audience_key>-part-NNNNN.csv``).
+
+Each worker reads its memberships files and writes its own output files; nothing but counts
+(and, for the atypical threshold, at most k log-likelihoods per merge) comes back to the client.
+When a transition matrix is given, the same pass writes each user's next-period segment
+distribution (``forecast/dt=<date>/``: γ·T, the most likely next segment and the probability of
+staying).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from . import io
+from .tables import table_metadata
+
+KINDS = ("high_entropy", "blended", "atypical", "mover")
+MEMBERSHIP_COLUMNS = (
+    "segment",
+    "segment_name",
+    "gamma",
+    "max_gamma",
+    "entropy_bits",
+    "entropy_norm",
+    "entropy_band",
+    "log_likelihood",
+    "model_version",
+)
+
+
+@dataclass(frozen=True)
+class AudienceRules:
+    """Resolved audience settings for one snapshot."""
+
+    blend_threshold: float
+    pairs: tuple[tuple[int, int], ...]  # segment id pairs
+    atypical_quantile: float
+    atypical_threshold: float | None  # log-likelihood at or below which a user is atypical
+    mover_min_tv: float
+    high_min: float  # normalised entropy from which a user is in the high band
+    from_date: str | None = None  # the previous snapshot (movers)
+
+    def definitions(self, names: dict[int, str]) -> dict[str, tuple[str, str]]:
+        """audience_key -> (audience, definition in words)."""
+        out = {
+            "high_entropy": (
+                "high_entropy",
+                f"normalised entropy ≥ {self.high_min:g} (the high band): no segment explains the user",
+            )
+        }
+        for a, b in self.pairs:
+            out[f"blended_{a}_{b}"] = (
+                "blended",
+                f"γ ≥ {self.blend_threshold:g} on both {names.get(a, a)} ({a}) and {names.get(b, b)} ({b})",
+            )
+        if self.atypical_threshold is not None:
+            out["atypical"] = (
+                "atypical",
+                f"log-likelihood ≤ {self.atypical_threshold:.6g}, the lowest {self.atypical_quantile:.2%} "
+                "of the snapshot",
+            )
+        if self.from_date is not None:
+            out["mover"] = (
+                "mover",
+                f"membership moved by total variation ≥ {self.mover_min_tv:g} since {self.from_date}",
+            )
+        return out
+
+
+def _lowest(values: np.ndarray, k: int) -> np.ndarray:
+    return values if len(values) <= k else np.partition(values, k - 1)[:k]
+
+
+def _piece_lowest(path: str, k: int, storage_options) -> np.ndarray:
+    fs, inner = io.filesystem(path, storage_options)
+    with fs.open(inner, "rb") as f:
+        ll = pq.read_table(f, columns=["log_likelihood"]).column("log_likelihood").to_numpy()
+    return _lowest(np.asarray(ll, dtype=np.float64), k)
+
+
+def atypical_threshold(files: list[str], n_rows: int, quantile: float, storage_options=None) -> float | None:
+    """The exact k-th smallest log-likelihood over ``files`` (k = ⌈quantile·n_rows⌉), computed by
+    keeping at most k values per task and merge (a tree of few tasks), or None without rows."""
+    import dask
+
+    from .pipeline import _tree_reduce
+
+    if n_rows == 0:
+        return None
+    k = max(1, math.ceil(quantile * n_rows))
+    parts = [dask.delayed(_piece_lowest, pure=False)(f, k, storage_options) for f in files]
+    low = dask.compute(_tree_reduce(parts, lambda a, b: _lowest(np.concatenate([a, b]), k)))[0]
+    return float(np.sort(low)[min(k, len(low)) - 1])
+
+
+def _gamma(table: pa.Table) -> np.ndarray:
+    lists = table.column("gamma").combine_chunks()
+    n = len(lists)
+    if n == 0:
+        return np.zeros((0, 0))
+    flat = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.float64)
+    return flat.reshape(n, -1)
+
+
+def _fmt_name(names: dict[int, str], sid: int) -> str:
+    return f"{names.get(sid, sid)} ({sid})"
+
+
+def audience_piece(
+    path: str,
+    index: int,
+    id_column: str,
+    snapshot: str,
+    ids: list[int],
+    names: dict[int, str],
+    rules: AudienceRules,
+    movers: pa.Table | None,
+    out_parquet: str,
+    out_csv_dir: str,
+    transition: tuple[list[int], np.ndarray] | None = None,
+    out_forecast: str | None = None,
+    storage_options=None,
+) -> Counter:
+    """Audiences (and the forecast) of one memberships file; returns users per audience key."""
+    fs, inner = io.filesystem(path, storage_options)
+    with fs.open(inner, "rb") as f:
+        t = pq.read_table(f, columns=[id_column, *MEMBERSHIP_COLUMNS])
+    g = _gamma(t)
+    n, k = len(t), len(ids)
+    if n and g.shape[1] != k:
+        raise ValueError(f"{path}: γ has {g.shape[1]} entries but the snapshot has {k} segments")
+    seg = t.column("segment").to_numpy()
+    norm = t.column("entropy_norm").to_numpy()
+    ll = t.column("log_likelihood").to_numpy()
+    bits = t.column("entropy_bits").to_numpy()
+    pos = {sid: j for j, sid in enumerate(ids)}
+    selections: list[tuple[str, str, np.ndarray, list[str]]] = []  # (audience, key, rows, reasons)
+    rows = np.flatnonzero(norm >= rules.high_min)
+    selections.append(
+        (
+            "high_entropy",
+            "high_entropy",
+            rows,
+            [
+                f"entropy {bits[r]:.2f} bits = {norm[r]:.2f} of the maximum (high band ≥ {rules.high_min:g})"
+                for r in rows
+            ],
+        )
+    )
+    thr = rules.blend_threshold
+    for a, b in rules.pairs:
+        if a not in pos or b not in pos:
+            continue
+        ga, gb = g[:, pos[a]], g[:, pos[b]]
+        rows = np.flatnonzero((ga >= thr) & (gb >= thr))
+        selections.append(
+            (
+                "blended",
+                f"blended_{a}_{b}",
+                rows,
+                [
+                    f"γ {ga[r]:.2f} on {_fmt_name(names, a)} and {gb[r]:.2f} on {_fmt_name(names, b)}, both ≥ {thr:g}"
+                    for r in rows
+                ],
+            )
+        )
+    if rules.atypical_threshold is not None:
+        rows = np.flatnonzero(ll <= rules.atypical_threshold)
+        selections.append(
+            (
+                "atypical",
+                "atypical",
+                rows,
+                [
+                    f"log-likelihood {ll[r]:.2f} ≤ {rules.atypical_threshold:.2f} "
+                    f"(lowest {rules.atypical_quantile:.2%} of the snapshot)"
+                    for r in rows
+                ],
+            )
+        )
+    if movers is not None and n:
+        moved = movers.filter(pc.greater_equal(movers.column("tv_distance"), rules.mover_min_tv))
+        hit = pc.index_in(t.column(id_column), value_set=moved.column(id_column)).to_numpy(
+            zero_copy_only=False
+        )
+        rows = np.flatnonzero(~np.isnan(hit.astype(float)))
+        at = hit[rows].astype(np.int64)
+        s_from = moved.column("segment_from").to_numpy()[at]
+        tv = moved.column("tv_distance").to_numpy()[at]
+        selections.append(
+            (
+                "mover",
+                "mover",
+                rows,
+                [
+                    f"moved from {_fmt_name(names, int(a))} on {rules.from_date} to {_fmt_name(names, int(seg[r]))}: "
+                    f"total variation {d:.2f} ≥ {rules.mover_min_tv:g}"
+                    for r, a, d in zip(rows, s_from, tv, strict=True)
+                ],
+            )
+        )
+    counts: Counter = Counter()
+    parts = []
+    for audience, key, rows, reasons in selections:
+        counts[key] = len(rows)
+        if not len(rows):
+            continue
+        take = pa.array(rows, pa.int64())
+        sub = t.take(take)
+        cols = {
+            id_column: sub.column(id_column),
+            "audience": pa.array([audience] * len(rows), pa.string()),
+            "audience_key": pa.array([key] * len(rows), pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "segment": sub.column("segment"),
+            "segment_name": sub.column("segment_name"),
+            "max_gamma": sub.column("max_gamma"),
+            "entropy_bits": sub.column("entropy_bits"),
+            "entropy_band": sub.column("entropy_band"),
+            "log_likelihood": sub.column("log_likelihood"),
+            **{f"gamma_{sid}": pa.array(g[rows, j]) for j, sid in enumerate(ids)},
+            "snapshot": pa.array([snapshot] * len(rows), pa.string()),
+            "model_version": sub.column("model_version"),
+        }
+        part = pa.table(cols)
+        parts.append(part)
+        io.write_csv_file(part, f"{out_csv_dir}/{key}-part-{index:05d}.csv", storage_options)
+    version = t.column("model_version")[0].as_py() if n else "unregistered"
+    schema = audience_schema(t.schema.field(id_column).type, id_column, ids, version)
+    out = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
+    io.write_table_file(out, out_parquet, storage_options)
+    if transition is not None and out_forecast is not None:
+        io.write_table_file(
+            forecast_piece(t, g, id_column, ids, names, transition, version), out_forecast, storage_options
+        )
+    return counts
+
+
+def audience_schema(id_type: pa.DataType, id_column: str, ids: list[int], version: str) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field(id_column, id_type),
+            pa.field("audience", pa.string()),
+            pa.field("audience_key", pa.string()),
+            pa.field("reason", pa.string()),
+            pa.field("segment", pa.int32()),
+            pa.field("segment_name", pa.string()),
+            pa.field("max_gamma", pa.float64()),
+            pa.field("entropy_bits", pa.float64()),
+            pa.field("entropy_band", pa.string()),
+            pa.field("log_likelihood", pa.float64()),
+            *[pa.field(f"gamma_{sid}", pa.float64()) for sid in ids],
+            pa.field("snapshot", pa.string()),
+            pa.field("model_version", pa.string()),
+        ],
+        metadata=table_metadata("audiences", version),
+    )
+
+
+def forecast_piece(
+    t: pa.Table,
+    g: np.ndarray,
+    id_column: str,
+    ids: list[int],
+    names: dict[int, str],
+    transition: tuple[list[int], np.ndarray],
+    version: str,
+) -> pa.Table:
+    """Each user's next-period segment distribution γ·T over ``ids`` (T given over ``ids``)."""
+    t_ids, T = transition
+    order = [t_ids.index(s) for s in ids]
+    P = T[np.ix_(order, order)]
+    nxt = g @ P if len(g) else np.zeros((0, len(ids)))
+    n, k = nxt.shape
+    best = nxt.argmax(axis=1) if n else np.zeros(0, dtype=int)
+    cur = np.asarray([ids.index(s) for s in t.column("segment").to_pylist()], dtype=int)
+    id_arr = np.asarray(ids, dtype=np.int32)
+    name_arr = np.asarray([names.get(s, str(s)) for s in ids], dtype=object)
+    return pa.table(
+        {
+            id_column: t.column(id_column),
+            "segment": t.column("segment"),
+            "next_segment": pa.array(id_arr[best] if n else [], pa.int32()),
+            "next_segment_name": pa.array(name_arr[best] if n else [], pa.string()),
+            "stay_probability": nxt[np.arange(n), cur] if n else np.zeros(0),
+            "next_gamma": pa.ListArray.from_arrays(
+                np.arange(0, n * k + 1, k, dtype=np.int32), pa.array(nxt.ravel())
+            ),
+        }
+    ).replace_schema_metadata(table_metadata("forecast", version))
+
+
+@dataclass
+class AudienceResult:
+    sizes: pd.DataFrame  # audience, audience_key, definition, n_users
+    paths: dict[str, str]  # table -> committed partition
+    rules: AudienceRules
+
+
+def write_audiences(
+    root: str,
+    out_root: str,
+    date: str,
+    id_column: str,
+    segments: pd.DataFrame,
+    rules: AudienceRules,
+    *,
+    movers: pa.Table | None = None,
+    transition: tuple[list[int], np.ndarray] | None = None,
+    storage_options: dict | None = None,
+) -> AudienceResult:
+    """Write the ``audiences`` (+ ``audiences_csv``, + ``forecast`` when ``transition`` is given)
+    partitions of ``date`` under ``out_root`` from the memberships under ``root``, in one pass on
+    the cluster, committed together."""
+    import dask
+
+    ids = [int(s) for s in segments["segment"]]
+    names = dict(zip(ids, segments["name"], strict=True))
+    files = io.partition_files(root, "memberships", date, storage_options)
+    tables = ["audiences", "audiences_csv"] + (["forecast"] if transition is not None else [])
+    with io.StagedPartitions(out_root, tables, date, storage_options) as st:
+        mv = dask.delayed(movers) if movers is not None else None
+        csv_dir = st.directory("audiences_csv")
+        tasks = [
+            dask.delayed(audience_piece, pure=False)(
+                f,
+                i,
+                id_column,
+                date,
+                ids,
+                names,
+                rules,
+                mv,
+                st.file("audiences", f"part-{i:05d}.parquet"),
+                csv_dir,
+                transition,
+                st.file("forecast", f"part-{i:05d}.parquet") if transition is not None else None,
+                storage_options,
+            )
+            for i, f in enumerate(files)
+        ]
+        counts = sum(dask.compute(*tasks), Counter())
+    defs = rules.definitions(names)
+    sizes = pd.DataFrame(
+        [
+            {"audience": aud, "audience_key": key, "definition": text, "n_users": int(counts.get(key, 0))}
+            for key, (aud, text) in defs.items()
+        ],
+        columns=["audience", "audience_key", "definition", "n_users"],
+    )
+    return AudienceResult(sizes, st.paths, rules)
+
+
+__all__ = ["KINDS", "AudienceResult", "AudienceRules", "atypical_threshold", "write_audiences"]
