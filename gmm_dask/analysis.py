@@ -163,11 +163,7 @@ def analyse_snapshot(
         storage_options=so,
     )
     tables.update(aud.paths)
-    logger.info(
-        "Snapshot %s: audiences %s",
-        date,
-        ", ".join(f"{r.audience_key} {r.n_users:,}" for r in aud.sizes.itertuples(index=False)),
-    )
+    logger.info("Snapshot %s: audiences: %s", date, aud.brief())
     return Analysis(date, previous, aud, fl, forecast, bt, prev_segments, tables)
 
 

@@ -326,6 +326,14 @@ class AudienceResult:
     paths: dict[str, str]  # table -> committed partition
     rules: AudienceRules
 
+    def brief(self) -> str:
+        """Users per audience kind in one line (blended pairs summed)."""
+        by_kind = self.sizes.groupby("audience", sort=False)["n_users"].agg(["sum", "size"])
+        return ", ".join(
+            f"{kind} {int(r['sum']):,}" + (f" ({int(r['size'])} pairs)" if kind == "blended" else "")
+            for kind, r in by_kind.iterrows()
+        )
+
 
 def write_audiences(
     root: str,

@@ -362,10 +362,7 @@ def run_snapshot(
             with progress.phase("analyse", timings, rows=snap.n_rows) as ph:
                 analysis = steps.analyse(cfg, snap.date, target.root(cfg), written.segments)
                 written.tables.update(analysis.tables)
-                ph.detail = ", ".join(
-                    f"{r.audience_key}: {r.n_users:,}"
-                    for r in analysis.audiences.sizes.itertuples(index=False)
-                )
+                ph.detail = "audiences: " + analysis.audiences.brief()
         if trained and target.publish:  # only once its tables are committed
             move_latest(cfg, model, steps)
     res = _run_result(snap, model, trained, written, t0, timings)

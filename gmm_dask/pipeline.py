@@ -239,11 +239,8 @@ def fit_model(
     init = _warm_params(warm_start, data.plan, k, ct)
     t0 = time.perf_counter()
     floor = data.plan.variance_floor if data.plan.has_floor else None
-    names = (
-        list(m.segment_names)
-        if m.segment_names and len(m.segment_names) == k
-        else [f"segment_{i}" for i in range(k)]
-    )
+    configured = bool(m.segment_names) and len(m.segment_names) == k
+    names = list(m.segment_names) if configured else [f"segment_{i}" for i in range(k)]
     runner = make_runner(ChunkedData(data.X, data.w), persist=m.persist)
     try:
 
@@ -268,6 +265,9 @@ def fit_model(
         pruned: list[dict] = []
         scored = score_data  # the undequantised inputs, read when first needed
         while True:
+            if not configured:  # named from the fit's profile (configured names win)
+                p = res.params
+                names = generate_names(data.plan, p.weights, p.means, p.covariances, ct)
             if data.plan.has_floor:  # the published assignment scores undequantised inputs
                 if scored is None:
                     scored = prepare_data(cfg, snap, prof, plan=data.plan, dequantize=False)
@@ -313,8 +313,6 @@ def fit_model(
         )
     p = res.params
     k = p.means.shape[0]
-    if not (m.segment_names and len(m.segment_names) == k):  # configured names win
-        names = generate_names(data.plan, p.weights, p.means, p.covariances, ct)
     n_params = n_parameters(k, p.means.shape[1], ct)
     metadata = {
         "snapshot": snap.date,

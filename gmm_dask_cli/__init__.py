@@ -157,9 +157,9 @@ def cmd_demo(p, args) -> int:
 
     from gmm_dask import jobs
     from gmm_dask.demo import DemoSpec, write_demo_dataset
-    from gmm_dask.params import SegmentParams
+    from gmm_dask.params import BackfillParams, SegmentParams
 
-    from .output import print_result
+    from .output import print_backfill, print_result
 
     cfg = jobs.load_job(p.config)
     # a two-day promotion (most users' activity jumps, then returns) in the middle of the history
@@ -176,10 +176,17 @@ def cmd_demo(p, args) -> int:
     print(f"Demo data: {spec.n_users:,} users x {spec.n_snapshots} daily snapshots under {root}")
     write_demo_dataset(root, spec)
     print(f"  ready in {time.perf_counter() - t0:.1f} s")
-    print(
-        "Running the `segment` flow (Prefect; a temporary local API starts if PREFECT_API_URL is unset) ..."
-    )
-    seg = SegmentParams(config=p.config, snapshot=p.snapshot)
+    latest = (p.snapshot.isoformat() if p.snapshot else None) or spec.dates[-1]
+    history = [d for d in spec.dates if d < latest]
+    if history:  # the history the fluidity, forecast and report compare with (done dates are skipped)
+        print(
+            f"Running the `backfill` flow over the history {history[0]}..{history[-1]} (refit, published; "
+            "Prefect starts a temporary local API if PREFECT_API_URL is unset) ..."
+        )
+        bf = BackfillParams(config=p.config, start=history[0], end=history[-1], mode="refit", publish=True)
+        print_backfill(_run_flow("backfill", bf, args.verbose))
+    print(f"Running the daily `segment` flow on {latest} ...")
+    seg = SegmentParams(config=p.config, snapshot=latest)
     print_result(_run_flow("segment", seg, args.verbose))
     return EXIT_OK
 
