@@ -18,10 +18,19 @@ Generative model of one user in one snapshot (all draws independent given the la
 
 with (μ, σ, z) per archetype (:data:`ARCHETYPES`). A hybrid with share s between archetypes a
 and b draws each latent ℓ as s·ℓ⁽ᵃ⁾ + (1−s)·ℓ⁽ᵇ⁾ and each zero probability as s·z⁽ᵃ⁾ + (1−s)·z⁽ᵇ⁾,
-so every feature mixes both behaviours and its true posterior is split; a drifter is a hybrid
-whose share moves from 1 to 0 over the snapshots. Between two snapshots a user's window changes
-with probability ``change_rate`` (else its features are identical); during a promotion
-(``promotion_start``, ``promotion_days``) every user's session and purchase rates are lifted.
+so every feature mixes both behaviours and its true posterior is split. A drifter is a hybrid
+of :data:`DRIFT_PAIR` whose share of the first archetype moves from 1 to 0 in its own time: it
+starts at an onset day drawn uniformly over the history (one per user, so drifters do not all
+move on the same day) and moves linearly over ``drift_days`` snapshots,
+``share = clip(1 − (day − onset) / drift_days, 0, 1)``; a drifter whose onset falls late in the
+history is still on its way at the last snapshot. Between two snapshots a user's window changes
+with probability ``change_rate`` (else its features are identical), and a drifter's on every
+day its blend moves; during a promotion (``promotion_start``, ``promotion_days``) every user's
+session and purchase rates are lifted.
+
+Scenarios: ``DemoSpec()`` is the default demo (a few snapshots, 5 % drifters);
+:meth:`DemoSpec.drifting` is a product with a sizeable cohort migrating between two behaviours
+over a fortnight, the history a forecaster is meant to learn from.
 
 Deterministic from the seed; generated in blocks of users, each from its own streams, so
 millions of users stream to Parquet in bounded memory.
@@ -111,12 +120,34 @@ class DemoSpec:
     n_archetypes: int = 5
     hybrid_share: float = 0.05
     drift_share: float = 0.05
+    drift_days: int = 4  # snapshots a drifter takes to move from one archetype to the other
     change_rate: float = 0.3
     promotion_start: int | None = None  # index of the first promotion snapshot
     promotion_days: int = 0
     promotion_lift: float = 2.5
     block_users: int = 100_000
     row_group_rows: int = 50_000
+
+    def __post_init__(self) -> None:
+        if self.drift_days < 1:
+            msg = f"drift_days must be at least 1 (snapshots a drifter takes to move), got {self.drift_days}"
+            raise ValueError(msg)
+
+    @classmethod
+    def drifting(cls, **overrides) -> DemoSpec:
+        """A product with a cohort migrating from browsing to creating, over a fortnight of dailies.
+
+        What it represents: 14 daily snapshots in which 15 % of users (say, those reached by a
+        new creation feature) move from :data:`DRIFT_PAIR` ``[0]`` (Browsers) to ``[1]``
+        (Creators). Each starts on its own day, uniformly over the fortnight, and takes a week
+        (``drift_days=7``: a habit takes about that long to show in trailing 30-day aggregates),
+        so at any day a steady trickle of users is crossing and the segment shares drift
+        steadily, while everyone else churns only from window to window (``change_rate``) around
+        a fixed composition. No promotion: the movement is the drift alone. Hybrids and the
+        other defaults are those of :class:`DemoSpec`; ``overrides`` replace any field.
+        """
+        fields = {"n_snapshots": 14, "drift_share": 0.15, "drift_days": 7, "promotion_start": None}
+        return cls(**{**fields, **overrides})
 
     @property
     def dates(self) -> list[str]:
@@ -174,12 +205,16 @@ def _block_users(spec: DemoSpec, block: int) -> dict[str, np.ndarray]:
     z = rng.standard_normal((2, len(LATENTS), n))  # independent latent draws for both parents
     latent_a = {k: P[f"{k}_mu"][a] + P[f"{k}_sd"][a] * z[0, j] for j, k in enumerate(LATENTS)}
     latent_b = {k: P[f"{k}_mu"][b] + P[f"{k}_sd"][b] * z[1, j] for j, k in enumerate(LATENTS)}
+    # each drifter's own onset day, uniform over the history (drawn last: the draws above are
+    # those of earlier versions, so stable users and hybrids are unchanged)
+    onset = rng.uniform(0.0, max(spec.n_snapshots - 1, 0), n)
     return {
         "user_id": np.arange(start, start + n, dtype=np.int64) + 1_000_000,
         "a": a,
         "b": b,
         "kind": kind,
         "share": share,
+        "onset": onset,
         "latent_a": latent_a,
         "latent_b": latent_b,
         "za": {k: P[k][a] for k in ZEROS},
@@ -190,7 +225,7 @@ def _block_users(spec: DemoSpec, block: int) -> dict[str, np.ndarray]:
 def _share(spec: DemoSpec, users: dict, day: int) -> np.ndarray:
     s = users["share"].copy()
     dri = users["kind"] == 2
-    s[dri] = 1.0 - day / max(spec.n_snapshots - 1, 1)
+    s[dri] = np.clip(1.0 - (day - users["onset"][dri]) / spec.drift_days, 0.0, 1.0)
     return s
 
 
@@ -217,16 +252,17 @@ def block_snapshots(spec: DemoSpec, block: int):
     names = np.asarray(spec.archetypes, dtype=object)
     kinds = np.array(["stable", "hybrid", "drifter"])[users["kind"]]
     previous = None
+    share = users["share"]
     for day in range(spec.n_snapshots):
         rng = np.random.default_rng([spec.seed, block, day + 1])
-        share = _share(spec, users, day)
+        previous_share, share = share, _share(spec, users, day)
         fresh = _draw(spec, users, share, day, rng)
         if previous is None:
             X = fresh
         else:
             moving = spec.in_promotion(day) or spec.in_promotion(day - 1)
             redraw = np.ones(len(fresh), bool) if moving else rng.random(len(fresh)) < spec.change_rate
-            redraw |= users["kind"] == 2  # a drifter's behaviour moves every day
+            redraw |= share != previous_share  # a drifter's window moves on every day its blend does
             X = np.where(redraw[:, None], fresh, previous)
         changed = np.ones(len(X), bool) if previous is None else (previous != X).any(axis=1)
         previous = X
