@@ -443,7 +443,9 @@ def test_family_tree_joins_the_near_identical_pairs_first():
 # --- in a real browser ---------------------------------------------------------------------------
 
 
-def _chromium() -> str:
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium (Playwright drives it; its own browser builds are never downloaded)."""
     path = shutil.which(CHROMIUM) or (CHROMIUM if Path(CHROMIUM).is_file() else None)
     if path:
         return path
@@ -453,13 +455,13 @@ def _chromium() -> str:
     pytest.skip(why)
 
 
-def test_report_renders_in_headless_chromium_and_every_chart_draws(page, tmp_path):
-    chromium = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api")
+def test_report_renders_in_headless_chromium_and_every_chart_draws(chromium, page, tmp_path):
+    from playwright.sync_api import sync_playwright
+
     page_file = tmp_path / "report.html"
     page_file.write_text(page, encoding="utf-8")
     errors: list[str] = []
-    with sync_api.sync_playwright() as pw:
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=chromium,
             args=[
