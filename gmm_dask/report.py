@@ -67,48 +67,72 @@ def _color(i: int) -> str:
 class ReportData:
     """Everything a run report shows (small: aggregates and a sample, never the users' table).
 
-    Shapes: K segments, D features, m sampled users. Ids are segment ids (stable across snapshots
-    where aligned), not positions.
+    K segments, D features, m sampled users. Segment ids are stable across snapshots where the
+    segments were aligned; they are not positions. Optional parts (``None``) leave their chart out.
+
+    Attributes
+    ----------
+    kind : "segment" | "select-k" | "train" | "score".
+    snapshot : the snapshot's date, YYYY-MM-DD.
+    counts : rows_read, rows_written, rows_dropped, rows_imputed.
+    fit : model metadata; any of n_iter, converged, log_likelihood, bic, aic, covariance_type,
+        degenerate {pruned: [...]}, reseeded_components, alignment {...}.
+    phases : phase name -> seconds.
+    segments : one row per segment: segment (id), name, weight, size, share, mean_<feature> (original
+        units), degenerate (reason or NA), mean_entropy_bits, high_entropy_share.
+    profile_z : (K, D), index segment ids in ``segments`` order, columns ``features``: each
+        component's mean as a z-score against the population, in model space.
+    profile_raw : (K, D), same shape: each component's mean in original units (the cell labels).
+    entropy_hist : counts of users over equal-width bins of normalised entropy on [0, 1].
+    bands : {"low_max": …, "moderate_max": …} thresholds on normalised entropy.
+    band_count : {"low": n, "moderate": n, "high": n}.
+    overlaps : segment_a, segment_b, name_a, name_b, threshold, n_users, mean_gamma_a, mean_gamma_b
+        (mean γ NaN where n_users is 0).
+    components : per component, in ``segments`` order: {"segment", "name", "weight", "mean" (D,),
+        "cov" (D, D)}, model space, full covariance.
+    sample_z, sample_segment : (m, D) model-space rows of a sample of users and their segment ids.
+    previous_segments : segment, name, size, share of the previous snapshot.
+    transitions : user counts, index = ids on the previous snapshot, columns = ids on this one.
+    segment_names : id -> name for every id in transitions/previous (births and deaths included).
+    bic_table : n_components, covariance_type, bic, aic, log_likelihood, n_iter, converged, selected.
+    criterion : the column of ``bic_table`` that chose the model ("bic" or "aic").
+    forecast : segment, name, share_now, share_forecast (the next snapshot).
+    backtest : held_out, segment, name, actual, markov, persistence (shares on held-out snapshots).
+    backtest_scores : held_out, method ("markov" | "persistence"), share_mae, share_tv, user_brier.
+    audiences : audience, definition, n_users, path.
+    tables : table name -> path written.
     """
 
-    kind: str  # "segment" | "select-k" | "train" | "score"
-    snapshot: str  # YYYY-MM-DD
+    kind: str
+    snapshot: str
     model_version: str
     published: bool
     run_id: str
-    counts: dict[str, int]  # rows_read, rows_written, rows_dropped, rows_imputed
-    fit: dict  # n_iter, converged, log_likelihood, bic, aic, degenerate, reseeded_components, alignment (any may be missing)
-    phases: dict[str, float]  # phase name -> seconds
-    segments: pd.DataFrame  # segment, name, weight, size, share, mean_<feature>…, degenerate, mean_entropy_bits, high_entropy_share
+    counts: dict[str, int]
+    fit: dict
+    phases: dict[str, float]
+    segments: pd.DataFrame
     features: list[str]
-    profile_z: (
-        pd.DataFrame
-    )  # (K, D): index segment ids, columns features; z-score of each mean vs the population (model space)
-    profile_raw: pd.DataFrame  # (K, D): each component's mean in original units
-    entropy_hist: np.ndarray  # counts of users over equal-width bins of normalised entropy on [0, 1]
-    bands: dict[str, float]  # {"low_max": …, "moderate_max": …}
-    band_count: dict[str, int]  # {"low": n, "moderate": n, "high": n}
-    overlaps: (
-        pd.DataFrame | None
-    )  # segment_a, segment_b, name_a, name_b, threshold, n_users, mean_gamma_a, mean_gamma_b
-    components: list[
-        dict
-    ]  # per component in segments order: segment, name, weight, mean (D,), cov (D, D); model space
-    sample_z: np.ndarray | None  # (m, D) model-space rows of a sample of users
-    sample_segment: np.ndarray | None  # (m,) segment ids of those rows
-    previous_segments: pd.DataFrame | None = None  # segment, name, size, share of the previous snapshot
+    profile_z: pd.DataFrame
+    profile_raw: pd.DataFrame
+    entropy_hist: np.ndarray
+    bands: dict[str, float]
+    band_count: dict[str, int]
+    overlaps: pd.DataFrame | None
+    components: list[dict]
+    sample_z: np.ndarray | None
+    sample_segment: np.ndarray | None
+    previous_segments: pd.DataFrame | None = None
     previous_snapshot: str | None = None
-    transitions: pd.DataFrame | None = None  # counts: index segment_from ids, columns segment_to ids
-    segment_names: dict[int, str] = field(default_factory=dict)  # id -> name, births and deaths included
-    bic_table: pd.DataFrame | None = (
-        None  # n_components, covariance_type, bic, aic, log_likelihood, n_iter, converged, selected
-    )
+    transitions: pd.DataFrame | None = None
+    segment_names: dict[int, str] = field(default_factory=dict)
+    bic_table: pd.DataFrame | None = None
     criterion: str = "bic"
-    forecast: pd.DataFrame | None = None  # segment, name, share_now, share_forecast
-    backtest: pd.DataFrame | None = None  # held_out, segment, name, actual, markov, persistence
-    backtest_scores: pd.DataFrame | None = None  # held_out, method, share_mae, share_tv, user_brier
-    audiences: pd.DataFrame | None = None  # audience, definition, n_users, path
-    tables: dict[str, str] = field(default_factory=dict)  # table name -> path
+    forecast: pd.DataFrame | None = None
+    backtest: pd.DataFrame | None = None
+    backtest_scores: pd.DataFrame | None = None
+    audiences: pd.DataFrame | None = None
+    tables: dict[str, str] = field(default_factory=dict)
 
     def names(self) -> dict[int, str]:
         """Segment id -> name, from every source that names one (this snapshot's names win)."""
@@ -1193,7 +1217,7 @@ def _segments_table(d: ReportData) -> str:
         }
     headers = ["segment", "id", "weight π", "users", "share"]
     if prev:
-        headers += [f"share {d.previous_snapshot or 'before'}", "Δ share (pp)"]
+        headers += ["previous share", "Δ share (pp)"]
     headers += ["mean entropy (bits)", "high-entropy share"] + [f for f, _ in feats]
     rows = []
     for _, r in seg.iterrows():
@@ -1498,6 +1522,7 @@ caption{text-align:left;font-weight:600;padding:0 0 6px;color:var(--ink)}
 th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 th{background:#f0f2f5;font-weight:600;vertical-align:bottom}
 td.num,th.num{text-align:right}
+td:first-child{white-space:nowrap}
 tbody tr:nth-child(even){background:#fafbfc}
 tr.selected td{background:#fff4cc;font-weight:600}
 tr.total td{font-weight:600;border-top:2px solid var(--line)}
