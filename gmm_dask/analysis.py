@@ -74,9 +74,18 @@ def _dates_with(cfg: JobConfig, table: str, roots: list[str]) -> dict[str, str]:
 
 
 def _shares(cfg: JobConfig, root: str, date: str) -> pd.DataFrame:
-    return io.read_partition(
-        root, "segments", date, ["segment", "name", "size", "share"], cfg.input.storage_options
-    ).to_pandas()
+    return io.read_partition(root, "segments", date, None, cfg.input.storage_options).to_pandas()
+
+
+def share_series(segments: pd.DataFrame, counts: str) -> pd.Series:
+    """The shares a forecast works on, by segment id: mean γ (``soft_share``) for a chain on γ
+    (``gamma_mass``), the hard shares for a chain on hard segments (``n_users``) — a chain
+    reproduces the shares of the counts it was fitted on. Tables written before ``soft_share``
+    existed give their hard shares."""
+    col = "soft_share" if counts == "gamma_mass" and "soft_share" in segments else "share"
+    return pd.Series(
+        segments[col].to_numpy(dtype=float), index=pd.Index(segments["segment"].astype(int), name="segment")
+    )
 
 
 def analyse_snapshot(
@@ -106,7 +115,7 @@ def analyse_snapshot(
             out_root=out_root,
         )
         tables.update(fl.paths or {})
-        prev_segments = _shares(cfg, segmented[previous], previous)
+        prev_segments = _shares(cfg, segmented[previous], previous)[["segment", "name", "size", "share"]]
     # the transition history up to this date (the run's own partitions first)
     have = _dates_with(cfg, "transitions", roots)
     steps = sorted(d for d in have if d <= date)[-cfg.forecast.history :]
@@ -124,7 +133,7 @@ def analyse_snapshot(
     opts = {"counts": f.counts, "half_life": f.half_life, "prior_users": f.prior_users}
     ids = [int(s) for s in segments["segment"]]
     names = dict(zip(ids, segments["name"], strict=True))
-    now = pd.Series(segments["size"].to_numpy(dtype=float), index=pd.Index(ids, name="segment"))
+    now = share_series(segments, f.counts)
     forecast = bt = None
     transition = None
     if len(history):
@@ -136,8 +145,7 @@ def analyse_snapshot(
         for d in dates:
             src = segmented.get(d)
             if src is not None:
-                s = _shares(cfg, src, d)
-                shares_by_date[d] = pd.Series(s["size"].to_numpy(dtype=float), index=s["segment"].astype(int))
+                shares_by_date[d] = share_series(_shares(cfg, src, d), f.counts)
         bt = backtest(shares_by_date, history, f.holdout, names=names, **opts)
     a = cfg.audiences
     files = io.partition_files(source_root, "memberships", date, so)

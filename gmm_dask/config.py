@@ -277,8 +277,10 @@ class ForecastConfig(_Model):
     counts: Literal["gamma_mass", "n_users"] = Field(
         "gamma_mass", description="gamma_mass: a Markov chain on γ (soft); n_users: on hard segments."
     )
-    half_life: float | None = Field(
-        7.0, gt=0, description="Recency weighting of past steps, in snapshots. Empty: all steps equal."
+    half_life: float | Literal["auto"] | None = Field(
+        "auto",
+        description="Recency weighting of past steps, a half-life in snapshots (> 0). auto: chosen on "
+        "the history (the one that best forecast its last steps); empty: all steps equal.",
     )
     prior_users: float = Field(
         10.0,
@@ -287,6 +289,13 @@ class ForecastConfig(_Model):
     )
     history: int = Field(60, ge=1, le=3650, description="Most past steps (pairs of snapshots) read.")
     holdout: int = Field(2, ge=1, le=365, description="Last snapshots held out in the backtest.")
+
+    @field_validator("half_life")
+    @classmethod
+    def _positive(cls, v):
+        if isinstance(v, float) and not v > 0:
+            raise ValueError(f"half_life must be a positive number of snapshots, 'auto' or empty; got {v}")
+        return v
 
 
 class TLSConfig(_Model):

@@ -169,6 +169,7 @@ def segments_table(model: SegmentationModel, agg: PieceResult) -> pd.DataFrame:
             "weight": model.weights,
             "size": size.astype(np.int64),
             "share": size / max(size.sum(), 1),
+            "soft_share": agg.gamma_sum / max(agg.gamma_sum.sum(), 1e-300),
         }
     )
     for j, f in enumerate(model.plan.names):

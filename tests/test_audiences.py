@@ -164,3 +164,22 @@ def test_the_audience_command_exits_2_fast_on_a_snapshot_that_was_never_segmente
     assert "2020-01-01" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert time.perf_counter() - t0 < 10
+
+
+def test_the_forecast_beats_persistence_on_the_drifting_demo_through_the_whole_pipeline(tmp_path):
+    """14 daily snapshots in which 15 % of users migrate from browsing to creating, each on its own
+    day: every date refitted (warm-started, aligned) by the backfill, its transitions written,
+    and the last two held out. (Measured at 20,000 users, seeds 31-33: share MAE 38-63 % and
+    user Brier 14 % better than persistence.)"""
+    spec = DemoSpec.drifting(n_users=20_000, block_users=20_000, seed=31)
+    write_demo_dataset(tmp_path / "data", spec)
+    cfg = make_config(tmp_path, tmp_path / "data")
+    res = jobs.backfill(
+        BackfillParams(config=str(cfg), start=spec.dates[0], end=spec.dates[-1], mode="refit", publish=True)
+    )
+    bt = res.dates[-1]["analysis"]["backtest"]
+    assert bt["held_out"] == spec.dates[-2:]
+    imp = bt["improvement"]
+    figures = f"markov {bt['markov']} vs persistence {bt['persistence']}"
+    assert imp["share_mae"] > 0.2, figures
+    assert imp["user_brier"] > 0.05, figures

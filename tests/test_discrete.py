@@ -75,8 +75,11 @@ def test_demo_is_deterministic_and_keeps_unchanged_users_identical(demo, tmp_pat
     same = (x0 == x1).all(axis=1)
     assert (same == ~changed).all()
     assert 0.15 < changed.mean() < 0.6
-    drifters = read_truth(root, d1).query("kind == 'drifter'").user_id
-    assert changed.loc[drifters].all()
+    # a drifter's window moves on every day its blend moves (each drifter starts on its own day)
+    t0, t1 = read_truth(root, d0).set_index("user_id"), read_truth(root, d1).set_index("user_id")
+    moving = t1.index[(t1.kind == "drifter") & (t1.share_a != t0.share_a)]
+    assert len(moving) > 20
+    assert changed.loc[moving].mean() >= 0.99  # a redraw can repeat a ghost's all-zero features
 
 
 # --- the engine: per-feature regularisation and the variance floor ------------------------------
