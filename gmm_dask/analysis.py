@@ -141,12 +141,14 @@ def analyse_snapshot(
         if forecast.reason is None:
             transition = (ids, forecast.matrix.reindex(index=ids, columns=ids).to_numpy())
         dates = sorted({*history["from_date"], *history["to_date"]} | {date})
-        shares_by_date = {}
+        shares_by_date, known = {}, {}
         for d in dates:
             src = segmented.get(d)
             if src is not None:
-                shares_by_date[d] = share_series(_shares(cfg, src, d), f.counts)
-        bt = backtest(shares_by_date, history, f.holdout, names=names, **opts)
+                seg_d = _shares(cfg, src, d)
+                shares_by_date[d] = share_series(seg_d, f.counts)
+                known.update(zip(seg_d["segment"].astype(int), seg_d["name"], strict=True))
+        bt = backtest(shares_by_date, history, f.holdout, names={**known, **names}, **opts)
     a = cfg.audiences
     files = io.partition_files(source_root, "memberships", date, so)
     n_rows = int(segments["size"].sum())

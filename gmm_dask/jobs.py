@@ -162,6 +162,7 @@ def report_data(cfg: JobConfig, res: RunResult, kind: str, bic_table: pd.DataFra
         else None,
         backtest_scores=_backtest_scores(a),
         audiences=a.audiences.sizes.assign(path=a.tables.get("audiences")) if a is not None else None,
+        forecast_basis="mean membership γ" if cfg.forecast.counts == "gamma_mass" else "hard segments",
         tables=res.tables,
     )
 

@@ -100,6 +100,7 @@ class ReportData:
     backtest : held_out, segment, name, actual, markov, persistence (shares on held-out snapshots).
     backtest_scores : held_out, method ("markov" | "persistence"), share_mae, share_tv, user_brier.
     audiences : audience, definition, n_users, path.
+    forecast_basis : what the forecast's shares are (mean membership γ, or hard segments).
     tables : table name -> path written.
     """
 
@@ -132,6 +133,7 @@ class ReportData:
     backtest: pd.DataFrame | None = None
     backtest_scores: pd.DataFrame | None = None
     audiences: pd.DataFrame | None = None
+    forecast_basis: str = "mean membership γ"  # what the forecast's shares are
     tables: dict[str, str] = field(default_factory=dict)
 
     def names(self) -> dict[int, str]:
@@ -1024,7 +1026,7 @@ def _chart_forecast(d: ReportData) -> Chart | None:
     for frame in (bt, fc):
         if _has_rows(frame):
             for s, n in zip(frame["segment"], frame["name"], strict=True):
-                names.setdefault(int(s), str(n))
+                names.setdefault(int(s), n if isinstance(n, str) and n else f"segment {int(s)}")
                 if int(s) not in seen:
                     seen.append(int(s))
     used = set()
@@ -1080,12 +1082,12 @@ def _chart_forecast(d: ReportData) -> Chart | None:
             if _has_rows(scores) and {"held_out", "method", "share_mae"} <= set(scores.columns):
                 sc = scores[scores["held_out"].astype(str) == date]
                 bits = [
-                    f"{m}: {100 * v:.2f}"
+                    f"{m} {100 * v:.2f} pp"
                     for m, v in zip(sc["method"], sc["share_mae"], strict=True)
                     if _finite(v)
                 ]
                 if bits:
-                    title += "\nMAE (pp) " + ", ".join(bits)
+                    title += "\nMAE: " + "\n".join(bits)
             ax.set_title(title, fontsize=9)
         if _has_rows(fc):
             ax = axes[-1]
@@ -1148,11 +1150,12 @@ def _chart_forecast(d: ReportData) -> Chart | None:
         )
         return fig
 
-    cap = "Segment shares: "
+    cap = f"Segment shares ({d.forecast_basis}): "
     if dates:
         cap += (
-            "for held-out snapshots, the actual share against the Markov forecast (last transition matrix applied "
-            "to the previous shares) and persistence (shares unchanged)"
+            "for held-out snapshots, the actual share against the Markov forecast (the previous shares times "
+            "a transition matrix fitted on the steps before them, recent steps weighted more) and "
+            "persistence (shares unchanged)"
         )
     if _has_rows(fc):
         cap += ("; " if dates else "") + f"the forecast for the snapshot after {d.snapshot}"
