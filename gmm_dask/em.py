@@ -188,6 +188,10 @@ class FitResult:
     n_rows: int
     soft_weight: np.ndarray | None = None
     hard_weight: np.ndarray | None = None
+    init_passes: int = 0  # passes over the data spent initialising (all runs)
+    init_seconds: float = 0.0
+    em_passes: int = 0  # E-step passes (all runs), the final log-likelihood pass included
+    em_seconds: float = 0.0
 
 
 def seed_from(random_state) -> int:
@@ -298,8 +302,11 @@ def fit_mixture(
     n_runs = 1 if init is not None else n_init
     seeds = np.random.SeedSequence(seed).generate_state(n_runs, np.uint64) >> np.uint64(1)
     best = None
+    init_passes = em_passes = 0
+    init_seconds = em_seconds = 0.0
     for i in range(n_runs):
         params = init
+        t0, p0 = time.perf_counter(), getattr(runner, "passes", 0)
         if params is None:
             params = initial_params(
                 runner,
@@ -314,6 +321,8 @@ def fit_mixture(
                 precisions_init=precisions_init,
                 covariance_floor=covariance_floor,
             )
+        t1, p1 = time.perf_counter(), getattr(runner, "passes", 0)
+        init_passes, init_seconds = init_passes + p1 - p0, init_seconds + t1 - t0
         if max_iter == 0:
             result = EMResult(params, False, 0, -np.inf)
         else:
@@ -329,6 +338,8 @@ def fit_mixture(
                 callback=callback,
                 covariance_floor=covariance_floor,
             )
+        em_passes += getattr(runner, "passes", 0) - p1
+        em_seconds += time.perf_counter() - t1
         logger.info(
             "Initialisation %d/%d: lower bound %.10g after %d iterations (converged: %s)",
             i + 1,
@@ -341,7 +352,10 @@ def fit_mixture(
             best = result
     # One more pass: the log-likelihood of the parameters actually returned (for BIC/AIC
     # without re-reading the data later).
+    t1, p1 = time.perf_counter(), getattr(runner, "passes", 0)
     final = estep(runner, best.params, covariance_type, hard_counts=True)
+    em_passes += getattr(runner, "passes", 0) - p1
+    em_seconds += time.perf_counter() - t1
     return FitResult(
         params=best.params,
         converged=best.converged,
@@ -354,4 +368,8 @@ def fit_mixture(
         n_rows=final.n_rows,
         soft_weight=final.nk,
         hard_weight=final.hard_nk,
+        init_passes=init_passes,
+        init_seconds=init_seconds,
+        em_passes=em_passes,
+        em_seconds=em_seconds,
     )

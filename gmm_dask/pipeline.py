@@ -262,6 +262,7 @@ def fit_model(
             )
 
         res = fit(k, init)
+        fits = [res]
         pruned: list[dict] = []
         scored = score_data  # the undequantised inputs, read when first needed
         while True:
@@ -295,6 +296,7 @@ def fit_model(
             )
             names = [names[i] for i in keep]
             res = fit(len(keep), _subset(res.params, keep, ct))
+            fits.append(res)
     finally:
         runner.close()
     if not res.converged:
@@ -335,6 +337,7 @@ def fit_model(
         "reseeded_components": [list(r) for r in res.reseeded],
         "degenerate": found.as_metadata(names, data.plan.names, m.degenerate.min_share) | {"pruned": pruned},
         "fit_seconds": round(time.perf_counter() - t0, 3),
+        "passes": _pass_counts(fits),
         "warm_started_from": warm_start.version if warm_start is not None else None,
     }
     return SegmentationModel(
@@ -349,6 +352,20 @@ def fit_model(
         cfg.input.weight_column,
         metadata,
     )
+
+
+def _pass_counts(fits: list) -> dict:
+    """Passes over the data the fit(s) made, and their time (refits after pruning included)."""
+    init = sum(f.init_passes for f in fits)
+    em = sum(f.em_passes for f in fits)
+    em_s = sum(f.em_seconds for f in fits)
+    return {
+        "init": init,
+        "init_seconds": round(sum(f.init_seconds for f in fits), 3),
+        "em": em,
+        "em_seconds": round(em_s, 3),
+        "seconds_per_em_pass": round(em_s / em, 4) if em else None,
+    }
 
 
 def _warm_params(warm: SegmentationModel | None, plan: FeaturePlan, k: int, covariance_type: str):

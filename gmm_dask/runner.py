@@ -111,7 +111,10 @@ class GraphRunner:
         self._wb = list(w.to_delayed().ravel()) if w is not None else [None] * len(self._xb)
         self._metas = list(zip(range(len(self._xb)), self.data.offsets, strict=True))
 
+    passes = 0  # passes over the data so far (map_reduce calls)
+
     def map_reduce(self, fn: ChunkFn, reduce_fn: ReduceFn):
+        self.passes += 1
         # Few, large tasks: partitions are grouped so the graph stays small however many there are.
         n = len(self._xb)
         group = max(1, int(np.ceil(n / 64)))
@@ -208,7 +211,10 @@ class DistributedRunner:
         holders = [sorted(who.get(f.key, ()) or ()) for f in self._xf]
         return plan_groups(holders, self.data.lengths, self.client.nthreads())
 
+    passes = 0  # passes over the data so far (map_reduce calls)
+
     def map_reduce(self, fn: ChunkFn, reduce_fn: ReduceFn):
+        self.passes += 1
         futures = []
         for worker, idx in self._groups():
             blocks = [self._xf[i] for i in idx]
