@@ -20,7 +20,7 @@ from .errors import DataError
 from .io import Piece, read_piece
 from .suffstats import merge_moments
 
-_FORWARD = {"none": lambda x: x, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
+_FORWARD = {"none": np.positive, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
 _INVERSE = {"none": lambda x: x, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}
 # Smallest valid raw value (inclusive) and how to say it.
 _DOMAIN = {"log1p": (-1.0, "> -1", False), "sqrt": (0.0, ">= 0", True)}
@@ -90,8 +90,17 @@ class FeaturePlan:
 
 
 def apply_transforms(X_raw: np.ndarray, features) -> np.ndarray:
+    """Each feature's transform, column by column, into an array of ``X_raw``'s layout (the
+    pieces are column-major: each column is contiguous)."""
+    out = np.empty_like(X_raw)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.column_stack([_FORWARD[f.transform](X_raw[:, j]) for j, f in enumerate(features)])
+        for j, f in enumerate(features):
+            fn = _FORWARD[f.transform]
+            if isinstance(fn, np.ufunc):
+                fn(X_raw[:, j], out=out[:, j])
+            else:
+                out[:, j] = fn(X_raw[:, j])
+    return out
 
 
 def columns_to_read(cfg: InputConfig) -> list[str]:
@@ -105,11 +114,10 @@ def _as_float(col: pa.ChunkedArray) -> np.ndarray:
 def raw_arrays(table: pa.Table, cfg: InputConfig):
     """(ids as pyarrow array, raw features (n, D) float64 with NaN for nulls, weights or None)."""
     ids = table.column(cfg.id_column)
-    X = (
-        np.column_stack([_as_float(table.column(f)) for f in cfg.feature_names])
-        if table.num_rows
-        else np.zeros((0, len(cfg.feature_names)))
-    )
+    # column-major: every column is read, checked and transformed contiguously
+    X = np.empty((table.num_rows, len(cfg.feature_names)), order="F")
+    for j, f in enumerate(cfg.feature_names):
+        X[:, j] = _as_float(table.column(f))
     w = _as_float(table.column(cfg.weight_column)) if cfg.weight_column else None
     return ids, X, w
 
@@ -203,39 +211,70 @@ def profile_piece(
             )
     feats = cfg.features
     dom = _domain_bad(X_raw, feats)
-    if dom.any():
+    has_dom = bool(dom.any())
+    if has_dom:
         r, c = (int(v[0]) for v in np.nonzero(dom))
         prof.n_domain = int(dom.any(axis=1).sum())
         prof.first_domain = (piece.path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
     T = apply_transforms(X_raw, feats)
-    finite = np.isfinite(T)
+    missing = ~np.isfinite(X_raw)
+    has_missing = bool(missing.any())
+    # the common case (no missing value, every value in its transform's domain) needs no masks:
+    # every transformed value is then finite
+    clean = not has_missing and not has_dom
+    finite = None if clean else np.isfinite(T)
     with np.errstate(invalid="ignore"):
-        huge = finite & (np.abs(T) > MAX_ABS_VALUE)
-    if huge.any():
+        hi = np.abs(T).max(axis=0, initial=0.0, where=True if clean else finite) if n else np.zeros(d)
+    if (hi > MAX_ABS_VALUE).any():
+        with np.errstate(invalid="ignore"):
+            huge = (np.isfinite(T) if finite is None else finite) & (np.abs(T) > MAX_ABS_VALUE)
         r, c = (int(v[0]) for v in np.nonzero(huge))
         prof.n_huge = int(huge.any(axis=1).sum())
         prof.first_huge = (piece.path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
-    missing = ~np.isfinite(X_raw)
     with np.errstate(invalid="ignore"):
-        prof.col_integral = ((X_raw == np.round(X_raw)) | missing).all(axis=0)
-        prof.col_zeros = (X_raw == 0).sum(axis=0)
-        prof.col_min = np.where(missing, np.inf, X_raw).min(axis=0) if n else np.full(d, np.inf)
-        prof.col_max = np.where(missing, -np.inf, X_raw).max(axis=0) if n else np.full(d, -np.inf)
-    prof.missing_per_column = missing.sum(axis=0)
-    any_missing = missing.any(axis=1)
+        whole = X_raw == np.round(X_raw)
+        prof.col_integral = (whole if clean else whole | missing).all(axis=0)
+        prof.col_zeros = n - np.count_nonzero(X_raw, axis=0) - (missing.sum(axis=0) if has_missing else 0)
+        if not n:
+            prof.col_min, prof.col_max = np.full(d, np.inf), np.full(d, -np.inf)
+        elif has_missing:
+            prof.col_min = np.where(missing, np.inf, X_raw).min(axis=0)
+            prof.col_max = np.where(missing, -np.inf, X_raw).max(axis=0)
+        else:
+            prof.col_min, prof.col_max = X_raw.min(axis=0), X_raw.max(axis=0)
+    prof.missing_per_column = missing.sum(axis=0) if has_missing else np.zeros(d, dtype=np.int64)
+    any_missing = missing.any(axis=1) if has_missing else np.zeros(n, bool)
     prof.rows_with_missing = int(any_missing.sum())
-    if any_missing.any():
+    if has_missing:
         r = int(np.flatnonzero(any_missing)[0])
         prof.first_missing = (piece.path, r, feats[int(np.flatnonzero(missing[r])[0])].name)
     wv = np.ones(n) if w is None else np.where(np.isfinite(w) & (w >= 0), w, 0.0)
     prof.total_w = float(wv.sum())
-    Wc = np.where(finite, wv[:, None], 0.0)
-    prof.col_w, prof.col_mean, prof.col_m2 = _weighted_moments(np.where(finite, T, 0.0), Wc)
-    complete = finite.all(axis=1)
-    rw, rm, rs = _weighted_moments(T[complete], wv[complete][:, None])
-    prof.row_w, prof.row_mean, prof.row_m2 = float(rw[0]) if d else 0.0, rm, rs
-    prof.complete_per_piece = {piece.index: int(complete.sum())}
+    if clean:  # every row complete: the column and the complete-row moments are the same
+        prof.col_w, prof.col_mean, prof.col_m2 = _moments(T, wv)
+        complete = None
+        rw, rm, rs = prof.col_w, prof.col_mean, prof.col_m2
+    else:
+        Wc = np.where(finite, wv[:, None], 0.0)
+        prof.col_w, prof.col_mean, prof.col_m2 = _weighted_moments(np.where(finite, T, 0.0), Wc)
+        complete = finite.all(axis=1)
+        rw, rm, rs = _weighted_moments(T[complete], wv[complete][:, None])
+    prof.row_w, prof.row_mean, prof.row_m2 = (float(rw[0]) if d else 0.0), rm, rs
+    prof.complete_per_piece = {piece.index: n if complete is None else int(complete.sum())}
     return prof
+
+
+@np.errstate(over="ignore", invalid="ignore")
+def _moments(T: np.ndarray, w: np.ndarray):
+    """Per-column (Σw, weighted mean, Σw(x − mean)²) of rows that are all finite."""
+    W = float(w.sum())
+    d = T.shape[1]
+    if W <= 0:
+        return np.zeros(d), np.zeros(d), np.zeros(d)
+    mean = (w @ T) / W
+    C = T - mean
+    C *= C
+    return np.full(d, W), mean, w @ C
 
 
 def merge_profiles(a: Profile, b: Profile) -> Profile:
@@ -505,7 +544,7 @@ def prepare_piece(table: pa.Table, cfg: InputConfig, plan: FeaturePlan, path: st
         else:
             n_imputed = int(rows_bad.sum())
             T = np.where(bad, plan.impute_values[None, :], T)
-    Z = (T - plan.mean) / plan.scale
+    Z = np.ascontiguousarray((T - plan.mean) / plan.scale)  # the E-step reads rows
     return ids, X_raw, Z, w, n_dropped, n_imputed
 
 
