@@ -266,8 +266,9 @@ def log_responsibilities(weighted_log_prob: np.ndarray) -> tuple[np.ndarray, np.
     return log_prob_norm, log_resp
 
 
-def entropy_bits(log_resp: np.ndarray) -> np.ndarray:
-    """−Σₖ γₖ log₂ γₖ from log γ, with 0·log 0 = 0: shape (n,)."""
-    resp = np.exp(log_resp)
+def entropy_bits(log_resp: np.ndarray, resp: np.ndarray | None = None) -> np.ndarray:
+    """−Σₖ γₖ log₂ γₖ from log γ (and γ = exp(log γ) if already computed), with 0·log 0 = 0:
+    shape (n,)."""
+    resp = np.exp(log_resp) if resp is None else resp
     terms = resp * np.where(resp > 0.0, log_resp, 0.0)
     return np.maximum(-terms.sum(axis=1) / np.log(2.0), 0.0)

@@ -370,14 +370,32 @@ class PartitionWriter:
                 self.fs.rm(run_dir, recursive=True)
 
 
+def _parquet_options(schema: pa.Schema) -> dict:
+    """Snappy; dictionary encoding for the columns where it pays (strings, small integers,
+    booleans — trying it on float columns costs more than the whole rest of the write);
+    statistics on the flat columns (what engines prune on)."""
+    flat = [f for f in schema if not pa.types.is_nested(f.type)]
+    small = (pa.types.is_string, pa.types.is_large_string, pa.types.is_dictionary, pa.types.is_boolean)
+    return {
+        "compression": "snappy",
+        "use_dictionary": [
+            f.name
+            for f in flat
+            if any(t(f.type) for t in small) or f.type in (pa.int8(), pa.int16(), pa.int32())
+        ],
+        "write_statistics": [f.name for f in flat],
+    }
+
+
 def write_table_file(table: pa.Table, path: str, storage_options: dict | None = None) -> None:
-    """Write one Parquet file (snappy, statistics on) to a local path or URL."""
+    """Write one Parquet file (see :func:`_parquet_options`) to a local path or URL."""
+    options = _parquet_options(table.schema)
     if "://" in path:
         fs, inner = filesystem(path, storage_options)
         with fs.open(inner, "wb") as f:
-            pq.write_table(table, f, compression="snappy")
+            pq.write_table(table, f, **options)
     else:
-        pq.write_table(table, path, compression="snappy")
+        pq.write_table(table, path, **options)
 
 
 def write_csv_file(table: pa.Table, path: str, storage_options: dict | None = None) -> None:

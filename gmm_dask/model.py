@@ -115,19 +115,19 @@ class SegmentationModel:
         )
         lpn, log_resp = gaussian.log_responsibilities(wlp)
         gamma = np.exp(log_resp)
-        ent = gaussian.entropy_bits(log_resp)
+        ent = gaussian.entropy_bits(log_resp, gamma)
         k = self.n_components
         norm = np.clip(ent / np.log2(k), 0.0, 1.0) if k > 1 else np.zeros_like(ent)
-        idx = np.where(norm < bands.low_max, 0, np.where(norm < bands.moderate_max, 1, 2))
+        idx = (norm >= bands.low_max).astype(np.int8) + (norm >= bands.moderate_max)
+        comp = log_resp.argmax(axis=1) if len(Z) else np.zeros(0, np.intp)
         return {
             "gamma": gamma,
-            "component": log_resp.argmax(axis=1) if len(Z) else np.zeros(0, np.intp),
-            "segment": np.asarray(self.ids, dtype=np.int32)[log_resp.argmax(axis=1)]
-            if len(Z)
-            else np.zeros(0, np.int32),
+            "component": comp,
+            "segment": np.asarray(self.ids, dtype=np.int32)[comp],
             "entropy_bits": ent,
             "entropy_norm": norm,
             "entropy_band": np.asarray(BANDS, dtype=object)[idx],
+            "band_index": idx,  # 0 low, 1 moderate, 2 high (BANDS order)
             "log_likelihood": lpn,
         }
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .config import EntropyBands, InputConfig
 from .features import columns_to_read, prepare_piece
@@ -98,32 +99,34 @@ def score_piece(
     gamma = m["gamma"]
     n, k = gamma.shape
     version = model.version or "unregistered"
+    seg = m["component"]
     if out_file is not None:
-        names = np.asarray(model.segment_names, dtype=object)
+        # strings by index into a few values (in Arrow, no Python string per row)
+        def repeated(values, index):
+            return pc.take(pa.array(values, pa.string()), pa.array(index))
+
         out = pa.table(
             {
                 cfg.id_column: ids.cast(id_type) if isinstance(ids, pa.ChunkedArray) else ids,
                 "segment": pa.array(m["segment"], pa.int32()),
-                "segment_name": pa.array(names[m["component"]] if n else [], pa.string()),
+                "segment_name": repeated(model.segment_names, seg),
                 "gamma": pa.ListArray.from_arrays(
                     np.arange(0, n * k + 1, k, dtype=np.int32), pa.array(gamma.ravel())
                 ),
-                "max_gamma": gamma.max(axis=1) if n else np.zeros(0),
+                "max_gamma": gamma[np.arange(n), seg],
                 "entropy_bits": m["entropy_bits"],
                 "entropy_norm": m["entropy_norm"],
-                "entropy_band": pa.array(m["entropy_band"], pa.string()),
+                "entropy_band": repeated(BANDS, m["band_index"]),
                 "log_likelihood": m["log_likelihood"],
-                "model_version": pa.array([version] * n, pa.string()),
+                "model_version": repeated([version], np.zeros(n, np.int8)),
             },
             schema=membership_schema(id_type, cfg.id_column, version),
         )
         write_table_file(out, out_file, storage_options)
-    seg = m["component"]
-    onehot = np.zeros((n, k))
-    onehot[np.arange(n), seg] = 1.0
-    high = m["entropy_band"] == "high"
+    band = m["band_index"]
+    high = band == 2
     finite = np.isfinite(X_raw)
-    Xf = np.where(finite, X_raw, 0.0)
+    Xf = X_raw if finite.all() else np.where(finite, X_raw, 0.0)
     over = gamma >= overlap_threshold
     overf = over.astype(np.float64)
     pick = np.sort(np.random.default_rng(piece.index).choice(n, size=min(n, SAMPLE_PER_PIECE), replace=False))
@@ -132,16 +135,19 @@ def score_piece(
         n_written=n,
         n_dropped=n_dropped,
         n_imputed=n_imputed,
-        hard_count=onehot.sum(axis=0),
+        hard_count=np.bincount(seg, minlength=k).astype(np.float64),
         gamma_sum=gamma.sum(axis=0),
-        entropy_sum=onehot.T @ m["entropy_bits"],
-        high_count=onehot.T @ high.astype(float),
+        entropy_sum=np.bincount(seg, weights=m["entropy_bits"], minlength=k),
+        high_count=np.bincount(seg, weights=high, minlength=k),
         raw_gamma_sum=gamma.T @ Xf,
         raw_gamma_w=gamma.T @ finite.astype(float),
         overlap_count=overf.T @ overf,
         overlap_gamma=(gamma * overf).T @ overf,
-        band_count=np.array([(m["entropy_band"] == b).sum() for b in BANDS], dtype=float),
-        entropy_hist=np.histogram(m["entropy_norm"], bins=ENTROPY_BINS, range=(0.0, 1.0))[0].astype(float),
+        band_count=np.bincount(band, minlength=len(BANDS)).astype(np.float64),
+        entropy_hist=np.bincount(
+            np.minimum((m["entropy_norm"] * ENTROPY_BINS).astype(np.intp), ENTROPY_BINS - 1),
+            minlength=ENTROPY_BINS,
+        ).astype(np.float64),
         sample_z=Z[pick],
         sample_segment=seg[pick],
     )
