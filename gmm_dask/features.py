@@ -324,7 +324,10 @@ def id_buckets(ids: pa.ChunkedArray, null: np.ndarray, piece_index: int, n_bucke
     h = pd.util.hash_array(
         np.asarray(values[~null], dtype=object) if values.dtype == object else values[~null]
     )
-    which = (h % np.uint64(n_buckets)).astype(np.int64)
+    if n_buckets == 1:
+        return [(h, np.full(len(h), piece_index, dtype=np.int32), rows)]
+    # a small integer type: NumPy's stable sort is then a radix sort, linear in the rows
+    which = (h % np.uint64(n_buckets)).astype(np.int16 if n_buckets < 2**15 else np.int64)
     order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(n_buckets + 1))
     h, rows = h[order], rows[order]
