@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from gmm_dask.demo import FEATURES as DEMO_FEATURES
 from gmm_dask.report import (
     ReportData,
     bhattacharyya_distance,
@@ -24,14 +25,7 @@ from gmm_dask.report import (
     markdown_summary,
 )
 
-FEATURES = [
-    "sessions_30d",
-    "active_days_30d",
-    "items_created_30d",
-    "purchases_90d",
-    "spend_90d",
-    "minutes_per_session",
-]
+FEATURES = list(DEMO_FEATURES)
 CHARTS = {"sizes", "profile", "entropy", "transitions", "bic", "projection", "family-tree", "forecast"}
 CHROMIUM = os.environ.get("GMM_DASK_CHROMIUM", "/usr/bin/chromium")
 
