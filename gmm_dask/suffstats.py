@@ -310,6 +310,15 @@ def _merge_blocks(nk_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray, pairs:
     return nk_b[0], mean_b[0], m2_b[0]
 
 
+#: Rows per merge block of the compiled kernel (moments about the mixture mean are summed over
+#: a block, then turned into moments about the block's own component means and merged), and
+#: rows per tile inside it: a tile's products (F × 256 doubles, 310 KiB for D = 16, full) stay
+#: in a 1 MiB L2 while both products read them, and the per-tile passes stay long enough to
+#: vectorise well (``benchmarks/kernel.py`` times other sizes).
+COMPILED_BLOCK_ROWS = 4096
+COMPILED_TILE_ROWS = 256
+
+
 def estep_stats(
     X: np.ndarray,
     sample_weight: np.ndarray | None,
@@ -321,6 +330,7 @@ def estep_stats(
     row_offset: int = 0,
     block_rows: int | None = None,
     hard_counts: bool = False,
+    kernel: str = "auto",
 ) -> SuffStats:
     """E-step of one partition fused with its sufficient statistics (one pass over ``X``).
 
@@ -333,7 +343,14 @@ def estep_stats(
     row_offset : int
         Global index of the partition's first row (for error messages and tie-breaking).
     block_rows : int, optional
-        Rows processed at a time so temporaries stay in cache.
+        Rows whose moments are summed before they are centred and merged (temporaries stay in
+        cache).
+    hard_counts : bool
+        Also count, per component, the weight of the rows it is most probable for.
+    kernel : {'auto', 'numpy'}
+        'auto' runs the compiled kernel (:mod:`gmm_dask._kernels`) unless a component needs the
+        exactly centred path (see :data:`EXPANSION_MAX_RHO`), which only the NumPy path has;
+        'numpy' always runs the NumPy path, the reference the compiled kernel is tested against.
 
     Returns
     -------
@@ -342,20 +359,118 @@ def estep_stats(
     Notes
     -----
     Each in-cache block of rows is expanded once into ``f = [x_i x_j; x; 1]`` (centred at the
-    mixture mean, products packed by symmetry), so the whole E-step is two GEMMs against it:
-    ``A @ f`` gives every component's log-density, and ``R @ fᵀ`` gives every component's
-    weight, first and second moments. The moments of each block are turned into moments about
-    the block's own component means and merged across blocks and partitions exactly with the
-    parallel formula, so an offset of 1e6 costs nothing.
+    mixture mean, products packed by symmetry), so the whole E-step is two matrix products
+    against it: ``A @ f`` gives every component's log-density, and ``R @ fᵀ`` gives every
+    component's weight, first and second moments. The moments of each block are turned into
+    moments about the block's own component means and merged across blocks and partitions
+    exactly with the parallel formula, so an offset of 1e6 costs nothing. Both paths do the same
+    arithmetic in float64; the compiled one fuses it per cache-sized tile and agrees with the
+    NumPy one to rounding (``tests/test_suffstats.py``).
     """
+    if kernel not in ("auto", "numpy"):
+        raise ValueError(f"kernel must be 'auto' or 'numpy', got {kernel!r}")
     k, d = means.shape
     kind = moment_kind(covariance_type)
     layout = _Layout(d, kind)
-    t, F = layout.t, layout.f
     shift = weights @ means
     means_c = means - shift
     A, consts, rho = _log_density_coefficients(layout, weights, means_c, prec_chol, covariance_type)
     far = np.flatnonzero(~(rho <= EXPANSION_MAX_RHO))
+    n_total = X.shape[0]
+    if kernel == "auto" and not far.size:
+        blocks = _blocks_compiled(X, sample_weight, A, shift, layout, k, block_rows, hard_counts)
+    else:
+        blocks = _blocks_numpy(
+            X, sample_weight, A, shift, layout, k, block_rows, hard_counts,
+            far=far, means_c=means_c, prec_chol=prec_chol, consts=consts, covariance_type=covariance_type,
+        )  # fmt: skip
+    scores, loglik, hard_nk, nk_b, mean_b, m2_b = blocks
+    nk, mean_c, m2 = _merge_blocks(nk_b, mean_b, m2_b, (layout.ia, layout.ja))
+    finite = np.isfinite(scores)
+    n_bad = int(n_total - finite.sum())
+    first_bad = row_offset + int(np.flatnonzero(~finite)[0]) if n_bad else -1
+    eligible = finite if sample_weight is None else finite & (sample_weight > 0)
+    ws_, wr, wi = _worst_rows(scores, X, eligible, row_offset, k)
+    return SuffStats(
+        nk=nk,
+        means=mean_c + shift,
+        m2=layout.unpack(m2),
+        loglik=loglik,
+        weight=float(n_total if sample_weight is None else sample_weight.sum()),
+        n_rows=n_total,
+        n_bad=n_bad,
+        first_bad=first_bad,
+        worst_scores=ws_,
+        worst_rows=wr,
+        worst_index=wi,
+        hard_nk=hard_nk,
+    )
+
+
+def _centre_blocks(S: np.ndarray, layout: _Layout):
+    """Moments Σ r·[q; x; 1] about the mixture mean of blocks (leading axes) → (nk, means about
+    the mixture mean, packed moments about each block's own component means)."""
+    t, d = layout.t, layout.d
+    nkb = S[..., t + d]
+    pos = nkb > 0
+    mb = np.divide(
+        S[..., t : t + d], nkb[..., None], out=np.zeros(S[..., t : t + d].shape), where=pos[..., None]
+    )
+    m2 = S[..., :t] - nkb[..., None] * (mb[..., layout.ia] * mb[..., layout.ja])
+    diag = np.flatnonzero(layout.ia == layout.ja)
+    m2[..., diag] = np.maximum(m2[..., diag], 0.0)
+    return nkb, mb, m2
+
+
+def _blocks_compiled(X, sample_weight, A, shift, layout, k, block_rows, hard_counts):
+    """Per-row scores, the log-likelihood, hard counts and per-block centred statistics from
+    the compiled kernel (see :func:`estep_stats`)."""
+    from . import _kernels
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    n_total = X.shape[0]
+    weighted = sample_weight is not None
+    w = np.ascontiguousarray(sample_weight, dtype=np.float64) if weighted else np.empty(0)
+    block = max(1, block_rows or COMPILED_BLOCK_ROWS)
+    tile = min(block, COMPILED_TILE_ROWS)
+    tiles_per_block = -(-block // tile)
+    n_blocks = max(1, -(-n_total // (tile * tiles_per_block)))
+    kp = -(-k // _kernels.K_STEP) * _kernels.K_STEP
+    pp = -(-layout.f // _kernels.P_STEP) * _kernels.P_STEP
+    Ap = np.zeros((kp, pp))
+    Ap[:k, : layout.f] = A
+    S = np.zeros((n_blocks, kp, pp))
+    scores = np.empty(n_total)
+    hard_nk = np.zeros(k)
+    ia = np.ascontiguousarray(layout.ia, dtype=np.int64)
+    ja = np.ascontiguousarray(layout.ja, dtype=np.int64)
+    loglik = _kernels.estep_tiles(
+        X, w, weighted, np.ascontiguousarray(shift, dtype=np.float64), Ap, ia, ja, k,
+        tile, tiles_per_block, hard_counts, scores, S, hard_nk,
+    )  # fmt: skip
+    nk_b, mean_b, m2_b = _centre_blocks(S[:, :k, : layout.f], layout)
+    return scores, float(loglik), (hard_nk if hard_counts else None), nk_b, mean_b, m2_b
+
+
+def _blocks_numpy(
+    X,
+    sample_weight,
+    A,
+    shift,
+    layout,
+    k,
+    block_rows,
+    hard_counts,
+    *,
+    far,
+    means_c,
+    prec_chol,
+    consts,
+    covariance_type,
+):
+    """The NumPy path of :func:`estep_stats`: two BLAS products per in-cache block, and the
+    exactly centred computation for the components in ``far``."""
+    t, F, d = layout.t, layout.f, layout.d
     n_total = X.shape[0]
     block_rows = max(1, min(block_rows or default_block_rows(F), n_total))
     # Buffers reused by every block (allocating per block is slow where glibc returns memory
@@ -367,7 +482,6 @@ def estep_stats(
     nk_b = np.zeros((n_blocks, k))
     mean_b = np.zeros((n_blocks, k, d))
     m2_b = np.zeros((n_blocks, k, t))
-    diag_pos = np.flatnonzero(layout.ia == layout.ja)
     scores = np.empty(n_total)
     loglik = 0.0
     hard_nk = np.zeros(k) if hard_counts else None
@@ -394,8 +508,9 @@ def estep_stats(
             r /= tot
         bad = ~np.isfinite(lpn)
         any_bad = bad.any()
-        if any_bad:
+        if any_bad:  # they contribute nothing (0·inf in the moments would still be NaN)
             r[:, bad] = 0.0
+            f[: t + d, bad] = 0.0
             lpn[bad & ~finite_max] = amax[bad & ~finite_max]
         scores[start:stop] = lpn
         if hard_counts:
@@ -409,35 +524,11 @@ def estep_stats(
             loglik += float(lpn[~bad].sum()) if any_bad else float(lpn.sum())
         # Σ r·[q; x; 1] about the mixture mean, turned into moments about the block's own
         # component means.
-        S = r @ f.T  # (K, F)
-        nkb = S[:, F - 1]
-        pos = nkb > 0
-        mb = np.divide(S[:, t : t + d], nkb[:, None], out=np.zeros((k, d)), where=pos[:, None])
-        m2 = S[:, :t] - nkb[:, None] * (mb[:, layout.ia] * mb[:, layout.ja])
+        nkb, mb, m2 = _centre_blocks(r @ f.T, layout)  # (K, F) → per component
         for j in far:
             m2[j] = _exact_moment(f[t : t + d], mb[j], r[j], layout)
-        m2[:, diag_pos] = np.maximum(m2[:, diag_pos], 0.0)
         nk_b[i], mean_b[i], m2_b[i] = nkb, mb, m2
-    nk, mean_c, m2 = _merge_blocks(nk_b, mean_b, m2_b, (layout.ia, layout.ja))
-    finite = np.isfinite(scores)
-    n_bad = int(n_total - finite.sum())
-    first_bad = row_offset + int(np.flatnonzero(~finite)[0]) if n_bad else -1
-    eligible = finite if sample_weight is None else finite & (sample_weight > 0)
-    ws_, wr, wi = _worst_rows(scores, X, eligible, row_offset, k)
-    return SuffStats(
-        nk=nk,
-        means=mean_c + shift,
-        m2=layout.unpack(m2),
-        loglik=loglik,
-        weight=float(n_total if sample_weight is None else sample_weight.sum()),
-        n_rows=n_total,
-        n_bad=n_bad,
-        first_bad=first_bad,
-        worst_scores=ws_,
-        worst_rows=wr,
-        worst_index=wi,
-        hard_nk=hard_nk,
-    )
+    return scores, loglik, hard_nk, nk_b, mean_b, m2_b
 
 
 def resp_stats(

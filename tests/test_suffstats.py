@@ -234,3 +234,125 @@ def test_merge_moments_keeps_the_second_mean_where_the_first_set_is_empty():
     _, mean, m2 = merge_moments(np.array([1.0]), ma[:1], None, np.array([0.0]), mb[:1], None)
     np.testing.assert_array_equal(mean, ma[:1])
     assert m2 is None
+
+
+# --- the compiled kernel against the NumPy path -------------------------------------------------
+
+
+def _random_spd(rng, d):
+    a = rng.normal(size=(d, d))
+    return a @ a.T / d + np.diag(rng.uniform(0.5, 2.0, d))
+
+
+def _random_problem(ct, n, d, k, seed, offset=0.0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) * rng.uniform(0.5, 3.0, d) + offset
+    means = (X[rng.choice(n, k)] if n >= k else rng.normal(size=(k, d)) + offset) + 0.1
+    cov = {
+        "full": np.stack([_random_spd(rng, d) for _ in range(k)]),
+        "tied": _random_spd(rng, d),
+        "diag": rng.uniform(0.3, 3.0, (k, d)),
+        "spherical": rng.uniform(0.3, 3.0, k),
+    }[ct]
+    weights = rng.dirichlet(np.ones(k))
+    sw = rng.uniform(0.0, 3.0, n)
+    sw[rng.random(n) < 0.1] = 0.0
+    return X, sw, weights, means, gaussian.compute_precision_cholesky(cov, ct)
+
+
+def _assert_same_stats(got, want, tol):
+    assert got.n_rows == want.n_rows
+    assert (got.n_bad, got.first_bad) == (want.n_bad, want.first_bad)
+    assert got.weight == want.weight
+    for field in ("nk", "means", "m2", "hard_nk"):
+        a, b = getattr(got, field), getattr(want, field)
+        if b is None:
+            assert a is None, field
+        elif b.size and np.any(b):
+            assert_rel(a, b, tol, field)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=field)
+    assert got.loglik == pytest.approx(want.loglik, rel=tol, abs=1e-300)
+    np.testing.assert_array_equal(got.worst_index, want.worst_index)
+    np.testing.assert_array_equal(got.worst_rows, want.worst_rows)
+    np.testing.assert_allclose(got.worst_scores, want.worst_scores, rtol=tol)
+
+
+@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize(
+    ("n", "d", "k", "offset", "block_rows"),
+    [
+        (1000, 5, 3, 0.0, None),
+        (1000, 5, 3, 0.0, 7),  # many blocks, each of one short tile
+        (2100, 16, 8, 0.0, 300),  # tiles of 256 and a 44-row remainder in 300-row blocks
+        (517, 1, 1, 0.0, 64),  # D = 1, K = 1
+        (300, 4, 6, 1e6, None),  # data far from the origin: centred at the mixture mean
+        (3, 2, 5, 0.0, None),  # fewer rows than components
+        (0, 3, 2, 0.0, None),  # an empty partition
+    ],
+)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_compiled_kernel_equals_the_numpy_path(ct, n, d, k, offset, block_rows, weighted, monkeypatch):
+    from gmm_dask import suffstats
+
+    X, sw, weights, means, pc = _random_problem(ct, n, d, k, seed=n + d + k, offset=offset)
+    sw = sw if weighted else None
+    kw = {"row_offset": 40, "block_rows": block_rows, "hard_counts": True}
+    want = estep_stats(X, sw, weights, means, pc, ct, kernel="numpy", **kw)
+
+    def no_numpy_path(*args, **kwargs):
+        raise AssertionError("the NumPy path ran where the compiled kernel should have")
+
+    monkeypatch.setattr(suffstats, "_blocks_numpy", no_numpy_path)
+    got = estep_stats(X, sw, weights, means, pc, ct, **kw)
+    _assert_same_stats(got, want, 1e-12)
+
+
+@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+def test_compiled_kernel_on_rows_without_a_finite_density(ct):
+    # rows whose squared distance overflows, NaN rows, and a component of zero weight (log 0 =
+    # −inf for every row): the compiled kernel flags and skips the same rows as the NumPy path
+    X, sw, weights, means, pc = _random_problem(ct, 700, 3, 4, seed=9)
+    X[[5, 300, 301]] = 1e160
+    X[400, 1] = np.nan
+    X[650] = -np.inf
+    weights = np.array([0.5, 0.0, 0.3, 0.2])
+    for w in (None, sw):
+        got = estep_stats(X, w, weights, means, pc, ct, block_rows=128, hard_counts=True, row_offset=7)
+        with np.errstate(all="ignore"):
+            want = estep_stats(
+                X, w, weights, means, pc, ct, block_rows=128, hard_counts=True, row_offset=7, kernel="numpy"
+            )
+        assert (got.n_bad, got.first_bad) == (5, 12)
+        assert got.nk[1] == 0.0
+        assert np.isfinite(got.means).all()
+        assert np.isfinite(got.m2).all()
+        _assert_same_stats(got, want, 1e-12)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag"])
+def test_compiled_kernel_equals_the_textbook_e_step(ct):
+    X, _, weights, means, pc = _random_problem(ct, 5000, 6, 4, seed=11, offset=50.0)
+    got = estep_stats(X, None, weights, means, pc, ct)
+    nk, mu, m2, loglik = _reference_stats(X, weights, means, pc, ct)
+    assert_rel(got.nk, nk, 1e-12, "nk")
+    assert_rel(got.means, mu, 1e-13, "means")
+    want = m2 if got.m2.ndim == 3 else np.diagonal(m2, axis1=1, axis2=2)
+    assert_rel(got.m2, want, 1e-11, "m2")
+    assert got.loglik == pytest.approx(loglik, rel=1e-13)
+
+
+def test_vectorised_exp_is_within_an_ulp_or_two_of_libm():
+    from gmm_dask import _kernels
+
+    rng = np.random.default_rng(12)
+    edges = [0.0, -0.0, -1e-320, -708.0]
+    libm = np.array([-708.4, -745.0, -746.0, -np.inf, np.nan, 1.5, np.inf])  # below −708, NaN, > 0
+    x = np.concatenate([-rng.uniform(0, 708, 200_000), -rng.uniform(0, 1e-3, 10_000), edges, libm])
+    out = np.empty_like(x)
+    assert _kernels.exp_into(x, out) == len(libm)
+    want = np.exp(x)
+    np.testing.assert_array_equal(out[-len(libm) :], want[-len(libm) :])
+    np.testing.assert_array_equal(out[-len(libm) - 4 : -len(libm) - 1], 1.0)
+    fast = slice(0, -len(libm))
+    assert np.max(np.abs(out[fast] - want[fast]) / np.spacing(want[fast])) <= 2.0
