@@ -55,9 +55,11 @@ def _jit(fastmath=_FLAGS):
 P_STEP = 4
 K_STEP = 4
 
-# exp(x) for x in [_EXP_LO, 0] comes from the vectorised polynomial below; anything else (−inf,
-# NaN, x > 0 when a row's maximum is not finite, results that would be subnormal) from libm.
+# exp(x) for x in [_EXP_LO, 0] comes from the vectorised polynomial below and is 0 below
+# _EXP_ZERO (also −inf), where libm's exp is 0 too (it underflows below −745.14); the rest (NaN,
+# x > 0 when a row's maximum is not finite, subnormal results) goes through libm.
 _EXP_LO = -708.0
+_EXP_ZERO = -746.0
 _LOG2E = 1.4426950408889634
 _LN2_HI = 6.93147180369123816490e-01  # low 21 bits zero: n·_LN2_HI is exact for |n| < 2²¹
 _LN2_LO = 1.90821492927058770002e-10
@@ -100,18 +102,19 @@ def _exp_reduced(x):
 
 @_jit()
 def exp_into(x, out):
-    """out[:] = exp(x[:]): vectorised within [_EXP_LO, 0], libm's exp elsewhere (−inf, NaN,
-    x > 0, results that would be subnormal). Returns how many values took the libm path."""
+    """out[:] = exp(x[:]) as the softmax computes it: vectorised within [_EXP_LO, 0], 0 below
+    _EXP_ZERO, libm's exp elsewhere. Returns how many values took the libm path."""
     n = x.shape[0]
     n_slow = 0
     for i in range(n):
         v = x[i]
-        out[i] = _exp_reduced(v)
-        n_slow += 0 if (v >= _EXP_LO) & (v <= 0.0) else 1
+        ok = (v >= _EXP_LO) & (v <= 0.0)
+        out[i] = _exp_reduced(v) if ok else 0.0
+        n_slow += 0 if ok | (v < _EXP_ZERO) else 1
     if n_slow:
         for i in range(n):
             v = x[i]
-            if not ((v >= _EXP_LO) & (v <= 0.0)):
+            if not ((v >= _EXP_LO) & (v <= 0.0) | (v < _EXP_ZERO)):
                 out[i] = math.exp(v)
     return n_slow
 
@@ -130,11 +133,20 @@ def _density(A, f, out, n, ia, ja):
     for k in range(kp):
         out[k, :n] = 0.0
     for p in range(0, pp, 4):
-        for q in range(p, min(p + 4, t)):
-            xi, xj, fq = f[t + ia[q]], f[t + ja[q]], f[q]
-            for i in range(n):
-                fq[i] = xi[i] * xj[i]
         f0, f1, f2, f3 = f[p], f[p + 1], f[p + 2], f[p + 3]
+        if p + 4 <= t:  # four products: one pass
+            u0, u1, u2, u3 = f[t + ia[p]], f[t + ia[p + 1]], f[t + ia[p + 2]], f[t + ia[p + 3]]
+            v0, v1, v2, v3 = f[t + ja[p]], f[t + ja[p + 1]], f[t + ja[p + 2]], f[t + ja[p + 3]]
+            for i in range(n):
+                f0[i] = u0[i] * v0[i]
+                f1[i] = u1[i] * v1[i]
+                f2[i] = u2[i] * v2[i]
+                f3[i] = u3[i] * v3[i]
+        else:
+            for q in range(p, min(p + 4, t)):
+                xi, xj, fq = f[t + ia[q]], f[t + ja[q]], f[q]
+                for i in range(n):
+                    fq[i] = xi[i] * xj[i]
         for k in range(0, kp, 4):
             a0, a1, a2, a3 = A[k, p], A[k, p + 1], A[k, p + 2], A[k, p + 3]
             b0, b1, b2, b3 = A[k + 1, p], A[k + 1, p + 1], A[k + 1, p + 2], A[k + 1, p + 3]
@@ -220,11 +232,11 @@ def _softmax(L, R, k, n, amax, safe, tot, lpn):
             e = _exp_reduced(v) if ok else 0.0
             rc[i] = e
             tot[i] = e if c == 0 else tot[i] + e
-            n_slow += 0 if ok else 1
+            n_slow += 0 if ok | (v < _EXP_ZERO) else 1
         if n_slow:
             for i in range(n):
                 v = lc[i] - safe[i]
-                if not ((v >= _EXP_LO) & (v <= 0.0)):
+                if not ((v >= _EXP_LO) & (v <= 0.0) | (v < _EXP_ZERO)):
                     rc[i] = math.exp(v)
                     tot[i] += rc[i]  # tot held the other components' sum plus 0
     for i in range(n):

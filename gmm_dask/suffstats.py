@@ -315,7 +315,7 @@ def _merge_blocks(nk_b: np.ndarray, mean_b: np.ndarray, m2_b: np.ndarray, pairs:
 #: rows per tile inside it: a tile's products (F × 256 doubles, 310 KiB for D = 16, full) stay
 #: in a 1 MiB L2 while both products read them, and the per-tile passes stay long enough to
 #: vectorise well (``benchmarks/kernel.py`` times other sizes).
-COMPILED_BLOCK_ROWS = 4096
+COMPILED_BLOCK_ROWS = 16384
 COMPILED_TILE_ROWS = 256
 
 
