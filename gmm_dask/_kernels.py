@@ -68,19 +68,17 @@ _MAGIC = 6755399441055744.0  # 1.5·2⁵²: x + _MAGIC rounds x to an integer he
 
 @_jit()
 def _exp_reduced(x):
-    """exp(x) for x in [_EXP_LO, 0] (clamped into it otherwise), branch-free and vectorisable;
-    within 0.84 ulp of the exact value (libm's exp: 0.51), measured against extended precision
-    over 2·10⁶ arguments.
+    """exp(x) for x in [_EXP_LO, 0], branch-free and vectorisable (callers select another value
+    outside that range: there the result is meaningless); within 0.84 ulp of the exact value
+    (libm's exp: 0.51), measured against extended precision over 2·10⁶ arguments.
 
     exp(x) = 2ⁿ·exp(r) with n = round(x/ln 2) and r = x − n·ln 2 reduced in two steps (Cody &
     Waite), |r| ≤ ln2/2; exp(r) is its Taylor polynomial of degree 13 (truncation < 1e-17
     relative) and 2ⁿ is assembled from the low bits of x/ln2 + 1.5·2⁵², which hold n.
     """
-    v = x if x > _EXP_LO else _EXP_LO
-    v = v if v < 0.0 else 0.0
-    t = v * _LOG2E + _MAGIC
+    t = x * _LOG2E + _MAGIC
     k = t - _MAGIC
-    r = v - k * _LN2_HI
+    r = x - k * _LN2_HI
     r = r - k * _LN2_LO
     p = 1.0 / 6227020800.0
     p = p * r + 1.0 / 479001600.0
