@@ -5,8 +5,10 @@ responsibility ``nk``, the responsibility-weighted mean, and the *centred* secon
 that mean. Two values merge with the parallel formula of Chan, Golub & LeVeque, so the result is
 the same (to rounding) however the rows are split, and data offset by 1e6 lose no digits.
 
-These functions are pure NumPy and know nothing about Dask: the distributed driver only maps
-:func:`estep_stats` over partitions and folds the results with :func:`combine`.
+These functions know nothing about Dask: the distributed driver only maps :func:`estep_stats`
+over partitions and folds the results with :func:`combine`. The E-step runs the compiled kernel
+of :mod:`gmm_dask._kernels` (numba, imported on the first call) and keeps its NumPy path as the
+reference; everything else here is NumPy.
 :func:`merge_moments` is the one implementation of the parallel formula in the package (also
 used by the input validation and the feature profile). The k-means kernels of the
 initialisation are in :mod:`gmm_dask.kmeans`.

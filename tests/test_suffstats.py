@@ -357,3 +357,12 @@ def test_vectorised_exp_is_within_an_ulp_or_two_of_libm():
     np.testing.assert_array_equal(out[-len(libm) - len(zero) - 4 : -len(libm) - len(zero) - 1], 1.0)
     fast = slice(0, -len(libm) - len(zero))
     assert np.max(np.abs(out[fast] - want[fast]) / np.spacing(want[fast])) <= 2.0
+
+
+def test_kernel_warm_up_compiles_the_signature_the_e_step_uses():
+    from gmm_dask import _kernels
+
+    assert _kernels.warm_up() >= 0.0
+    X, _, weights, means, pc = _random_problem("full", 50, 3, 2, seed=13)
+    estep_stats(X, None, weights, means, pc, "full", hard_counts=True)
+    assert len(_kernels.estep_tiles.signatures) == 1
