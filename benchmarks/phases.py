@@ -2,10 +2,15 @@
 
     python -m benchmarks.phases '{"n": 125000, "d": 16, "k": 8, "ct": "full"}'
 
-Runs the phases of :func:`gmm_dask.suffstats.estep_stats` (per in-cache block: centre, build the
-packed products, ``A @ f``, softmax, ``R @ fᵀ``) one at a time over the same blocks, with the
-library's own layout and coefficients, and times the whole kernel on the same partition. Prints
-one JSON line of milliseconds. Run with one BLAS thread (``benchmarks.run`` does).
+Times the phases of the compiled kernel (:mod:`gmm_dask._kernels`, what
+:func:`gmm_dask.suffstats.estep_stats` runs) one at a time over the same 256-row tiles of one
+partition, with the library's own coefficients: centre (transpose the tile and subtract the
+mixture mean), products (``xᵢxⱼ``), ``A @ f`` (log-densities), softmax (of which exp), ``R @ fᵀ``
+(moments), and the whole ``estep_stats`` call. Each phase is looped over the tiles inside
+compiled code, as in the kernel, so no Python call is timed per tile. Alongside: the GEMM-only
+lower bound (the two products' flops at this machine's one-thread DGEMM rate, measured in the same
+run) and, under ``numpy``, the same phases of the NumPy path (two BLAS GEMMs per 3,000-row block).
+Prints one JSON line of milliseconds. Run with one BLAS thread (``benchmarks.run`` does).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import time
 import numpy as np
 
 
-def _best(fn, repeats: int = 5) -> float:
+def _best(fn, repeats: int = 7) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -26,7 +31,7 @@ def _best(fn, repeats: int = 5) -> float:
     return 1000.0 * min(times)
 
 
-def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
+def _problem(n: int, d: int, k: int, ct: str, seed: int):
     from gmm_dask import suffstats as ss
     from gmm_dask.gaussian import compute_precision_cholesky
 
@@ -34,17 +39,122 @@ def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
     X = rng.standard_normal((n, d))
     weights = np.full(k, 1.0 / k)
     means = rng.standard_normal((k, d))
-    kind = ss.moment_kind(ct)
-    cov = np.broadcast_to(np.eye(d), (k, d, d)) if kind == "full" else np.ones((k, d))
-    if ct == "tied":
-        cov = np.eye(d)
-    elif ct == "spherical":
-        cov = np.ones(k)
-    prec_chol = compute_precision_cholesky(np.array(cov), ct)
-    layout = ss._Layout(d, kind)
-    t, F = layout.t, layout.f
+    cov = {
+        "full": np.broadcast_to(np.eye(d), (k, d, d)).copy(),
+        "tied": np.eye(d),
+        "diag": np.ones((k, d)),
+        "spherical": np.ones(k),
+    }[ct]
+    prec_chol = compute_precision_cholesky(cov, ct)
+    layout = ss._Layout(d, ss.moment_kind(ct))
     shift = weights @ means
     A, _, _ = ss._log_density_coefficients(layout, weights, means - shift, prec_chol, ct)
+    return X, weights, means, prec_chol, layout, shift, A
+
+
+def _drivers():
+    """Compiled loops over the tiles, one per phase (so no Python call per tile is timed)."""
+    from numba import njit
+
+    from gmm_dask import _kernels as kk
+
+    @njit(cache=False, nogil=True)
+    def centre(X, tile, n_tiles, shift, t, f):
+        for s in range(n_tiles):
+            kk._centre(X, s * tile, tile, shift, t, f)
+
+    @njit(cache=False, nogil=True)
+    def density(A, f, L, tile, n_tiles, ia, ja):
+        for _ in range(n_tiles):
+            kk._density(A, f, L, tile, ia, ja)
+
+    @njit(cache=False, nogil=True)
+    def softmax(L, R, k, tile, n_tiles, amax, safe, tot, lpn):
+        for _ in range(n_tiles):
+            kk._softmax(L, R, k, tile, amax, safe, tot, lpn)
+
+    @njit(cache=False, nogil=True)
+    def exp(x, out, n_tiles):
+        for _ in range(n_tiles):
+            for c in range(x.shape[0]):
+                kk.exp_into(x[c], out[c])
+
+    @njit(cache=False, nogil=True)
+    def moments(R, f, S, tile, n_tiles):
+        for _ in range(n_tiles):
+            kk._moments(R, f, S, tile)
+
+    return centre, density, softmax, exp, moments
+
+
+def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
+    from benchmarks.cases import run_dgemm
+    from gmm_dask import _kernels as kk
+    from gmm_dask import suffstats as ss
+
+    X, weights, means, prec_chol, layout, shift, A = _problem(n, d, k, ct, seed)
+    t, F = layout.t, layout.f
+    tile = ss.COMPILED_TILE_ROWS
+    n_tiles = n // tile
+    rows = n_tiles * tile
+    kp = -(-k // kk.K_STEP) * kk.K_STEP
+    pp = -(-F // kk.P_STEP) * kk.P_STEP
+    Ap = np.zeros((kp, pp))
+    Ap[:k, :F] = A
+    ia = np.ascontiguousarray(layout.ia, dtype=np.int64)
+    ja = np.ascontiguousarray(layout.ja, dtype=np.int64)
+    no_pairs = np.zeros(0, dtype=np.int64)
+    f = np.zeros((pp, tile))
+    f[t + d] = 1.0
+    L = np.zeros((kp, tile))
+    R = np.zeros((kp, tile))
+    S = np.zeros((kp, pp))
+    amax, safe, tot, lpn = (np.empty(tile) for _ in range(4))
+    centre, density, softmax, exp, moments = _drivers()
+
+    centre(X, tile, 1, shift, t, f)
+    density(Ap, f, L, tile, 1, ia, ja)  # L: log-densities of a real tile, reused by the softmax
+    softmax(L, R, k, tile, 1, amax, safe, tot, lpn)
+    shifted = L[:k] - L[:k].max(axis=0)  # what the softmax exponentiates
+    e_out = np.empty_like(shifted)
+    exp(shifted, e_out, 1)
+    moments(R, f, S, tile, 1)
+
+    with_products = _best(lambda: density(Ap, f, L, tile, n_tiles, ia, ja))
+    f_saved = f.copy()
+    gemm_density = _best(lambda: density(Ap, f, L, tile, n_tiles, no_pairs, no_pairs))
+    np.copyto(f, f_saved)
+    out = {
+        "rows": rows,
+        "block_rows": tile,
+        "F": F,
+        "F_padded": pp,
+        "centre_ms": _best(lambda: centre(X, tile, n_tiles, shift, t, f)),
+        "products_ms": max(with_products - gemm_density, 0.0),
+        "gemm_density_ms": gemm_density,
+        "softmax_ms": _best(lambda: softmax(L, R, k, tile, n_tiles, amax, safe, tot, lpn)),
+        "exp_ms": _best(lambda: exp(shifted, e_out, n_tiles)),
+        "gemm_moments_ms": _best(lambda: moments(R, f, S, tile, n_tiles)),
+    }
+    Xp = X[:rows]
+    out["kernel_ms"] = _best(lambda: ss.estep_stats(Xp, None, weights, means, prec_chol, ct))
+    flops = 2.0 * kp * pp * rows  # each of the two products, padding included
+    out["gemm_density_gflops"] = flops / out["gemm_density_ms"] / 1e6
+    out["gemm_moments_gflops"] = flops / out["gemm_moments_ms"] / 1e6
+    dgemm = run_dgemm({"size": 1024})["gflops_1"]
+    out["dgemm_gflops_1"] = dgemm
+    out["gemm_bound_ms"] = 2 * 2.0 * k * F * rows / dgemm / 1e6
+    out["numpy"] = _numpy_phases(X[:rows], weights, means, prec_chol, ct, layout, shift, A)
+    return out
+
+
+def _numpy_phases(X, weights, means, prec_chol, ct, layout, shift, A) -> dict:
+    """The same phases for the NumPy path (``kernel='numpy'``): BLAS GEMMs per 3,000-row block."""
+    from gmm_dask import suffstats as ss
+
+    n, d = X.shape
+    k = A.shape[0]
+    t, F = layout.t, layout.f
     b = ss.default_block_rows(F)
     starts = range(0, n - b + 1, b)
     f = np.empty((F, b))
@@ -63,8 +173,10 @@ def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
         for _ in starts:
             np.matmul(A, f, out=r)
 
+    centre()
+    products()
     np.matmul(A, f, out=r)
-    r0 = r.copy()  # log-densities of the last block: each timed softmax starts from them
+    r0 = r.copy()
 
     def restore():
         for _ in starts:
@@ -80,32 +192,23 @@ def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
             np.log(tot)
             r.__itruediv__(tot)
 
-    shifted = r0 - r0.max(axis=0)  # what the softmax exponentiates
-
-    def exp_only():
-        for _ in starts:
-            np.exp(shifted, out=r)
-
     def gemm_moments():
         for _ in starts:
             r @ f.T
 
-    centre()
-    products()
+    rows = len(starts) * b
     out = {
-        "rows": len(starts) * b,
+        "rows": rows,
         "block_rows": b,
-        "F": F,
         "centre_ms": _best(centre),
         "products_ms": _best(products),
         "gemm_density_ms": _best(gemm_density),
-        "exp_ms": _best(exp_only),
         "gemm_moments_ms": _best(gemm_moments),
+        "softmax_ms": _best(softmax) - _best(restore),
     }
-    out["softmax_ms"] = _best(softmax) - _best(restore)
-    Xp = X[: out["rows"]]
-    out["kernel_ms"] = _best(lambda: ss.estep_stats(Xp, None, weights, means, prec_chol, ct))
-    flops = 2.0 * k * F * out["rows"]
+    Xp = X[:rows]
+    out["kernel_ms"] = _best(lambda: ss.estep_stats(Xp, None, weights, means, prec_chol, ct, kernel="numpy"))
+    flops = 2.0 * k * F * rows
     out["gemm_density_gflops"] = flops / out["gemm_density_ms"] / 1e6
     out["gemm_moments_gflops"] = flops / out["gemm_moments_ms"] / 1e6
     return out
