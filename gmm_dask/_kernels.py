@@ -239,10 +239,12 @@ def _softmax(L, R, k, n, amax, safe, tot, lpn):
                     tot[i] += rc[i]  # tot held the other components' sum plus 0
     for i in range(n):
         lpn[i] = math.log(tot[i]) + safe[i]
+    for i in range(n):
+        tot[i] = 1.0 / tot[i]  # one division per row, then products (≤ 1 ulp from r / tot)
     for c in range(k):
         rc = R[c]
         for i in range(n):
-            rc[i] = rc[i] / tot[i]
+            rc[i] = rc[i] * tot[i]
     n_bad = 0
     for i in range(n):
         v = lpn[i]
