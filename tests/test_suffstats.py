@@ -286,6 +286,7 @@ def _assert_same_stats(got, want, tol):
         (1000, 5, 3, 0.0, 7),  # many blocks, each of one short tile
         (2100, 16, 8, 0.0, 300),  # tiles of 256 and a 44-row remainder in 300-row blocks
         (517, 1, 1, 0.0, 64),  # D = 1, K = 1
+        (600, 23, 13, 0.0, None),  # neither D nor K a multiple of the kernel's padding
         (300, 4, 6, 1e6, None),  # data far from the origin: centred at the mixture mean
         (3, 2, 5, 0.0, None),  # fewer rows than components
         (0, 3, 2, 0.0, None),  # an empty partition
@@ -366,3 +367,17 @@ def test_kernel_warm_up_compiles_the_signature_the_e_step_uses():
     X, _, weights, means, pc = _random_problem("full", 50, 3, 2, seed=13)
     estep_stats(X, None, weights, means, pc, "full", hard_counts=True)
     assert len(_kernels.estep_tiles.signatures) == 1
+
+
+def test_compiled_kernel_takes_any_float_layout():
+    X, sw, weights, means, pc = _random_problem("full", 900, 5, 3, seed=14)
+    want = estep_stats(X, sw, weights, means, pc, "full", kernel="numpy")
+    strided = np.zeros((len(X), 2 * X.shape[1]))
+    strided[:, ::2] = X
+    for Xv in (np.asfortranarray(X), strided[:, ::2], X.astype(np.float32)):
+        ref = (
+            want
+            if Xv.dtype == np.float64
+            else estep_stats(Xv, sw, weights, means, pc, "full", kernel="numpy")
+        )
+        _assert_same_stats(estep_stats(Xv, sw, weights, means, pc, "full"), ref, 1e-12)
