@@ -3,7 +3,7 @@
     python -m benchmarks.phases '{"n": 125000, "d": 16, "k": 8, "ct": "full"}'
 
 Times the phases of the compiled kernel (:mod:`gmm_dask._kernels`, what
-:func:`gmm_dask.suffstats.estep_stats` runs) one at a time over the same 256-row tiles of one
+:func:`gmm_dask.suffstats.estep_stats` runs) one at a time over the same tiles (224 rows) of one
 partition, with the library's own coefficients: centre (transpose the tile and subtract the
 mixture mean), products (``xᵢxⱼ``), ``A @ f`` (log-densities), softmax (of which exp), ``R @ fᵀ``
 (moments), and the whole ``estep_stats`` call. Each phase is looped over the tiles inside

@@ -284,7 +284,7 @@ def _assert_same_stats(got, want, tol):
     [
         (1000, 5, 3, 0.0, None),
         (1000, 5, 3, 0.0, 7),  # many blocks, each of one short tile
-        (2100, 16, 8, 0.0, 300),  # tiles of 256 and a 44-row remainder in 300-row blocks
+        (2100, 16, 8, 0.0, 300),  # several tiles per block, a short last tile
         (517, 1, 1, 0.0, 64),  # D = 1, K = 1
         (600, 23, 13, 0.0, None),  # neither D nor K a multiple of the kernel's padding
         (300, 4, 6, 1e6, None),  # data far from the origin: centred at the mixture mean
