@@ -10,7 +10,8 @@ is ``_estimate_log_prob_resp`` + ``_m_step`` (its M-step includes the Cholesky),
 BLAS threads. Every timed iteration starts from the same initial parameters
 (:func:`benchmarks.cases.shared_init`), and the engines take turns round by round (A/B
 alternating), so a neighbour's load hits both alike; the best round of each is reported, with
-the median beside it. The DGEMM rate (:func:`benchmarks.cases.run_dgemm`) is measured at the start
+the median beside it. Ours is also timed with ``precision='float32'`` (opt-in), and the drift of
+its parameters and log-likelihood from float64 after 5 iterations is reported. The DGEMM rate (:func:`benchmarks.cases.run_dgemm`) is measured at the start
 and at the end of the same run and the higher of the two is used. Prints one JSON line.
 
 Run it without ``OPENBLAS_NUM_THREADS`` in the environment (threadpoolctl sets 1 or 2 per
@@ -58,7 +59,7 @@ def _sklearn_iteration(gm, X):
     return gm.weights_, gm.means_, gm.covariances_
 
 
-def _our_iteration(parts, params, ct, pool=None):
+def _our_iteration(parts, params, ct, pool=None, precision="float64"):
     from gmm_dask.gaussian import compute_precision_cholesky
     from gmm_dask.suffstats import combine_all, estep_stats, m_step
 
@@ -66,11 +67,12 @@ def _our_iteration(parts, params, ct, pool=None):
 
     def one(i_part):
         off, Xp = i_part
-        return estep_stats(Xp, None, weights, means, prec_chol, ct, row_offset=off)
+        return estep_stats(Xp, None, weights, means, prec_chol, ct, row_offset=off, precision=precision)
 
     stats = list(pool.map(one, parts)) if pool is not None else [one(p) for p in parts]
-    w, m, cov = m_step(combine_all(stats), ct, 1e-6)
-    return (w, m, compute_precision_cholesky(cov, ct)), cov
+    merged = combine_all(stats)
+    w, m, cov = m_step(merged, ct, 1e-6)
+    return (w, m, compute_precision_cholesky(cov, ct)), cov, merged.loglik / merged.weight
 
 
 def _time(fn) -> float:
@@ -97,6 +99,7 @@ def measure(n: int = 1_000_000, d: int = 16, k: int = 8, ct: str = "full", round
 
         _our_iteration(parts[:1], ours0, ct)
         first_call = time.perf_counter() - t0
+        _our_iteration(parts[:1], ours0, ct, precision="float32")  # its own specialisation
     gm = _sklearn_model(k, ct, init)
 
     def sk_round():
@@ -110,6 +113,8 @@ def measure(n: int = 1_000_000, d: int = 16, k: int = 8, ct: str = "full", round
         "ours_2": (2, lambda: _our_iteration(parts, ours0, ct, pool)),
         "sklearn_2": (2, sk_round),
         "ours_partition": (1, lambda: _our_iteration(parts[:1], ours0, ct)),
+        "ours32_1": (1, lambda: _our_iteration(parts, ours0, ct, precision="float32")),
+        "ours32_2": (2, lambda: _our_iteration(parts, ours0, ct, pool, precision="float32")),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
     blas_threads = {}
@@ -123,16 +128,23 @@ def measure(n: int = 1_000_000, d: int = 16, k: int = 8, ct: str = "full", round
                 )
                 times[name].append(_time(fn))
 
-    # agreement after a few iterations from the same start (ours on 2 threads, sklearn on 1)
-    params = ours0
+    # agreement after a few iterations from the same start (ours on 2 threads, sklearn on 1),
+    # and how far the float32 mode drifts from float64 over the same iterations
+    params = params32 = ours0
     _set_sklearn_params(gm, init, ct)
     with threadpool_limits(1, "blas"):
         for _ in range(5):
-            params, cov = _our_iteration(parts, params, ct, pool)
+            params, cov, lb = _our_iteration(parts, params, ct, pool)
+            params32, cov32, lb32 = _our_iteration(parts, params32, ct, pool, precision="float32")
             sk = _sklearn_iteration(gm, X)
     pool.shutdown()
+
+    def rel(xs, ys):
+        return max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(xs, ys, strict=True))
+
     ours = (params[0], params[1], cov)
-    agreement = max(float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(ours, sk, strict=True))
+    agreement = rel(ours, sk)
+    drift32 = rel((params32[0], params32[1], cov32), ours)
 
     dgemm_end = run_dgemm({})
     dgemm = {t: max(dgemm_start[f"gflops_{t}"], dgemm_end[f"gflops_{t}"]) for t in (1, 2)}
@@ -166,6 +178,10 @@ def measure(n: int = 1_000_000, d: int = 16, k: int = 8, ct: str = "full", round
         "median_s": {name: float(np.median(v)) for name, v in times.items()},
         "blas_threads": blas_threads,
         "max_rel_diff_vs_sklearn_after_5_iter": agreement,
+        "float32_1thread_s": best["ours32_1"],
+        "float32_2threads_s": best["ours32_2"],
+        "float32_max_rel_diff_vs_float64_after_5_iter": drift32,
+        "float32_loglik_per_row_abs_diff_after_5_iter": abs(lb32 - lb),
         "first_call_s": first_call,
         "load_avg_start": load_start,
         "load_avg_end": os.getloadavg()[0],

@@ -267,7 +267,8 @@ def estep_tiles(X, w, weighted, shift, A, ia, ja, k, tile, tiles_per_group, hard
     X : (n, D) C-contiguous float64
     w : (n,) float64 sample weights (read only when ``weighted``)
     shift : (D,) the mixture mean (the features are centred at it)
-    A : (Kp, Pp) log-density coefficients against f = [q; x; 1; 0…] (zero padding rows)
+    A : (Kp, Pp) log-density coefficients against f = [q; x; 1; 0…] (zero padding rows);
+        float64, or float32 to form f and A @ f in float32 (the rest stays float64)
     ia, ja : (t,) int64, the packed products' feature pairs
     k : the number of real components (≤ Kp)
     scores : (n,) out, log p(x) of each row
@@ -281,9 +282,9 @@ def estep_tiles(X, w, weighted, shift, A, ia, ja, k, tile, tiles_per_group, hard
     n_total, d = X.shape
     kp, pp = A.shape
     t = ia.shape[0]
-    f = np.zeros((pp, tile))
+    f = np.zeros((pp, tile), dtype=A.dtype)
     f[t + d] = 1.0
-    L = np.zeros((kp, tile))
+    L = np.zeros((kp, tile), dtype=A.dtype)
     R = np.zeros((kp, tile))
     amax = np.empty(tile)
     safe = np.empty(tile)

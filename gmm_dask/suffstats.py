@@ -334,6 +334,7 @@ def estep_stats(
     block_rows: int | None = None,
     hard_counts: bool = False,
     kernel: str = "auto",
+    precision: str = "float64",
 ) -> SuffStats:
     """E-step of one partition fused with its sufficient statistics (one pass over ``X``).
 
@@ -354,6 +355,14 @@ def estep_stats(
         'auto' runs the compiled kernel (:mod:`gmm_dask._kernels`) unless a component needs the
         exactly centred path (see :data:`EXPANSION_MAX_RHO`), which only the NumPy path has;
         'numpy' always runs the NumPy path, the reference the compiled kernel is tested against.
+    precision : {'float64', 'float32'}
+        'float32' (opt-in) forms the centred features, their products and the log-densities of
+        the compiled kernel in float32 (twice the values per vector register); the softmax,
+        every sum over rows and the merges stay float64. About 25 % faster for 'full' (D = 16,
+        K = 8); it moves the statistics by ~1e-7 relative, a row's log p(x) by up to ~1e-4
+        absolute, and the parameters after 5 EM iterations by ~1e-6 relative
+        (``benchmarks/kernel.py`` measures the drift). The NumPy path (``kernel='numpy'``, and
+        components needing exact centring) is always float64.
 
     Returns
     -------
@@ -372,6 +381,8 @@ def estep_stats(
     """
     if kernel not in ("auto", "numpy"):
         raise ValueError(f"kernel must be 'auto' or 'numpy', got {kernel!r}")
+    if precision not in ("float64", "float32"):
+        raise ValueError(f"precision must be 'float64' or 'float32', got {precision!r}")
     k, d = means.shape
     kind = moment_kind(covariance_type)
     layout = _Layout(d, kind)
@@ -381,7 +392,7 @@ def estep_stats(
     far = np.flatnonzero(~(rho <= EXPANSION_MAX_RHO))
     n_total = X.shape[0]
     if kernel == "auto" and not far.size:
-        blocks = _blocks_compiled(X, sample_weight, A, shift, layout, k, block_rows, hard_counts)
+        blocks = _blocks_compiled(X, sample_weight, A, shift, layout, k, block_rows, hard_counts, precision)
     else:
         blocks = _blocks_numpy(
             X, sample_weight, A, shift, layout, k, block_rows, hard_counts,
@@ -425,7 +436,7 @@ def _centre_blocks(S: np.ndarray, layout: _Layout):
     return nkb, mb, m2
 
 
-def _blocks_compiled(X, sample_weight, A, shift, layout, k, block_rows, hard_counts):
+def _blocks_compiled(X, sample_weight, A, shift, layout, k, block_rows, hard_counts, precision="float64"):
     """Per-row scores, the log-likelihood, hard counts and per-block centred statistics from
     the compiled kernel (see :func:`estep_stats`)."""
     from . import _kernels
@@ -440,8 +451,8 @@ def _blocks_compiled(X, sample_weight, A, shift, layout, k, block_rows, hard_cou
     n_blocks = max(1, -(-n_total // (tile * tiles_per_block)))
     kp = -(-k // _kernels.K_STEP) * _kernels.K_STEP
     pp = -(-layout.f // _kernels.P_STEP) * _kernels.P_STEP
-    Ap = np.zeros((kp, pp))
-    Ap[:k, : layout.f] = A
+    Ap = np.zeros((kp, pp), dtype=np.float32 if precision == "float32" else np.float64)
+    Ap[:k, : layout.f] = A  # the kernel forms f = [q; x; 1] and A @ f in A's dtype
     S = np.zeros((n_blocks, kp, pp))
     scores = np.empty(n_total)
     hard_nk = np.zeros(k)

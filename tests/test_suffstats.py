@@ -381,3 +381,24 @@ def test_compiled_kernel_takes_any_float_layout():
             else estep_stats(Xv, sw, weights, means, pc, "full", kernel="numpy")
         )
         _assert_same_stats(estep_stats(Xv, sw, weights, means, pc, "full"), ref, 1e-12)
+
+
+@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+def test_float32_mode_stays_close_to_float64(ct):
+    # opt-in: features, products and log-densities in float32, every sum over rows in float64
+    X, sw, weights, means, pc = _random_problem(ct, 4000, 7, 5, seed=15, offset=3.0)
+    want = estep_stats(X, sw, weights, means, pc, ct, kernel="numpy")
+    got = estep_stats(X, sw, weights, means, pc, ct, precision="float32")
+    assert_rel(got.nk, want.nk, 1e-6, "nk")  # ~1e-7 measured
+    assert_rel(got.means, want.means, 1e-6, "means")
+    assert_rel(got.m2, want.m2, 1e-6, "m2")
+    assert got.loglik == pytest.approx(want.loglik, rel=1e-7)
+    assert got.loglik != want.loglik  # it did run in float32
+
+
+def test_unknown_kernel_or_precision_is_refused():
+    X, _, weights, means, pc = _random_problem("diag", 10, 2, 2, seed=16)
+    with pytest.raises(ValueError, match="kernel must be 'auto' or 'numpy', got 'fast'"):
+        estep_stats(X, None, weights, means, pc, "diag", kernel="fast")
+    with pytest.raises(ValueError, match="precision must be 'float64' or 'float32', got 'float16'"):
+        estep_stats(X, None, weights, means, pc, "diag", precision="float16")
