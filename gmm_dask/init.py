@@ -9,10 +9,9 @@ Methods
 -------
 ``k-means||``
     Scalable k-means++ (Bahmani et al. 2012): a weighted random first centre, ``rounds`` passes
-    each drawing ``oversampling × K`` candidates without replacement with probability ∝ w·d²,
-    candidates weighted by the rows nearest to them, a weighted k-means++ and Lloyd on the
-    candidates (on the client), then one pass for the hard responsibilities: 6 passes in all with
-    the defaults (3 rounds), whatever N.
+    each sampling ~``oversampling × K`` candidates with probability ∝ w·d², candidates weighted by
+    the rows nearest to them, a weighted k-means++ and Lloyd on the candidates, then Lloyd
+    passes on the full data. Responsibilities are the final hard assignment.
 ``k-means++``
     Exact D²-sampling, one pass per centre, then Lloyd passes.
 ``random``
@@ -37,9 +36,6 @@ logger = logging.getLogger(__name__)
 INIT_METHODS: tuple[str, ...] = ("k-means||", "k-means++", "random", "random_from_data")
 
 _STREAM_FIRST, _STREAM_PARALLEL, _STREAM_PP, _STREAM_RANDOM, _STREAM_FROM_DATA = range(1, 6)
-#: k-means|| picks the K centres among its candidates this many times (k-means++ and Lloyd on
-#: the weighted candidates, on the client) and keeps the lowest weighted inertia.
-LOCAL_RESTARTS = 8
 
 
 def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) -> np.ndarray:
@@ -104,6 +100,28 @@ def _trial_phi_chunk(Xb, wb, idx, off, *, centers, trials):
     return _unit(wb, len(Xb)) @ np.minimum(d2[:, None], dt)
 
 
+def _phi_chunk(Xb, wb, idx, off, *, centers):
+    shift = centers.mean(axis=0)
+    _, d2 = nearest_center(Xb - shift, centers - shift)
+    return float((_unit(wb, len(Xb)) * d2).sum())
+
+
+def _oversample_chunk(Xb, wb, idx, off, *, centers, seed, stream, ell, phi):
+    shift = centers.mean(axis=0)
+    _, d2 = nearest_center(Xb - shift, centers - shift)
+    p = ell * _unit(wb, len(Xb)) * d2 / phi
+    u = row_uniforms(seed, stream, off, len(Xb))[:, 0]
+    sel = np.flatnonzero(u < p)
+    return off + sel, Xb[sel]
+
+
+def _merge_rows(parts):
+    index = np.concatenate([p[0] for p in parts])
+    rows = np.concatenate([p[1] for p in parts])
+    order = np.argsort(index, kind="stable")
+    return index[order], rows[order]
+
+
 def _hard_chunk(Xb, wb, idx, off, *, centers, moments):
     return hard_stats(Xb, wb, centers, moments, row_offset=off)
 
@@ -125,10 +143,8 @@ def _sample_rows(runner, seed, stream, centers, m):
 
 
 def _weighted_kmeanspp(points, weights, k, rng):
-    """Greedy weighted k-means++ on a small in-memory candidate set: at each step 2 + ⌊ln K⌋
-    D²-sampled trials, the one that lowers the weighted potential most is kept (as scikit-learn)."""
+    """Weighted k-means++ on a small in-memory candidate set."""
     n = len(points)
-    n_trials = 2 + int(np.log(k))
     chosen = [int(rng.choice(n, p=weights / weights.sum()))]
     d2 = ((points - points[chosen[0]]) ** 2).sum(axis=1)
     for _ in range(1, k):
@@ -137,20 +153,10 @@ def _weighted_kmeanspp(points, weights, k, rng):
         if total <= 0:  # fewer distinct candidates than components: take the next unused ones
             rest = [i for i in range(n) if i not in chosen]
             chosen.append(rest[0] if rest else chosen[-1])
-            d2 = np.minimum(d2, ((points - points[chosen[-1]]) ** 2).sum(axis=1))
-            continue
-        trials = rng.choice(n, size=n_trials, p=mass / total)
-        cand = np.minimum(d2[None, :], ((points[None, :, :] - points[trials][:, None, :]) ** 2).sum(axis=2))
-        best = int(np.argmin(cand @ weights))
-        chosen.append(int(trials[best]))
-        d2 = cand[best]
+        else:
+            chosen.append(int(rng.choice(n, p=mass / total)))
+        d2 = np.minimum(d2, ((points - points[chosen[-1]]) ** 2).sum(axis=1))
     return points[chosen].copy()
-
-
-def _inertia(points, weights, centers) -> float:
-    shift = centers.mean(axis=0)
-    _, d2 = nearest_center(points - shift, centers - shift)
-    return float(weights @ d2)
 
 
 def _local_lloyd(points, weights, centers, n_iter=25):
@@ -200,8 +206,8 @@ def initialize(
     seed: int,
     *,
     data_variance: float,
-    oversampling: float = 3.0,
-    rounds: int = 3,
+    oversampling: float = 2.0,
+    rounds: int = 5,
     floor=None,
 ) -> MixtureParams:
     """Initial parameters by ``method`` (one of :data:`INIT_METHODS`); ``reg_covar`` and the
@@ -232,18 +238,11 @@ def initialize(
         return MixtureParams(weights, rows, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
     if method == "k-means++":
         centers = _greedy_kmeanspp(runner, k, seed)
-        stats = lloyd(runner, centers, moments=moments, tol=lloyd_tol)
     elif method == "k-means||":
         centers = _kmeans_parallel(runner, k, seed, oversampling, rounds)
-        # the candidates' Lloyd already placed the centres: one pass for the responsibilities
-        # (full-data Lloyd passes only if a centre was left without rows)
-        stats = runner.map_reduce(
-            functools.partial(_hard_chunk, centers=centers, moments=moments), combine_all
-        )
-        if (stats.nk <= 0).any():
-            stats = lloyd(runner, centers, moments=moments, tol=lloyd_tol)
     else:  # validated by the caller
         raise ValueError(f"unknown init method {method!r}")
+    stats = lloyd(runner, centers, moments=moments, tol=lloyd_tol)
     return params_from_stats(stats, covariance_type, reg_covar, floor)
 
 
@@ -263,31 +262,27 @@ def _greedy_kmeanspp(runner, k, seed):
 
 
 def _kmeans_parallel(runner, k, seed, oversampling, rounds):
-    """k-means|| candidates and the K centres chosen among them.
-
-    Each round is one pass: ℓ = ``oversampling``·K rows drawn without replacement with
-    probability ∝ w·d² to the centres so far (Efraimidis–Spirakis keys, the largest ℓ kept), so
-    no pass is spent on the potential φ that Bernoulli sampling needs. Then one pass counts the
-    rows nearest each candidate, and a weighted k-means++ with Lloyd on the candidates (on the
-    client) picks the K centres. Passes: 1 + ``rounds`` + 1.
-    """
     _, centers = _sample_rows(runner, seed, _STREAM_FIRST, None, 1)
-    ell = max(1, round(oversampling * k))
+    ell = oversampling * k
     for r in range(rounds):
-        _, rows = _sample_rows(runner, seed, _STREAM_PARALLEL * 1000 + r, centers, ell)
-        if not len(rows):  # every row sits on a centre
+        phi = runner.map_reduce(functools.partial(_phi_chunk, centers=centers), sum)
+        if phi <= 0:
             break
+        fn = functools.partial(
+            _oversample_chunk,
+            centers=centers,
+            seed=seed,
+            stream=_STREAM_PARALLEL * 1000 + r,
+            ell=ell,
+            phi=phi,
+        )
+        _, rows = runner.map_reduce(fn, _merge_rows)
         centers = np.concatenate([centers, rows])
+    if len(centers) < k:  # tiny data: top up with D²-sampled rows
+        _, extra = _sample_rows(runner, seed, _STREAM_PP * 1000, centers, k - len(centers))
+        centers = np.concatenate([centers, extra])
     counts = runner.map_reduce(functools.partial(_hard_chunk, centers=centers, moments=None), combine_all).nk
     rng = np.random.default_rng([seed % (1 << 63), _STREAM_PARALLEL])
     weights = counts + 1e-12
-    best, best_inertia = None, np.inf
-    for _ in range(LOCAL_RESTARTS):  # on the client, over a few dozen weighted candidates: cheap
-        chosen = _weighted_kmeanspp(centers, weights, min(k, len(centers)), rng)
-        if len(chosen) < k:  # fewer distinct rows than components: repeat the last centre
-            chosen = np.concatenate([chosen, np.repeat(chosen[-1:], k - len(chosen), axis=0)])
-        chosen = _local_lloyd(centers, weights, chosen)
-        inertia = _inertia(centers, weights, chosen)
-        if best is None or inertia < best_inertia - 1e-9 * abs(best_inertia):  # ties (same centres in another
-            best, best_inertia = chosen, inertia  # order, up to rounding) keep the first
-    return best
+    chosen = _weighted_kmeanspp(centers, weights, k, rng)
+    return _local_lloyd(centers, weights, chosen)
