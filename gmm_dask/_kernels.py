@@ -1,12 +1,14 @@
 """The compiled E-step kernel (numba): products, log-densities, softmax and moments per tile.
 
 :func:`gmm_dask.suffstats.estep_stats` imports this module lazily, so only a fit pays for
-numba's import and for loading (or, the first time, compiling) the kernel; ``cache=True`` keeps
-the machine code in ``__pycache__`` beside this file, or in numba's user-wide cache directory
-when that is read-only, so later processes load it in a fraction of a second.
+numba's import and for loading (or, the first time, compiling: ~5 s) the kernel; ``cache=True``
+keeps the machine code in ``__pycache__`` beside this file, or in numba's user-wide cache
+directory (``~/.cache/numba``, or ``NUMBA_CACHE_DIR``) when that is read-only, so later
+processes load it in about a second; where neither is writable it compiles in memory.
 
-The arithmetic is the NumPy path's, in float64 throughout, over tiles of rows small enough to
-stay in the core's caches: per tile the centred features ``x`` and their packed products ``q``
+The arithmetic is the NumPy path's, in float64 (float32 for the features, their products and the
+log-densities only when asked for), over tiles of rows small enough to stay in the core's
+caches: per tile the centred features ``x`` and their packed products ``q``
 are written once into ``f = [q; x; 1]`` (rows on the contiguous axis), every component's
 log-density is ``A @ f``, the responsibilities are a max-shifted softmax, and every component's
 weight, first and second moments about the mixture mean are summed as ``R @ fᵀ``. The two
