@@ -1,10 +1,10 @@
 """The compiled E-step kernel (numba): products, log-densities, softmax and moments per tile.
 
 :func:`gmm_dask.suffstats.estep_stats` imports this module lazily, so only a fit pays for
-numba's import and for loading (or, the first time, compiling: ~5 s) the kernel; ``cache=True``
-keeps the machine code in ``__pycache__`` beside this file, or in numba's user-wide cache
-directory (``~/.cache/numba``, or ``NUMBA_CACHE_DIR``) when that is read-only, so later
-processes load it in about a second; where neither is writable it compiles in memory.
+numba's import and for loading (or, the first time, compiling: ~5 s) the kernel. ``cache=True``
+keeps the machine code in ``NUMBA_CACHE_DIR`` if set, else in ``__pycache__`` beside this file,
+else (read-only install) in numba's user-wide ``~/.cache/numba``, so later processes load it in
+about a second; where none is writable the kernel compiles in memory in each process.
 
 The arithmetic is the NumPy path's, in float64 (float32 for the features, their products and the
 log-densities only when asked for), over tiles of rows small enough to stay in the core's
