@@ -71,10 +71,14 @@ class WorkerWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _workers(self):
+        """The worker processes the nannies started (not their multiprocessing resource trackers)."""
         out = []
         for n in self.nannies:
             with contextlib.suppress(self.psutil.Error):
-                out += n.children(recursive=False)
+                for c in n.children(recursive=False):
+                    with contextlib.suppress(self.psutil.Error):
+                        if "resource_tracker" not in " ".join(c.cmdline()):
+                            out.append(c)
         return out
 
     def _run(self):
