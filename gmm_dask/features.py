@@ -165,7 +165,7 @@ class Profile:
     row_mean: np.ndarray | None = None
     row_m2: np.ndarray | None = None
     complete_per_piece: dict = field(default_factory=dict)  # piece index -> complete rows
-    id_hashes: list | None = None  # per bucket: (hash, piece, row) of this piece's ids (see id_buckets)
+    id_hashes: list | None = None  # per bucket: this piece's id hashes (see id_buckets)
 
 
 @np.errstate(over="ignore", invalid="ignore")
@@ -313,10 +313,8 @@ def finish_profile(p: Profile) -> Profile:
 # --- duplicate ids at any size: hash-partitioned checks -----------------------------------------
 
 
-def id_buckets(ids: pa.ChunkedArray, null: np.ndarray, piece_index: int, n_buckets: int) -> list:
-    """This piece's non-null ids as 64-bit hashes split by ``hash % n_buckets``: per bucket a
-    tuple (hashes, piece index, rows), so each bucket of every piece can be checked on its own
-    (a few MB per task at any number of users, instead of every id in one task)."""
+def id_hashes(ids: pa.ChunkedArray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(64-bit hashes of the non-null ids, their rows): deterministic across processes."""
     import pandas as pd
 
     values = ids.to_numpy(zero_copy_only=False)
@@ -324,38 +322,40 @@ def id_buckets(ids: pa.ChunkedArray, null: np.ndarray, piece_index: int, n_bucke
     h = pd.util.hash_array(
         np.asarray(values[~null], dtype=object) if values.dtype == object else values[~null]
     )
+    return h, rows
+
+
+def id_buckets(ids: pa.ChunkedArray, null: np.ndarray, piece_index: int, n_buckets: int) -> list:
+    """This piece's non-null ids as 64-bit hashes split by ``hash % n_buckets``: one array of
+    hashes per bucket, so each bucket of every piece can be checked on its own (8 bytes per id
+    move between workers, a few MB per task at any number of users). Which rows a duplicated
+    hash came from is found afterwards, only when there is one (:func:`rows_with_hashes`)."""
+    h, _ = id_hashes(ids, null)
     if n_buckets == 1:
-        return [(h, np.full(len(h), piece_index, dtype=np.int32), rows)]
+        return [h]
     # a small integer type: NumPy's stable sort is then a radix sort, linear in the rows
     which = (h % np.uint64(n_buckets)).astype(np.int16 if n_buckets < 2**15 else np.int64)
     order = np.argsort(which, kind="stable")
     bounds = np.searchsorted(which[order], np.arange(n_buckets + 1))
-    h, rows = h[order], rows[order]
-    return [
-        (h[a:b], np.full(b - a, piece_index, dtype=np.int32), rows[a:b])
-        for a, b in itertools.pairwise(bounds)
-    ]
+    h = h[order]
+    return [h[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def duplicate_hashes(parts: list, max_examples: int = 5) -> tuple[int, list]:
-    """Rows whose id hash occurs more than once across ``parts`` (one bucket of every piece):
-    (number of extra rows, up to ``max_examples`` examples as lists of (piece, row))."""
-    h = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint64)
-    piece = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, np.int32)
-    row = np.concatenate([p[2] for p in parts]) if parts else np.zeros(0, np.int64)
-    order = np.argsort(h, kind="stable")
-    h, piece, row = h[order], piece[order], row[order]
+    """Hashes that occur more than once across ``parts`` (one bucket of every piece): (number of
+    extra rows, up to ``max_examples`` of the repeated hashes)."""
+    h = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
     same = h[1:] == h[:-1]
     n_extra = int(same.sum())
-    examples = []
-    if n_extra:
-        starts = np.flatnonzero(np.concatenate([[True], ~same]))
-        for s_, e in zip(starts, [*starts[1:], len(h)], strict=True):
-            if e - s_ > 1:
-                examples.append([(int(piece[i]), int(row[i])) for i in range(s_, e)])
-                if len(examples) == max_examples:
-                    break
+    examples = [int(x) for x in np.unique(h[1:][same])[:max_examples]] if n_extra else []
     return n_extra, examples
+
+
+def rows_with_hashes(ids: pa.ChunkedArray, null: np.ndarray, hashes: list[int]) -> list[tuple[int, int]]:
+    """(hash, row) of this piece's ids whose hash is one of ``hashes``."""
+    h, rows = id_hashes(ids, null)
+    hit = np.flatnonzero(np.isin(h, np.asarray(hashes, dtype=np.uint64)))
+    return [(int(h[i]), int(rows[i])) for i in hit]
 
 
 def merge_duplicates(a: tuple, b: tuple) -> tuple:

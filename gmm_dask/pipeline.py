@@ -118,31 +118,42 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
     return prof
 
 
-def _confirm_duplicates(cfg: JobConfig, snap: Snapshot, n_extra: int, groups: list) -> tuple[int, list, str]:
-    """Read the ids behind the duplicate hashes found (a handful of rows) and keep the groups
-    whose ids are really equal: (count, examples as 'id (file, rows)')."""
+def _hash_rows(piece, cfg_input, storage_options, hashes):
+    from .features import rows_with_hashes
     from .io import read_piece
+
+    ids = read_piece(piece, [cfg_input.id_column], storage_options).column(0)
+    null = ids.is_null().to_numpy(zero_copy_only=False) if ids.null_count else np.zeros(len(ids), bool)
+    return [(h, piece.index, r, ids[r].as_py()) for h, r in rows_with_hashes(ids, null, hashes)]
+
+
+def _confirm_duplicates(cfg: JobConfig, snap: Snapshot, n_extra: int, hashes: list) -> tuple[int, list, str]:
+    """Find the rows behind the duplicated hashes (one more pass over the id column, only when
+    there are some) and keep the groups whose ids are really equal: (count, examples, where)."""
+    import dask
 
     if not n_extra:
         return 0, [], ""
-    cache: dict[int, np.ndarray] = {}
-
-    def value(piece: int, row: int):
-        if piece not in cache:
-            col = read_piece(snap.pieces[piece], [cfg.input.id_column], snap.storage_options).column(0)
-            cache[piece] = col.to_numpy(zero_copy_only=False)
-        return cache[piece][row]
-
+    found = dask.compute(
+        *[
+            dask.delayed(_hash_rows, pure=False)(p, cfg.input, snap.storage_options, hashes)
+            for p in snap.pieces
+        ]
+    )
+    groups: dict[int, list] = {}
+    for part in found:
+        for h, piece, row, value in part:
+            groups.setdefault(h, []).append((piece, row, value))
     examples, where = [], ""
-    for group in groups:
-        vals = [value(p, r) for p, r in group]
-        if all(v == vals[0] for v in vals):
-            v = vals[0]
-            examples.append(v.item() if hasattr(v, "item") else v)
-            if not where:
-                where = f"id {examples[-1]!r} in " + "; ".join(
-                    f"{snap.pieces[p].path} row {r}" for p, r in group[:3]
-                )
+    for h in hashes:
+        group = sorted(groups.get(h, []))
+        if len(group) < 2 or not all(v == group[0][2] for _, _, v in group):
+            continue
+        examples.append(group[0][2])
+        if not where:
+            where = f"id {examples[-1]!r} in " + "; ".join(
+                f"{snap.pieces[p].path} row {r}" for p, r, _ in group[:3]
+            )
     if not examples:  # 64-bit hash collisions only: no duplicate
         return 0, [], ""
     return n_extra, examples, where
