@@ -100,6 +100,13 @@ def analyse_snapshot(
     source_root = source_root or out_root
     roots = list(dict.fromkeys([out_root, cfg.output.root]))
     tables: dict[str, str] = {}
+    read: dict[str, pd.DataFrame] = {date: segments}  # each date's segments table, read once
+
+    def segments_of(d: str) -> pd.DataFrame:
+        if d not in read:
+            read[d] = _shares(cfg, segmented[d], d)
+        return read[d]
+
     segmented = _dates_with(cfg, "memberships", roots)
     earlier = sorted(d for d in segmented if d < date)
     previous = earlier[-1] if earlier else None
@@ -115,7 +122,7 @@ def analyse_snapshot(
             out_root=out_root,
         )
         tables.update(fl.paths or {})
-        prev_segments = _shares(cfg, segmented[previous], previous)[["segment", "name", "size", "share"]]
+        prev_segments = segments_of(previous)[["segment", "name", "size", "share"]]
     # the transition history up to this date (the run's own partitions first)
     have = _dates_with(cfg, "transitions", roots)
     steps = sorted(d for d in have if d <= date)[-cfg.forecast.history :]
@@ -143,9 +150,8 @@ def analyse_snapshot(
         dates = sorted({*history["from_date"], *history["to_date"]} | {date})
         shares_by_date, known = {}, {}
         for d in dates:
-            src = segmented.get(d)
-            if src is not None:
-                seg_d = _shares(cfg, src, d)
+            if d in segmented:
+                seg_d = segments_of(d)
                 shares_by_date[d] = share_series(seg_d, f.counts)
                 known.update(zip(seg_d["segment"].astype(int), seg_d["name"], strict=True))
         bt = backtest(shares_by_date, history, f.holdout, names={**known, **names}, **opts)

@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import io
-from .tables import table_metadata
+from .tables import gamma_matrix, table_metadata
 
 KINDS = ("high_entropy", "blended", "atypical", "mover")
 MEMBERSHIP_COLUMNS = (
@@ -123,15 +123,6 @@ def atypical_threshold(files: list[str], n_rows: int, quantile: float, storage_o
     return float(np.sort(low)[min(k, len(low)) - 1])
 
 
-def _gamma(table: pa.Table) -> np.ndarray:
-    lists = table.column("gamma").combine_chunks()
-    n = len(lists)
-    if n == 0:
-        return np.zeros((0, 0))
-    flat = np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=np.float64)
-    return flat.reshape(n, -1)
-
-
 def _fmt_name(names: dict[int, str], sid: int) -> str:
     return f"{names.get(sid, sid)} ({sid})"
 
@@ -155,7 +146,7 @@ def audience_piece(
     fs, inner = io.filesystem(path, storage_options)
     with fs.open(inner, "rb") as f:
         t = pq.read_table(f, columns=[id_column, *MEMBERSHIP_COLUMNS])
-    g = _gamma(t)
+    g = gamma_matrix(t)
     n, k = len(t), len(ids)
     if n and g.shape[1] != k:
         raise ValueError(f"{path}: γ has {g.shape[1]} entries but the snapshot has {k} segments")

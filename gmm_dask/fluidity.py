@@ -13,10 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from . import io
-from .tables import table_metadata
+from .tables import gamma_matrix, table_metadata
 
 
 @dataclass
@@ -58,12 +57,6 @@ def _expand(g: np.ndarray, ids: list[int], union: list[int]) -> np.ndarray:
     out = np.zeros((len(g), len(union)))
     out[:, [union.index(i) for i in ids]] = g
     return out
-
-
-def _gamma(table: pa.Table, column: str) -> np.ndarray:
-    lists = table.column(column).combine_chunks()
-    k = len(lists[0]) if len(lists) else 0
-    return np.asarray(pc.list_flatten(lists).to_numpy(zero_copy_only=False), dtype=float).reshape(-1, k)
 
 
 def js_distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -116,8 +109,8 @@ def compute_fluidity(
     ia, ib = pa.array(pos["ia"].to_numpy()), pa.array(pos["ib"].to_numpy())
     ja, jb = a.take(ia), b.take(ib)
     n = len(pos)
-    g1 = _expand(_gamma(ja, "gamma"), ids_a, union)
-    g2 = _expand(_gamma(jb, "gamma"), ids_b, union)
+    g1 = _expand(gamma_matrix(ja), ids_a, union)
+    g2 = _expand(gamma_matrix(jb), ids_b, union)
     tv = 0.5 * np.abs(g1 - g2).sum(axis=1) if n else np.zeros(0)
     js = js_distance(g1, g2) if n else np.zeros(0)
     s_from = ja.column("segment").to_numpy()

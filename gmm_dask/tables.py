@@ -43,6 +43,14 @@ def membership_schema(id_type: pa.DataType, id_column: str, model_version: str) 
     )
 
 
+def gamma_matrix(table: pa.Table, column: str = "gamma") -> np.ndarray:
+    """A memberships table's γ list column as an (n, K) float64 array ((0, 0) without rows)."""
+    lists = table.column(column).combine_chunks()
+    k = len(lists[0]) if len(lists) else 0
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+    return np.asarray(flat, dtype=np.float64).reshape(-1, k)
+
+
 def table_metadata(table: str, model_version: str, extra: dict | None = None) -> dict:
     meta = {
         "gmm_dask.table": table,
