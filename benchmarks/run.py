@@ -442,8 +442,8 @@ def _why_unmet(key: str, r: dict) -> str:
         "dgemm": (
             "Only the GEMMs run near the DGEMM rate." + gemm_share + " Two busy worker processes "
             "also slow each other down (shared L3 and memory bandwidth), so the 2-worker rate is "
-            "below twice the 1-worker rate. Going clearly beyond needs a compiled fused kernel "
-            "(products, GEMM and softmax per block in registers) — not done."
+            "below twice the 1-worker rate. The under-Dask figures in this file predate the "
+            "compiled kernel (gmm_dask/_kernels.py); see the one-process kernel table and the note above."
         ),
         "diag_ratio": (
             "For diag the per-row arithmetic is small (F = 33 rows per block), so fixed costs per "
@@ -514,44 +514,35 @@ def targets(r: dict) -> tuple[list[str], list[str]]:
 
     def line(ok, text, key):
         out.append(f"- [{'x' if ok else ' '}] {text}")
-        if not ok:
+        if not ok and key not in unmet:
             unmet.append(key)
 
     f, dg = by["main-full"], by["main-diag"]
     kern = r.get("kernel") or {}
-    if "full" in kern and "diag" in kern and not any("error" in v for v in kern.values()):
-        kf, kd = kern["full"], kern["diag"]
+    sources = (
+        [("kernel (one process)", kern["full"], kern["diag"], "fraction_of_dgemm_2")]
+        if ("full" in kern and "diag" in kern and not any("error" in v for v in kern.values()))
+        else []
+    )
+    sources.append(("under Dask", f, dg, "fraction_of_dgemm"))
+    for where, kf, kd, dgemm_key in sources:
         line(
             kf["ratio"] <= 1 / 15,
-            f"kernel, full, N=1,000,000: s/iter ≤ 1/15 of scikit-learn's best — measured ratio {kf['ratio']:.3f} "
-            f"(1/{1 / kf['ratio']:.1f})",
+            f"{where}, full, N=1,000,000: s/iter ≤ 1/15 of scikit-learn's best — measured ratio "
+            f"{kf['ratio']:.3f} (1/{1 / kf['ratio']:.1f})",
             "full_ratio",
         )
         line(
-            kf["fraction_of_dgemm_2"] >= 0.6,
-            f"kernel, full: ≥ 60 % of the measured DGEMM rate — measured {100 * kf['fraction_of_dgemm_2']:.0f}%",
+            kf[dgemm_key] >= 0.6,
+            f"{where}, full: ≥ 60 % of the measured DGEMM rate — measured {100 * kf[dgemm_key]:.0f}%",
             "dgemm",
         )
         line(
             kd["ratio"] <= 1 / 6,
-            f"kernel, diag: s/iter ≤ 1/6 of scikit-learn's best — measured ratio {kd['ratio']:.3f} (1/{1 / kd['ratio']:.1f})",
+            f"{where}, diag: s/iter ≤ 1/6 of scikit-learn's best — measured ratio {kd['ratio']:.3f} "
+            f"(1/{1 / kd['ratio']:.1f})",
             "diag_ratio",
         )
-    line(
-        f["ratio"] <= 1 / 15,
-        f"full, N={f['n']:,}: s/iter ≤ 1/15 of scikit-learn's best — measured ratio {f['ratio']:.3f}",
-        "full_ratio",
-    )
-    line(
-        f["fraction_of_dgemm"] >= 0.6,
-        f"full: ≥ 60 % of measured DGEMM rate — measured {100 * f['fraction_of_dgemm']:.1f}%",
-        "dgemm",
-    )
-    line(
-        dg["ratio"] <= 1 / 6,
-        f"diag: s/iter ≤ 1/6 of scikit-learn's best — measured ratio {dg['ratio']:.3f}",
-        "diag_ratio",
-    )
     line(
         f["gmm_dask"]["peak_rss_bytes"] <= 2 * f["x_bytes"],
         f"persisted fit peak memory ≤ 2× size(X) — measured {f['gmm_dask']['peak_rss_bytes'] / f['x_bytes']:.2f}×",
