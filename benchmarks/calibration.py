@@ -19,13 +19,80 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from gmm_dask.demo import FEATURES, DemoSpec, read_truth, true_posterior
+from gmm_dask.features import apply_transforms
 
 HERE = Path(__file__).resolve().parent
 
 
-def evaluate(memberships: pd.DataFrame, data_root: Path, date: str, spec: DemoSpec, bins: int = 10) -> dict:
-    """Calibration figures of one snapshot's memberships (columns as the memberships table)."""
+def _match(segment: np.ndarray, label: np.ndarray, k: int, a: int) -> np.ndarray:
+    """Each segment's archetype (Hungarian on the contingency table; -1 for unmatched segments)."""
+    table = np.zeros((k, a))
+    np.add.at(table, (segment, label), 1)
+    rows, cols = linear_sum_assignment(-table)
+    out = np.full(k, -1)
+    out[rows] = cols
+    return out
+
+
+def _ece(conf: np.ndarray, target: np.ndarray, bins: int) -> tuple[float, list[dict]]:
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(conf, edges) - 1, 0, bins - 1)
+    ece, diagram = 0.0, []
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            ece += m.mean() * abs(conf[m].mean() - target[m].mean())
+            diagram.append(
+                {
+                    "bin": b,
+                    "n": int(m.sum()),
+                    "confidence": float(conf[m].mean()),
+                    "target": float(target[m].mean()),
+                }
+            )
+    return float(ece), diagram
+
+
+def soft_figures(gamma: np.ndarray, label: np.ndarray, post: np.ndarray, bins: int = 10) -> dict:
+    """ARI of the hard assignment, ECE of max γ against the true posterior of the matched
+    archetype, and the reliability diagram, for single-archetype users: ``gamma`` (n, K),
+    ``label`` (n,) true archetype index, ``post`` (n, A) the generator's true posterior."""
     from sklearn.metrics import adjusted_rand_score
+
+    seg = gamma.argmax(axis=1)
+    to_arch = _match(seg, label, gamma.shape[1], post.shape[1])[seg]
+    true_p = np.where(to_arch >= 0, post[np.arange(len(seg)), np.maximum(to_arch, 0)], 0.0)
+    conf = gamma.max(axis=1)
+    ece, diagram = _ece(conf, true_p, bins)
+    _, acc = _ece(conf, (to_arch == label).astype(float), bins)
+    for d, a in zip(diagram, acc, strict=True):
+        d["true_posterior"] = d.pop("target")
+        d["accuracy"] = a["target"]
+    return {"ari": float(adjusted_rand_score(label, seg)), "ece": ece, "diagram": diagram}
+
+
+def archetype_mixture(Z: np.ndarray, label: np.ndarray, n_archetypes: int):
+    """The Gaussian mixture whose components *are* the archetypes: each component's weight, mean
+    and full covariance are those of its archetype's users in model space (the maximum-likelihood
+    Gaussian of each archetype, given the labels — the best any Gaussian component can model it).
+    Returns (log p(x) per row, γ per row) for the rows of ``Z``."""
+    from gmm_dask import gaussian
+
+    w = np.bincount(label, minlength=n_archetypes) / len(label)
+    means = np.stack([Z[label == a].mean(axis=0) for a in range(n_archetypes)])
+    covs = np.stack([np.cov(Z[label == a], rowvar=False, bias=True) for a in range(n_archetypes)])
+    covs += 1e-6 * np.eye(Z.shape[1])
+    prec = gaussian.compute_precision_cholesky(covs, "full")
+    return prec, w, means
+
+
+def evaluate(
+    model, memberships: pd.DataFrame, data_root: Path, date: str, spec: DemoSpec, bins: int = 10
+) -> dict:
+    """Calibration figures of one snapshot's memberships (columns as the memberships table) from
+    ``model`` (the fitted :class:`~gmm_dask.model.SegmentationModel`), with the ceilings that the
+    generator and the model class set."""
+    from gmm_dask import gaussian
 
     truth = read_truth(data_root, date)
     raw = pd.read_parquet(data_root / "snapshots" / f"dt={date}")
@@ -33,49 +100,59 @@ def evaluate(memberships: pd.DataFrame, data_root: Path, date: str, spec: DemoSp
     pure = df[df.kind == "stable"]
     hyb = df[df.kind == "hybrid"]
     names = list(spec.archetypes)
-    # map segments to archetypes on the pure users (Hungarian on the contingency table)
-    k = int(df.segment.max()) + 1
-    table = np.zeros((k, len(names)))
-    np.add.at(table, (pure.segment.to_numpy(), pure.archetype.map(names.index).to_numpy()), 1)
-    rows, cols = linear_sum_assignment(-table)
-    seg_to_arch = dict(zip(rows, cols, strict=True))
-    post = true_posterior(pure[list(FEATURES)].to_numpy(float), spec)
-    pred_arch = pure.segment.map(lambda s: seg_to_arch.get(s, -1)).to_numpy()
-    true_p = np.where(pred_arch >= 0, post[np.arange(len(pure)), np.maximum(pred_arch, 0)], 0.0)
-    conf = pure.max_gamma.to_numpy()
-    correct = pred_arch == pure.archetype.map(names.index).to_numpy()
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(conf, edges) - 1, 0, bins - 1)
-    diagram, ece, ece_acc = [], 0.0, 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            diagram.append(
-                {
-                    "bin": b,
-                    "n": int(m.sum()),
-                    "confidence": float(conf[m].mean()),
-                    "true_posterior": float(true_p[m].mean()),
-                    "accuracy": float(correct[m].mean()),
-                }
-            )
-            ece += m.mean() * abs(conf[m].mean() - true_p[m].mean())
-            ece_acc += m.mean() * abs(conf[m].mean() - correct[m].mean())
-    bayes = post.argmax(axis=1) == pure.archetype.map(names.index).to_numpy()
+    label = pure.archetype.map(names.index).to_numpy()
+    X_pure = pure[list(FEATURES)].to_numpy(float)
+    post = true_posterior(X_pure, spec)
+    fit = soft_figures(np.stack(pure.gamma.to_numpy()), label, post, bins)
+
+    # Ceilings. (1) the generator's own posterior (Bayes-optimal); (2) the best a Gaussian
+    # mixture can do on these inputs: one component per true archetype, fitted to its users
+    # (supervised) on the fit's own inputs (dequantised counts and amounts), scored like the
+    # job scores; (3) the likelihood the fit maximises, at that archetype mixture and at the
+    # fitted one, on the same dequantised inputs: where the fit's is higher, maximum likelihood
+    # prefers components that are not the archetypes, whatever the initialisation.
+    bayes = soft_figures(post, label, post, bins)
+    X_all = df[list(FEATURES)].to_numpy(float)
+    plan = model.plan
+    step = (
+        np.where(np.isfinite(plan.resolution), plan.resolution, 0.0)
+        if plan.has_floor
+        else np.zeros(len(FEATURES))
+    )
+    deq = np.random.default_rng(spec.seed).random(X_all.shape) * step
+    Z_fit = (apply_transforms(X_all + deq, plan.features) - plan.mean) / plan.scale
+    Z_score, _ = model.prepare(X_all)
+    is_pure = (df.kind == "stable").to_numpy()
+    prec, w, means = archetype_mixture(Z_fit[is_pure], label, len(names))
+    ll_arch, _ = gaussian.log_responsibilities(
+        gaussian.estimate_weighted_log_prob(Z_fit, w, means, prec, "full")
+    )
+    _, log_resp = gaussian.log_responsibilities(
+        gaussian.estimate_weighted_log_prob(Z_score, w, means, prec, "full")
+    )
+    gauss = soft_figures(np.exp(log_resp[is_pure]), label, post, bins)
+    ll_fit = model.memberships(Z_fit)["log_likelihood"]
     return {
         "users": len(df),
         "pure_users": len(pure),
         "hybrids": len(hyb),
         "pure_low_band": float((pure.entropy_band == "low").mean()),
         "hybrid_moderate_or_high": float((hyb.entropy_band != "low").mean()),
-        "ari_pure": float(adjusted_rand_score(pure.archetype, pure.segment)),
-        "ece_vs_true_posterior": float(ece),
-        "ece_vs_accuracy": float(ece_acc),
-        "bayes_accuracy_pure": float(bayes.mean()),
+        "ari_pure": fit["ari"],
+        "ece_vs_true_posterior": fit["ece"],
+        "ece_vs_accuracy": float(
+            sum(d["n"] * abs(d["confidence"] - d["accuracy"]) for d in fit["diagram"]) / len(pure)
+        ),
+        "bayes_accuracy_pure": float((post.argmax(axis=1) == label).mean()),
+        "bayes_ari_pure": bayes["ari"],
         "true_posterior_hybrid_max_below_0_86": float(
             (true_posterior(hyb[list(FEATURES)].to_numpy(float), spec).max(axis=1) < 0.86).mean()
         ),
-        "diagram": diagram,
+        "archetype_gaussians_ari_pure": gauss["ari"],
+        "archetype_gaussians_ece": gauss["ece"],
+        "archetype_gaussians_mean_loglik": float(ll_arch.mean()),
+        "fit_mean_loglik": float(ll_fit.mean()),
+        "diagram": fit["diagram"],
     }
 
 
@@ -125,10 +202,12 @@ def report_markdown(f: dict, spec: DemoSpec) -> str:
     for label, key, op, goal in TARGETS:
         v = f[key]
         ok = v >= goal if op == ">=" else v <= goal
-        lines.append(f"| {label} | {v:.3f} | {op} {goal} | {'met' if ok else 'NOT met'} |")
+        lines.append(
+            f"| {label} | {v:.3f} | {op} {goal} | {'met' if ok else 'NOT met (see the ceilings below)'} |"
+        )
     if "select_k" in f:
         n = len(spec.archetypes)
-        ok = "met" if f["select_k"] == n else "NOT met"
+        ok = "met" if f["select_k"] == n else "NOT met (see the ceilings below)"
         lines.append(
             f"| select-k (BIC, K = 2…9) picks the true number of archetypes | {f['select_k']} | {n} | {ok} |"
         )
@@ -136,26 +215,46 @@ def report_markdown(f: dict, spec: DemoSpec) -> str:
         lines.append("BIC by K: " + ", ".join(f"{k}: {v:,.0f}" for k, v in sorted(f["select_k_bic"].items())))
     lines += [
         "",
-        "Ceilings set by the data, from the generator's own model:",
-        f"- the Bayes-optimal classifier (the generator's true posterior) labels "
-        f"{f['bayes_accuracy_pure']:.1%} of single-archetype users correctly;",
-        f"- under the true posterior only {f['true_posterior_hybrid_max_below_0_86']:.1%} of hybrids have a "
-        "largest membership below 0.86 (the moderate band's edge for a two-way split at K = 5): the "
-        "70 % hybrid target exceeds what even the true model gives on this generator.",
+        "## Ceilings: what the data and the model class allow",
         "",
-        "Why a Gaussian mixture falls short of ARI 0.9 here: each archetype is itself zero-inflated "
-        "(e.g. 40 % of 'Consistent users' made no purchase in the window), so in any transform an "
-        "archetype is two clouds — purchasers and non-purchasers — and a K-component Gaussian mixture "
-        "spends components on zero patterns that cut across archetypes. Measured on this data (30,000 "
-        "users): with `reg_covar` alone, ARI 0.44 and 0.0 % of hybrids outside the low band; the "
-        "resolution floor alone, 0.37 and 0.7 %; dequantisation with the floor (the default), 0.60 and "
-        "22 %. They remove the spikes but not the within-archetype bimodality; modelling zeros as censored values (a Tobit "
-        "mixture) is the principled next step and is not done. For the same reason BIC keeps "
-        "falling past the true K: extra components buy likelihood by splitting archetypes along "
-        "their zero patterns.",
+        "| | ARI (single-archetype users) | ECE of max γ | mean log p(x) |",
+        "|---|---|---|---|",
+        f"| the generator's true posterior (Bayes-optimal) | {f['bayes_ari_pure']:.3f} | 0 | — |",
+        f"| Gaussian components fitted to the true archetypes (supervised) | {f['archetype_gaussians_ari_pure']:.3f} "
+        f"| {f['archetype_gaussians_ece']:.3f} | {f['archetype_gaussians_mean_loglik']:.3f} |",
+        f"| the fitted mixture (unsupervised, maximum likelihood) | {f['ari_pure']:.3f} | "
+        f"{f['ece_vs_true_posterior']:.3f} | {f['fit_mean_loglik']:.3f} |",
         "",
-        "Reliability diagram (max γ against the true posterior of the matched archetype): "
-        "`benchmarks/calibration.svg`; per-bin figures in `benchmarks/calibration.json`.",
+        f"- **ARI ≥ 0.9 is out of reach of any Gaussian mixture on these features**: even with the true "
+        f"labels, one Gaussian per archetype (its own users' mean and full covariance, in the job's model "
+        f"space) classifies them with ARI {f['archetype_gaussians_ari_pure']:.3f}; the generator's own posterior "
+        f"reaches {f['bayes_ari_pure']:.3f} ({f['bayes_accuracy_pure']:.1%} correct). The archetypes are not "
+        "Gaussian in any transform: each is discrete and zero-inflated (40 % of 'Consistent users' made no "
+        "purchase; ghosts are mostly all-zero, a few with exactly one session).",
+        f"- **ECE ≤ 0.05 is reachable only at a solution maximum likelihood does not choose**: the "
+        f"archetype mixture is calibrated (ECE {f['archetype_gaussians_ece']:.3f}) but its log-likelihood "
+        f"({f['archetype_gaussians_mean_loglik']:.3f} per user) is far below the fitted mixture's "
+        f"({f['fit_mean_loglik']:.3f}): EM — from any initialisation — moves to components that model the "
+        "tight discrete clusters and zero patterns better than the archetypes do. The same excess "
+        "likelihood makes BIC keep falling past the true K, so **select-k** cannot pick it from BIC.",
+        f"- **Hybrids**: under the true posterior only {f['true_posterior_hybrid_max_below_0_86']:.1%} of "
+        "hybrids have a largest membership below 0.86 (the moderate band's edge for a two-way split at "
+        "K = 5): the 70 % target exceeds what even the true model gives on this generator.",
+        "",
+        "Models tried besides the default (prototypes on 30,000 users, seed 7, measured once, not shipped): "
+        "a hurdle mixture — each component a categorical over the zero pattern times a Gaussian on the "
+        "non-zero features (missing-data EM) — reaches ARI 0.86 / ECE 0.014 when started from the true "
+        "archetypes, but its maximum-likelihood fit from k-means starts is at 0.34 (log-likelihood -4.29 "
+        "vs -4.47 at the archetypes); its diagonal form 0.52, with BIC still falling at K = 8. A "
+        "Poisson-noise variance floor for counts did not change the fit (ARI 0.48 with and without). "
+        "Supervised Gaussian classes on other transforms stay below 0.9 too (sqrt 0.877, cube root 0.883, "
+        "Anscombe 0.835). ICL (BIC plus twice the assignment entropy, a criterion for clusters rather "
+        "than densities) falls through K = 9 as BIC does.",
+        "",
+        "Reliability diagram of the fitted mixture (max γ against the true posterior of the matched "
+        "archetype; per-bin figures in `benchmarks/calibration.json`):",
+        "",
+        "![reliability diagram](calibration.svg)",
         "",
     ]
     return "\n".join(lines)
@@ -169,6 +268,7 @@ def main(argv=None) -> int:
     from gmm_dask import jobs
     from gmm_dask.demo import write_demo_dataset
     from gmm_dask.io import read_partition
+    from gmm_dask.model import load_model
     from gmm_dask.params import SelectKParams, TrainParams
 
     p = argparse.ArgumentParser(description=__doc__)
@@ -187,7 +287,8 @@ def main(argv=None) -> int:
         (tmp / "job.yaml").write_text(yaml.safe_dump(cfg))
         res = jobs.train(TrainParams(config=str(tmp / "job.yaml")))
         mem = read_partition(str(tmp / "out"), "memberships", res.snapshot).to_pandas()
-        figures = evaluate(mem, tmp / "data", res.snapshot, spec)
+        model = load_model(str(tmp / "out" / "registry"), res.model_version)
+        figures = evaluate(model, mem, tmp / "data", res.snapshot, spec)
         sel = jobs.select_k(SelectKParams(config=str(tmp / "job.yaml"), k_min=2, k_max=9), report=False)
         figures["select_k"] = int(sel.selected["n_components"])
         figures["select_k_bic"] = {int(r.n_components): float(r.bic) for r in sel.table.itertuples()}

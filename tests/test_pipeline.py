@@ -132,6 +132,32 @@ def test_memberships_on_the_realistic_demo_are_clear_for_archetypes_and_softer_f
     assert adjusted_rand_score(stable.archetype, stable.segment) > 0.4
 
 
+def test_calibration_against_the_generators_truth_and_the_ceilings_that_bound_it(trained, data_root):
+    """Issue #9's calibration figures against the generator's ground truth (at 30,000 users they
+    are in benchmarks/CALIBRATION.md). Single-archetype users are clear. The targets a Gaussian
+    mixture misses are out of its reach for reasons checked here: Gaussian components fitted to
+    the true archetypes (supervised, on the job's own model inputs) classify them below ARI 0.9
+    while the generator's own posterior is above it, and that archetype mixture — calibrated —
+    has a lower likelihood than the fit, so maximum likelihood does not choose it. What the fit
+    does reach is held as a floor."""
+    from benchmarks.calibration import evaluate
+    from gmm_dask.model import load_model
+
+    cfg, res, _ = trained
+    mem = read_partition(Path(cfg.output.root), "memberships", res.snapshot).to_pandas()
+    model = load_model(cfg.output.registry_path, res.model_version)
+    f = evaluate(model, mem, data_root, res.snapshot, SMALL)
+    assert f["pure_low_band"] >= 0.9
+    assert f["archetype_gaussians_ari_pure"] < 0.9 <= f["bayes_ari_pure"]
+    assert f["archetype_gaussians_ece"] <= 0.05
+    assert f["fit_mean_loglik"] > f["archetype_gaussians_mean_loglik"] + 0.1
+    assert f["true_posterior_hybrid_max_below_0_86"] < 0.7
+    assert f["ari_pure"] >= 0.4
+    assert f["ece_vs_true_posterior"] <= 0.25
+    # the reliability diagram covers every single-archetype user
+    assert sum(d["n"] for d in f["diagram"]) == f["pure_users"]
+
+
 def test_rerun_replaces_partition_with_exactly_one_copy(trained):
     cfg, res, path = trained
     root = Path(cfg.output.root)
