@@ -1022,7 +1022,10 @@ def _check_conditional_put(fs, inner: str, url: str) -> None:
     key = (_protocols(fs)[0], bucket)
     if key in _CONDITIONAL_CHECKED:
         return
-    probe = f"{inner.rsplit('/', 1)[0]}/.gmm-dask-conditional-put-{uuid.uuid4().hex}"
+    parts = inner.split("/")
+    # beside the registry's versions/ or the locks' folder, never inside a version's own folder
+    where = "/".join(parts[:-2] if len(parts) > 3 else parts[:-1])
+    probe = f"{where}/.gmm-dask-conditional-put-{uuid.uuid4().hex}"
     try:
         first = _put_if_absent(fs, probe, b"1", url)
         second = _put_if_absent(fs, probe, b"2", url)
@@ -1106,7 +1109,14 @@ def publish_lock(root: str, date: str, storage_options: dict | None = None, *, o
         "run": owner,
     }
     for _ in range(2):
-        if create_exclusive(url, json.dumps(me), storage_options):
+        try:
+            created = create_exclusive(url, json.dumps(me), storage_options)
+        except ExclusiveWriteUnsupported:  # best effort there: check, then write (see the README)
+            logger.warning("No exclusive create on %s: the publish lock is best effort", url)
+            created = not exists(url, storage_options)
+            if created:
+                write_text_atomic(url, json.dumps(me), storage_options)
+        if created:
             break
         try:
             held = json.loads(read_text(url, storage_options))

@@ -343,10 +343,10 @@ def test_store_down_for_a_moment_is_retried_and_the_run_succeeds(s3, tmp_path):
     try:
         # botocore's own retries off, so that gmm-dask's retry is what bridges the outage
         p = _cli("score", "--config", str(cfg), "--snapshot", D[1], env={"AWS_MAX_ATTEMPTS": "1"})
-        time.sleep(4)
+        seen = _wait_for(p, "transient storage error", timeout=120)  # it met the outage
     finally:
         s3.start()
-    out = p.communicate(timeout=300)[0]
+    out = seen + p.communicate(timeout=300)[0]
     assert p.returncode == 0, out[-3000:]
     assert re.search(r"transient storage error \(EndpointConnectionError.*\); retrying in", out), out[-3000:]
     assert (
