@@ -287,13 +287,12 @@ def test_two_writers_of_one_date_exactly_one_commits_whole(s3, tmp_path):
     assert io.read_partition(root, "t", D[1], None, so).num_rows == 3
     assert not [f for f in s3.fs.find(root.removeprefix("s3://") + "/t") if b.writers["t"].run in f]
 
-    # two `score` runs of one date at once: one publishes, the other exits 75 having written nothing
+    # two `score` runs of one date at once: one publishes, the other stops having written nothing
     jobs.train(TrainParams(config=str(cfg), snapshot=D[0]))
-    first = _cli("score", "--config", str(cfg), "--snapshot", D[1], env={"GMM_DASK_FAULT": "before_commit:8"})
+    first = _cli("score", "--config", str(cfg), "--snapshot", D[1], env={"GMM_DASK_FAULT": "before_commit:6"})
     _wait_for(first, "GMM_DASK_FAULT reached before_commit")
-    rc, out = _run("score", "--config", str(cfg), "--snapshot", D[1])
-    assert rc == 75, out[-3000:]
-    assert f"Snapshot {D[1]} is being published by another run" in out
+    with pytest.raises(io.PublishConflictError, match=f"Snapshot {D[1]} is being published by another run"):
+        jobs.score(ScoreParams(config=str(cfg), snapshot=D[1]))
     out = first.communicate(timeout=120)[0]
     assert first.returncode == 0, out[-3000:]
     m = io.read_partition(root, "memberships", D[1], ["user_id"], so)
