@@ -40,7 +40,7 @@ def s3(tmp_path_factory):
     Parquet directories (``s3://data/snapshots``) and as a Delta table partitioned by ``dt``
     (``s3://data/snapshots-delta``). Credentials are set in os.environ for the module."""
     import s3fs
-    from deltalake import write_deltalake
+    from deltalake import WriterProperties, write_deltalake
 
     server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"))
     server.start()
@@ -62,6 +62,7 @@ def s3(tmp_path_factory):
                 mode="append",
                 partition_by=["dt"],
                 storage_options={"AWS_ENDPOINT_URL": server.endpoint, "AWS_ALLOW_HTTP": "true"},
+                writer_properties=WriterProperties(max_row_group_size=SPEC.row_group_rows),
             )
         server.fs = fs
         yield server
@@ -184,6 +185,35 @@ def test_delta_tables_on_s3_end_to_end_from_a_delta_input(s3, tmp_path):
     registry = io.list_names(f"{root}/registry/versions", s3.storage_options())
     assert registry == ["v0001", "v0002"]  # the trained model, then the grid's best
     _no_secret_under(s3, root)
+    _no_secret_in_prefect_database()
+
+
+def _no_secret_in_prefect_database() -> None:
+    """Flow and task logs, artifacts and parameters of this session's Prefect API."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    url = PREFECT_API_DATABASE_CONNECTION_URL.value() or ""
+    db = Path(url.split(":///", 1)[-1])
+    assert url.startswith("sqlite"), url
+    assert db.exists(), db
+    for f in db.parent.glob(db.name + "*"):  # the database and its write-ahead log
+        assert SECRET_KEY.encode() not in f.read_bytes()
+
+
+def test_delta_input_is_read_in_pieces_with_only_the_needed_columns(s3, tmp_path):
+    """A Delta input snapshot streams like a Parquet one: cut into pieces by row groups, each
+    piece read with only the configured columns."""
+    from gmm_dask.config import load_config
+
+    cfg = load_config(_config(tmp_path, s3, input_fmt="delta")).input
+    assert io.list_snapshots(cfg) == D
+    snap = io.open_snapshot(cfg, D[1], piece_rows=SPEC.row_group_rows)
+    assert len(snap.pieces) == SPEC.n_users // SPEC.row_group_rows
+    assert snap.n_rows == SPEC.n_users
+    assert all(p.path.startswith(f"s3://data/snapshots-delta/dt={D[1]}/") for p in snap.pieces)
+    t = io.read_piece(snap.pieces[1], ["user_id", FEATURES[0]], cfg.storage_options)
+    assert t.column_names == ["user_id", FEATURES[0]]
+    assert t.num_rows == snap.pieces[1].n_rows == SPEC.row_group_rows
 
 
 def test_parquet_layout_on_s3_reads_back_with_pandas_pyarrow_and_duckdb(s3, tmp_path):
