@@ -151,7 +151,8 @@ class InputConfig(_Model):
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Non-secret fsspec options (e.g. endpoint_url). Credentials come from the environment.",
+        description="Non-secret fsspec options (e.g. endpoint_url, client_kwargs.region_name) for the "
+        "input, the outputs and the registry. Credentials come from the environment.",
     )
 
     @field_validator("features", mode="before")

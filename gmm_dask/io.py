@@ -178,8 +178,8 @@ def check_store(url: str, storage_options: dict | None, key: str) -> None:
     Transient failures are retried (:func:`retry_transient`); a missing bucket or refused
     credentials raise :class:`ConfigError` naming ``key`` and the URL (exit 2). The message
     holds the store's error code, never credentials. Local paths are checked elsewhere
-    (:func:`gmm_dask.config.check_output_location`)."""
-    if "://" not in url or url.startswith("file://"):
+    (:func:`gmm_dask.config.check_output_location`); other protocols are not checked."""
+    if not url.startswith(_REMOTE):
         return
     fs, inner = filesystem(url, storage_options)
     bucket = inner.split("/", 1)[0]
