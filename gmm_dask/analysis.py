@@ -120,6 +120,7 @@ def analyse_snapshot(
             storage_options=so,
             from_root=segmented[previous],
             out_root=out_root,
+            table_format=cfg.output.format,
         )
         tables.update(fl.paths or {})
         prev_segments = segments_of(previous)[["segment", "name", "size", "share"]]
@@ -177,6 +178,7 @@ def analyse_snapshot(
         movers=fl.movers if fl is not None else None,
         transition=transition,
         storage_options=so,
+        table_format=cfg.output.format,
     )
     tables.update(aud.paths)
     logger.info("Snapshot %s: audiences: %s", date, aud.brief())

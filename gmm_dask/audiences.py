@@ -337,6 +337,7 @@ def write_audiences(
     movers: pa.Table | None = None,
     transition: tuple[list[int], np.ndarray] | None = None,
     storage_options: dict | None = None,
+    table_format: str = "parquet",
 ) -> AudienceResult:
     """Write the ``audiences`` (+ ``audiences_csv``, + ``forecast`` when ``transition`` is given)
     partitions of ``date`` under ``out_root`` from the memberships under ``root``, in one pass on
@@ -347,7 +348,7 @@ def write_audiences(
     names = dict(zip(ids, segments["name"], strict=True))
     files = io.partition_files(root, "memberships", date, storage_options)
     tables = ["audiences", "audiences_csv"] + (["forecast"] if transition is not None else [])
-    with io.StagedPartitions(out_root, tables, date, storage_options) as st:
+    with io.StagedPartitions(out_root, tables, date, storage_options, table_format) as st:
         mv = dask.delayed(movers) if movers is not None else None
         csv_dir = st.directory("audiences_csv")
         tasks = [

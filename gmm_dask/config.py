@@ -137,6 +137,11 @@ class InputConfig(_Model):
     """Where the date-partitioned snapshots are and which columns to read."""
 
     path: str = Field(description="Dataset root (local path or fsspec URL: s3://, gs://, abfs://).")
+    format: Literal["parquet", "delta"] = Field(
+        "parquet",
+        description="parquet: Hive-partitioned Parquet directories <partition_key>=YYYY-MM-DD/ under "
+        "path; delta: a Delta Lake table at path, partitioned by partition_key (its current version).",
+    )
     partition_key: str = Field("dt", description="Hive partition key, e.g. dt=2026-01-31.")
     id_column: str = Field(description="Unique user id column (kept in its original type).")
     features: list[FeatureSpec] = Field(min_length=1, description="Features and transforms.")
@@ -146,7 +151,8 @@ class InputConfig(_Model):
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Non-secret fsspec options (e.g. endpoint_url). Credentials come from the environment.",
+        description="Non-secret fsspec options (e.g. endpoint_url, client_kwargs.region_name) for the "
+        "input, the outputs and the registry. Credentials come from the environment.",
     )
 
     @field_validator("features", mode="before")
@@ -235,6 +241,13 @@ class EntropyBands(_Model):
 
 class OutputConfig(_Model):
     root: str = Field(description="Root for the output tables (memberships/, segments/, overlaps/).")
+    format: Literal["parquet", "delta"] = Field(
+        "parquet",
+        description="Table format of the outputs. parquet: Hive-partitioned directories "
+        "<table>/dt=YYYY-MM-DD/ (atomic replace on local disks only). delta: Delta Lake tables "
+        "partitioned by dt (atomic replace on object stores too, time travel until vacuumed; needs "
+        "the deltalake package).",
+    )
     registry: str | None = Field(None, description="Model registry location; default <root>/registry.")
     overlap_threshold: float = Field(
         0.25, gt=0, le=0.5, description="γ on both components to count as overlap."
@@ -425,7 +438,10 @@ class JobConfig(_Model):
 
     def config_hash(self) -> str:
         """Stable hash of the settings that change a fit (not where outputs go)."""
-        payload = {"input": self.input.model_dump(mode="json"), "model": self.model.model_dump(mode="json")}
+        payload = {
+            "input": self.input.model_dump(mode="json", exclude={"format"}),  # same rows either way
+            "model": self.model.model_dump(mode="json"),
+        }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -82,6 +82,7 @@ def compute_fluidity(
     storage_options: dict | None = None,
     from_root: str | None = None,
     out_root: str | None = None,
+    table_format: str = "parquet",
 ) -> FluidityResult:
     """Compare the memberships of two snapshots; optionally write ``<out_root>/fluidity/dt=<to_date>``
     (one row per user in both) and ``<out_root>/transitions/dt=<to_date>`` (one row per pair of
@@ -166,7 +167,9 @@ def compute_fluidity(
     if write:
         versions = ",".join(sorted(set(out.column("model_version_to").to_pylist())))
         meta = {"gmm_dask.from_date": from_date}
-        with io.StagedPartitions(out_root, ["transitions", "fluidity"], to_date, storage_options) as st:
+        with io.StagedPartitions(
+            out_root, ["transitions", "fluidity"], to_date, storage_options, table_format
+        ) as st:
             st.write(
                 "transitions",
                 pa.Table.from_pandas(transition_table, preserve_index=False).replace_schema_metadata(

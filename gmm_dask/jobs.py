@@ -84,6 +84,7 @@ def _compute_fluidity(cfg: JobConfig, from_date: str, to_date: str, top_n: int):
         cfg.input.id_column,
         top_n=top_n,
         storage_options=cfg.input.storage_options,
+        table_format=cfg.output.format,
     )
 
 
@@ -276,6 +277,7 @@ def check_job(cfg: JobConfig) -> None:
     from .cluster import check_cluster_config
 
     check_output_location(cfg)
+    io.check_storage(cfg)
     check_cluster_config(cfg.cluster)
 
 
@@ -794,6 +796,7 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
 def plan_fluidity(p: FluidityParams, *, steps: Steps = STEPS) -> JobConfig:
     cfg = load_job(p.config)
     check_output_location(cfg)
+    io.check_storage(cfg)
     for name, d in (("from_date", p.from_date), ("to_date", p.to_date)):
         if steps.partition_model_version(cfg, "memberships", d.isoformat()) is None:
             raise DataError(
@@ -894,6 +897,7 @@ def plan_promote(p: PromoteParams, *, steps: Steps = STEPS):
 
     cfg = load_job(p.config)
     check_output_location(cfg)
+    io.check_storage(cfg)
     target = Target(False, p.run_id)
     path = f"{target.root(cfg)}/candidate.json"
     if not io.exists(path, cfg.input.storage_options):
@@ -915,7 +919,9 @@ def promote(p: PromoteParams, *, steps: Steps = STEPS) -> PromoteResult:
     out: dict[str, dict[str, str]] = {}
     for date, info in sorted(manifest["dates"].items()):
         with io.publish_lock(cfg.output.root, date, so, owner=f"promote {p.run_id}"):
-            out[date] = io.copy_partitions(target.root(cfg), cfg.output.root, info["tables"], date, so)
+            out[date] = io.copy_partitions(
+                target.root(cfg), cfg.output.root, info["tables"], date, so, cfg.output.format
+            )
     trained = [info["model_version"] for _, info in sorted(manifest["dates"].items()) if info.get("trained")]
     latest = trained[-1] if trained else None
     if latest:

@@ -585,7 +585,7 @@ def write_tables(
     thr = cfg.output.overlap_threshold
     version = model.version or "unregistered"
     names = [*(extra or {}), "segments", "overlaps", "memberships"]
-    with io.StagedPartitions(root or cfg.output.root, names, snap.date, so) as st:
+    with io.StagedPartitions(root or cfg.output.root, names, snap.date, so, cfg.output.format) as st:
         parts = [
             dask.delayed(score_piece, pure=False)(
                 p,

@@ -52,41 +52,39 @@ class ModelRegistry:
         names = io.list_names(f"{self.root}/versions", self.storage_options)
         return sorted((n for n in names if VERSION_RE.match(n)), key=lambda n: int(n[1:]))
 
-    def _claim_version(self) -> str:
-        """Create the next version's directory; exclusive on local disks (mkdir fails if taken)."""
-        for _ in range(1000):
-            existing = self.versions()
-            nxt = f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
-            try:
-                io.make_dir_exclusive(self._version_dir(nxt), self.storage_options)
-                return nxt
-            except FileExistsError:
-                continue
-        raise RegistryError(f"Could not claim a new version under {self.root!r}.")
+    def _next_version(self) -> str:
+        existing = self.versions()
+        return f"v{(int(existing[-1][1:]) + 1) if existing else 1:04d}"
 
     def register(self, model: SegmentationModel, *, alias: str | None = "latest") -> SegmentationModel:
         """Store ``model`` as a new immutable version (and point ``alias`` at it, if given).
 
+        The version is claimed by creating its ``model.json`` exclusively (a hard link on local
+        disks, a conditional PUT with ``If-None-Match: *`` on S3): two concurrent trainings get
+        two versions, and a store that cannot do this refuses with a clear error.
         Returns the model as stored: its ``version`` and final metadata set (no read-back).
         """
-        version = self._claim_version()
-        meta = dict(model.metadata)
-        meta.setdefault("created_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
-        meta.setdefault("package_version", package_version())
-        meta["version"] = version
-        stored = dataclasses.replace(model, metadata=meta, version=version)
-        payload = stored.to_payload()
-        doc = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "payload": payload,
-            "sha256": _digest(payload),
-        }
-        io.write_text_atomic(
-            f"{self._version_dir(version)}/model.json",
-            json.dumps(doc, indent=1, allow_nan=False),
-            self.storage_options,
-        )
+        created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        for _ in range(1000):
+            version = self._next_version()
+            meta = dict(model.metadata)
+            meta.setdefault("created_at", created_at)
+            meta.setdefault("package_version", package_version())
+            meta["version"] = version
+            stored = dataclasses.replace(model, metadata=meta, version=version)
+            payload = stored.to_payload()
+            doc = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "payload": payload,
+                "sha256": _digest(payload),
+            }
+            text = json.dumps(doc, indent=1, allow_nan=False)
+            if io.create_exclusive(f"{self._version_dir(version)}/model.json", text, self.storage_options):
+                break
+            logger.info("Model version %s was taken by a concurrent run; trying the next one", version)
+        else:
+            raise RegistryError(f"Could not claim a new version under {self.root!r}.")
         if alias:
             self.set_alias(alias, version)
         logger.info("Registered model %s in %s", version, self.root)

@@ -1,0 +1,75 @@
+"""The table formats on a local disk (no server): Delta outputs, format checks, config keys."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from gmm_dask import io, jobs
+from gmm_dask.config import load_config
+from gmm_dask.demo import DemoSpec, write_demo_dataset
+from gmm_dask.errors import ConfigError, DataError
+from gmm_dask.params import ScoreParams, TrainParams
+
+from .pipeline_helpers import make_config
+
+SPEC = DemoSpec(n_users=1500, n_snapshots=2, seed=9, block_users=1500)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_demo_dataset(root, SPEC)
+    return root
+
+
+def test_delta_outputs_replace_a_partition_in_one_commit_and_keep_the_previous_version(data, tmp_path):
+    from deltalake import DeltaTable
+
+    cfg = make_config(tmp_path, data, output={"root": str(tmp_path / "out"), "format": "delta"})
+    d = SPEC.dates[0]
+    jobs.train(TrainParams(config=str(cfg), snapshot=d))
+    table = str(tmp_path / "out" / "memberships")
+    first = DeltaTable(table)
+    assert first.to_pyarrow_table().num_rows == SPEC.n_users
+    jobs.train(TrainParams(config=str(cfg), snapshot=d, model={"n_components": 3}, publish=True))
+    now = DeltaTable(table)
+    assert now.version() == first.version() + 1
+    assert set(now.to_pyarrow_table().column("model_version").to_pylist()) == {"v0002"}
+    before = DeltaTable(table, version=first.version()).to_pyarrow_table()
+    assert set(before.column("model_version").to_pylist()) == {"v0001"}  # time travel
+    assert before.num_rows == SPEC.n_users
+    assert io.partition_metadata(str(tmp_path / "out"), "memberships", d)["gmm_dask.model_version"] == "v0002"
+    assert io.partition_dates(str(tmp_path / "out"), "segments") == [d]
+    assert now.history(1)[0]["gmm_dask.model_version"] == "v0002"
+    # the replaced files stay until vacuumed; then the old version is gone
+    removed = io.delta_vacuum(table, None, retention_hours=0, dry_run=False)
+    assert removed
+    assert DeltaTable(table).to_pyarrow_table().num_rows == SPEC.n_users
+
+
+def test_a_table_in_the_other_format_is_refused(data, tmp_path):
+    d = SPEC.dates[0]
+    parquet = make_config(tmp_path, data)
+    jobs.train(TrainParams(config=str(parquet), snapshot=d))
+    as_delta = make_config(tmp_path, data, output={"root": str(tmp_path / "out"), "format": "delta"})
+    with pytest.raises(
+        DataError, match=r"output.format is delta but '.*out/segments' holds a Parquet-layout"
+    ):
+        jobs.score(ScoreParams(config=str(as_delta), snapshot=d))
+
+
+def test_format_keys_are_validated_with_the_key_named(data, tmp_path):
+    cfg = make_config(tmp_path, data)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["output"]["format"] = "iceberg"
+    cfg.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ConfigError, match=r"output.format: Input should be 'parquet' or 'delta'"):
+        load_config(cfg)
+    doc["output"]["format"] = "delta"
+    doc["input"]["format"] = "delta"
+    cfg.write_text(yaml.safe_dump(doc))
+    with pytest.raises(
+        DataError, match=r"is not a Delta table \(no _delta_log/ under it\) but input.format is delta"
+    ):
+        jobs.train(TrainParams(config=str(cfg), snapshot=SPEC.dates[0]))
