@@ -8,13 +8,15 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from gmm_dask.errors import GMMDaskInputError
+from gmm_dask.io import PublishConflictError
 from gmm_dask.jobs import STEPS, Steps
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
-    """Retry transient failures (network, storage); never retry bad input or config."""
+    """Retry transient failures (network, storage); never retry bad input or config, nor a
+    lost race for a date (another run published it first: retrying would overwrite it)."""
     exc = state.data if isinstance(state.data, BaseException) else None
-    return not isinstance(exc, GMMDaskInputError)
+    return not isinstance(exc, GMMDaskInputError | PublishConflictError)
 
 
 def _fit_name() -> str:

@@ -252,3 +252,20 @@ def test_backfill_finishes_good_dates_and_exits_2_naming_each_bad_one(tmp_path, 
             assert not (root / "memberships" / f"dt={d}").exists()
         else:
             assert read_partition(root, "memberships", d).num_rows == SPEC.n_users
+
+
+def test_io_steps_retry_storage_errors_but_never_bad_input_or_a_lost_race():
+    """A flaky store is retried; bad input and a date another run published first are not (a
+    retry after a lost race would overwrite the winner)."""
+    from prefect.states import Failed
+
+    from flows.tasks import _retry_unless_bad_input
+    from gmm_dask.errors import DataError
+    from gmm_dask.io import PublishConflictError
+
+    def retried(exc):
+        return _retry_unless_bad_input(None, None, Failed(data=exc))
+
+    assert retried(OSError("connection reset"))
+    assert not retried(DataError("bad column"))
+    assert not retried(PublishConflictError("2026-01-01 was published by run abc"))
