@@ -31,7 +31,7 @@ import numpy as np
 from . import io, pipeline, progress
 from .align import align_to
 from .config import JobConfig, check_output_location, load_config
-from .errors import DataError, GMMDaskInputError
+from .errors import ConfigError, DataError, GMMDaskInputError
 from .io import list_snapshots
 from .model import BANDS, SegmentationModel
 from .params import (
@@ -43,6 +43,7 @@ from .params import (
     SegmentParams,
     SelectKParams,
     TrainParams,
+    VacuumParams,
     date_str,
 )
 
@@ -932,6 +933,60 @@ def promote(p: PromoteParams, *, steps: Steps = STEPS) -> PromoteResult:
     return PromoteResult(p.run_id, sorted(out), out, latest)
 
 
+# --- vacuum --------------------------------------------------------------------------------
+
+#: Below this retention a run still writing could lose its not-yet-committed files.
+VACUUM_SAFE_HOURS = 24
+
+
+@dataclass
+class VacuumResult:
+    tables: dict[str, list[str]]  # table -> files deleted (or that would be, on a dry run)
+    retention_hours: int
+    dry_run: bool
+
+
+def plan_vacuum(p: VacuumParams, *, steps: Steps = STEPS):
+    cfg = load_job(p.config)
+    if cfg.output.format != "delta":
+        raise ConfigError(
+            f"output.format is {cfg.output.format!r}: there is nothing to vacuum — only Delta tables keep "
+            "the files of replaced partitions (the Parquet layout replaces them in place)."
+        )
+    check_output_location(cfg)
+    io.check_storage(cfg)
+    return cfg
+
+
+def vacuum(p: VacuumParams, *, steps: Steps = STEPS) -> VacuumResult:
+    """Vacuum every Delta table under ``output.root`` (the published ones; candidates live under
+    ``_candidates/`` and are removed with their folder)."""
+    cfg = plan_vacuum(p, steps=steps)
+    so = cfg.input.storage_options
+    root = cfg.output.root.rstrip("/")
+    if p.retention_hours < VACUUM_SAFE_HOURS:
+        held = [n for n in io.list_names(f"{root}/_locks", so) if n.endswith(".lock")]
+        if held:
+            raise io.PublishConflictError(
+                f"retention_hours {p.retention_hours} is under {VACUUM_SAFE_HOURS} and a run holds "
+                f"{', '.join(sorted(held))} under {root}/_locks: its files are not committed yet and "
+                "would be deleted. Vacuum when it has finished (or remove a lock its dead run left)."
+            )
+    tables = {}
+    for name in sorted(io.list_names(root, so)):
+        if name.startswith("_") or not io.exists(f"{root}/{name}/_delta_log", so):
+            continue
+        tables[name] = io.delta_vacuum(f"{root}/{name}", so, p.retention_hours, p.dry_run)
+        logger.info(
+            "%s %d file(s) of %s/%s",
+            "Would delete" if p.dry_run else "Deleted",
+            len(tables[name]),
+            root,
+            name,
+        )
+    return VacuumResult(tables, p.retention_hours, p.dry_run)
+
+
 # --- planning for the CLI ----------------------------------------------------------------------
 
 PLANS = {
@@ -943,6 +998,7 @@ PLANS = {
     FluidityParams: plan_fluidity,
     PromoteParams: plan_promote,
     AudienceParams: plan_audience,
+    VacuumParams: plan_vacuum,
 }
 
 
@@ -958,6 +1014,7 @@ __all__ = [
     "RunResult",
     "SelectKResult",
     "Steps",
+    "VacuumResult",
     "audience",
     "backfill",
     "fluidity",
@@ -966,4 +1023,5 @@ __all__ = [
     "segment",
     "select_k",
     "train",
+    "vacuum",
 ]

@@ -296,6 +296,7 @@ __all__ = [
     "SegmentParams",
     "SelectKParams",
     "TrainParams",
+    "VacuumParams",
     "parse_params",
 ]
 
@@ -311,6 +312,25 @@ class PromoteParams(JobParams):
             description="The candidate run to publish (its folder under <output.root>/_candidates/).",
         ),
     ]
+
+
+class VacuumParams(JobParams):
+    """Delete the files of the published Delta tables that no table version younger than the
+    retention references (replaced partitions, files of killed writers). Versions older than
+    the retention stop being readable (time travel reaches back as far as the retention)."""
+
+    retention_hours: Annotated[
+        int,
+        Field(
+            ge=0,
+            description="Keep what every version younger than this many hours needs. Under 24 the job "
+            "refuses while any date's publish lock is held: a run still writing has files no commit "
+            "references yet.",
+        ),
+    ] = 168
+    dry_run: Annotated[bool, Field(description="List the files that would be deleted; delete nothing.")] = (
+        False
+    )
 
 
 class ServeParams(JobParams):

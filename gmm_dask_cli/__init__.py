@@ -142,6 +142,21 @@ def cmd_promote(p, args) -> int:
     return EXIT_OK
 
 
+def cmd_vacuum(p, args) -> int:
+    from gmm_dask import jobs
+
+    out = jobs.vacuum(p)
+    verb = "would delete" if out.dry_run else "deleted"
+    for table, files in out.tables.items():
+        print(f"  {table}: {verb} {len(files)} file(s)")
+    total = sum(len(f) for f in out.tables.values())
+    print(
+        f"Vacuumed {len(out.tables)} Delta table(s): {verb} {total} file(s) no version younger than "
+        f"{out.retention_hours} h references."
+    )
+    return EXIT_OK
+
+
 def cmd_serve(p, args) -> int:
     from gmm_dask import jobs
 
@@ -226,6 +241,12 @@ def _commands():
             cmd_audience,
         ),
         ("promote", params.PromoteParams, "publish a candidate run's tables and model", cmd_promote),
+        (
+            "vacuum",
+            params.VacuumParams,
+            "delete the files of the Delta output tables that no recent version references",
+            cmd_vacuum,
+        ),
         ("serve", params.ServeParams, "serve the deployments from this process (Ctrl-C to stop)", cmd_serve),
         ("demo", DemoParams, "generate demo data if absent and run the segment flow on it", cmd_demo),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -73,3 +74,53 @@ def test_format_keys_are_validated_with_the_key_named(data, tmp_path):
         DataError, match=r"is not a Delta table \(no _delta_log/ under it\) but input.format is delta"
     ):
         jobs.train(TrainParams(config=str(cfg), snapshot=SPEC.dates[0]))
+
+
+def test_vacuum_command_deletes_replaced_files_and_keeps_the_current_tables(data, tmp_path, capsys):
+    """`gmm-dask vacuum` on Delta outputs: a dry run lists and keeps; a run deletes the replaced
+    partitions' files (the old version stops being readable) and the current tables read the
+    same; while a run holds a date's lock, a short retention is refused (exit 75)."""
+    from deltalake import DeltaTable
+
+    from gmm_dask_cli import main
+
+    cfg = make_config(tmp_path, data, output={"root": str(tmp_path / "out"), "format": "delta"})
+    d = SPEC.dates[0]
+    jobs.train(TrainParams(config=str(cfg), snapshot=d))
+    jobs.train(TrainParams(config=str(cfg), snapshot=d, publish=True))
+    table = str(tmp_path / "out" / "memberships")
+    files = sorted(p for p in (tmp_path / "out").rglob("*.parquet"))
+    current = DeltaTable(table).to_pandas().sort_values("user_id", ignore_index=True)
+
+    assert main(["vacuum", "--config", str(cfg), "--retention-hours", "0", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "memberships: would delete" in out
+    assert "segments: would delete" in out
+    assert sorted(p for p in (tmp_path / "out").rglob("*.parquet")) == files
+    DeltaTable(table, version=0).to_pyarrow_table()  # the old version is still readable
+
+    lock = tmp_path / "out" / "_locks" / f"dt={d}.lock"
+    lock.parent.mkdir(exist_ok=True)
+    lock.write_text('{"pid": 1, "host": "elsewhere", "run": "a running backfill"}')
+    assert main(["vacuum", "--config", str(cfg), "--retention-hours", "0"]) == 75
+    assert "not committed yet" in capsys.readouterr().err
+    lock.unlink()
+
+    assert main(["vacuum", "--config", str(cfg), "--retention-hours", "0"]) == 0
+    out = capsys.readouterr().out
+    left = sorted(p for p in (tmp_path / "out").rglob("*.parquet"))
+    assert 0 < len(left) < len(files)
+    assert f"deleted {len(files) - len(left)} file(s)" in out
+    pd.testing.assert_frame_equal(
+        DeltaTable(table).to_pandas().sort_values("user_id", ignore_index=True), current
+    )
+    with pytest.raises(Exception, match=r"(?i)not found|no such file|does not exist"):
+        DeltaTable(table, version=0).to_pyarrow_table()
+
+
+def test_vacuum_of_the_parquet_layout_exits_2_naming_the_key(data, tmp_path, capsys):
+    from gmm_dask_cli import main
+
+    cfg = make_config(tmp_path, data)
+    assert main(["vacuum", "--config", str(cfg)]) == 2
+    assert "output.format is 'parquet'" in capsys.readouterr().err
