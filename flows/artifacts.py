@@ -73,9 +73,10 @@ def publish_selection(out) -> None:
         key="select-k-table",
         description=f"{out.criterion.upper()} by K and covariance type, snapshot {out.run.snapshot}",
     )
-    create_markdown_artifact(
-        bic_markdown(out.table, out.selected), key="select-k-bic", description="model selection"
-    )
+    text = bic_markdown(out.table, out.selected)
+    if out.grid_edge:
+        text += f"\n\n**Note:** {out.grid_edge}"
+    create_markdown_artifact(text, key="select-k-bic", description="model selection")
     publish_run(out.run, "select-k")
 
 

@@ -683,11 +683,32 @@ class SelectKResult:
             "model_version": self.run.model_version,
         }
 
+    @property
+    def grid_edge(self) -> str | None:
+        """A warning when the selected K is the largest K tried (or the smallest, above 1): the
+        criterion may keep improving beyond the grid, so its minimum there is not a choice."""
+        k = self.selected["n_components"]
+        lo, hi = int(self.table.n_components.min()), int(self.table.n_components.max())
+        name = self.criterion.upper()
+        if lo == hi:
+            return None
+        if k == hi:
+            return (
+                f"{name} is lowest at the largest K tried ({k}): it may keep falling beyond the grid. "
+                "Widen k_max; on discrete, zero-inflated features expect it to keep falling (extra "
+                "components buy likelihood on exact values and zero patterns), so weigh where the "
+                "curve flattens and the degenerate-component report, not its minimum alone."
+            )
+        if k == lo and lo > 1:
+            return f"{name} is lowest at the smallest K tried ({k}): a smaller K may be better still. Lower k_min."
+        return None
+
     def summary(self) -> dict:
         return {
             "snapshot": self.run.snapshot,
             "selected": self.selected,
             "criterion": self.criterion,
+            "warning": self.grid_edge,
             "published": self.run.published,
             "run_id": self.run.run_id,
             "table": self.table.to_dict("records"),
@@ -788,7 +809,10 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
     res.report = report_data(cfg, res, "select-k", table)
     if report:
         res.report_path = steps.write_report(cfg, res.report)
-    return SelectKResult(res, table, p.criterion)
+    out = SelectKResult(res, table, p.criterion)
+    if out.grid_edge:
+        logger.warning("%s", out.grid_edge)
+    return out
 
 
 # --- fluidity -------------------------------------------------------------------------------

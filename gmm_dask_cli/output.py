@@ -156,6 +156,8 @@ def print_selection(out: dict, stream=None) -> None:
         f"Selected K={sel['n_components']} ({sel['covariance_type']}), registered as {sel['model_version']}; "
         f"report: {out['report']}\n"
     )
+    if out.get("warning"):
+        w(f"Note: {out['warning']}\n")
 
 
 def print_fluidity(out: dict, stream=None) -> None:

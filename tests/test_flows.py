@@ -152,6 +152,13 @@ def test_select_k_fits_the_grid_and_selects_the_minimum(tmp_path_factory):
     segs = pd.read_parquet(cand / "segments")
     assert len(segs) == best.n_components
     assert not (tmp / "out" / "segments").exists()
+    # a minimum at the edge of the grid is not a choice: the run says so
+    if best.n_components == 5:
+        assert "lowest at the largest K tried (5)" in out["warning"]
+    elif best.n_components == 2:
+        assert "lowest at the smallest K tried (2)" in out["warning"]
+    else:
+        assert out["warning"] is None
 
 
 def test_fluidity_ranks_drifting_users_above_stable_ones(tmp_path, data_root):
@@ -269,3 +276,30 @@ def test_io_steps_retry_storage_errors_but_never_bad_input_or_a_lost_race():
     assert retried(OSError("connection reset"))
     assert not retried(DataError("bad column"))
     assert not retried(PublishConflictError("2026-01-01 was published by run abc"))
+
+
+@pytest.mark.parametrize(
+    ("selected_k", "k_range", "expected"),
+    [
+        (5, (2, 5), "lowest at the largest K tried (5)"),
+        (3, (2, 5), None),
+        (2, (2, 5), "lowest at the smallest K tried (2)"),
+        (1, (1, 4), None),  # nothing below K = 1
+        (3, (3, 3), None),  # a single K is no grid
+    ],
+)
+def test_select_k_says_when_the_minimum_sits_at_the_edge_of_the_grid(selected_k, k_range, expected):
+    from types import SimpleNamespace
+
+    from gmm_dask.jobs import SelectKResult
+
+    ks = range(k_range[0], k_range[1] + 1)
+    table = pd.DataFrame(
+        {"n_components": list(ks), "covariance_type": "full", "selected": [k == selected_k for k in ks]}
+    )
+    warning = SelectKResult(SimpleNamespace(model_version="v0001"), table, "bic").grid_edge
+    if expected is None:
+        assert warning is None
+    else:
+        assert expected in warning
+        assert warning.startswith("BIC")
