@@ -628,6 +628,7 @@ class DeltaPartitionWriter:
         self.table_uri = _url(self.fs, self.table_dir)
         self.staged = f"{self.table_dir}/{partition_key}={date}/run-{self.run}"
         self.partition = f"{self.table_dir}/{partition_key}={date}"
+        self.committed = False
 
         def check():
             if (
@@ -697,13 +698,15 @@ class DeltaPartitionWriter:
                 f"time and its commit won ({err}); this run's partition was not committed, the other "
                 f"one stands whole in {self.table_uri!r}. Re-run if this run's result should replace it."
             ) from None
+        self.committed = True
         logger.info("Committed %s %s=%s as Delta version %s", self.table_uri, self.key, self.date, version)
         return f"{self.table_uri}/{self.key}={self.date}"
 
     def abort(self) -> None:
-        """Remove this run's files if they were never committed (a committed run keeps them)."""
-
-    def discard(self) -> None:
+        """Remove this run's files if they were never committed (a committed run's files are
+        the table's now)."""
+        if self.committed:
+            return
         with contextlib.suppress(Exception):
             if self.local:
                 shutil.rmtree(self.staged, ignore_errors=True)
@@ -805,10 +808,8 @@ class StagedPartitions:
         write_table_file(data, self.file(table, name), self.storage_options)
 
     def _abort(self) -> None:
-        for t, w in self.writers.items():
+        for w in self.writers.values():
             w.abort()
-            if isinstance(w, DeltaPartitionWriter) and t not in self.paths:
-                w.discard()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
@@ -1090,6 +1091,31 @@ class PublishConflictError(Exception):
     """Another run is publishing the same snapshot date right now."""
 
 
+#: The publish locks' folder under ``output.root``: ``dt=<date>.lock`` while a run writes that date.
+LOCKS_DIR = "_locks"
+
+
+def held_publish_locks(root: str, storage_options: dict | None = None) -> list[str]:
+    """The publish locks held now under ``root`` (their file names, sorted): the dates some run
+    is writing, or a dead run left locked."""
+    return sorted(
+        n for n in list_names(f"{root.rstrip('/')}/{LOCKS_DIR}", storage_options) if n.endswith(".lock")
+    )
+
+
+def delta_tables(root: str, storage_options: dict | None = None) -> list[str]:
+    """The names of the Delta tables directly under ``root`` (sorted)."""
+    fs, base = filesystem(root, storage_options)
+    base = base.rstrip("/")
+    return [
+        n
+        for n in sorted(list_names(root, storage_options))
+        if not n.startswith("_")
+        and n not in EXPORT_TABLES
+        and retry_transient(lambda n=n: _is_delta(fs, f"{base}/{n}"), "Listing", root)
+    ]
+
+
 @contextlib.contextmanager
 def publish_lock(root: str, date: str, storage_options: dict | None = None, *, owner: str = ""):
     """Hold ``<root>/_locks/dt=<date>.lock`` while this run writes the published partitions of
@@ -1100,7 +1126,7 @@ def publish_lock(root: str, date: str, storage_options: dict | None = None, *, o
     import socket
 
     fs, base = filesystem(root, storage_options)
-    path = f"{base.rstrip('/')}/_locks/dt={date}.lock"
+    path = f"{base.rstrip('/')}/{LOCKS_DIR}/dt={date}.lock"
     url = _url(fs, path)
     me = {
         "pid": os.getpid(),

@@ -989,17 +989,15 @@ def vacuum(p: VacuumParams, *, steps: Steps = STEPS) -> VacuumResult:
     so = cfg.input.storage_options
     root = cfg.output.root.rstrip("/")
     if p.retention_hours < VACUUM_SAFE_HOURS:
-        held = [n for n in io.list_names(f"{root}/_locks", so) if n.endswith(".lock")]
+        held = io.held_publish_locks(root, so)
         if held:
             raise io.PublishConflictError(
                 f"retention_hours {p.retention_hours} is under {VACUUM_SAFE_HOURS} and a run holds "
-                f"{', '.join(sorted(held))} under {root}/_locks: its files are not committed yet and "
+                f"{', '.join(held)} under {root}/{io.LOCKS_DIR}: its files are not committed yet and "
                 "would be deleted. Vacuum when it has finished (or remove a lock its dead run left)."
             )
     tables = {}
-    for name in sorted(io.list_names(root, so)):
-        if name.startswith("_") or not io.exists(f"{root}/{name}/_delta_log", so):
-            continue
+    for name in io.delta_tables(root, so):
         tables[name] = io.delta_vacuum(f"{root}/{name}", so, p.retention_hours, p.dry_run)
         logger.info(
             "%s %d file(s) of %s/%s",
