@@ -19,7 +19,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from gmm_dask.demo import FEATURES, DemoSpec, read_truth, true_posterior
-from gmm_dask.features import apply_transforms
+from gmm_dask.segmentation.features import apply_transforms
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,8 +79,8 @@ def archetype_mixture(Z: np.ndarray, label: np.ndarray, n_archetypes: int):
     """The Gaussian mixture whose components *are* the archetypes: each component's weight, mean
     and full covariance are those of its archetype's users in model space (the maximum-likelihood
     Gaussian of each archetype, given the labels — the best any Gaussian component can model it).
-    Returns (precision Cholesky factors, weights, means), as :mod:`gmm_dask.gaussian` takes them."""
-    from gmm_dask import gaussian
+    Returns (precision Cholesky factors, weights, means), as :mod:`gmm_dask.mixture.gaussian` takes them."""
+    from gmm_dask.mixture import gaussian
 
     w = np.bincount(label, minlength=n_archetypes) / len(label)
     means = np.stack([Z[label == a].mean(axis=0) for a in range(n_archetypes)])
@@ -94,9 +94,9 @@ def evaluate(
     model, memberships: pd.DataFrame, data_root: Path, date: str, spec: DemoSpec, bins: int = 10
 ) -> dict:
     """Calibration figures of one snapshot's memberships (columns as the memberships table) from
-    ``model`` (the fitted :class:`~gmm_dask.model.SegmentationModel`), with the ceilings that the
+    ``model`` (the fitted :class:`~gmm_dask.segmentation.model.SegmentationModel`), with the ceilings that the
     generator and the model class set."""
-    from gmm_dask import gaussian
+    from gmm_dask.mixture import gaussian
 
     truth = read_truth(data_root, date)
     raw = pd.read_parquet(data_root / "snapshots" / f"dt={date}")
@@ -267,11 +267,11 @@ def main(argv=None) -> int:
 
     import yaml
 
-    from gmm_dask import jobs
+    from gmm_dask.app import jobs
+    from gmm_dask.app.params import SelectKParams, TrainParams
     from gmm_dask.demo import write_demo_dataset
-    from gmm_dask.io import read_partition
-    from gmm_dask.model import load_model
-    from gmm_dask.params import SelectKParams, TrainParams
+    from gmm_dask.segmentation.model import load_model
+    from gmm_dask.storage.io import read_partition
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--users", type=int, default=50_000)

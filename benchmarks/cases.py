@@ -123,9 +123,9 @@ def run_sklearn(p: dict) -> dict:
 
 
 def _import_library() -> None:
-    import gmm_dask.em
-    import gmm_dask.suffstats  # noqa: F401
-    from gmm_dask import _kernels
+    import gmm_dask.mixture.em
+    import gmm_dask.mixture.suffstats  # noqa: F401
+    from gmm_dask.mixture import _kernels
 
     _kernels.warm_up()  # load (or compile) the E-step kernel before the baseline and the timings
 

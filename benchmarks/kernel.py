@@ -3,7 +3,7 @@
     python -m benchmarks.kernel '{"n": 1000000, "d": 16, "k": 8, "ct": "full"}'
 
 No Dask: this times the per-iteration work itself, E-step and M-step, on data already in
-memory. Ours is :func:`gmm_dask.suffstats.estep_stats` over 125,000-row partitions, merged
+memory. Ours is :func:`gmm_dask.mixture.suffstats.estep_stats` over 125,000-row partitions, merged
 (:func:`combine_all`), then :func:`m_step` and the precision Cholesky — on 1 thread, and on 2
 threads (a thread pool over the partitions; the compiled kernel releases the GIL). scikit-learn's
 is ``_estimate_log_prob_resp`` + ``_m_step`` (its M-step includes the Cholesky), with 1 and with 2
@@ -62,8 +62,8 @@ def _sklearn_iteration(gm, X):
 
 
 def _our_iteration(parts, params, ct, pool=None, precision="float64"):
-    from gmm_dask.gaussian import compute_precision_cholesky
-    from gmm_dask.suffstats import combine_all, estep_stats, m_step
+    from gmm_dask.mixture.gaussian import compute_precision_cholesky
+    from gmm_dask.mixture.suffstats import combine_all, estep_stats, m_step
 
     weights, means, prec_chol = params
 
@@ -97,7 +97,7 @@ def measure(n: int = 1_000_000, d: int = 16, k: int = 8, ct: str = "full", round
 
     with threadpool_limits(1, "blas"):
         t0 = time.perf_counter()
-        import gmm_dask._kernels  # noqa: F401  (numba's import and the kernel's compile or cache load)
+        import gmm_dask.mixture._kernels  # noqa: F401  (numba's import and the kernel's compile or cache load)
 
         _our_iteration(parts[:1], ours0, ct)
         first_call = time.perf_counter() - t0

@@ -2,8 +2,8 @@
 
     python -m benchmarks.phases '{"n": 125000, "d": 16, "k": 8, "ct": "full"}'
 
-Times the phases of the compiled kernel (:mod:`gmm_dask._kernels`, what
-:func:`gmm_dask.suffstats.estep_stats` runs) one at a time over the same tiles (224 rows) of one
+Times the phases of the compiled kernel (:mod:`gmm_dask.mixture._kernels`, what
+:func:`gmm_dask.mixture.suffstats.estep_stats` runs) one at a time over the same tiles (224 rows) of one
 partition, with the library's own coefficients: centre (transpose the tile and subtract the
 mixture mean), products (``xᵢxⱼ``), ``A @ f`` (log-densities), softmax (of which exp), ``R @ fᵀ``
 (moments), and the whole ``estep_stats`` call. Each phase is looped over the tiles inside
@@ -32,8 +32,8 @@ def _best(fn, repeats: int = 7) -> float:
 
 
 def _problem(n: int, d: int, k: int, ct: str, seed: int):
-    from gmm_dask import suffstats as ss
-    from gmm_dask.gaussian import compute_precision_cholesky
+    from gmm_dask.mixture import suffstats as ss
+    from gmm_dask.mixture.gaussian import compute_precision_cholesky
 
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n, d))
@@ -56,7 +56,7 @@ def _drivers():
     """Compiled loops over the tiles, one per phase (so no Python call per tile is timed)."""
     from numba import njit
 
-    from gmm_dask import _kernels as kk
+    from gmm_dask.mixture import _kernels as kk
 
     @njit(cache=False, nogil=True)
     def centre(X, tile, n_tiles, shift, t, f):
@@ -89,8 +89,8 @@ def _drivers():
 
 def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
     from benchmarks.cases import run_dgemm
-    from gmm_dask import _kernels as kk
-    from gmm_dask import suffstats as ss
+    from gmm_dask.mixture import _kernels as kk
+    from gmm_dask.mixture import suffstats as ss
 
     X, weights, means, prec_chol, layout, shift, A = _problem(n, d, k, ct, seed)
     t, F = layout.t, layout.f
@@ -150,7 +150,7 @@ def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
 
 def _numpy_phases(X, weights, means, prec_chol, ct, layout, shift, A) -> dict:
     """The same phases for the NumPy path (``kernel='numpy'``): BLAS GEMMs per 3,000-row block."""
-    from gmm_dask import suffstats as ss
+    from gmm_dask.mixture import suffstats as ss
 
     n, d = X.shape
     k = A.shape[0]

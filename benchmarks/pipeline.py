@@ -150,9 +150,9 @@ def process_cluster(n_workers: int, memory_limit: str, workdir: Path):
 
 
 def run(params: dict) -> dict:
-    from gmm_dask import jobs
+    from gmm_dask.app import jobs
+    from gmm_dask.app.params import TrainParams
     from gmm_dask.demo import FEATURE_KINDS, FEATURES, DemoSpec, write_demo_dataset
-    from gmm_dask.params import TrainParams
 
     p = {**DEFAULTS, **params}
     root = Path(p["root"] or tempfile.mkdtemp(prefix="gmm-dask-pipeline-"))

@@ -11,8 +11,8 @@ from typing import Annotated
 from prefect import flow, get_run_logger
 from pydantic import Field
 
-from gmm_dask import progress
-from gmm_dask.params import parse_params
+from gmm_dask.app import progress
+from gmm_dask.app.params import parse_params
 
 
 def signature_of(params_cls) -> inspect.Signature:

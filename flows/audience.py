@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gmm_dask import jobs
-from gmm_dask.params import AudienceParams
+from gmm_dask.app import jobs
+from gmm_dask.app.params import AudienceParams
 
 from ._params import job_flow
 from .artifacts import publish_audience

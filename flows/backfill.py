@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gmm_dask import jobs
-from gmm_dask.params import BackfillParams
+from gmm_dask.app import jobs
+from gmm_dask.app.params import BackfillParams
 
 from ._params import job_flow
 from .tasks import TASK_STEPS

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gmm_dask import jobs
-from gmm_dask.params import FluidityParams
+from gmm_dask.app import jobs
+from gmm_dask.app.params import FluidityParams
 
 from ._params import job_flow
 from .artifacts import publish_fluidity

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gmm_dask import jobs
-from gmm_dask.params import ScoreParams, SegmentParams, TrainParams
+from gmm_dask.app import jobs
+from gmm_dask.app.params import ScoreParams, SegmentParams, TrainParams
 
 from ._params import job_flow
 from .artifacts import publish_run

@@ -11,7 +11,7 @@ from __future__ import annotations
 from prefect import serve as prefect_serve
 from prefect.schedules import Cron
 
-from gmm_dask.params import ServeParams
+from gmm_dask.app.params import ServeParams
 
 from .audience import audience
 from .backfill import backfill

@@ -8,14 +8,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._version import package_version
+from gmm_dask._version import package_version
 
 __version__ = package_version()
 
 _EXPORTS = {
-    "GaussianMixture": "mixture",
-    "SegmentationModel": "model",
-    "load_model": "model",
+    "GaussianMixture": "mixture.estimator",
+    "SegmentationModel": "segmentation.model",
+    "load_model": "segmentation.model",
     "ComponentCollapseWarning": "errors",
     "ConvergenceWarning": "errors",
     "FitError": "errors",

@@ -37,14 +37,14 @@ def _display():
 
 
 def _run_job(fn, params):
-    from gmm_dask import progress
+    from gmm_dask.app import progress
 
     with _display() as sink, progress.use(sink):
         return fn(params)
 
 
 def cmd_train(p, args) -> int:
-    from gmm_dask import jobs
+    from gmm_dask.app import jobs
 
     from .output import print_result
 
@@ -53,7 +53,7 @@ def cmd_train(p, args) -> int:
 
 
 def cmd_score(p, args) -> int:
-    from gmm_dask import jobs
+    from gmm_dask.app import jobs
 
     from .output import print_result
 
@@ -102,7 +102,7 @@ def _quiet_prefect(verbose: int) -> None:
 
 
 def _run_flow(name: str, p, verbose: int):
-    from gmm_dask import jobs, progress
+    from gmm_dask.app import jobs, progress
 
     jobs.plan(p)  # every check that needs no cluster, before Prefect starts
     import flows
@@ -133,7 +133,7 @@ cmd_audience = _flow_command("audience", "print_audience")
 
 
 def cmd_promote(p, args) -> int:
-    from gmm_dask import jobs
+    from gmm_dask.app import jobs
 
     out = jobs.promote(p)
     for date in out.dates:
@@ -143,7 +143,7 @@ def cmd_promote(p, args) -> int:
 
 
 def cmd_vacuum(p, args) -> int:
-    from gmm_dask import jobs
+    from gmm_dask.app import jobs
 
     out = jobs.vacuum(p)
     verb = "would delete" if out.dry_run else "deleted"
@@ -158,7 +158,7 @@ def cmd_vacuum(p, args) -> int:
 
 
 def cmd_serve(p, args) -> int:
-    from gmm_dask import jobs
+    from gmm_dask.app import jobs
 
     jobs.check_job(jobs.load_job(p.config))
     from flows.serve import serve
@@ -170,9 +170,9 @@ def cmd_serve(p, args) -> int:
 def cmd_demo(p, args) -> int:
     import time
 
-    from gmm_dask import jobs
+    from gmm_dask.app import jobs
+    from gmm_dask.app.params import BackfillParams, SegmentParams
     from gmm_dask.demo import DemoSpec, write_demo_dataset
-    from gmm_dask.params import BackfillParams, SegmentParams
 
     from .output import print_backfill, print_result
 
@@ -208,7 +208,7 @@ def cmd_demo(p, args) -> int:
 
 def _commands():
     """(name, parameter model, help, handler) of every command."""
-    from gmm_dask import params
+    from gmm_dask.app import params
 
     from .demo import DemoParams
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from gmm_dask.progress import Phase, Progress, em_line
+from gmm_dask.app.progress import Phase, Progress, em_line
 
 
 class PlainProgress(Progress):

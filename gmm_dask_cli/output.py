@@ -16,7 +16,7 @@ def print_phases(timings: dict, stream=None) -> None:
 
 
 def print_result(res, stream=None) -> None:
-    """A short human summary of a :class:`~gmm_dask.jobs.RunResult`."""
+    """A short human summary of a :class:`~gmm_dask.app.jobs.RunResult`."""
     import pandas as pd
 
     w = _w(stream)

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gmm_dask import jobs
+from gmm_dask.app import jobs
+from gmm_dask.app.params import AudienceParams, BackfillParams, PromoteParams, SegmentParams
 from gmm_dask.demo import DemoSpec, write_demo_dataset
-from gmm_dask.params import AudienceParams, BackfillParams, PromoteParams, SegmentParams
 
 from .pipeline_helpers import make_config, tree_digest
 

@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gmm_dask.cluster import check_cluster_config, dask_client
-from gmm_dask.config import (
+from gmm_dask.app.cluster import check_cluster_config, dask_client
+from gmm_dask.app.config import (
     MAX_ABS_VALUE,
     ClassClusterConfig,
     LocalClusterConfig,
@@ -27,8 +27,8 @@ from gmm_dask.config import (
     parse_memory_limit,
 )
 from gmm_dask.errors import ConfigError, DataError, GMMDaskInputError
-from gmm_dask.features import check_profile, finish_profile, merge_profiles, profile_piece
-from gmm_dask.io import open_snapshot
+from gmm_dask.segmentation.features import check_profile, finish_profile, merge_profiles, profile_piece
+from gmm_dask.storage.io import open_snapshot
 
 DATE = "2026-01-07"
 
@@ -176,7 +176,7 @@ def test_4_cluster_class_must_be_a_dask_cluster_and_nothing_runs(tmp_path, monke
         pass  # pragma: no cover
     assert not target.exists()
     assert not (tmp_path / "PWNED").exists()
-    for bad in ("os.system", "gmm_dask.config.JobConfig", "collections.OrderedDict"):
+    for bad in ("os.system", "gmm_dask.app.config.JobConfig", "collections.OrderedDict"):
         with pytest.raises(ConfigError, match=r"cluster\.cluster_class"):
             check_cluster_config(ClassClusterConfig(cluster_class=bad))
     with pytest.raises(ConfigError, match="cannot be imported"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gmm_dask import params
+from gmm_dask.app import params
 from gmm_dask.demo import DemoSpec, write_demo_dataset
 from gmm_dask_cli import build_parser
 

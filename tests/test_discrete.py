@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from gmm_dask import GaussianMixture, jobs
+from gmm_dask import GaussianMixture
+from gmm_dask.app import jobs
+from gmm_dask.app.params import TrainParams
 from gmm_dask.demo import FEATURES, DemoSpec, read_truth, write_demo_dataset
-from gmm_dask.params import TrainParams
-from gmm_dask.suffstats import m_step, merge_moments, variance_at_floor
+from gmm_dask.mixture.suffstats import m_step, merge_moments, variance_at_floor
 from gmm_dask_cli import main
 
 from .pipeline_helpers import read_partition
@@ -103,7 +104,7 @@ def test_a_reg_covar_vector_of_equal_values_equals_the_scalar():
 
 @pytest.mark.parametrize("ct", ["full", "tied", "diag", "spherical"])
 def test_m_step_raises_variances_to_the_floor_and_says_which(ct):
-    from gmm_dask.suffstats import SuffStats
+    from gmm_dask.mixture.suffstats import SuffStats
 
     rng = np.random.default_rng(1)
     k, d = 3, 2
@@ -161,7 +162,7 @@ def _zeros_job(tmp: Path, n=6000, seed=0, **model) -> Path:
 
 
 def test_on_80_percent_zeros_no_unreported_atoms_and_no_segment_below_min_share(tmp_path):
-    from gmm_dask.model import load_model
+    from gmm_dask.segmentation.model import load_model
 
     path = _zeros_job(
         tmp_path, n_components=7, degenerate={"min_share": 0.05, "small": "prune", "atoms": "warn"}
@@ -216,7 +217,7 @@ def test_bad_values_of_the_new_keys_exit_2_naming_the_key(tmp_path, capsys, feat
 
 
 def test_scoring_places_counts_mid_step_the_same_in_the_job_and_the_public_api(tmp_path):
-    from gmm_dask.model import load_model
+    from gmm_dask.segmentation.model import load_model
 
     path = _zeros_job(tmp_path)
     res = jobs.train(TrainParams(config=str(path)))

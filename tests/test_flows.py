@@ -10,9 +10,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from gmm_dask.app.params import ModelOverride
 from gmm_dask.demo import DemoSpec, read_truth, write_demo_dataset
 from gmm_dask.errors import GMMDaskInputError
-from gmm_dask.params import ModelOverride
 
 from .pipeline_helpers import make_config, read_partition
 
@@ -268,7 +268,7 @@ def test_io_steps_retry_storage_errors_but_never_bad_input_or_a_lost_race():
 
     from flows.tasks import _retry_unless_bad_input
     from gmm_dask.errors import DataError
-    from gmm_dask.io import PublishConflictError
+    from gmm_dask.storage.io import PublishConflictError
 
     def retried(exc):
         return _retry_unless_bad_input(None, None, Failed(data=exc))
@@ -291,7 +291,7 @@ def test_io_steps_retry_storage_errors_but_never_bad_input_or_a_lost_race():
 def test_select_k_says_when_the_minimum_sits_at_the_edge_of_the_grid(selected_k, k_range, expected):
     from types import SimpleNamespace
 
-    from gmm_dask.jobs import SelectKResult
+    from gmm_dask.app.jobs import SelectKResult
 
     ks = range(k_range[0], k_range[1] + 1)
     table = pd.DataFrame(

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gmm_dask.forecast import (
+from gmm_dask.segmentation.forecast import (
     backtest,
     expected_brier,
     fit_transition_matrix,
@@ -336,7 +336,7 @@ def test_on_the_drifting_demo_the_forecast_beats_persistence(tmp_path):
     memberships exactly as the transitions table defines them, never from the generator's truth.
     The last three snapshots are held out."""
     from gmm_dask.demo import FEATURES, DemoSpec, write_demo_dataset
-    from gmm_dask.mixture import GaussianMixture
+    from gmm_dask.mixture.estimator import GaussianMixture
 
     spec = DemoSpec.drifting(n_users=12_000, block_users=6_000)
     write_demo_dataset(tmp_path, spec)

@@ -15,10 +15,11 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from gmm_dask import GaussianMixture, jobs
-from gmm_dask.config import load_config
+from gmm_dask import GaussianMixture
+from gmm_dask.app import jobs
+from gmm_dask.app.config import load_config
+from gmm_dask.app.params import TrainParams
 from gmm_dask.errors import ComponentCollapseWarning, ConvergenceWarning, GMMDaskInputError
-from gmm_dask.params import TrainParams
 
 from .pipeline_helpers import gamma_matrix, read_partition
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gmm_dask import gaussian
 from gmm_dask.errors import FitError
+from gmm_dask.mixture import gaussian
 
 
 def _random_params(ct, k=3, d=4, seed=0):

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gmm_dask import jobs
-from gmm_dask.align import match
-from gmm_dask.config import FeatureSpec
+from gmm_dask.app import jobs
+from gmm_dask.app.config import FeatureSpec
+from gmm_dask.app.params import BackfillParams, PromoteParams, SegmentParams, SelectKParams, TrainParams
 from gmm_dask.demo import DemoSpec, read_truth, write_demo_dataset
-from gmm_dask.features import FeaturePlan
-from gmm_dask.gaussian import compute_precision_cholesky
-from gmm_dask.model import SegmentationModel
-from gmm_dask.params import BackfillParams, PromoteParams, SegmentParams, SelectKParams, TrainParams
+from gmm_dask.mixture.gaussian import compute_precision_cholesky
+from gmm_dask.segmentation.align import match
+from gmm_dask.segmentation.features import FeaturePlan
+from gmm_dask.segmentation.model import SegmentationModel
 
 from .pipeline_helpers import make_config, read_partition, tree_digest
 
@@ -206,7 +206,7 @@ def test_a_refit_backfill_with_a_bad_date_writes_the_others_and_names_it(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gmm_dask.jobs import BackfillError
+    from gmm_dask.app.jobs import BackfillError
 
     root = tmp_path / "data"
     shutil.copytree(data, root)

@@ -15,7 +15,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 from gmm_dask import ComponentCollapseWarning, ConvergenceWarning, GaussianMixture
-from gmm_dask.gaussian import COVARIANCE_TYPES
+from gmm_dask.mixture.gaussian import COVARIANCE_TYPES
 
 from .conftest import assert_rel, blobs
 
@@ -149,8 +149,8 @@ def test_offset_by_1e6_fits_like_centred_data():
 def test_same_result_on_threads_and_local_cluster(dask_cluster):
     from distributed import Client
 
-    from gmm_dask.runner import DistributedRunner, make_runner
-    from gmm_dask.validation import to_chunked
+    from gmm_dask.mixture.runner import DistributedRunner, make_runner
+    from gmm_dask.mixture.validation import to_chunked
 
     X = blobs(3000, seed=9)[0]
     Xd = da.from_array(X, chunks=(_uneven_chunks(3000, 10), -1))
@@ -266,10 +266,10 @@ def test_streaming_fit_equals_persisted_fit():
 def test_fit_mixture_on_a_runner_gives_the_facades_fit(ct):
     import math
 
-    from gmm_dask.em import fit_mixture, seed_from
-    from gmm_dask.gaussian import n_parameters
-    from gmm_dask.runner import make_runner
-    from gmm_dask.validation import to_chunked, validate_values
+    from gmm_dask.mixture.em import fit_mixture, seed_from
+    from gmm_dask.mixture.gaussian import n_parameters
+    from gmm_dask.mixture.runner import make_runner
+    from gmm_dask.mixture.validation import to_chunked, validate_values
 
     X = blobs(1200, k=3, d=3, sep=4.0, seed=6)[0]
     w = np.random.default_rng(1).uniform(0.5, 2.0, len(X))

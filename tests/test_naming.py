@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gmm_dask import jobs
-from gmm_dask.config import FeatureSpec
+from gmm_dask.app import jobs
+from gmm_dask.app.config import FeatureSpec
+from gmm_dask.app.params import TrainParams
 from gmm_dask.demo import FEATURES, DemoSpec, block_snapshots, read_truth, write_demo_dataset
-from gmm_dask.features import FeaturePlan
-from gmm_dask.naming import DORMANT, feature_label, generate_names
-from gmm_dask.params import TrainParams
+from gmm_dask.segmentation.features import FeaturePlan
+from gmm_dask.segmentation.naming import DORMANT, feature_label, generate_names
 
 from .pipeline_helpers import make_config
 

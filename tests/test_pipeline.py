@@ -15,10 +15,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from gmm_dask import jobs, pipeline
-from gmm_dask.config import load_config
+from gmm_dask.app import jobs, pipeline
+from gmm_dask.app.config import load_config
+from gmm_dask.app.params import ScoreParams, TrainParams
 from gmm_dask.demo import read_truth
-from gmm_dask.params import ScoreParams, TrainParams
 from gmm_dask_cli import main
 
 from .pipeline_helpers import SMALL, demo_data, gamma_matrix, make_config, read_partition, tree_digest
@@ -141,7 +141,7 @@ def test_calibration_against_the_generators_truth_and_the_ceilings_that_bound_it
     has a lower likelihood than the fit, so maximum likelihood does not choose it. What the fit
     does reach is held as a floor."""
     from benchmarks.calibration import evaluate
-    from gmm_dask.model import load_model
+    from gmm_dask.segmentation.model import load_model
 
     cfg, res, _ = trained
     mem = read_partition(Path(cfg.output.root), "memberships", res.snapshot).to_pandas()
@@ -287,7 +287,7 @@ def test_public_scoring_api_applies_the_stored_transforms_and_matches_the_tables
 def test_a_backfill_with_nothing_to_do_starts_no_cluster(trained, monkeypatch):
     """Dates already written with the model are skipped, and with nothing left no Dask cluster
     is started."""
-    from gmm_dask.params import BackfillParams
+    from gmm_dask.app.params import BackfillParams
 
     _, res, path = trained
 

@@ -231,7 +231,7 @@ def test_duplicate_ids_are_found_bucket_by_bucket_and_named_with_their_files(
 ):
     """Ids are never gathered into one task: each hash bucket is checked on its own (here 50
     rows per bucket, so ~16 buckets), and the error still names an example id and its files."""
-    from gmm_dask import pipeline
+    from gmm_dask.app import pipeline
 
     monkeypatch.setattr(pipeline, "ID_BUCKET_ROWS", 50)
     df = _frame()

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from gmm_dask.config import FeatureSpec, load_config, parse_config
+from gmm_dask.app.config import FeatureSpec, load_config, parse_config
 from gmm_dask.errors import ConfigError, RegistryError
-from gmm_dask.features import FeaturePlan
-from gmm_dask.gaussian import compute_precision_cholesky
-from gmm_dask.model import SegmentationModel
-from gmm_dask.registry import ModelRegistry
+from gmm_dask.mixture.gaussian import compute_precision_cholesky
+from gmm_dask.segmentation.features import FeaturePlan
+from gmm_dask.segmentation.model import SegmentationModel
+from gmm_dask.storage.registry import ModelRegistry
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gmm_dask"
 
@@ -97,7 +97,7 @@ def test_tampered_file_is_refused(tmp_path, edit, msg):
 
 def test_consistent_but_invalid_parameters_are_refused(tmp_path):
     """A file whose checksum was recomputed still has to pass validation."""
-    from gmm_dask.registry import _digest
+    from gmm_dask.storage.registry import _digest
 
     reg = ModelRegistry(str(tmp_path / "reg"))
     v = reg.register(_model()).version

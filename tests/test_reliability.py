@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 from fsspec.implementations.local import LocalFileSystem
 
-from gmm_dask import GaussianMixture, jobs
+from gmm_dask import GaussianMixture
+from gmm_dask.app import jobs
+from gmm_dask.app.params import TrainParams
 from gmm_dask.demo import DemoSpec, write_demo_dataset
-from gmm_dask.params import TrainParams
 
 from .conftest import assert_rel
 from .pipeline_helpers import make_config, read_partition
@@ -240,8 +241,8 @@ def test_permanent_read_failure_is_a_clear_error_and_writes_nothing(flaky_config
 def test_embedded_cluster_binds_to_loopback_only():
     import psutil
 
-    from gmm_dask.cluster import dask_client
-    from gmm_dask.config import LocalClusterConfig
+    from gmm_dask.app.cluster import dask_client
+    from gmm_dask.app.config import LocalClusterConfig
 
     with dask_client(LocalClusterConfig(n_workers=2)) as client:
         info = client.scheduler_info()
@@ -263,8 +264,8 @@ def test_remote_scheduler_over_tls_from_config(tmp_path):
     from distributed import LocalCluster
     from distributed.security import Security
 
-    from gmm_dask.cluster import dask_client
-    from gmm_dask.config import parse_config
+    from gmm_dask.app.cluster import dask_client
+    from gmm_dask.app.config import parse_config
 
     sec = Security.temporary()
     files = {}

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from gmm_dask.demo import FEATURES as DEMO_FEATURES
-from gmm_dask.report import (
+from gmm_dask.report.html import (
     ReportData,
     bhattacharyya_distance,
     family_tree,

@@ -2,8 +2,8 @@
 
 import dask.array as da
 
-from gmm_dask.runner import DistributedRunner, plan_groups
-from gmm_dask.validation import to_chunked
+from gmm_dask.mixture.runner import DistributedRunner, plan_groups
+from gmm_dask.mixture.validation import to_chunked
 
 A, B = "tcp://127.0.0.1:1", "tcp://127.0.0.1:2"
 

@@ -22,9 +22,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from gmm_dask import io, jobs
+from gmm_dask.app import jobs
+from gmm_dask.app.params import ScoreParams, TrainParams
 from gmm_dask.demo import FEATURES, DemoSpec, write_demo_dataset
-from gmm_dask.params import ScoreParams, TrainParams
+from gmm_dask.storage import io
 
 from .s3server import SECRET_KEY, SeaweedS3
 
@@ -203,7 +204,7 @@ def _no_secret_in_prefect_database() -> None:
 def test_delta_input_is_read_in_pieces_with_only_the_needed_columns(s3, tmp_path):
     """A Delta input snapshot streams like a Parquet one: cut into pieces by row groups, each
     piece read with only the configured columns."""
-    from gmm_dask.config import load_config
+    from gmm_dask.app.config import load_config
 
     cfg = load_config(_config(tmp_path, s3, input_fmt="delta")).input
     assert io.list_snapshots(cfg) == D
@@ -332,7 +333,7 @@ def test_two_writers_of_one_date_exactly_one_commits_whole(s3, tmp_path):
 def test_concurrent_trainings_register_distinct_versions(s3, tmp_path):
     """Two `train` runs at once (candidates of one snapshot) register two versions; 6 threads
     registering at once get 6 distinct versions: claims are conditional PUTs."""
-    from gmm_dask.registry import ModelRegistry
+    from gmm_dask.storage.registry import ModelRegistry
 
     from .test_registry_config import _model
 
@@ -406,7 +407,7 @@ def test_missing_bucket_and_bad_credentials_exit_2_naming_the_url_without_creden
 def test_a_store_without_exclusive_writes_is_refused_clearly(tmp_path):
     """Where gmm-dask cannot create a file exclusively, the registry refuses instead of risking
     two trainings sharing a version."""
-    from gmm_dask.registry import ModelRegistry
+    from gmm_dask.storage.registry import ModelRegistry
 
     from .test_registry_config import _model
 

@@ -6,11 +6,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from gmm_dask import io, jobs
-from gmm_dask.config import load_config
+from gmm_dask.app import jobs
+from gmm_dask.app.config import load_config
+from gmm_dask.app.params import ScoreParams, TrainParams
 from gmm_dask.demo import DemoSpec, write_demo_dataset
 from gmm_dask.errors import ConfigError, DataError
-from gmm_dask.params import ScoreParams, TrainParams
+from gmm_dask.storage import io
 
 from .pipeline_helpers import make_config
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
 
-from gmm_dask import gaussian
-from gmm_dask.suffstats import combine, combine_all, estep_stats, m_step, merge_moments, resp_stats
+from gmm_dask.mixture import gaussian
+from gmm_dask.mixture.suffstats import combine, combine_all, estep_stats, m_step, merge_moments, resp_stats
 
 from .conftest import assert_rel
 
@@ -133,7 +133,7 @@ def test_tight_components_far_from_the_mixture_mean_keep_their_digits(ct):
 
 @pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
 def test_expansion_and_exact_centring_agree(ct, monkeypatch):
-    from gmm_dask import suffstats
+    from gmm_dask.mixture import suffstats
 
     X, w, weights, means, pc = _setup(ct)
     monkeypatch.setattr(suffstats, "EXPANSION_MAX_RHO", np.inf)
@@ -149,7 +149,7 @@ def test_expansion_and_exact_centring_agree(ct, monkeypatch):
 def test_worst_rows_are_the_lowest_eligible_scores_with_ties_by_index(n):
     # Collapsed components are re-seeded at these rows, so the choice must be exactly the m
     # lowest eligible scores, ties going to the lower global index, however rows are split.
-    from gmm_dask.suffstats import _worst_rows
+    from gmm_dask.mixture.suffstats import _worst_rows
 
     rng = np.random.default_rng(n)
     scores = np.round(rng.normal(size=n), 1)  # many ties
@@ -294,7 +294,7 @@ def _assert_same_stats(got, want, tol):
 )
 @pytest.mark.parametrize("weighted", [False, True])
 def test_compiled_kernel_equals_the_numpy_path(ct, n, d, k, offset, block_rows, weighted, monkeypatch):
-    from gmm_dask import suffstats
+    from gmm_dask.mixture import suffstats
 
     X, sw, weights, means, pc = _random_problem(ct, n, d, k, seed=n + d + k, offset=offset)
     sw = sw if weighted else None
@@ -344,7 +344,7 @@ def test_compiled_kernel_equals_the_textbook_e_step(ct):
 
 
 def test_vectorised_exp_is_within_an_ulp_or_two_of_libm():
-    from gmm_dask import _kernels
+    from gmm_dask.mixture import _kernels
 
     rng = np.random.default_rng(12)
     edges = [0.0, -0.0, -1e-320, -708.0]
@@ -368,7 +368,7 @@ def test_kernel_warm_up_compiles_the_signature_the_e_step_uses():
     code = (
         "import numpy as np\n"
         "from gmm_dask import _kernels, gaussian\n"
-        "from gmm_dask.suffstats import estep_stats\n"
+        "from gmm_dask.mixture.suffstats import estep_stats\n"
         "assert _kernels.warm_up() >= 0.0\n"
         "assert len(_kernels.estep_tiles.signatures) == 1\n"
         "X = np.random.default_rng(0).normal(size=(50, 3))\n"

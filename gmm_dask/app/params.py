@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .config import JobConfig, ModelConfig, format_validation_error
-from .errors import ConfigError
+from gmm_dask.app.config import JobConfig, ModelConfig, format_validation_error
+from gmm_dask.errors import ConfigError
 
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
 InitMethod = Literal["k-means||", "k-means++", "random", "random_from_data"]

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-logger = logging.getLogger("gmm_dask.jobs")
+logger = logging.getLogger("gmm_dask.app.jobs")
 
 
 @dataclass
@@ -49,7 +49,7 @@ def em_line(info) -> str:
 
 
 class Progress:
-    """The sink interface; this base class logs through the ``gmm_dask.jobs`` logger, EM
+    """The sink interface; this base class logs through the ``gmm_dask.app.jobs`` logger, EM
     iterations every ``em_every``-th (and the first)."""
 
     em_every = 10

@@ -22,10 +22,10 @@ import json
 import logging
 import re
 
-from . import io
-from ._version import package_version
-from .errors import RegistryError
-from .model import SegmentationModel, model_from_payload
+from gmm_dask._version import package_version
+from gmm_dask.errors import RegistryError
+from gmm_dask.segmentation.model import SegmentationModel, model_from_payload
+from gmm_dask.storage import io
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _digest(payload: dict) -> str:
 
 
 class ModelRegistry:
-    """Versions under a root directory or URL (all file access through :mod:`gmm_dask.io`)."""
+    """Versions under a root directory or URL (all file access through :mod:`gmm_dask.storage.io`)."""
 
     def __init__(self, root: str, storage_options: dict | None = None):
         self.root = root.rstrip("/")

@@ -1,7 +1,7 @@
 """Each job sequenced once: train, score, segment, backfill, select-k, fluidity.
 
-A job is a function of its parameter model (:mod:`gmm_dask.params`) and of the *steps* it is
-made of (:class:`Steps`, by default the plain functions of :mod:`gmm_dask.pipeline`). The Prefect
+A job is a function of its parameter model (:mod:`gmm_dask.app.params`) and of the *steps* it is
+made of (:class:`Steps`, by default the plain functions of :mod:`gmm_dask.app.pipeline`). The Prefect
 flows call the same functions with every step wrapped as a task, so a job cannot drift between
 the CLI, the library and the UI.
 
@@ -28,13 +28,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import io, pipeline, progress
-from .align import align_to
-from .config import JobConfig, check_output_location, load_config
-from .errors import ConfigError, DataError, GMMDaskInputError
-from .io import list_snapshots
-from .model import BANDS, SegmentationModel
-from .params import (
+from gmm_dask.app import pipeline, progress
+from gmm_dask.app.config import JobConfig, check_output_location, load_config
+from gmm_dask.app.params import (
     AudienceParams,
     BackfillParams,
     FluidityParams,
@@ -46,11 +42,16 @@ from .params import (
     VacuumParams,
     date_str,
 )
+from gmm_dask.errors import ConfigError, DataError, GMMDaskInputError
+from gmm_dask.segmentation.align import align_to
+from gmm_dask.segmentation.model import BANDS, SegmentationModel
+from gmm_dask.storage import io
+from gmm_dask.storage.io import list_snapshots
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .analysis import Analysis
+    from gmm_dask.app.analysis import Analysis
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class Steps:
 
 
 def _compute_fluidity(cfg: JobConfig, from_date: str, to_date: str, top_n: int):
-    from .fluidity import compute_fluidity
+    from gmm_dask.segmentation.fluidity import compute_fluidity
 
     return compute_fluidity(
         cfg.output.root,
@@ -90,9 +91,9 @@ def _compute_fluidity(cfg: JobConfig, from_date: str, to_date: str, top_n: int):
 
 
 def write_report(cfg: JobConfig, data) -> str:
-    """The run's self-contained HTML report (of a :class:`gmm_dask.report.ReportData`), next to
+    """The run's self-contained HTML report (of a :class:`gmm_dask.report.html.ReportData`), next to
     the tables under ``<root>/_reports/``."""
-    from .report import html_report
+    from gmm_dask.report.html import html_report
 
     html = html_report(data)
     name = f"{data.kind}-{data.snapshot}-{data.model_version}.html"
@@ -101,11 +102,11 @@ def write_report(cfg: JobConfig, data) -> str:
 
 
 def report_data(cfg: JobConfig, res: RunResult, kind: str, bic_table: pd.DataFrame | None = None):
-    """What the report and the UI's markdown show of a run (:class:`gmm_dask.report.ReportData`)."""
+    """What the report and the UI's markdown show of a run (:class:`gmm_dask.report.html.ReportData`)."""
     import pandas as pd
 
-    from .naming import component_variances, profile_z, typical_values
-    from .report import ReportData
+    from gmm_dask.report.html import ReportData
+    from gmm_dask.segmentation.naming import component_variances, profile_z, typical_values
 
     model, seg = res.model, res.segments
     feats = model.feature_names
@@ -183,7 +184,7 @@ def _backtest_scores(a):
 
 
 def _analyse(cfg: JobConfig, date: str, out_root: str, segments, source_root: str | None = None):
-    from .analysis import analyse_snapshot
+    from gmm_dask.app.analysis import analyse_snapshot
 
     return analyse_snapshot(cfg, date, out_root, segments, source_root)
 
@@ -275,7 +276,7 @@ def load_job(config: str, override=None) -> JobConfig:
 
 def check_job(cfg: JobConfig) -> None:
     """Checks every job makes before it starts anything: output location and cluster settings."""
-    from .cluster import check_cluster_config
+    from gmm_dask.app.cluster import check_cluster_config
 
     check_output_location(cfg)
     io.check_storage(cfg)

@@ -11,8 +11,8 @@ import importlib
 import logging
 from collections.abc import Iterator
 
-from .config import AddressClusterConfig, ClassClusterConfig, ClusterConfig, LocalClusterConfig
-from .errors import ConfigError
+from gmm_dask.app.config import AddressClusterConfig, ClassClusterConfig, ClusterConfig, LocalClusterConfig
+from gmm_dask.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def dask_client(cfg=None) -> Iterator:
     """
     from distributed import Client, LocalCluster
 
-    from .runner import active_client
+    from gmm_dask.mixture.runner import active_client
 
     check_cluster_config(cfg)
     existing = active_client()

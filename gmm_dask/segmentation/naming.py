@@ -12,7 +12,7 @@ back through the transform): a count or amount that rounds to zero reads "no …
 Names are deterministic (a function of the parameters only) and unique within a model: a name
 shared by several components takes more terms until they differ, then the segment id. Configured
 names (``model.segment_names``) always win, and a segment keeps its name across refits with its
-id (:mod:`gmm_dask.align` carries it); only new segments get new names.
+id (:mod:`gmm_dask.segmentation.align` carries it); only new segments get new names.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 
 import numpy as np
 
-from .features import FeaturePlan
+from gmm_dask.segmentation.features import FeaturePlan
 
 DORMANT = "dormant: no activity"
 MIN_Z = 0.5  # a feature describes a component only if its mean is this far from the population

@@ -1,6 +1,6 @@
 """The compiled E-step kernel (numba): products, log-densities, softmax and moments per tile.
 
-:func:`gmm_dask.suffstats.estep_stats` imports this module lazily, so only a fit pays for
+:func:`gmm_dask.mixture.suffstats.estep_stats` imports this module lazily, so only a fit pays for
 numba's import and for loading (or, the first time, compiling: ~5 s) the kernel. ``cache=True``
 keeps the machine code in ``NUMBA_CACHE_DIR`` if set, else in ``__pycache__`` beside this file,
 else (read-only install) in numba's user-wide ``~/.cache/numba``, so later processes load it in

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import MAX_ABS_VALUE, FeatureSpec, InputConfig
-from .errors import DataError
-from .io import Piece, read_piece
-from .suffstats import merge_moments
+from gmm_dask.app.config import MAX_ABS_VALUE, FeatureSpec, InputConfig
+from gmm_dask.errors import DataError
+from gmm_dask.mixture.suffstats import merge_moments
+from gmm_dask.storage.io import Piece, read_piece
 
 _FORWARD = {"none": np.positive, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
 _INVERSE = {"none": lambda x: x, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}

@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from .errors import ConfigError
+from gmm_dask.errors import ConfigError
 
 TRANSFORMS = ("none", "log1p", "sqrt", "asinh")
 SNAPSHOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -259,7 +259,7 @@ class OutputConfig(_Model):
 
 
 class AudienceConfig(_Model):
-    """Who is in each audience (see gmm_dask.audiences); written per snapshot by the segment job,
+    """Who is in each audience (see gmm_dask.segmentation.audiences); written per snapshot by the segment job,
     the backfill and ``gmm-dask audience``."""
 
     blend_threshold: float | None = Field(
@@ -285,7 +285,7 @@ class AudienceConfig(_Model):
 
 
 class ForecastConfig(_Model):
-    """The Markov forecast of next-period segments (see gmm_dask.forecast)."""
+    """The Markov forecast of next-period segments (see gmm_dask.segmentation.forecast)."""
 
     counts: Literal["gamma_mass", "n_users"] = Field(
         "gamma_mass", description="gamma_mass: a Markov chain on γ (soft); n_users: on hard segments."

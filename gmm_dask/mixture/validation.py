@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .config import MAX_ABS_VALUE
-from .errors import GMMDaskInputError
-from .gaussian import COVARIANCE_TYPES
-from .init import INIT_METHODS
-from .runner import ChunkedData
-from .suffstats import merge_moments
+from gmm_dask.app.config import MAX_ABS_VALUE
+from gmm_dask.errors import GMMDaskInputError
+from gmm_dask.mixture.gaussian import COVARIANCE_TYPES
+from gmm_dask.mixture.init import INIT_METHODS
+from gmm_dask.mixture.runner import ChunkedData
+from gmm_dask.mixture.suffstats import merge_moments
 
 #: Rows per partition when a NumPy array is split for Dask's local scheduler.
 DEFAULT_CHUNK_ROWS = 131_072

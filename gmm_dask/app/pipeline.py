@@ -1,7 +1,7 @@
 """The steps warehouse jobs are made of: snapshot → profile → prepare → fit/load → register → tables.
 
 Each step is a plain function taking configs, small values and paths (not data), so a Prefect
-task wraps it one-to-one (``flows/tasks.py``); the jobs in :mod:`gmm_dask.jobs` sequence them.
+task wraps it one-to-one (``flows/tasks.py``); the jobs in :mod:`gmm_dask.app.jobs` sequence them.
 Data move only between Dask workers; the client sees footers, profiles and aggregates. Only
 ``profile_snapshot`` validates the data: later steps rely on what it checked.
 """
@@ -20,10 +20,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import io
-from .config import JobConfig
-from .errors import DataError, FitError
-from .features import (
+from gmm_dask.app.config import JobConfig
+from gmm_dask.errors import DataError, FitError
+from gmm_dask.segmentation.features import (
     FeaturePlan,
     Profile,
     build_plan,
@@ -36,9 +35,10 @@ from .features import (
     merge_profiles,
     profile_piece,
 )
-from .io import Snapshot, open_snapshot, resolve_snapshot
-from .model import SegmentationModel
-from .registry import ModelRegistry
+from gmm_dask.segmentation.model import SegmentationModel
+from gmm_dask.storage import io
+from gmm_dask.storage.io import Snapshot, open_snapshot, resolve_snapshot
+from gmm_dask.storage.registry import ModelRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def _tree_reduce(items: list, combine: Callable, fan_in: int = 8):
 @contextlib.contextmanager
 def cluster(cfg: JobConfig) -> Iterator:
     """The job's Dask client: the active one if there is one, else the configured cluster."""
-    from .cluster import dask_client
+    from gmm_dask.app.cluster import dask_client
 
     with dask_client(cfg.cluster) as client:
         yield client
@@ -119,8 +119,8 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
 
 
 def _hash_rows(piece, cfg_input, storage_options, hashes):
-    from .features import rows_with_hashes
-    from .io import read_piece
+    from gmm_dask.segmentation.features import rows_with_hashes
+    from gmm_dask.storage.io import read_piece
 
     ids = read_piece(piece, [cfg_input.id_column], storage_options).column(0)
     null = ids.is_null().to_numpy(zero_copy_only=False) if ids.null_count else np.zeros(len(ids), bool)
@@ -186,7 +186,7 @@ def prepare_data(
     """Build the model inputs from the profile's plan (or a given one, e.g. a warm start's, so
     parameters stay comparable across dates); with ``persist`` they are read once and held by
     the workers (for several fits on the same data, e.g. model selection). Counts and amounts
-    are dequantised (see :func:`~gmm_dask.features.fit_piece_arrays`) unless ``dequantize`` is
+    are dequantised (see :func:`~gmm_dask.segmentation.features.fit_piece_arrays`) unless ``dequantize`` is
     False, which gives the inputs exactly as scoring sees them."""
     import dask
     import dask.array as da
@@ -232,10 +232,10 @@ def fit_model(
     metadata). A ``warm_start`` model with the same K, covariance type and transforms is the
     starting point, its parameters carried into this snapshot's feature plan (the plan always
     comes from this run's config and profile)."""
-    from .em import fit_mixture, seed_from
-    from .gaussian import n_parameters
-    from .naming import generate_names
-    from .runner import ChunkedData, make_runner
+    from gmm_dask.mixture.em import fit_mixture, seed_from
+    from gmm_dask.mixture.gaussian import n_parameters
+    from gmm_dask.mixture.runner import ChunkedData, make_runner
+    from gmm_dask.segmentation.naming import generate_names
 
     m = cfg.model
     k = n_components or m.n_components
@@ -382,7 +382,7 @@ def _pass_counts(fits: list) -> dict:
 def _warm_params(warm: SegmentationModel | None, plan: FeaturePlan, k: int, covariance_type: str):
     """``warm``'s parameters expressed in ``plan``'s model space, or None when they cannot start
     this fit (other K, covariance type, features or transforms)."""
-    from .gaussian import MixtureParams, compute_precision_cholesky
+    from gmm_dask.mixture.gaussian import MixtureParams, compute_precision_cholesky
 
     if (
         warm is None
@@ -440,8 +440,8 @@ class Degenerate:
 
 def _hard_weight(data: FitData, params, covariance_type: str) -> np.ndarray:
     """Σ w over the rows each component would win when the tables are written (one pass)."""
-    from .em import estep
-    from .runner import ChunkedData, make_runner
+    from gmm_dask.mixture.em import estep
+    from gmm_dask.mixture.runner import ChunkedData, make_runner
 
     runner = make_runner(ChunkedData(data.X, data.w), persist=False)
     try:
@@ -456,7 +456,7 @@ def degenerate_components(
     """Components of a fit holding less than ``min_share`` of the rows (by soft weight, or by
     ``hard_weight``, the rows they win), and components whose variance sits at the resolution
     floor in some feature."""
-    from .suffstats import variance_at_floor
+    from gmm_dask.mixture.suffstats import variance_at_floor
 
     p = res.params
     share = np.minimum(res.soft_weight, hard_weight) / res.weight
@@ -495,7 +495,7 @@ def _enforce(found: Degenerate, policy, names: list[str], date: str, features: l
 
 def _subset(params, keep: list[int], covariance_type: str):
     """Parameters of the kept components, weights renormalised (a warm start for the refit)."""
-    from .gaussian import MixtureParams
+    from gmm_dask.mixture.gaussian import MixtureParams
 
     w = params.weights[keep] / params.weights[keep].sum()
     tied = covariance_type == "tied"
@@ -543,7 +543,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-    from .tables import PieceResult
+    from gmm_dask.segmentation.tables import PieceResult
 
 
 @dataclass
@@ -559,7 +559,7 @@ class Written:
 def _with_metadata(df: pd.DataFrame, table: str, version: str, extra: dict | None = None) -> pa.Table:
     import pyarrow as pa
 
-    from .tables import table_metadata
+    from gmm_dask.segmentation.tables import table_metadata
 
     t = pa.Table.from_pandas(df, preserve_index=False)
     return t.replace_schema_metadata({**(t.schema.metadata or {}), **table_metadata(table, version, extra)})
@@ -578,7 +578,7 @@ def write_tables(
     tables, ``{name: (frame, metadata)}`` — together, each atomically."""
     import dask
 
-    from .tables import overlaps_table, score_piece, segments_table
+    from gmm_dask.segmentation.tables import overlaps_table, score_piece, segments_table
 
     check_model_fits_input(cfg, model)
     so = snap.storage_options
@@ -616,8 +616,8 @@ def partition_model_version(cfg: JobConfig, table: str, date: str) -> str | None
 
 
 def _co_membership_piece(piece, cfg_input, old, new, storage_options):
-    from .features import prepare_piece
-    from .io import read_piece
+    from gmm_dask.segmentation.features import prepare_piece
+    from gmm_dask.storage.io import read_piece
 
     table = read_piece(piece, columns_to_read(cfg_input), storage_options)
     old_plan = dataclasses.replace(old.plan, missing=new.plan.missing)  # today's rows, today's policy
@@ -652,7 +652,7 @@ def published_model(cfg: JobConfig) -> SegmentationModel | None:
     """The model behind the published tables (alias ``latest``), or None before the first publish
     or when it was trained on other features or another id column (a new segmentation: nothing
     to continue from or align to)."""
-    from .errors import RegistryError
+    from gmm_dask.errors import RegistryError
 
     try:
         model = registry(cfg).load("latest")

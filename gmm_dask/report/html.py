@@ -1610,7 +1610,7 @@ def html_report(data: ReportData) -> str:
 
     nav = "".join(f'<a href="#{sid}">{html.escape(h)}</a>' for sid, h, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{b}</section>' for sid, h, b in sections)
-    from ._version import package_version
+    from gmm_dask._version import package_version
 
     return (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -13,12 +13,12 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from . import gaussian
-from .em import IterationInfo, fit_mixture, seed_from
-from .errors import ConvergenceWarning, GMMDaskInputError, NotFittedError
-from .gaussian import MixtureParams
-from .runner import make_runner
-from .validation import (
+from gmm_dask.errors import ConvergenceWarning, GMMDaskInputError, NotFittedError
+from gmm_dask.mixture import gaussian
+from gmm_dask.mixture.em import IterationInfo, fit_mixture, seed_from
+from gmm_dask.mixture.gaussian import MixtureParams
+from gmm_dask.mixture.runner import make_runner
+from gmm_dask.mixture.validation import (
     check_estimator_params,
     check_init_arrays,
     check_int,
@@ -84,7 +84,7 @@ class GaussianMixture:
     warm_start : bool, default=False
         If True, a second ``fit`` continues from the fitted parameters (with ``n_init=1``).
     callback : callable, optional
-        Called with an :class:`~gmm_dask.em.IterationInfo` after every EM iteration.
+        Called with an :class:`~gmm_dask.mixture.em.IterationInfo` after every EM iteration.
     persist : bool, default=True
         Persist Dask input once; False re-reads it every iteration (streaming, bounded memory).
 

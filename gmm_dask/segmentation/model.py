@@ -1,6 +1,6 @@
 """The segmentation model: a fitted mixture plus the feature plan that turns raw columns into its
 inputs, its segment names and metadata. Plain data and pure functions: storing it is the
-registry's job (:mod:`gmm_dask.registry`), scoring a warehouse snapshot the pipeline's.
+registry's job (:mod:`gmm_dask.storage.registry`), scoring a warehouse snapshot the pipeline's.
 
 Scoring new data outside the pipeline::
 
@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .config import EntropyBands, FeatureSpec
-from .errors import DataError, RegistryError
-from .features import _DOMAIN, FeaturePlan, _domain_bad, apply_transforms
+from gmm_dask.app.config import EntropyBands, FeatureSpec
+from gmm_dask.errors import DataError, RegistryError
+from gmm_dask.segmentation.features import _DOMAIN, FeaturePlan, _domain_bad, apply_transforms
 
 BANDS = ("low", "moderate", "high")
 
@@ -40,7 +40,7 @@ class SegmentationModel:
     weights : ndarray of shape (K,)
     means : ndarray of shape (K, D), in model space (transformed and standardised)
     covariances, precisions_cholesky : ndarray
-        Shapes by ``covariance_type`` (see :mod:`gmm_dask.gaussian`).
+        Shapes by ``covariance_type`` (see :mod:`gmm_dask.mixture.gaussian`).
     segment_names : list of str, length K
     id_column, weight_column : the input columns the model was trained with
     metadata : dict
@@ -90,8 +90,8 @@ class SegmentationModel:
     def mixture(self):
         """A fitted :class:`gmm_dask.GaussianMixture` with these parameters (model space: pass
         inputs already transformed with ``plan.transform``, or use :meth:`score`)."""
-        from .gaussian import precisions_from_cholesky
-        from .mixture import GaussianMixture
+        from gmm_dask.mixture.estimator import GaussianMixture
+        from gmm_dask.mixture.gaussian import precisions_from_cholesky
 
         gm = GaussianMixture(self.n_components, covariance_type=self.covariance_type)
         gm.weights_, gm.means_, gm.covariances_ = self.weights, self.means, self.covariances
@@ -107,7 +107,7 @@ class SegmentationModel:
 
     def memberships(self, Z: np.ndarray, bands: EntropyBands | None = None) -> dict[str, np.ndarray]:
         """γ, hard segment, entropies, band and log p(x) for model inputs ``Z`` of shape (n, D)."""
-        from . import gaussian
+        from gmm_dask.mixture import gaussian
 
         bands = bands or EntropyBands()
         wlp = gaussian.estimate_weighted_log_prob(
@@ -263,7 +263,7 @@ def _arr(payload, key, where, ndim):
 
 def model_from_payload(payload: dict, where: str, version: str | None = None) -> SegmentationModel:
     """Validate a payload into a model (never executes anything)."""
-    from .gaussian import COVARIANCE_TYPES, compute_precision_cholesky
+    from gmm_dask.mixture.gaussian import COVARIANCE_TYPES, compute_precision_cholesky
 
     ct = payload.get("covariance_type")
     if ct not in COVARIANCE_TYPES:
@@ -348,7 +348,7 @@ def load_model(
         The registry root (``output.registry``, default ``<output.root>/registry``); a local
         path or an fsspec URL.
     """
-    from .registry import ModelRegistry
+    from gmm_dask.storage.registry import ModelRegistry
 
     return ModelRegistry(registry, storage_options).load(ref)
 

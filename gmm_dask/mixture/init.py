@@ -27,9 +27,9 @@ import logging
 
 import numpy as np
 
-from .gaussian import MixtureParams, compute_precision_cholesky
-from .kmeans import hard_stats, nearest_center
-from .suffstats import SuffStats, combine_all, m_step, moment_kind, resp_stats
+from gmm_dask.mixture.gaussian import MixtureParams, compute_precision_cholesky
+from gmm_dask.mixture.kmeans import hard_stats, nearest_center
+from gmm_dask.mixture.suffstats import SuffStats, combine_all, m_step, moment_kind, resp_stats
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def initialize(
     floor=None,
 ) -> MixtureParams:
     """Initial parameters by ``method`` (one of :data:`INIT_METHODS`); ``reg_covar`` and the
-    variance ``floor`` as in :func:`~gmm_dask.suffstats.m_step`."""
+    variance ``floor`` as in :func:`~gmm_dask.mixture.suffstats.m_step`."""
     k = n_components
     moments = moment_kind(covariance_type)
     lloyd_tol = 1e-4 * max(data_variance, np.finfo(np.float64).tiny)

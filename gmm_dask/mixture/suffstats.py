@@ -7,11 +7,11 @@ the same (to rounding) however the rows are split, and data offset by 1e6 lose n
 
 These functions know nothing about Dask: the distributed driver only maps :func:`estep_stats`
 over partitions and folds the results with :func:`combine`. The E-step runs the compiled kernel
-of :mod:`gmm_dask._kernels` (numba, imported on the first call) and keeps its NumPy path as the
+of :mod:`gmm_dask.mixture._kernels` (numba, imported on the first call) and keeps its NumPy path as the
 reference; everything else here is NumPy.
 :func:`merge_moments` is the one implementation of the parallel formula in the package (also
 used by the input validation and the feature profile). The k-means kernels of the
-initialisation are in :mod:`gmm_dask.kmeans`.
+initialisation are in :mod:`gmm_dask.mixture.kmeans`.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def _log_density_coefficients(layout, weights, means_c, prec_chol, covariance_ty
     Rounding in this expansion grows like ε·ρₖ, which is why components with a large ρₖ are
     computed exactly centred instead (see :data:`EXPANSION_MAX_RHO`).
     """
-    from .gaussian import LOG_2PI, log_det_cholesky
+    from gmm_dask.mixture.gaussian import LOG_2PI, log_det_cholesky
 
     k, d = means_c.shape
     with np.errstate(divide="ignore"):
@@ -352,7 +352,7 @@ def estep_stats(
     hard_counts : bool
         Also count, per component, the weight of the rows it is most probable for.
     kernel : {'auto', 'numpy'}
-        'auto' runs the compiled kernel (:mod:`gmm_dask._kernels`) unless a component needs the
+        'auto' runs the compiled kernel (:mod:`gmm_dask.mixture._kernels`) unless a component needs the
         exactly centred path (see :data:`EXPANSION_MAX_RHO`), which only the NumPy path has;
         'numpy' always runs the NumPy path, the reference the compiled kernel is tested against.
     precision : {'float64', 'float32'}
@@ -439,7 +439,7 @@ def _centre_blocks(S: np.ndarray, layout: _Layout):
 def _blocks_compiled(X, sample_weight, A, shift, layout, k, block_rows, hard_counts, precision="float64"):
     """Per-row scores, the log-likelihood, hard counts and per-block centred statistics from
     the compiled kernel (see :func:`estep_stats`)."""
-    from . import _kernels
+    from gmm_dask.mixture import _kernels
 
     X = np.ascontiguousarray(X, dtype=np.float64)
     n_total = X.shape[0]

@@ -1,15 +1,15 @@
 """k-means kernels on one partition: nearest centres and hard-assignment statistics.
 
-Used by the initialisations in :mod:`gmm_dask.init` (k-means||, k-means++ and their Lloyd
-passes). Like :mod:`gmm_dask.suffstats` they are pure NumPy, and their statistics are the same
-:class:`~gmm_dask.suffstats.SuffStats` value, merged with :func:`~gmm_dask.suffstats.combine`.
+Used by the initialisations in :mod:`gmm_dask.mixture.init` (k-means||, k-means++ and their Lloyd
+passes). Like :mod:`gmm_dask.mixture.suffstats` they are pure NumPy, and their statistics are the same
+:class:`~gmm_dask.mixture.suffstats.SuffStats` value, merged with :func:`~gmm_dask.mixture.suffstats.combine`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .suffstats import SuffStats, _worst_rows
+from gmm_dask.mixture.suffstats import SuffStats, _worst_rows
 
 
 def nearest_center(

@@ -14,7 +14,7 @@ Writing
     (``renameat2(RENAME_EXCHANGE)``), elsewhere on local disks two renames with recovery of the
     old partition if the process dies between them. Object stores have no atomic rename: there
     the Parquet layout copies the new files in after the old ones are removed (documented in the
-    README), while the ``delta`` table format (:mod:`gmm_dask.delta`) replaces a partition with
+    README), while the ``delta`` table format (:mod:`gmm_dask.storage.delta`) replaces a partition with
     one commit to the table's log, atomic on object stores too.
 
 Small documents (model files, aliases, locks, manifests, reports) are written in one step: a
@@ -49,9 +49,9 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import _faults
-from .config import SNAPSHOT_RE, InputConfig
-from .errors import ConfigError, DataError
+from gmm_dask.app.config import SNAPSHOT_RE, InputConfig
+from gmm_dask.errors import ConfigError, DataError
+from gmm_dask.storage import _faults
 
 logger = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def check_store(url: str, storage_options: dict | None, key: str) -> None:
     Transient failures are retried (:func:`retry_transient`); a missing bucket or refused
     credentials raise :class:`ConfigError` naming ``key`` and the URL (exit 2). The message
     holds the store's error code, never credentials. Local paths are checked elsewhere
-    (:func:`gmm_dask.config.check_output_location`); other protocols are not checked."""
+    (:func:`gmm_dask.app.config.check_output_location`); other protocols are not checked."""
     if not url.startswith(_REMOTE):
         return
     fs, inner = filesystem(url, storage_options)
@@ -218,7 +218,7 @@ def check_storage(cfg) -> None:
     table formats' packages."""
     so = cfg.input.storage_options
     if "delta" in (cfg.input.format, cfg.output.format):
-        from . import delta
+        from gmm_dask.storage import delta
 
         delta._deltalake()  # ConfigError with the install command when missing
     seen = set()
@@ -263,7 +263,7 @@ class Snapshot:
 
 def _input_delta_table(cfg: InputConfig):
     """The input Delta table (its current version), checked readable file by file."""
-    from . import delta
+    from gmm_dask.storage import delta
 
     fs, root = filesystem(cfg.path, cfg.storage_options)
     if not retry_transient(lambda: delta.is_delta_table(fs, root), "Listing", cfg.path):
@@ -282,7 +282,7 @@ def _input_delta_table(cfg: InputConfig):
 def list_snapshots(cfg: InputConfig) -> list[str]:
     """Dates of the snapshots present under ``cfg.path`` (sorted)."""
     if cfg.format == "delta":
-        from . import delta
+        from gmm_dask.storage import delta
 
         values = delta.partition_values(_input_delta_table(cfg), cfg.partition_key)
         return sorted(v for v in values if SNAPSHOT_RE.match(v))
@@ -386,7 +386,7 @@ def _check_schema(path: str, schema: pa.Schema, cfg: InputConfig) -> None:
 
 def _delta_snapshot_files(cfg: InputConfig, date: str) -> tuple[str, list[str]]:
     """(where, files) of one date partition of the input Delta table's current version."""
-    from . import delta
+    from gmm_dask.storage import delta
 
     fs, _ = filesystem(cfg.path, cfg.storage_options)
     table = _input_delta_table(cfg)
@@ -614,11 +614,11 @@ class PartitionWriter:
 class DeltaPartitionWriter:
     """Write one partition of a Delta table: the files go straight into the table directory,
     under ``<table>/<key>=<date>/run-<id>/`` (invisible to every reader until committed), and
-    :meth:`commit` replaces the partition with them in one Delta commit (see :mod:`gmm_dask.delta`).
+    :meth:`commit` replaces the partition with them in one Delta commit (see :mod:`gmm_dask.storage.delta`).
     Files of a run that never commits are removed by :meth:`abort`, or later by ``vacuum``."""
 
     def __init__(self, root: str, table: str, date: str, *, partition_key: str = "dt", storage_options=None):
-        from . import delta
+        from gmm_dask.storage import delta
 
         self.fs, base = filesystem(root, storage_options)
         self.storage_options = storage_options
@@ -664,7 +664,7 @@ class DeltaPartitionWriter:
         return _url(self.fs, self.staged)
 
     def commit(self) -> str:
-        from . import delta
+        from gmm_dask.storage import delta
 
         def files():
             found = self.fs.find(self.staged) if self.fs.exists(self.staged) else []
@@ -843,7 +843,7 @@ def partition_path(root: str, table: str, date: str, partition_key: str = "dt") 
 
 
 def _is_delta(fs, table_dir: str) -> bool:
-    from . import delta
+    from gmm_dask.storage import delta
 
     return delta.is_delta_table(fs, table_dir)
 
@@ -859,7 +859,7 @@ def _partition_files(root: str, table: str, date: str, storage_options: dict | N
 
     def find():
         if table not in EXPORT_TABLES and _is_delta(fs, table_dir):
-            from . import delta
+            from gmm_dask.storage import delta
 
             t = delta.open_table(_url(fs, table_dir), storage_options)
             files = [fs._strip_protocol(u) for u in delta.partition_file_uris(t, "dt", date)]
@@ -886,7 +886,7 @@ def partition_dates(root: str, table: str, storage_options: dict | None = None) 
     if table not in EXPORT_TABLES and retry_transient(
         lambda: _is_delta(fs, table_dir), "Listing", _url(fs, table_dir)
     ):
-        from . import delta
+        from gmm_dask.storage import delta
 
         t = delta.open_table(_url(fs, table_dir), storage_options)
         return delta.partition_values(t, "dt")
@@ -1228,6 +1228,6 @@ def delta_vacuum(
     """Delete the files of a Delta output table that no version within ``retention_hours``
     references (replaced partitions, files of killed writers); returns them. Versions older
     than the retention are no longer readable afterwards."""
-    from . import delta
+    from gmm_dask.storage import delta
 
     return delta.vacuum(table_url, storage_options, retention_hours, dry_run)

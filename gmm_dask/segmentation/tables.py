@@ -14,10 +14,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import EntropyBands, InputConfig
-from .features import columns_to_read, prepare_piece
-from .io import Piece, read_piece, write_table_file
-from .model import BANDS, SegmentationModel
+from gmm_dask.app.config import EntropyBands, InputConfig
+from gmm_dask.segmentation.features import columns_to_read, prepare_piece
+from gmm_dask.segmentation.model import BANDS, SegmentationModel
+from gmm_dask.storage.io import Piece, read_piece, write_table_file
 
 SCHEMA_VERSION = "1"
 SAMPLE_PER_PIECE = 400

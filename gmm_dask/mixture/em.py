@@ -16,10 +16,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ComponentCollapseWarning, FitError
-from .gaussian import MixtureParams, compute_precision_cholesky, precision_cholesky_from_precisions
-from .init import initialize
-from .suffstats import SuffStats, collapsed_components, combine_all, estep_stats, m_step
+from gmm_dask.errors import ComponentCollapseWarning, FitError
+from gmm_dask.mixture.gaussian import (
+    MixtureParams,
+    compute_precision_cholesky,
+    precision_cholesky_from_precisions,
+)
+from gmm_dask.mixture.init import initialize
+from gmm_dask.mixture.suffstats import SuffStats, collapsed_components, combine_all, estep_stats, m_step
 
 logger = logging.getLogger(__name__)
 
@@ -292,7 +296,7 @@ def fit_mixture(
     callback : callable, optional
         Called with an :class:`IterationInfo` after every EM iteration.
     covariance_floor : callable, optional
-        ``floor(means)`` → (K, D) smallest variances (see :func:`~gmm_dask.suffstats.m_step`),
+        ``floor(means)`` → (K, D) smallest variances (see :func:`~gmm_dask.mixture.suffstats.m_step`),
         applied in every M-step, the initialisation's included.
 
     Returns

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from . import io
-from .tables import gamma_matrix, table_metadata
+from gmm_dask.segmentation.tables import gamma_matrix, table_metadata
+from gmm_dask.storage import io
 
 
 @dataclass

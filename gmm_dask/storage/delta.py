@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import ConfigError, DataError
+from gmm_dask.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 

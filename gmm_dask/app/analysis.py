@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from . import io
-from .audiences import AudienceResult, AudienceRules, atypical_threshold, write_audiences
-from .config import JobConfig
+from gmm_dask.app.config import JobConfig
+from gmm_dask.segmentation.audiences import AudienceResult, AudienceRules, atypical_threshold, write_audiences
+from gmm_dask.storage import io
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def analyse_snapshot(
 ) -> Analysis:
     """Fluidity/transitions vs the previous snapshot, forecast + backtest, audiences of ``date``,
     whose memberships are under ``source_root`` (default ``out_root``); writes under ``out_root``."""
-    from .fluidity import compute_fluidity
-    from .forecast import backtest, forecast_next
+    from gmm_dask.segmentation.fluidity import compute_fluidity
+    from gmm_dask.segmentation.forecast import backtest, forecast_next
 
     so = cfg.input.storage_options
     source_root = source_root or out_root

@@ -41,8 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from . import io
-from .tables import gamma_matrix, table_metadata
+from gmm_dask.segmentation.tables import gamma_matrix, table_metadata
+from gmm_dask.storage import io
 
 KINDS = ("high_entropy", "blended", "atypical", "mover")
 MEMBERSHIP_COLUMNS = (
@@ -113,7 +113,7 @@ def atypical_threshold(files: list[str], n_rows: int, quantile: float, storage_o
     keeping at most k values per task and merge (a tree of few tasks), or None without rows."""
     import dask
 
-    from .pipeline import _tree_reduce
+    from gmm_dask.app.pipeline import _tree_reduce
 
     if n_rows == 0:
         return None

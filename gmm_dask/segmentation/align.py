@@ -20,8 +20,8 @@ import dataclasses
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .model import SegmentationModel
-from .naming import is_placeholder
+from gmm_dask.segmentation.model import SegmentationModel
+from gmm_dask.segmentation.naming import is_placeholder
 
 #: A matched pair must share at least this fraction of the smaller component's mass.
 MATCH_FRACTION = 0.5
