@@ -267,10 +267,10 @@ def main(argv=None) -> int:
 
     import yaml
 
+    from gmm_dask import load_model
     from gmm_dask.app import jobs
     from gmm_dask.app.params import SelectKParams, TrainParams
     from gmm_dask.demo import write_demo_dataset
-    from gmm_dask.segmentation.model import load_model
     from gmm_dask.storage.io import read_partition
 
     p = argparse.ArgumentParser(description=__doc__)

@@ -15,7 +15,7 @@ __version__ = package_version()
 _EXPORTS = {
     "GaussianMixture": "mixture.estimator",
     "SegmentationModel": "segmentation.model",
-    "load_model": "segmentation.model",
+    "load_model": "storage.registry",
     "ComponentCollapseWarning": "errors",
     "ConvergenceWarning": "errors",
     "FitError": "errors",

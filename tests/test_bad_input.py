@@ -18,7 +18,6 @@ import pytest
 
 from gmm_dask.app.cluster import check_cluster_config, dask_client
 from gmm_dask.app.config import (
-    MAX_ABS_VALUE,
     ClassClusterConfig,
     LocalClusterConfig,
     check_output_location,
@@ -26,8 +25,10 @@ from gmm_dask.app.config import (
     parse_config,
     parse_memory_limit,
 )
+from gmm_dask.app.steps import profile_piece
 from gmm_dask.errors import ConfigError, DataError, GMMDaskInputError
-from gmm_dask.segmentation.features import check_profile, finish_profile, merge_profiles, profile_piece
+from gmm_dask.mixture.limits import MAX_ABS_VALUE
+from gmm_dask.segmentation.features import check_profile, finish_profile, merge_profiles
 from gmm_dask.storage.io import open_snapshot
 
 DATE = "2026-01-07"

@@ -162,7 +162,7 @@ def _zeros_job(tmp: Path, n=6000, seed=0, **model) -> Path:
 
 
 def test_on_80_percent_zeros_no_unreported_atoms_and_no_segment_below_min_share(tmp_path):
-    from gmm_dask.segmentation.model import load_model
+    from gmm_dask import load_model
 
     path = _zeros_job(
         tmp_path, n_components=7, degenerate={"min_share": 0.05, "small": "prune", "atoms": "warn"}
@@ -217,7 +217,7 @@ def test_bad_values_of_the_new_keys_exit_2_naming_the_key(tmp_path, capsys, feat
 
 
 def test_scoring_places_counts_mid_step_the_same_in_the_job_and_the_public_api(tmp_path):
-    from gmm_dask.segmentation.model import load_model
+    from gmm_dask import load_model
 
     path = _zeros_job(tmp_path)
     res = jobs.train(TrainParams(config=str(path)))

@@ -141,7 +141,7 @@ def test_calibration_against_the_generators_truth_and_the_ceilings_that_bound_it
     has a lower likelihood than the fit, so maximum likelihood does not choose it. What the fit
     does reach is held as a floor."""
     from benchmarks.calibration import evaluate
-    from gmm_dask.segmentation.model import load_model
+    from gmm_dask import load_model
 
     cfg, res, _ = trained
     mem = read_partition(Path(cfg.output.root), "memberships", res.snapshot).to_pandas()

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from gmm_dask.app.config import JobConfig
-from gmm_dask.segmentation.audiences import AudienceResult, AudienceRules, atypical_threshold, write_audiences
+from gmm_dask.app.steps import atypical_threshold, write_audiences
+from gmm_dask.segmentation.audiences import AudienceResult, AudienceRules
 from gmm_dask.storage import io
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def analyse_snapshot(
 ) -> Analysis:
     """Fluidity/transitions vs the previous snapshot, forecast + backtest, audiences of ``date``,
     whose memberships are under ``source_root`` (default ``out_root``); writes under ``out_root``."""
-    from gmm_dask.segmentation.fluidity import compute_fluidity
+    from gmm_dask.app.steps import compute_fluidity
     from gmm_dask.segmentation.forecast import backtest, forecast_next
 
     so = cfg.input.storage_options

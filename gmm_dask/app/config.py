@@ -15,99 +15,24 @@ import hashlib
 import json
 import os
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from gmm_dask.errors import ConfigError
+from gmm_dask.segmentation.specs import EntropyBands, FeatureSpec
+from gmm_dask.segmentation.specs import Spec as _Model
 
-TRANSFORMS = ("none", "log1p", "sqrt", "asinh")
-SNAPSHOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SECRET_KEYS = re.compile(
     r"(secret|password|token|credential|private|^key$|access_key|account_key|sas)", re.I
 )
-
-
-#: Largest feature magnitude accepted (after the transform, and scaling if any). Squared centred
-#: values (<= 4e200), times precisions (<= 1/reg_covar), summed over any realistic number of rows
-#: stay finite in float64; beyond it a mean rounded to 1e-16 relative error alone can square to
-#: infinity. Behavioural features this large are a unit or encoding mistake. Defined here (not in
-#: ``validation``) so that the input checks can use it without importing Dask.
-MAX_ABS_VALUE = 1e100
-
-
-def _is_number_type(annotation) -> bool:
-    """Whether a field's type is (or includes) int or float, but not bool."""
-    if annotation in (int, float):
-        return True
-    origin = typing.get_origin(annotation)
-    if origin is Annotated:
-        return _is_number_type(typing.get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return any(_is_number_type(a) for a in typing.get_args(annotation))
-    return False
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_booleans_for_numbers(cls, data):
-        """YAML reads yes/no/on/off/true/false as booleans, which pydantic would take as 1 and 0."""
-        if isinstance(data, dict):
-            for key, value in data.items():
-                field = cls.model_fields.get(key) if isinstance(key, str) else None
-                if isinstance(value, bool) and field is not None and _is_number_type(field.annotation):
-                    raise PydanticCustomError(
-                        "bool_not_number",
-                        "expected a number, got the boolean {value} (YAML reads yes/no/on/off/true/false "
-                        "as booleans); write a number",
-                        {"field": key, "value": "true" if value else "false"},
-                    )
-        return data
-
-
-class FeatureSpec(_Model):
-    """One behavioural feature: a numeric column and the transform applied before fitting."""
-
-    name: str = Field(min_length=1, description="Column name in the snapshot.")
-    transform: Literal["none", "log1p", "sqrt", "asinh"] = Field(
-        "none",
-        description="log1p/sqrt for non-negative heavy-tailed counts, asinh for signed amounts.",
-    )
-    kind: Literal["count", "amount", "continuous"] | None = Field(
-        None,
-        description="count (integers), amount (money, durations: often exactly 0) or continuous. "
-        "Counts and amounts are not resolved finer than `resolution`, which floors every component's "
-        "variance in this feature (Sheppard's Δ²/12 through the transform and scaling). Empty: "
-        "inferred from the data (all values whole numbers: count; non-negative with exact zeros: "
-        "amount; else continuous).",
-    )
-    resolution: float | None = Field(
-        None,
-        gt=0,
-        description="Smallest meaningful step in the raw units. Default: 1 for counts, 1 currency "
-        "unit for amounts, none for continuous features.",
-    )
-
-    @model_validator(mode="after")
-    def _resolution_needs_discrete(self):
-        if self.resolution is not None and self.kind == "continuous":
-            raise ValueError("resolution applies to counts and amounts; remove it or set kind: count/amount")
-        return self
 
 
 class DegenerateConfig(_Model):
@@ -220,22 +145,6 @@ class ModelConfig(_Model):
                 f"segment_names has {len(self.segment_names)} names but n_components is "
                 f"{self.n_components}; give one name per component"
             )
-        return self
-
-
-class EntropyBands(_Model):
-    """Thresholds on normalised entropy (entropy / log₂K ∈ [0, 1]).
-
-    ``low`` below ``low_max``, ``moderate`` below ``moderate_max``, ``high`` otherwise.
-    """
-
-    low_max: float = Field(0.25, gt=0, lt=1)
-    moderate_max: float = Field(0.6, gt=0, lt=1)
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if not self.low_max < self.moderate_max:
-            raise ValueError(f"low_max ({self.low_max}) must be below moderate_max ({self.moderate_max})")
         return self
 
 

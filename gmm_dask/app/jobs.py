@@ -77,7 +77,7 @@ class Steps:
 
 
 def _compute_fluidity(cfg: JobConfig, from_date: str, to_date: str, top_n: int):
-    from gmm_dask.segmentation.fluidity import compute_fluidity
+    from gmm_dask.app.steps import compute_fluidity
 
     return compute_fluidity(
         cfg.output.root,

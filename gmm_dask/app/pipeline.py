@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import logging
 import math
 import time
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gmm_dask.app.config import JobConfig
+from gmm_dask.app.steps import fit_piece_arrays, profile_piece, score_piece, tree_reduce
 from gmm_dask.errors import DataError, FitError
 from gmm_dask.segmentation.features import (
     FeaturePlan,
@@ -30,10 +30,8 @@ from gmm_dask.segmentation.features import (
     columns_to_read,
     duplicate_hashes,
     finish_profile,
-    fit_piece_arrays,
     merge_duplicates,
     merge_profiles,
-    profile_piece,
 )
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage import io
@@ -43,18 +41,6 @@ from gmm_dask.storage.registry import ModelRegistry
 logger = logging.getLogger(__name__)
 
 TABLES = ("memberships", "segments", "overlaps")
-
-
-def _tree_reduce(items: list, combine: Callable, fan_in: int = 8):
-    """Combine delayed values in a shallow tree of few tasks."""
-    import dask
-
-    while len(items) > 1:
-        items = [
-            dask.delayed(functools.reduce, pure=False)(combine, items[i : i + fan_in])
-            for i in range(0, len(items), fan_in)
-        ]
-    return items[0]
 
 
 @contextlib.contextmanager
@@ -101,8 +87,8 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
     ]
     checks = [dask.delayed(duplicate_hashes, pure=False)([o[1][b] for o in outs]) for b in range(n_buckets)]
     prof, dups = dask.compute(
-        dask.delayed(finish_profile)(_tree_reduce([o[0] for o in outs], merge_profiles)),
-        _tree_reduce(checks, merge_duplicates),
+        dask.delayed(finish_profile)(tree_reduce([o[0] for o in outs], merge_profiles)),
+        tree_reduce(checks, merge_duplicates),
     )
     prof.n_duplicate_ids, prof.duplicate_examples, prof.duplicate_where = _confirm_duplicates(
         cfg, snap, *dups
@@ -186,7 +172,7 @@ def prepare_data(
     """Build the model inputs from the profile's plan (or a given one, e.g. a warm start's, so
     parameters stay comparable across dates); with ``persist`` they are read once and held by
     the workers (for several fits on the same data, e.g. model selection). Counts and amounts
-    are dequantised (see :func:`~gmm_dask.segmentation.features.fit_piece_arrays`) unless ``dequantize`` is
+    are dequantised (see :func:`~gmm_dask.segmentation.features.fit_arrays`) unless ``dequantize`` is
     False, which gives the inputs exactly as scoring sees them."""
     import dask
     import dask.array as da
@@ -578,7 +564,7 @@ def write_tables(
     tables, ``{name: (frame, metadata)}`` — together, each atomically."""
     import dask
 
-    from gmm_dask.segmentation.tables import overlaps_table, score_piece, segments_table
+    from gmm_dask.segmentation.tables import overlaps_table, segments_table
 
     check_model_fits_input(cfg, model)
     so = snap.storage_options
@@ -599,7 +585,7 @@ def write_tables(
             )
             for p in snap.pieces
         ]
-        agg = dask.compute(_tree_reduce(parts, lambda a, b: a + b))[0]
+        agg = dask.compute(tree_reduce(parts, lambda a, b: a + b))[0]
         seg = segments_table(model, agg)
         ov = overlaps_table(model, agg, thr)
         st.write("segments", _with_metadata(seg, "segments", version))
@@ -645,7 +631,7 @@ def co_membership(
         dask.delayed(_co_membership_piece, pure=False)(p, cfg.input, old, new, snap.storage_options)
         for p in snap.pieces
     ]
-    return dask.compute(_tree_reduce(parts, lambda a, b: a + b))[0]
+    return dask.compute(tree_reduce(parts, lambda a, b: a + b))[0]
 
 
 def published_model(cfg: JobConfig) -> SegmentationModel | None:

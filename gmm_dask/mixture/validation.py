@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from gmm_dask.app.config import MAX_ABS_VALUE
 from gmm_dask.errors import GMMDaskInputError
 from gmm_dask.mixture.gaussian import COVARIANCE_TYPES
 from gmm_dask.mixture.init import INIT_METHODS
+from gmm_dask.mixture.limits import MAX_ABS_VALUE
 from gmm_dask.mixture.runner import ChunkedData
 from gmm_dask.mixture.suffstats import merge_moments
 

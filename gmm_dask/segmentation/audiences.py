@@ -22,8 +22,9 @@ words), ``segment``, ``segment_name``, ``max_gamma``, ``entropy_bits``, ``entrop
 ``model_version``. Written as Parquet (``audiences/dt=<date>/``) and as CSV with a header, one
 file per audience key and piece (``audiences_csv/dt=<date>/<audience_key>-part-NNNNN.csv``).
 
-Each worker reads its memberships files and writes its own output files; nothing but counts
-(and, for the atypical threshold, at most k log-likelihoods per merge) comes back to the client.
+Each worker reads its memberships files and writes its own output files
+(:func:`gmm_dask.app.steps.write_audiences`); nothing but counts (and, for the atypical threshold,
+at most k log-likelihoods per merge) comes back to the client. This module selects the rows.
 When a transition matrix is given, the same pass writes each user's next-period segment
 distribution (``forecast/dt=<date>/``: γ·T, the most likely next segment and the probability of
 staying).
@@ -31,7 +32,6 @@ staying).
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -39,10 +39,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from gmm_dask.segmentation.tables import gamma_matrix, table_metadata
-from gmm_dask.storage import io
 
 KINDS = ("high_entropy", "blended", "atypical", "mover")
 MEMBERSHIP_COLUMNS = (
@@ -97,55 +95,27 @@ class AudienceRules:
         return out
 
 
-def _lowest(values: np.ndarray, k: int) -> np.ndarray:
+def lowest(values: np.ndarray, k: int) -> np.ndarray:
     return values if len(values) <= k else np.partition(values, k - 1)[:k]
-
-
-def _piece_lowest(path: str, k: int, storage_options) -> np.ndarray:
-    fs, inner = io.filesystem(path, storage_options)
-    with fs.open(inner, "rb") as f:
-        ll = pq.read_table(f, columns=["log_likelihood"]).column("log_likelihood").to_numpy()
-    return _lowest(np.asarray(ll, dtype=np.float64), k)
-
-
-def atypical_threshold(files: list[str], n_rows: int, quantile: float, storage_options=None) -> float | None:
-    """The exact k-th smallest log-likelihood over ``files`` (k = ⌈quantile·n_rows⌉), computed by
-    keeping at most k values per task and merge (a tree of few tasks), or None without rows."""
-    import dask
-
-    from gmm_dask.app.pipeline import _tree_reduce
-
-    if n_rows == 0:
-        return None
-    k = max(1, math.ceil(quantile * n_rows))
-    parts = [dask.delayed(_piece_lowest, pure=False)(f, k, storage_options) for f in files]
-    low = dask.compute(_tree_reduce(parts, lambda a, b: _lowest(np.concatenate([a, b]), k)))[0]
-    return float(np.sort(low)[min(k, len(low)) - 1])
 
 
 def _fmt_name(names: dict[int, str], sid: int) -> str:
     return f"{names.get(sid, sid)} ({sid})"
 
 
-def audience_piece(
+def audience_rows(
+    t: pa.Table,
     path: str,
-    index: int,
     id_column: str,
     snapshot: str,
     ids: list[int],
     names: dict[int, str],
     rules: AudienceRules,
     movers: pa.Table | None,
-    out_parquet: str,
-    out_csv_dir: str,
-    transition: tuple[list[int], np.ndarray] | None = None,
-    out_forecast: str | None = None,
-    storage_options=None,
-) -> Counter:
-    """Audiences (and the forecast) of one memberships file; returns users per audience key."""
-    fs, inner = io.filesystem(path, storage_options)
-    with fs.open(inner, "rb") as f:
-        t = pq.read_table(f, columns=[id_column, *MEMBERSHIP_COLUMNS])
+) -> tuple[Counter, list[tuple[str, pa.Table]], pa.Table, np.ndarray]:
+    """The audiences of one memberships table ``t`` (read from ``path``, named in messages):
+    users per audience key, the rows of each non-empty audience key, all of them in one table of
+    :func:`audience_schema`, and ``t``'s γ matrix."""
     g = gamma_matrix(t)
     n, k = len(t), len(ids)
     if n and g.shape[1] != k:
@@ -244,17 +214,11 @@ def audience_piece(
             "model_version": sub.column("model_version"),
         }
         part = pa.table(cols)
-        parts.append(part)
-        io.write_csv_file(part, f"{out_csv_dir}/{key}-part-{index:05d}.csv", storage_options)
+        parts.append((key, part))
     version = t.column("model_version")[0].as_py() if n else "unregistered"
     schema = audience_schema(t.schema.field(id_column).type, id_column, ids, version)
-    out = pa.concat_tables([p.cast(schema) for p in parts]) if parts else schema.empty_table()
-    io.write_table_file(out, out_parquet, storage_options)
-    if transition is not None and out_forecast is not None:
-        io.write_table_file(
-            forecast_piece(t, g, id_column, ids, names, transition, version), out_forecast, storage_options
-        )
-    return counts
+    out = pa.concat_tables([p.cast(schema) for _, p in parts]) if parts else schema.empty_table()
+    return counts, parts, out, g
 
 
 def audience_schema(id_type: pa.DataType, id_column: str, ids: list[int], version: str) -> pa.Schema:
@@ -326,59 +290,4 @@ class AudienceResult:
         )
 
 
-def write_audiences(
-    root: str,
-    out_root: str,
-    date: str,
-    id_column: str,
-    segments: pd.DataFrame,
-    rules: AudienceRules,
-    *,
-    movers: pa.Table | None = None,
-    transition: tuple[list[int], np.ndarray] | None = None,
-    storage_options: dict | None = None,
-    table_format: str = "parquet",
-) -> AudienceResult:
-    """Write the ``audiences`` (+ ``audiences_csv``, + ``forecast`` when ``transition`` is given)
-    partitions of ``date`` under ``out_root`` from the memberships under ``root``, in one pass on
-    the cluster, committed together."""
-    import dask
-
-    ids = [int(s) for s in segments["segment"]]
-    names = dict(zip(ids, segments["name"], strict=True))
-    files = io.partition_files(root, "memberships", date, storage_options)
-    tables = ["audiences", "audiences_csv"] + (["forecast"] if transition is not None else [])
-    with io.StagedPartitions(out_root, tables, date, storage_options, table_format) as st:
-        mv = dask.delayed(movers) if movers is not None else None
-        csv_dir = st.directory("audiences_csv")
-        tasks = [
-            dask.delayed(audience_piece, pure=False)(
-                f,
-                i,
-                id_column,
-                date,
-                ids,
-                names,
-                rules,
-                mv,
-                st.file("audiences", f"part-{i:05d}.parquet"),
-                csv_dir,
-                transition,
-                st.file("forecast", f"part-{i:05d}.parquet") if transition is not None else None,
-                storage_options,
-            )
-            for i, f in enumerate(files)
-        ]
-        counts = sum(dask.compute(*tasks), Counter())
-    defs = rules.definitions(names)
-    sizes = pd.DataFrame(
-        [
-            {"audience": aud, "audience_key": key, "definition": text, "n_users": int(counts.get(key, 0))}
-            for key, (aud, text) in defs.items()
-        ],
-        columns=["audience", "audience_key", "definition", "n_users"],
-    )
-    return AudienceResult(sizes, st.paths, rules)
-
-
-__all__ = ["KINDS", "AudienceResult", "AudienceRules", "atypical_threshold", "write_audiences"]
+__all__ = ["KINDS", "AudienceResult", "AudienceRules", "audience_rows", "forecast_piece", "lowest"]

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gmm_dask.app.config import MAX_ABS_VALUE, FeatureSpec, InputConfig
 from gmm_dask.errors import DataError
+from gmm_dask.mixture.limits import MAX_ABS_VALUE
 from gmm_dask.mixture.suffstats import merge_moments
-from gmm_dask.storage.io import Piece, read_piece
+from gmm_dask.segmentation.specs import FeatureSpec, InputColumns
 
 _FORWARD = {"none": np.positive, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
 _INVERSE = {"none": lambda x: x, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}
@@ -103,7 +103,7 @@ def apply_transforms(X_raw: np.ndarray, features) -> np.ndarray:
     return out
 
 
-def columns_to_read(cfg: InputConfig) -> list[str]:
+def columns_to_read(cfg: InputColumns) -> list[str]:
     return [cfg.id_column, *cfg.feature_names] + ([cfg.weight_column] if cfg.weight_column else [])
 
 
@@ -111,7 +111,7 @@ def _as_float(col: pa.ChunkedArray) -> np.ndarray:
     return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
 
 
-def raw_arrays(table: pa.Table, cfg: InputConfig):
+def raw_arrays(table: pa.Table, cfg: InputColumns):
     """(ids as pyarrow array, raw features (n, D) float64 with NaN for nulls, weights or None)."""
     ids = table.column(cfg.id_column)
     # column-major: every column is read, checked and transformed contiguously
@@ -184,28 +184,26 @@ def _weighted_moments(X, w):
     return W, mean, m2
 
 
-def profile_piece(
-    piece: Piece, cfg: InputConfig, storage_options: dict | None = None, n_buckets: int = 1
-) -> Profile:
-    """Read one piece and collect counts and statistics (pure apart from the read); its ids
-    leave as 64-bit hashes split into ``n_buckets`` by hash (see :func:`id_buckets`) in
-    ``id_hashes``, which the caller takes away before the profiles are merged."""
-    table = read_piece(piece, columns_to_read(cfg), storage_options)
+def profile_table(table: pa.Table, path: str, index: int, cfg: InputColumns, n_buckets: int = 1) -> Profile:
+    """Counts and statistics of one piece's table (``path`` and ``index`` name the piece in
+    messages and hashes); its ids leave as 64-bit hashes split into ``n_buckets`` by hash (see
+    :func:`id_buckets`) in ``id_hashes``, which the caller takes away before the profiles are
+    merged."""
     ids, X_raw, w = raw_arrays(table, cfg)
     n, d = X_raw.shape
     prof = Profile(n_rows=n)
     null_ids = ids.is_null().to_numpy(zero_copy_only=False) if ids.null_count else np.zeros(n, bool)
     if null_ids.any():
         prof.n_null_ids = int(null_ids.sum())
-        prof.first_null_id = (piece.path, int(np.flatnonzero(null_ids)[0]))
-    prof.id_hashes = id_buckets(ids, null_ids, piece.index, n_buckets)
+        prof.first_null_id = (path, int(np.flatnonzero(null_ids)[0]))
+    prof.id_hashes = id_buckets(ids, null_ids, index, n_buckets)
     if w is not None:
         badw = ~np.isfinite(w) | (w < 0)
         if badw.any():
             i = int(np.flatnonzero(badw)[0])
             prof.n_bad_weight = int(badw.sum())
             prof.first_bad_weight = (
-                piece.path,
+                path,
                 i,
                 float(w[i]) if np.isfinite(w[i]) or np.isinf(w[i]) else None,
             )
@@ -215,7 +213,7 @@ def profile_piece(
     if has_dom:
         r, c = (int(v[0]) for v in np.nonzero(dom))
         prof.n_domain = int(dom.any(axis=1).sum())
-        prof.first_domain = (piece.path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
+        prof.first_domain = (path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
     T = apply_transforms(X_raw, feats)
     missing = ~np.isfinite(X_raw)
     has_missing = bool(missing.any())
@@ -230,7 +228,7 @@ def profile_piece(
             huge = (np.isfinite(T) if finite is None else finite) & (np.abs(T) > MAX_ABS_VALUE)
         r, c = (int(v[0]) for v in np.nonzero(huge))
         prof.n_huge = int(huge.any(axis=1).sum())
-        prof.first_huge = (piece.path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
+        prof.first_huge = (path, r, feats[c].name, float(X_raw[r, c]), feats[c].transform)
     with np.errstate(invalid="ignore"):
         whole = X_raw == np.round(X_raw)
         prof.col_integral = (whole if clean else whole | missing).all(axis=0)
@@ -247,7 +245,7 @@ def profile_piece(
     prof.rows_with_missing = int(any_missing.sum())
     if has_missing:
         r = int(np.flatnonzero(any_missing)[0])
-        prof.first_missing = (piece.path, r, feats[int(np.flatnonzero(missing[r])[0])].name)
+        prof.first_missing = (path, r, feats[int(np.flatnonzero(missing[r])[0])].name)
     wv = np.ones(n) if w is None else np.where(np.isfinite(w) & (w >= 0), w, 0.0)
     prof.total_w = float(wv.sum())
     if clean:  # every row complete: the column and the complete-row moments are the same
@@ -260,7 +258,7 @@ def profile_piece(
         complete = finite.all(axis=1)
         rw, rm, rs = _weighted_moments(T[complete], wv[complete][:, None])
     prof.row_w, prof.row_mean, prof.row_m2 = (float(rw[0]) if d else 0.0), rm, rs
-    prof.complete_per_piece = {piece.index: n if complete is None else int(complete.sum())}
+    prof.complete_per_piece = {index: n if complete is None else int(complete.sum())}
     return prof
 
 
@@ -362,7 +360,7 @@ def merge_duplicates(a: tuple, b: tuple) -> tuple:
     return a[0] + b[0], (a[1] + b[1])[:5]
 
 
-def check_profile(p: Profile, cfg: InputConfig, date: str, *, standardize: bool = True) -> None:
+def check_profile(p: Profile, cfg: InputColumns, date: str, *, standardize: bool = True) -> None:
     """Raise the one clear error for data that cannot be used under the configured policy.
 
     ``standardize`` is ``model.standardize``: without scaling, transformed values above
@@ -442,7 +440,7 @@ def check_profile(p: Profile, cfg: InputConfig, date: str, *, standardize: bool 
         )
 
 
-def build_plan(p: Profile, cfg: InputConfig, standardize: bool) -> FeaturePlan:
+def build_plan(p: Profile, cfg: InputColumns, standardize: bool) -> FeaturePlan:
     """Scaler and imputation values from the profile (no further pass over the data)."""
     d = len(cfg.features)
     impute = np.where(p.col_w > 0, p.col_mean, 0.0)
@@ -486,7 +484,7 @@ def build_plan(p: Profile, cfg: InputConfig, standardize: bool) -> FeaturePlan:
 DEFAULT_RESOLUTION = {"count": 1.0, "amount": 1.0, "continuous": np.nan}
 
 
-def infer_kinds(p: Profile, cfg: InputConfig) -> tuple[tuple[str, ...], np.ndarray]:
+def infer_kinds(p: Profile, cfg: InputColumns) -> tuple[tuple[str, ...], np.ndarray]:
     """Each feature's kind and resolution: as configured, else inferred from the profile —
     whole non-negative numbers are counts; non-negative values spanning at least 10 units with
     at least 1 % exact zeros are amounts; anything else (rates and shares included) is continuous."""
@@ -509,7 +507,7 @@ def infer_kinds(p: Profile, cfg: InputConfig) -> tuple[tuple[str, ...], np.ndarr
     return tuple(kinds), np.asarray(res, dtype=float)
 
 
-def prepare_piece(table: pa.Table, cfg: InputConfig, plan: FeaturePlan, path: str, *, offsets=None):
+def prepare_piece(table: pa.Table, cfg: InputColumns, plan: FeaturePlan, path: str, *, offsets=None):
     """Apply the plan to one piece: (ids kept, raw features kept, model inputs, weights, n dropped,
     n imputed). Counts and amounts are placed at the middle of their resolution step, or at
     ``offsets`` (n, D) raw units into it (the fit's dequantisation)."""
@@ -551,20 +549,19 @@ def prepare_piece(table: pa.Table, cfg: InputConfig, plan: FeaturePlan, path: st
     return ids, X_raw, Z, w, n_dropped, n_imputed
 
 
-def fit_piece_arrays(
-    piece: Piece, cfg: InputConfig, plan: FeaturePlan, storage_options=None, seed: int | None = 0
-):
-    """(model inputs, weights) of one piece, for the fit (runs inside a Dask task).
+def fit_arrays(
+    table: pa.Table, path: str, index: int, cfg: InputColumns, plan: FeaturePlan, seed: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(model inputs, weights) of one piece's table, for the fit.
 
     Counts and amounts are *dequantised*: each value x is drawn uniformly from its step
-    [x, x + resolution) (seeded by ``seed`` and the piece, so a fit is reproducible), so the
+    [x, x + resolution) (seeded by ``seed`` and the piece ``index``, so a fit is reproducible), so the
     mixture is fitted to a continuous density instead of spikes on exact values. ``seed=None``:
     no dequantisation (the inputs as scoring sees them).
     """
-    table = read_piece(piece, columns_to_read(cfg), storage_options)
     offsets = None
     if plan.has_floor and seed is not None:
         step = np.where(np.isfinite(plan.resolution), plan.resolution, 0.0)
-        offsets = np.random.default_rng([seed, piece.index]).random((table.num_rows, len(step))) * step
-    _, _, Z, w, _, _ = prepare_piece(table, cfg, plan, piece.path, offsets=offsets)
+        offsets = np.random.default_rng([seed, index]).random((table.num_rows, len(step))) * step
+    _, _, Z, w, _, _ = prepare_piece(table, cfg, plan, path, offsets=offsets)
     return Z, (np.ones(len(Z)) if w is None else w)

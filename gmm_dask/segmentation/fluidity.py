@@ -3,7 +3,8 @@
 For users present in both snapshots: total variation ½‖γ₁ − γ₂‖₁ and Jensen–Shannon distance
 (√JS divergence, base 2, in [0, 1]) between their γ vectors, the segment-to-segment transition
 matrix, and the users who moved most. Joins run in pyarrow on the flow's machine: fine for tens
-of millions of users; beyond that, partition the dates' memberships by id hash first.
+of millions of users; beyond that, partition the dates' memberships by id hash first. Reading the
+two dates and committing the tables is :func:`gmm_dask.app.steps.compute_fluidity`'s.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from gmm_dask.segmentation.tables import gamma_matrix, table_metadata
-from gmm_dask.storage import io
+from gmm_dask.segmentation.tables import gamma_matrix
 
 
 @dataclass
@@ -32,25 +32,6 @@ class FluidityResult:
     transition_table: pd.DataFrame | None = None  # the ``transitions`` rows (hard and soft counts)
     paths: dict[str, str] | None = None  # table -> committed partition
     movers: pa.Table | None = None  # id, segment_from, segment_to, tv_distance of every user in both
-
-
-def _read_memberships(root: str, date: str, id_column: str, storage_options=None) -> pa.Table:
-    return io.read_partition(
-        root,
-        "memberships",
-        date,
-        [id_column, "segment", "gamma", "entropy_bits", "model_version"],
-        storage_options,
-    )
-
-
-def _segment_ids(root: str, date: str, storage_options=None) -> list[int]:
-    return [
-        int(x)
-        for x in io.read_partition(root, "segments", date, ["segment"], storage_options)
-        .column("segment")
-        .to_pylist()
-    ]
 
 
 def _expand(g: np.ndarray, ids: list[int], union: list[int]) -> np.ndarray:
@@ -71,36 +52,25 @@ def js_distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
     return np.sqrt(np.clip(0.5 * kl(p, m) + 0.5 * kl(q, m), 0.0, 1.0))
 
 
-def compute_fluidity(
-    root: str,
+def fluidity_between(
+    a: pa.Table,
+    b: pa.Table,
+    ids_a: list[int],
+    ids_b: list[int],
     from_date: str,
     to_date: str,
     id_column: str,
     *,
     top_n: int = 100,
-    write: bool = True,
-    storage_options: dict | None = None,
-    from_root: str | None = None,
-    out_root: str | None = None,
-    table_format: str = "parquet",
-) -> FluidityResult:
-    """Compare the memberships of two snapshots; optionally write ``<out_root>/fluidity/dt=<to_date>``
-    (one row per user in both) and ``<out_root>/transitions/dt=<to_date>`` (one row per pair of
-    segments: users hard-assigned to ``segment_from`` then ``segment_to``, and their soft mass
-    Σ γ_from ⊗ γ_to), committed together.
-
-    ``to_date`` is read from ``root``, ``from_date`` from ``from_root`` (default ``root``): a
-    candidate run compares its own memberships with the published previous snapshot. Output goes
-    to ``out_root`` (default ``root``).
+) -> tuple[FluidityResult, pa.Table]:
+    """Compare the memberships ``a`` (of ``from_date``) and ``b`` (of ``to_date``), whose γ are
+    ordered by the segment ids ``ids_a`` and ``ids_b``: the result, and the ``fluidity`` rows
+    (one per user in both). The result's ``transition_table`` holds the ``transitions`` rows (one
+    per pair of segments: users hard-assigned to ``segment_from`` then ``segment_to``, and their
+    soft mass Σ γ_from ⊗ γ_to).
     """
-    from_root = from_root or root
-    out_root = out_root or root
-    a = _read_memberships(from_root, from_date, id_column, storage_options)
-    b = _read_memberships(root, to_date, id_column, storage_options)
     # γ is ordered by each date's segment ids (the segments table's rows): compare in the union
     # of both dates' ids, so births and deaths between the dates line up
-    ids_a = _segment_ids(from_root, from_date, storage_options)
-    ids_b = _segment_ids(root, to_date, storage_options)
     union = sorted(set(ids_a) | set(ids_b))
     ka = len(union)
     # pyarrow joins cannot carry list columns: join the ids, then gather rows by position
@@ -163,24 +133,8 @@ def compute_fluidity(
         "p95_tv": float(np.quantile(tv, 0.95)) if n else 0.0,
         "mean_js": float(js.mean()) if n else 0.0,
     }
-    path, paths = None, None
-    if write:
-        versions = ",".join(sorted(set(out.column("model_version_to").to_pylist())))
-        meta = {"gmm_dask.from_date": from_date}
-        with io.StagedPartitions(
-            out_root, ["transitions", "fluidity"], to_date, storage_options, table_format
-        ) as st:
-            st.write(
-                "transitions",
-                pa.Table.from_pandas(transition_table, preserve_index=False).replace_schema_metadata(
-                    table_metadata("transitions", versions, meta)
-                ),
-            )
-            st.write("fluidity", out.replace_schema_metadata(table_metadata("fluidity", versions, meta)))
-        paths = st.paths
-        path = paths["fluidity"]
     movers = out.select([id_column, "segment_from", "segment_to", "tv_distance"])
-    return FluidityResult(
+    result = FluidityResult(
         from_date,
         to_date,
         n,
@@ -189,8 +143,9 @@ def compute_fluidity(
         transitions,
         top,
         summary,
-        path,
+        None,
         transition_table,
-        paths,
+        None,
         movers,
     )
+    return result, out

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from gmm_dask.app.config import EntropyBands, FeatureSpec
 from gmm_dask.errors import DataError, RegistryError
 from gmm_dask.segmentation.features import _DOMAIN, FeaturePlan, _domain_bad, apply_transforms
+from gmm_dask.segmentation.specs import EntropyBands, FeatureSpec
 
 BANDS = ("low", "moderate", "high")
 
@@ -337,20 +337,4 @@ def model_from_payload(payload: dict, where: str, version: str | None = None) ->
     )
 
 
-def load_model(
-    registry: str, ref: str | None = None, storage_options: dict | None = None
-) -> SegmentationModel:
-    """Load a registered model (a version ``vNNNN`` or an alias, default ``latest``), validated.
-
-    Parameters
-    ----------
-    registry : str
-        The registry root (``output.registry``, default ``<output.root>/registry``); a local
-        path or an fsspec URL.
-    """
-    from gmm_dask.storage.registry import ModelRegistry
-
-    return ModelRegistry(registry, storage_options).load(ref)
-
-
-__all__ = ["SegmentationModel", "load_model", "model_from_payload"]
+__all__ = ["SegmentationModel", "model_from_payload"]

@@ -1,8 +1,9 @@
 """The output tables: per-user memberships, per-component segments, per-pair overlaps.
 
-:func:`score_piece` is the per-partition kernel: it reads one piece, applies the model, writes
-that piece's memberships file into the staging area and returns small aggregates from which
-:func:`segments_table` and :func:`overlaps_table` are built on the client.
+:func:`score_table` is the per-partition kernel: it applies the model to one piece's table and
+returns that piece's memberships rows and small aggregates from which :func:`segments_table` and
+:func:`overlaps_table` are built on the client (:func:`gmm_dask.app.steps.score_piece` reads the
+piece and writes the rows).
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from gmm_dask.app.config import EntropyBands, InputConfig
-from gmm_dask.segmentation.features import columns_to_read, prepare_piece
+from gmm_dask.segmentation.features import prepare_piece
 from gmm_dask.segmentation.model import BANDS, SegmentationModel
-from gmm_dask.storage.io import Piece, read_piece, write_table_file
+from gmm_dask.segmentation.specs import EntropyBands, InputColumns
 
 SCHEMA_VERSION = "1"
 SAMPLE_PER_PIECE = 400
@@ -90,25 +90,27 @@ class PieceResult:
         return PieceResult(**merged)
 
 
-def score_piece(
-    piece: Piece,
-    cfg: InputConfig,
+def score_table(
+    table: pa.Table,
+    path: str,
+    index: int,
+    cfg: InputColumns,
     model: SegmentationModel,
-    out_file: str | None,
     bands: EntropyBands,
     overlap_threshold: float,
     id_type: pa.DataType,
-    storage_options: dict | None = None,
-) -> PieceResult:
-    """Score one piece; write its memberships to ``out_file`` (if given); return aggregates."""
-    table = read_piece(piece, columns_to_read(cfg), storage_options)
-    ids, X_raw, Z, _w, n_dropped, n_imputed = prepare_piece(table, cfg, model.plan, piece.path)
+    *,
+    rows: bool = True,
+) -> tuple[pa.Table | None, PieceResult]:
+    """Score one piece's table: its memberships rows (when ``rows``) and its aggregates."""
+    ids, X_raw, Z, _w, n_dropped, n_imputed = prepare_piece(table, cfg, model.plan, path)
     m = model.memberships(Z, bands)
     gamma = m["gamma"]
     n, k = gamma.shape
     version = model.version or "unregistered"
     seg = m["component"]
-    if out_file is not None:
+    out = None
+    if rows:
         # strings by index into a few values (in Arrow, no Python string per row)
         def repeated(values, index):
             return pc.take(pa.array(values, pa.string()), pa.array(index))
@@ -130,16 +132,15 @@ def score_piece(
             },
             schema=membership_schema(id_type, cfg.id_column, version),
         )
-        write_table_file(out, out_file, storage_options)
     band = m["band_index"]
     high = band == 2
     finite = np.isfinite(X_raw)
     Xf = X_raw if finite.all() else np.where(finite, X_raw, 0.0)
     over = gamma >= overlap_threshold
     overf = over.astype(np.float64)
-    pick = np.sort(np.random.default_rng(piece.index).choice(n, size=min(n, SAMPLE_PER_PIECE), replace=False))
-    return PieceResult(
-        n_read=piece.n_rows,
+    pick = np.sort(np.random.default_rng(index).choice(n, size=min(n, SAMPLE_PER_PIECE), replace=False))
+    return out, PieceResult(
+        n_read=table.num_rows,
         n_written=n,
         n_dropped=n_dropped,
         n_imputed=n_imputed,

@@ -37,6 +37,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -44,18 +45,41 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gmm_dask.app.config import SNAPSHOT_RE, InputConfig
 from gmm_dask.errors import ConfigError, DataError
 from gmm_dask.storage import _faults
 
 logger = logging.getLogger(__name__)
 
 #: Target rows per piece (one Dask task / one output file).
+SNAPSHOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class SnapshotSource(Protocol):
+    """Where the date-partitioned snapshots are and which columns they must have (the job's
+    ``input`` config satisfies it)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def partition_key(self) -> str: ...
+    @property
+    def storage_options(self) -> dict[str, Any]: ...
+    @property
+    def id_column(self) -> str: ...
+    @property
+    def weight_column(self) -> str | None: ...
+    @property
+    def feature_names(self) -> list[str]: ...
+
+
 PIECE_ROWS = 262_144
 STALE_STAGING_SECONDS = 6 * 3600
 
@@ -261,7 +285,7 @@ class Snapshot:
         return sum(p.n_rows for p in self.pieces)
 
 
-def _input_delta_table(cfg: InputConfig):
+def _input_delta_table(cfg: SnapshotSource):
     """The input Delta table (its current version), checked readable file by file."""
     from gmm_dask.storage import delta
 
@@ -279,7 +303,7 @@ def _input_delta_table(cfg: InputConfig):
     return table
 
 
-def list_snapshots(cfg: InputConfig) -> list[str]:
+def list_snapshots(cfg: SnapshotSource) -> list[str]:
     """Dates of the snapshots present under ``cfg.path`` (sorted)."""
     if cfg.format == "delta":
         from gmm_dask.storage import delta
@@ -305,7 +329,7 @@ def list_snapshots(cfg: InputConfig) -> list[str]:
     return sorted(dates)
 
 
-def resolve_snapshot(cfg: InputConfig, date: str | None) -> str:
+def resolve_snapshot(cfg: SnapshotSource, date: str | None) -> str:
     """The requested snapshot if it exists, or the latest one when ``date`` is None."""
     dates = list_snapshots(cfg)
     if not dates:
@@ -354,7 +378,7 @@ def _footer(fs, path: str):
     return retry_transient(read, "Reading the footer of", _url(fs, path))
 
 
-def _check_schema(path: str, schema: pa.Schema, cfg: InputConfig) -> None:
+def _check_schema(path: str, schema: pa.Schema, cfg: SnapshotSource) -> None:
     names = schema.names
     wanted = [cfg.id_column, *cfg.feature_names] + ([cfg.weight_column] if cfg.weight_column else [])
     missing = [c for c in wanted if c not in names]
@@ -384,7 +408,7 @@ def _check_schema(path: str, schema: pa.Schema, cfg: InputConfig) -> None:
             )
 
 
-def _delta_snapshot_files(cfg: InputConfig, date: str) -> tuple[str, list[str]]:
+def _delta_snapshot_files(cfg: SnapshotSource, date: str) -> tuple[str, list[str]]:
     """(where, files) of one date partition of the input Delta table's current version."""
     from gmm_dask.storage import delta
 
@@ -397,7 +421,7 @@ def _delta_snapshot_files(cfg: InputConfig, date: str) -> tuple[str, list[str]]:
     return f"{cfg.path.rstrip('/')} ({cfg.partition_key}={date}, Delta version {table.version()})", files
 
 
-def open_snapshot(cfg: InputConfig, date: str, piece_rows: int = PIECE_ROWS) -> Snapshot:
+def open_snapshot(cfg: SnapshotSource, date: str, piece_rows: int = PIECE_ROWS) -> Snapshot:
     """Check every file of one snapshot (footers only) and cut it into pieces."""
     fs, root = filesystem(cfg.path, cfg.storage_options)
     if cfg.format == "delta":

@@ -146,3 +146,17 @@ class ModelRegistry:
                 "load it; retrain or restore the file."
             )
         return model_from_payload(payload, where, version)
+
+
+def load_model(
+    registry: str, ref: str | None = None, storage_options: dict | None = None
+) -> SegmentationModel:
+    """Load a registered model (a version ``vNNNN`` or an alias, default ``latest``), validated.
+
+    Parameters
+    ----------
+    registry : str
+        The registry root (``output.registry``, default ``<output.root>/registry``); a local
+        path or an fsspec URL.
+    """
+    return ModelRegistry(registry, storage_options).load(ref)

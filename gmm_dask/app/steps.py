@@ -1,0 +1,281 @@
+"""The steps that join storage to the domain's kernels inside Dask tasks.
+
+Each function here reads what one task needs (a piece of a snapshot, a memberships file, two
+dates' memberships), hands the tables to a pure function of :mod:`gmm_dask.segmentation`, and
+writes what it returns: the domain never sees a path it must open, and storage never computes.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gmm_dask.segmentation.audiences import (
+    MEMBERSHIP_COLUMNS,
+    AudienceResult,
+    AudienceRules,
+    audience_rows,
+    forecast_piece,
+    lowest,
+)
+from gmm_dask.segmentation.features import FeaturePlan, Profile, columns_to_read, fit_arrays, profile_table
+from gmm_dask.segmentation.fluidity import FluidityResult, fluidity_between
+from gmm_dask.segmentation.model import SegmentationModel
+from gmm_dask.segmentation.specs import EntropyBands, InputColumns
+from gmm_dask.segmentation.tables import PieceResult, score_table, table_metadata
+from gmm_dask.storage import io
+from gmm_dask.storage.io import Piece
+
+
+def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any], fan_in: int = 8) -> Any:
+    """Combine delayed values in a shallow tree of few tasks."""
+    import dask
+
+    items = list(items)
+    while len(items) > 1:
+        items = [
+            dask.delayed(functools.reduce, pure=False)(combine, items[i : i + fan_in])
+            for i in range(0, len(items), fan_in)
+        ]
+    return items[0]
+
+
+# --- snapshot pieces -------------------------------------------------------------------------
+
+
+def profile_piece(
+    piece: Piece, cfg: InputColumns, storage_options: dict | None = None, n_buckets: int = 1
+) -> Profile:
+    """Read one piece and profile it (:func:`~gmm_dask.segmentation.features.profile_table`)."""
+    table = io.read_piece(piece, columns_to_read(cfg), storage_options)
+    return profile_table(table, piece.path, piece.index, cfg, n_buckets)
+
+
+def fit_piece_arrays(
+    piece: Piece,
+    cfg: InputColumns,
+    plan: FeaturePlan,
+    storage_options: dict | None = None,
+    seed: int | None = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one piece: its (model inputs, weights) for the fit
+    (:func:`~gmm_dask.segmentation.features.fit_arrays`, dequantised unless ``seed`` is None)."""
+    table = io.read_piece(piece, columns_to_read(cfg), storage_options)
+    return fit_arrays(table, piece.path, piece.index, cfg, plan, seed)
+
+
+def score_piece(
+    piece: Piece,
+    cfg: InputColumns,
+    model: SegmentationModel,
+    out_file: str | None,
+    bands: EntropyBands,
+    overlap_threshold: float,
+    id_type: pa.DataType,
+    storage_options: dict | None = None,
+) -> PieceResult:
+    """Score one piece; write its memberships to ``out_file`` (if given); return aggregates."""
+    table = io.read_piece(piece, columns_to_read(cfg), storage_options)
+    rows, agg = score_table(
+        table,
+        piece.path,
+        piece.index,
+        cfg,
+        model,
+        bands,
+        overlap_threshold,
+        id_type,
+        rows=out_file is not None,
+    )
+    if out_file is not None and rows is not None:
+        io.write_table_file(rows, out_file, storage_options)
+    return agg
+
+
+# --- fluidity between two dates --------------------------------------------------------------
+
+
+def _read_memberships(root: str, date: str, id_column: str, storage_options: dict | None = None) -> pa.Table:
+    return io.read_partition(
+        root,
+        "memberships",
+        date,
+        [id_column, "segment", "gamma", "entropy_bits", "model_version"],
+        storage_options,
+    )
+
+
+def _segment_ids(root: str, date: str, storage_options: dict | None = None) -> list[int]:
+    return [
+        int(x)
+        for x in io.read_partition(root, "segments", date, ["segment"], storage_options)
+        .column("segment")
+        .to_pylist()
+    ]
+
+
+def compute_fluidity(
+    root: str,
+    from_date: str,
+    to_date: str,
+    id_column: str,
+    *,
+    top_n: int = 100,
+    write: bool = True,
+    storage_options: dict | None = None,
+    from_root: str | None = None,
+    out_root: str | None = None,
+    table_format: str = "parquet",
+) -> FluidityResult:
+    """Compare the memberships of two snapshots; optionally write ``<out_root>/fluidity/dt=<to_date>``
+    (one row per user in both) and ``<out_root>/transitions/dt=<to_date>`` (one row per pair of
+    segments; see :func:`~gmm_dask.segmentation.fluidity.fluidity_between`), committed together.
+
+    ``to_date`` is read from ``root``, ``from_date`` from ``from_root`` (default ``root``): a
+    candidate run compares its own memberships with the published previous snapshot. Output goes
+    to ``out_root`` (default ``root``).
+    """
+    from_root = from_root or root
+    out_root = out_root or root
+    a = _read_memberships(from_root, from_date, id_column, storage_options)
+    b = _read_memberships(root, to_date, id_column, storage_options)
+    ids_a = _segment_ids(from_root, from_date, storage_options)
+    ids_b = _segment_ids(root, to_date, storage_options)
+    result, out = fluidity_between(a, b, ids_a, ids_b, from_date, to_date, id_column, top_n=top_n)
+    if write:
+        versions = ",".join(sorted(set(out.column("model_version_to").to_pylist())))
+        meta = {"gmm_dask.from_date": from_date}
+        transitions = result.transition_table
+        assert transitions is not None
+        with io.StagedPartitions(
+            out_root, ["transitions", "fluidity"], to_date, storage_options, table_format
+        ) as st:
+            st.write(
+                "transitions",
+                pa.Table.from_pandas(transitions, preserve_index=False).replace_schema_metadata(
+                    table_metadata("transitions", versions, meta)
+                ),
+            )
+            st.write("fluidity", out.replace_schema_metadata(table_metadata("fluidity", versions, meta)))
+        result.paths = st.paths
+        result.path = st.paths["fluidity"]
+    return result
+
+
+# --- audiences --------------------------------------------------------------------------------
+
+
+def _piece_lowest(path: str, k: int, storage_options: dict | None) -> np.ndarray:
+    fs, inner = io.filesystem(path, storage_options)
+    with fs.open(inner, "rb") as f:
+        ll = pq.read_table(f, columns=["log_likelihood"]).column("log_likelihood").to_numpy()
+    return lowest(np.asarray(ll, dtype=np.float64), k)
+
+
+def atypical_threshold(
+    files: list[str], n_rows: int, quantile: float, storage_options: dict | None = None
+) -> float | None:
+    """The exact k-th smallest log-likelihood over ``files`` (k = ⌈quantile·n_rows⌉), computed by
+    keeping at most k values per task and merge (a tree of few tasks), or None without rows."""
+    import dask
+
+    if n_rows == 0:
+        return None
+    k = max(1, math.ceil(quantile * n_rows))
+    parts = [dask.delayed(_piece_lowest, pure=False)(f, k, storage_options) for f in files]
+    low = dask.compute(tree_reduce(parts, lambda a, b: lowest(np.concatenate([a, b]), k)))[0]
+    return float(np.sort(low)[min(k, len(low)) - 1])
+
+
+def audience_piece(
+    path: str,
+    index: int,
+    id_column: str,
+    snapshot: str,
+    ids: list[int],
+    names: dict[int, str],
+    rules: AudienceRules,
+    movers: pa.Table | None,
+    out_parquet: str,
+    out_csv_dir: str,
+    transition: tuple[list[int], np.ndarray] | None = None,
+    out_forecast: str | None = None,
+    storage_options: dict | None = None,
+) -> Counter:
+    """Audiences (and the forecast) of one memberships file; returns users per audience key."""
+    fs, inner = io.filesystem(path, storage_options)
+    with fs.open(inner, "rb") as f:
+        t = pq.read_table(f, columns=[id_column, *MEMBERSHIP_COLUMNS])
+    counts, parts, out, g = audience_rows(t, path, id_column, snapshot, ids, names, rules, movers)
+    for key, part in parts:
+        io.write_csv_file(part, f"{out_csv_dir}/{key}-part-{index:05d}.csv", storage_options)
+    io.write_table_file(out, out_parquet, storage_options)
+    if transition is not None and out_forecast is not None:
+        version = t.column("model_version")[0].as_py() if len(t) else "unregistered"
+        io.write_table_file(
+            forecast_piece(t, g, id_column, ids, names, transition, version), out_forecast, storage_options
+        )
+    return counts
+
+
+def write_audiences(
+    root: str,
+    out_root: str,
+    date: str,
+    id_column: str,
+    segments: pd.DataFrame,
+    rules: AudienceRules,
+    *,
+    movers: pa.Table | None = None,
+    transition: tuple[list[int], np.ndarray] | None = None,
+    storage_options: dict | None = None,
+    table_format: str = "parquet",
+) -> AudienceResult:
+    """Write the ``audiences`` (+ ``audiences_csv``, + ``forecast`` when ``transition`` is given)
+    partitions of ``date`` under ``out_root`` from the memberships under ``root``, in one pass on
+    the cluster, committed together."""
+    import dask
+
+    ids = [int(s) for s in segments["segment"]]
+    names = dict(zip(ids, segments["name"], strict=True))
+    files = io.partition_files(root, "memberships", date, storage_options)
+    tables = ["audiences", "audiences_csv"] + (["forecast"] if transition is not None else [])
+    with io.StagedPartitions(out_root, tables, date, storage_options, table_format) as st:
+        mv = dask.delayed(movers) if movers is not None else None
+        csv_dir = st.directory("audiences_csv")
+        tasks = [
+            dask.delayed(audience_piece, pure=False)(
+                f,
+                i,
+                id_column,
+                date,
+                ids,
+                names,
+                rules,
+                mv,
+                st.file("audiences", f"part-{i:05d}.parquet"),
+                csv_dir,
+                transition,
+                st.file("forecast", f"part-{i:05d}.parquet") if transition is not None else None,
+                storage_options,
+            )
+            for i, f in enumerate(files)
+        ]
+        counts = sum(dask.compute(*tasks), Counter())
+    defs = rules.definitions(names)
+    sizes = pd.DataFrame(
+        [
+            {"audience": aud, "audience_key": key, "definition": text, "n_users": int(counts.get(key, 0))}
+            for key, (aud, text) in defs.items()
+        ],
+        columns=["audience", "audience_key", "definition", "n_users"],
+    )
+    return AudienceResult(sizes, st.paths, rules)
