@@ -8,8 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from gmm_dask.app.jobs import STEPS, Steps
-from gmm_dask.errors import GMMDaskInputError
-from gmm_dask.storage.io import PublishConflictError
+from gmm_dask.errors import GMMDaskInputError, PublishConflictError
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:

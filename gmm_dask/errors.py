@@ -2,7 +2,9 @@
 
 Every error a user can fix by changing their input, parameters or configuration derives from
 :class:`GMMDaskInputError`, which is also a :class:`ValueError` so that code written for
-scikit-learn's ``GaussianMixture`` keeps catching it. The CLI maps these to exit code 2.
+scikit-learn's ``GaussianMixture`` keeps catching it. The CLI maps exception *classes* to exit
+codes (``gmm_dask_cli.EXIT_CODES``): input errors 2, :class:`PublishConflictError` 75, anything
+else 1. Every class gmm-dask raises is defined here.
 """
 
 from __future__ import annotations
@@ -34,6 +36,30 @@ class DataError(GMMDaskInputError):
 
 class RegistryError(GMMDaskInputError):
     """A stored model version is missing, unreadable or fails validation."""
+
+
+class ModelNotFoundError(RegistryError):
+    """The registry has no model of that version or alias (e.g. ``latest`` before the first publish)."""
+
+
+class ExclusiveWriteUnsupported(ConfigError):
+    """The store can neither create a file exclusively nor write conditionally."""
+
+
+class BackfillError(DataError):
+    """Some dates of a backfill had bad input; the others were completed. ``result`` has both."""
+
+    def __init__(self, message: str, result: object):
+        super().__init__(message)
+        self.result = result
+
+
+class PublishConflictError(GMMDaskError):
+    """Another run is publishing the same snapshot date right now (not bad input: retry later)."""
+
+
+class ConcurrentCommitError(GMMDaskError):
+    """Another writer committed a conflicting change to the same Delta partition first."""
 
 
 class ConvergenceWarning(UserWarning):

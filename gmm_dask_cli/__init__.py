@@ -66,7 +66,7 @@ class _NoInputTracebacks(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and (_is_input_error(exc) or type(exc).__name__ == "ParameterTypeError"):
+        if exc is not None and _exit_code(exc)[0] == EXIT_BAD_INPUT:
             return False
         if record.name.startswith("prefect"):  # "Finished in state Failed('DataError: ...')"
             msg = record.getMessage()
@@ -83,12 +83,6 @@ def _input_error_names() -> set[str]:
         names.add(cls.__name__)
         todo.extend(cls.__subclasses__())
     return names | {"ParameterTypeError"}
-
-
-def _is_input_error(exc: BaseException) -> bool:
-    from gmm_dask.errors import GMMDaskInputError
-
-    return isinstance(exc, GMMDaskInputError)
 
 
 def _quiet_prefect(verbose: int) -> None:
@@ -321,21 +315,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("gmm-dask: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if type(err).__name__ == "PublishConflictError":
-            print(f"gmm-dask: conflict: {err}", file=sys.stderr)
-            return EXIT_CONFLICT
-        if type(err).__name__ == "ParameterTypeError":  # Prefect's bad-parameter error
-            print(f"gmm-dask: error: {err}", file=sys.stderr)
-            return EXIT_BAD_INPUT
-        print(
-            f"gmm-dask: internal failure: {type(err).__name__}: {err} (rerun with -v for details)",
-            file=sys.stderr,
-        )
-        if args.verbose:
-            import traceback
+        code, label = _exit_code(err)
+        if code == EXIT_FAILURE:
+            print(
+                f"gmm-dask: internal failure: {type(err).__name__}: {err} (rerun with -v for details)",
+                file=sys.stderr,
+            )
+            if args.verbose:
+                import traceback
 
-            traceback.print_exc()
-        return EXIT_FAILURE
+                traceback.print_exc()
+        else:
+            print(f"gmm-dask: {label}: {err}", file=sys.stderr)
+        return code
+
+
+def _parameter_type_error() -> type[BaseException] | None:
+    """Prefect's bad-parameter error class, where Prefect was imported (else None)."""
+    exceptions = sys.modules.get("prefect.exceptions")
+    return getattr(exceptions, "ParameterTypeError", None)
+
+
+def _exit_code(err: BaseException) -> tuple[int, str]:
+    """The exit code of an exception, by its class (:data:`EXIT_CODES`), and the word the
+    message starts with."""
+    from gmm_dask.errors import GMMDaskInputError, PublishConflictError
+
+    classes: list[tuple[type[BaseException], int, str]] = [
+        (GMMDaskInputError, EXIT_BAD_INPUT, "error"),
+        (PublishConflictError, EXIT_CONFLICT, "conflict"),
+    ]
+    prefect_bad_parameter = _parameter_type_error()
+    if prefect_bad_parameter is not None:
+        classes.append((prefect_bad_parameter, EXIT_BAD_INPUT, "error"))
+    for cls, code, label in classes:
+        if isinstance(err, cls):
+            return code, label
+    return EXIT_FAILURE, "internal failure"
 
 
 __all__ = ["main"]

@@ -267,8 +267,7 @@ def test_io_steps_retry_storage_errors_but_never_bad_input_or_a_lost_race():
     from prefect.states import Failed
 
     from flows.tasks import _retry_unless_bad_input
-    from gmm_dask.errors import DataError
-    from gmm_dask.storage.io import PublishConflictError
+    from gmm_dask.errors import DataError, PublishConflictError
 
     def retried(exc):
         return _retry_unless_bad_input(None, None, Failed(data=exc))

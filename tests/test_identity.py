@@ -206,7 +206,7 @@ def test_a_refit_backfill_with_a_bad_date_writes_the_others_and_names_it(tmp_pat
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from gmm_dask.app.jobs import BackfillError
+    from gmm_dask.errors import BackfillError
 
     root = tmp_path / "data"
     shutil.copytree(data, root)

@@ -25,6 +25,7 @@ import yaml
 from gmm_dask.app import jobs
 from gmm_dask.app.params import ScoreParams, TrainParams
 from gmm_dask.demo import FEATURES, DemoSpec, write_demo_dataset
+from gmm_dask.errors import ExclusiveWriteUnsupported, PublishConflictError
 from gmm_dask.storage import io
 
 from .s3server import SECRET_KEY, SeaweedS3
@@ -310,7 +311,7 @@ def test_two_writers_of_one_date_exactly_one_commits_whole(s3, tmp_path):
     b.write("t", table("b", 9))
     other.write("t", table("other", 3))
     a.__exit__(None, None, None)
-    with pytest.raises(io.PublishConflictError, match=r"t dt=\S+: another run replaced this partition"):
+    with pytest.raises(PublishConflictError, match=r"t dt=\S+: another run replaced this partition"):
         b.__exit__(None, None, None)
     other.__exit__(None, None, None)  # another date: no conflict
     t = io.read_partition(root, "t", D[0], None, so)
@@ -322,7 +323,7 @@ def test_two_writers_of_one_date_exactly_one_commits_whole(s3, tmp_path):
     jobs.train(TrainParams(config=str(cfg), snapshot=D[0]))
     first = _cli("score", "--config", str(cfg), "--snapshot", D[1], env={"GMM_DASK_FAULT": "before_commit:6"})
     _wait_for(first, "GMM_DASK_FAULT reached before_commit")
-    with pytest.raises(io.PublishConflictError, match=f"Snapshot {D[1]} is being published by another run"):
+    with pytest.raises(PublishConflictError, match=f"Snapshot {D[1]} is being published by another run"):
         jobs.score(ScoreParams(config=str(cfg), snapshot=D[1]))
     out = first.communicate(timeout=120)[0]
     assert first.returncode == 0, out[-3000:]
@@ -412,6 +413,6 @@ def test_a_store_without_exclusive_writes_is_refused_clearly(tmp_path):
     from .test_registry_config import _model
 
     with pytest.raises(
-        io.ExclusiveWriteUnsupported, match=r"'memory://reg/versions/v0001/model.json': .*memory://"
+        ExclusiveWriteUnsupported, match=r"'memory://reg/versions/v0001/model.json': .*memory://"
     ):
         ModelRegistry("memory://reg").register(_model())

@@ -42,7 +42,7 @@ from gmm_dask.app.params import (
     VacuumParams,
     date_str,
 )
-from gmm_dask.errors import ConfigError, DataError, GMMDaskInputError
+from gmm_dask.errors import BackfillError, ConfigError, DataError, GMMDaskInputError, PublishConflictError
 from gmm_dask.segmentation.align import align_to
 from gmm_dask.segmentation.model import BANDS, SegmentationModel
 from gmm_dask.storage import io
@@ -522,14 +522,6 @@ class BackfillResult:
         return sum(1 for r in self.dates if not r.get("skipped") and r["snapshot"] not in self.failed)
 
 
-class BackfillError(DataError):
-    """Some dates of a backfill had bad input; the others were completed. ``result`` has both."""
-
-    def __init__(self, message: str, result: BackfillResult):
-        super().__init__(message)
-        self.result = result
-
-
 def plan_backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillPlan:
     cfg = load_job(p.config)
     check_job(cfg)
@@ -561,7 +553,7 @@ def _analyse_after(cfg: JobConfig, target: Target, outcome, steps: Steps):
     try:
         with target.lock(cfg, d), progress.phase("analyse", res.timings, rows=res.counts["rows_written"]):
             res.analysis = steps.analyse(cfg, d, target.root(cfg), res.segments)
-    except (GMMDaskInputError, io.PublishConflictError) as e:
+    except (GMMDaskInputError, PublishConflictError) as e:
         return d, None, str(e)
     res.tables.update(res.analysis.tables)
     if not target.publish:
@@ -596,7 +588,7 @@ def backfill(p: BackfillParams, *, steps: Steps = STEPS) -> BackfillResult:
     by_date: dict[str, dict] = {
         d: {"snapshot": d, "skipped": True, "model_version": v} for d, v in plan.done.items()
     }
-    failures = (GMMDaskInputError, io.PublishConflictError)
+    failures = (GMMDaskInputError, PublishConflictError)
     if plan.todo:
         with pipeline.cluster(cfg):
             if p.mode == "score":
@@ -992,7 +984,7 @@ def vacuum(p: VacuumParams, *, steps: Steps = STEPS) -> VacuumResult:
     if p.retention_hours < VACUUM_SAFE_HOURS:
         held = io.held_publish_locks(root, so)
         if held:
-            raise io.PublishConflictError(
+            raise PublishConflictError(
                 f"retention_hours {p.retention_hours} is under {VACUUM_SAFE_HOURS} and a run holds "
                 f"{', '.join(held)} under {root}/{io.LOCKS_DIR}: its files are not committed yet and "
                 "would be deleted. Vacuum when it has finished (or remove a lock its dead run left)."
@@ -1032,7 +1024,6 @@ def plan(p) -> object:
 
 __all__ = [
     "STEPS",
-    "BackfillError",
     "BackfillResult",
     "RunResult",
     "SelectKResult",

@@ -638,14 +638,12 @@ def published_model(cfg: JobConfig) -> SegmentationModel | None:
     """The model behind the published tables (alias ``latest``), or None before the first publish
     or when it was trained on other features or another id column (a new segmentation: nothing
     to continue from or align to)."""
-    from gmm_dask.errors import RegistryError
+    from gmm_dask.errors import ModelNotFoundError
 
     try:
         model = registry(cfg).load("latest")
-    except RegistryError as err:
-        if "does not exist" in str(err):
-            return None
-        raise
+    except ModelNotFoundError:
+        return None
     if model.plan.names != cfg.input.feature_names or model.id_column != cfg.input.id_column:
         logger.warning(
             "The published model %s was trained on other features or another id column; this fit "

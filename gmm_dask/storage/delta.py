@@ -33,16 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gmm_dask.errors import ConfigError, DataError
+from gmm_dask.errors import ConcurrentCommitError, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
 #: Reader features whose tables cannot be read file by file (the rows are not the files' rows).
 UNSUPPORTED_READER_FEATURES = ("deletionVectors", "columnMapping")
-
-
-class ConcurrentCommitError(Exception):
-    """Another writer committed a conflicting change to the same partition first."""
 
 
 def _deltalake():

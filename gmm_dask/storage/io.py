@@ -51,7 +51,13 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gmm_dask.errors import ConfigError, DataError
+from gmm_dask.errors import (
+    ConcurrentCommitError,
+    ConfigError,
+    DataError,
+    ExclusiveWriteUnsupported,
+    PublishConflictError,
+)
 from gmm_dask.storage import _faults
 
 logger = logging.getLogger(__name__)
@@ -716,7 +722,7 @@ class DeltaPartitionWriter:
                 "Committing",
                 self.table_uri,
             )
-        except delta.ConcurrentCommitError as err:
+        except ConcurrentCommitError as err:
             raise PublishConflictError(
                 f"{self.table} {self.key}={self.date}: another run replaced this partition at the same "
                 f"time and its commit won ({err}); this run's partition was not committed, the other "
@@ -1004,10 +1010,6 @@ def list_names(path: str, storage_options: dict | None = None) -> list[str]:
     return retry_transient(names, "Listing", path)
 
 
-class ExclusiveWriteUnsupported(ConfigError):
-    """The store can neither create a file exclusively nor write conditionally."""
-
-
 #: Stores whose conditional PUT (``If-None-Match: *``) gmm-dask uses, checked once per bucket.
 _CONDITIONAL_PUT = ("s3", "s3a")
 _CONDITIONAL_CHECKED: dict[tuple[str, str], bool] = {}
@@ -1109,10 +1111,6 @@ def create_exclusive(path: str, text: str, storage_options: dict | None = None) 
 
 
 # --- publishing: one writer per published date; candidates promoted later ----------------------
-
-
-class PublishConflictError(Exception):
-    """Another run is publishing the same snapshot date right now."""
 
 
 #: The publish locks' folder under ``output.root``: ``dt=<date>.lock`` while a run writes that date.

@@ -23,7 +23,7 @@ import logging
 import re
 
 from gmm_dask._version import package_version
-from gmm_dask.errors import RegistryError
+from gmm_dask.errors import ModelNotFoundError, RegistryError
 from gmm_dask.segmentation.model import SegmentationModel, model_from_payload
 from gmm_dask.storage import io
 
@@ -105,14 +105,14 @@ class ModelRegistry:
         if VERSION_RE.match(ref):
             if not io.exists(f"{self._version_dir(ref)}/model.json", self.storage_options):
                 known = self.versions()
-                raise RegistryError(
+                raise ModelNotFoundError(
                     f"Model version {ref!r} does not exist in registry {self.root!r} "
                     f"(available: {', '.join(known[-10:]) or 'none'})."
                 )
             return ref
         path = f"{self.root}/aliases/{ref}.json"
         if not io.exists(path, self.storage_options):
-            raise RegistryError(
+            raise ModelNotFoundError(
                 f"Model alias {ref!r} does not exist in registry {self.root!r}: train a model first "
                 "(gmm-dask train) or pass --model-version vNNNN."
             )
