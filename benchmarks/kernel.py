@@ -12,7 +12,7 @@ BLAS threads. Every timed iteration starts from the same initial parameters
 alternating), so a neighbour's load hits both alike; the best round of each is reported, with
 the median beside it. Ours is also timed with ``precision='float32'`` (opt-in), and the drift
 of its parameters and log-likelihood from float64 after 5 iterations is reported. The DGEMM
-rate (:func:`benchmarks.cases.run_dgemm`) is measured at the start, in every round and at the
+rate (:func:`benchmarks.dgemm.run_dgemm`) is measured at the start, in every round and at the
 end of the same run, and the best of them is used — the same "best round" treatment the engines
 get, so a busy neighbour does not inflate the percentages. Prints one JSON line.
 
@@ -86,7 +86,8 @@ def _time(fn) -> float:
 def measure(n: int = 1_000_000, d: int = 16, k: int = 8, ct: str = "full", rounds: int = 5, seed: int = 0):
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from benchmarks.cases import blobs, flops_per_iteration, run_dgemm, shared_init
+    from benchmarks.cases import blobs, flops_per_iteration, shared_init
+    from benchmarks.dgemm import run_dgemm
 
     load_start = os.getloadavg()[0]
     dgemm_start = run_dgemm({})

@@ -88,7 +88,7 @@ def _drivers():
 
 
 def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
-    from benchmarks.cases import run_dgemm
+    from benchmarks.dgemm import run_dgemm
     from gmm_dask.mixture import _kernels as kk
     from gmm_dask.mixture import suffstats as ss
 
