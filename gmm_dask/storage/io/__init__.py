@@ -31,7 +31,15 @@ here; a missing bucket or refused credentials are *permanent*: a ConfigError nam
 """
 
 from gmm_dask.storage.io.documents import create_exclusive, exists, list_names, read_text, write_text_atomic
-from gmm_dask.storage.io.fs import check_storage, check_store, filesystem, is_transient, retry_transient
+from gmm_dask.storage.io.fs import (
+    StorageLocations,
+    StorageOptions,
+    check_storage,
+    check_store,
+    filesystem,
+    is_transient,
+    retry_transient,
+)
 from gmm_dask.storage.io.publishing import (
     LOCKS_DIR,
     candidates_root,
@@ -57,6 +65,7 @@ from gmm_dask.storage.io.writers import (
     STALE_STAGING_SECONDS,
     TABLE_FORMATS,
     DeltaPartitionWriter,
+    PartitionStage,
     PartitionWriter,
     StagedPartitions,
     partition_dates,
@@ -77,11 +86,14 @@ __all__ = [
     "STALE_STAGING_SECONDS",
     "TABLE_FORMATS",
     "DeltaPartitionWriter",
+    "PartitionStage",
     "PartitionWriter",
     "Piece",
     "Snapshot",
     "SnapshotSource",
     "StagedPartitions",
+    "StorageLocations",
+    "StorageOptions",
     "candidates_root",
     "check_storage",
     "check_store",

@@ -13,21 +13,23 @@ import os
 import uuid
 from pathlib import Path
 
+from fsspec import AbstractFileSystem
+
 from gmm_dask.errors import ExclusiveWriteUnsupported
-from gmm_dask.storage.io.fs import _is_local, _protocols, filesystem, retry_transient
+from gmm_dask.storage.io.fs import StorageOptions, _is_local, _protocols, filesystem, retry_transient
 
 
-def read_text(path: str, storage_options: dict | None = None) -> str:
+def read_text(path: str, storage_options: StorageOptions | None = None) -> str:
     fs, inner = filesystem(path, storage_options)
 
-    def read():
+    def read() -> str:
         with fs.open(inner, "r", encoding="utf-8") as f:
             return f.read()
 
     return retry_transient(read, "Reading", path)
 
 
-def write_text_atomic(path: str, text: str, storage_options: dict | None = None) -> str:
+def write_text_atomic(path: str, text: str, storage_options: StorageOptions | None = None) -> str:
     """Write a small text file in one step; returns where it is (an absolute path for local
     files, the URL otherwise). Local disks: a temporary name and a rename. Object stores: a
     single ``PUT`` (atomic there: readers get the old or the new object, whole)."""
@@ -44,16 +46,16 @@ def write_text_atomic(path: str, text: str, storage_options: dict | None = None)
     return str(Path(inner).resolve())
 
 
-def exists(path: str, storage_options: dict | None = None) -> bool:
+def exists(path: str, storage_options: StorageOptions | None = None) -> bool:
     fs, inner = filesystem(path, storage_options)
     return retry_transient(lambda: fs.exists(inner), "Checking", path)
 
 
-def list_names(path: str, storage_options: dict | None = None) -> list[str]:
+def list_names(path: str, storage_options: StorageOptions | None = None) -> list[str]:
     """Names of the entries directly under ``path`` ([] if it does not exist)."""
     fs, inner = filesystem(path, storage_options)
 
-    def names():
+    def names() -> list[str]:
         if not fs.exists(inner):
             return []
         return [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(inner, detail=False)]
@@ -82,7 +84,7 @@ def _is_precondition_failed(err: BaseException) -> bool:
     return False
 
 
-def _put_if_absent(fs, inner: str, data: bytes, url: str) -> bool:
+def _put_if_absent(fs: AbstractFileSystem, inner: str, data: bytes, url: str) -> bool:
     """One conditional PUT; False if the object exists (412, or 409 for a concurrent one)."""
     try:
         retry_transient(lambda: fs.pipe_file(inner, data, mode="create"), "Writing", url)
@@ -93,7 +95,7 @@ def _put_if_absent(fs, inner: str, data: bytes, url: str) -> bool:
         raise
 
 
-def _check_conditional_put(fs, inner: str, url: str) -> None:
+def _check_conditional_put(fs: AbstractFileSystem, inner: str, url: str) -> None:
     """Once per bucket: a second conditional PUT of the same key must be refused. A store that
     ignores ``If-None-Match`` would let two writers both 'create' one key."""
     bucket = inner.split("/", 1)[0]
@@ -122,7 +124,7 @@ def _check_conditional_put(fs, inner: str, url: str) -> None:
     _CONDITIONAL_CHECKED[key] = True
 
 
-def create_exclusive(path: str, text: str, storage_options: dict | None = None) -> bool:
+def create_exclusive(path: str, text: str, storage_options: StorageOptions | None = None) -> bool:
     """Create a small file only if it does not exist yet, atomically; False if it exists.
 
     Local disks: ``O_EXCL`` on a temporary name's hard link, so the file appears whole. S3:

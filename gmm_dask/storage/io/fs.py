@@ -12,16 +12,54 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 import fsspec
+from fsspec import AbstractFileSystem
 
 from gmm_dask.errors import ConfigError
 from gmm_dask.storage import delta
 
 logger = logging.getLogger("gmm_dask.storage.io")  # the name its log lines have always carried
 
+#: fsspec ``storage_options`` (``endpoint_url``, ``client_kwargs``, ``anon``...), as in the config.
+StorageOptions: TypeAlias = dict[str, Any]
+T = TypeVar("T")
 
-def filesystem(path: str, storage_options: dict | None = None):
+
+class InputLocation(Protocol):
+    """Where a job reads (the job's ``input`` config satisfies it)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def storage_options(self) -> StorageOptions: ...
+
+
+class OutputLocation(Protocol):
+    """Where a job writes (the job's ``output`` config satisfies it)."""
+
+    @property
+    def root(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def registry_path(self) -> str: ...
+
+
+class StorageLocations(Protocol):
+    """The places a job's storage is checked at (the job's config satisfies it)."""
+
+    @property
+    def input(self) -> InputLocation: ...
+    @property
+    def output(self) -> OutputLocation: ...
+
+
+def filesystem(path: str, storage_options: StorageOptions | None = None) -> tuple[AbstractFileSystem, str]:
     """(fsspec filesystem, path inside it) for a local path or URL.
 
     On S3 the listings cache is off unless asked for: other processes write the same prefixes
@@ -33,15 +71,15 @@ def filesystem(path: str, storage_options: dict | None = None):
     return fs, inner
 
 
-def _is_local(fs) -> bool:
+def _is_local(fs: AbstractFileSystem) -> bool:
     return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
 
 
-def _protocols(fs) -> tuple[str, ...]:
+def _protocols(fs: AbstractFileSystem) -> tuple[str, ...]:
     return fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
 
 
-def _url(fs, inner: str) -> str:
+def _url(fs: AbstractFileSystem, inner: str) -> str:
     """``inner`` as fsspec and pyarrow open it again: a local path, or a URL with its protocol."""
     return inner if _is_local(fs) else fs.unstrip_protocol(inner)
 
@@ -90,7 +128,7 @@ def _retry_seconds() -> float:
 _REMOTE = ("s3://", "s3a://", "gs://", "gcs://", "abfs://", "abfss://", "az://", "adl://")
 
 
-def retry_transient(fn, what: str, url: str, seconds: float | None = None):
+def retry_transient(fn: Callable[[], T], what: str, url: str, seconds: float | None = None) -> T:
     """``fn()``, retried with backoff while it fails with a transient storage error, for up to
     ``seconds`` (default ``GMM_DASK_STORAGE_RETRY_SECONDS``, 60); other errors, and any error
     on a local or custom filesystem, pass at once."""
@@ -127,7 +165,7 @@ def _error_code(err: BaseException) -> str:
     return type(err).__name__
 
 
-def check_store(url: str, storage_options: dict | None, key: str) -> None:
+def check_store(url: str, storage_options: StorageOptions | None, key: str) -> None:
     """Before any work: a URL's bucket exists and the credentials are accepted.
 
     Transient failures are retried (:func:`retry_transient`); a missing bucket or refused
@@ -168,13 +206,13 @@ def check_store(url: str, storage_options: dict | None, key: str) -> None:
         ) from None
 
 
-def check_storage(cfg) -> None:
+def check_storage(cfg: StorageLocations) -> None:
     """:func:`check_store` for a job's input, output root and registry (URLs only), and the
     table formats' packages."""
     so = cfg.input.storage_options
     if "delta" in (cfg.input.format, cfg.output.format):
         delta._deltalake()  # ConfigError with the install command when missing
-    seen = set()
+    seen: set[tuple[str, str]] = set()
     for key, url in (
         ("input.path", cfg.input.path),
         ("output.root", cfg.output.root),

@@ -8,12 +8,13 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 
 from gmm_dask.errors import DataError, ExclusiveWriteUnsupported, PublishConflictError
 from gmm_dask.storage import delta
 from gmm_dask.storage.io.documents import create_exclusive, exists, list_names, read_text, write_text_atomic
-from gmm_dask.storage.io.fs import _is_local, _url, filesystem, retry_transient
+from gmm_dask.storage.io.fs import StorageOptions, _is_local, _url, filesystem, retry_transient
 from gmm_dask.storage.io.writers import (
     EXPORT_TABLES,
     StagedPartitions,
@@ -29,7 +30,7 @@ logger = logging.getLogger("gmm_dask.storage.io")  # the name its log lines have
 LOCKS_DIR = "_locks"
 
 
-def held_publish_locks(root: str, storage_options: dict | None = None) -> list[str]:
+def held_publish_locks(root: str, storage_options: StorageOptions | None = None) -> list[str]:
     """The publish locks held now under ``root`` (their file names, sorted): the dates some run
     is writing, or a dead run left locked."""
     return sorted(
@@ -37,7 +38,7 @@ def held_publish_locks(root: str, storage_options: dict | None = None) -> list[s
     )
 
 
-def delta_tables(root: str, storage_options: dict | None = None) -> list[str]:
+def delta_tables(root: str, storage_options: StorageOptions | None = None) -> list[str]:
     """The names of the Delta tables directly under ``root`` (sorted)."""
     fs, base = filesystem(root, storage_options)
     base = base.rstrip("/")
@@ -46,12 +47,14 @@ def delta_tables(root: str, storage_options: dict | None = None) -> list[str]:
         for n in sorted(list_names(root, storage_options))
         if not n.startswith("_")
         and n not in EXPORT_TABLES
-        and retry_transient(lambda n=n: _is_delta(fs, f"{base}/{n}"), "Listing", root)
+        and retry_transient(partial(_is_delta, fs, f"{base}/{n}"), "Listing", root)
     ]
 
 
 @contextlib.contextmanager
-def publish_lock(root: str, date: str, storage_options: dict | None = None, *, owner: str = ""):
+def publish_lock(
+    root: str, date: str, storage_options: StorageOptions | None = None, *, owner: str = ""
+) -> Iterator[None]:
     """Hold ``<root>/_locks/dt=<date>.lock`` while this run writes the published partitions of
     ``date``. Created exclusively (``O_EXCL`` on local disks); a lock left by a process that no
     longer exists on this host is taken over; a live one raises :class:`PublishConflictError`,
@@ -123,9 +126,9 @@ def copy_partitions(
     dst_root: str,
     tables: Sequence[str],
     date: str,
-    storage_options=None,
+    storage_options: StorageOptions | None = None,
     table_format: str = "parquet",
-) -> dict:
+) -> dict[str, str]:
     """Copy one date's partitions of ``tables`` from ``src_root`` into ``dst_root``, committing
     them together (each atomically): how a candidate is promoted."""
     fs, src = filesystem(src_root, storage_options)
@@ -157,7 +160,10 @@ def copy_partitions(
 
 
 def delta_vacuum(
-    table_url: str, storage_options: dict | None = None, retention_hours: int = 168, dry_run: bool = True
+    table_url: str,
+    storage_options: StorageOptions | None = None,
+    retention_hours: int = 168,
+    dry_run: bool = True,
 ) -> list[str]:
     """Delete the files of a Delta output table that no version within ``retention_hours``
     references (replaced partitions, files of killed writers); returns them. Versions older

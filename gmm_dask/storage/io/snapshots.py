@@ -13,32 +13,30 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
 from gmm_dask.errors import DataError
 from gmm_dask.storage import delta
-from gmm_dask.storage.io.fs import _is_local, _url, filesystem, retry_transient
+from gmm_dask.storage.io.fs import InputLocation, StorageOptions, _is_local, _url, filesystem, retry_transient
+
+if TYPE_CHECKING:  # deltalake is optional
+    from deltalake import DeltaTable
 
 SNAPSHOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 #: Target rows per piece (one Dask task / one output file).
 PIECE_ROWS = 262_144
 
 
-class SnapshotSource(Protocol):
-    """Where the date-partitioned snapshots are and which columns they must have (the job's
-    ``input`` config satisfies it)."""
+class SnapshotSource(InputLocation, Protocol):
+    """Where the date-partitioned snapshots are (``path``, ``format``, ``storage_options``) and
+    which columns they must have (the job's ``input`` config satisfies it)."""
 
     @property
-    def path(self) -> str: ...
-    @property
-    def format(self) -> str: ...
-    @property
     def partition_key(self) -> str: ...
-    @property
-    def storage_options(self) -> dict[str, Any]: ...
     @property
     def id_column(self) -> str: ...
     @property
@@ -65,14 +63,14 @@ class Snapshot:
     path: str
     pieces: tuple[Piece, ...]
     id_type: pa.DataType
-    storage_options: dict
+    storage_options: StorageOptions
 
     @property
     def n_rows(self) -> int:
         return sum(p.n_rows for p in self.pieces)
 
 
-def _input_delta_table(cfg: SnapshotSource):
+def _input_delta_table(cfg: SnapshotSource) -> DeltaTable:
     """The input Delta table (its current version), checked readable file by file."""
     fs, root = filesystem(cfg.path, cfg.storage_options)
     if not retry_transient(lambda: delta.is_delta_table(fs, root), "Listing", cfg.path):
@@ -143,15 +141,15 @@ def _read_error(path: str, err: Exception, what: str) -> Exception:
     )
 
 
-def _open(fs, path: str):
+def _open(fs: AbstractFileSystem, path: str) -> IO[bytes]:
     try:
         return fs.open(path, "rb")
     except OSError as err:  # missing file, permissions, network: storage trouble, retryable
         raise OSError(f"Opening Parquet file {path!r} failed: {err}") from err
 
 
-def _footer(fs, path: str):
-    def read():
+def _footer(fs: AbstractFileSystem, path: str) -> pq.FileMetaData:
+    def read() -> pq.FileMetaData:
         with _open(fs, path) as f:
             try:
                 return pq.ParquetFile(f).metadata
@@ -230,7 +228,7 @@ def open_snapshot(cfg: SnapshotSource, date: str, piece_rows: int = PIECE_ROWS) 
         raise DataError(f"Snapshot {date} at {part!r} has no Parquet files.")
     with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
         footers = list(pool.map(lambda p: _footer(fs, p), files))
-    id_type = None
+    id_type: pa.DataType | None = None
     pieces: list[Piece] = []
     for path, meta in zip(files, footers, strict=True):
         schema = meta.schema.to_arrow_schema()
@@ -260,11 +258,13 @@ def open_snapshot(cfg: SnapshotSource, date: str, piece_rows: int = PIECE_ROWS) 
     return Snapshot(date, part, tuple(pieces), id_type, dict(cfg.storage_options))
 
 
-def read_piece(piece: Piece, columns: Sequence[str], storage_options: dict | None = None) -> pa.Table:
+def read_piece(
+    piece: Piece, columns: Sequence[str], storage_options: StorageOptions | None = None
+) -> pa.Table:
     """Read one piece's columns with pyarrow (runs inside a Dask task)."""
     fs, inner = filesystem(piece.path, storage_options)
 
-    def read():
+    def read() -> pa.Table:
         with _open(fs, inner) as f:
             try:
                 return pq.ParquetFile(f).read_row_groups(list(piece.row_groups), columns=list(columns))

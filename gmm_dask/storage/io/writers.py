@@ -23,16 +23,19 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
 from gmm_dask.errors import ConcurrentCommitError, ConfigError, DataError, PublishConflictError
 from gmm_dask.storage import _faults, delta
 from gmm_dask.storage.io.documents import list_names
-from gmm_dask.storage.io.fs import _is_local, _url, filesystem, retry_transient
+from gmm_dask.storage.io.fs import StorageOptions, _is_local, _url, filesystem, retry_transient
 
 logger = logging.getLogger("gmm_dask.storage.io")  # the name its log lines have always carried
 
@@ -48,7 +51,7 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _renameat2():
+def _renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
     libc_name = ctypes.util.find_library("c")
     if not libc_name:
         return None
@@ -77,6 +80,20 @@ def _exchange(a: str, b: str) -> bool:
     raise OSError(err, os.strerror(err), f"{a} <-> {b}")
 
 
+class PartitionStage(Protocol):
+    """One table's partition being written: files staged under :attr:`directory`, then one
+    :meth:`commit` (returns where the committed partition is) or :meth:`abort` (removes what
+    this run staged). :class:`StagedPartitions` drives one per table."""
+
+    @property
+    def run(self) -> str: ...  # this run's id, in the staged files' paths
+    @property
+    def directory(self) -> str: ...
+    def file(self, name: str) -> str: ...
+    def commit(self) -> str: ...
+    def abort(self) -> None: ...
+
+
 class PartitionWriter:
     """Stage the files of one table partition, then commit them atomically.
 
@@ -85,7 +102,15 @@ class PartitionWriter:
     >>> w.commit()                                                # doctest: +SKIP
     """
 
-    def __init__(self, root: str, table: str, date: str, *, partition_key: str = "dt", storage_options=None):
+    def __init__(
+        self,
+        root: str,
+        table: str,
+        date: str,
+        *,
+        partition_key: str = "dt",
+        storage_options: StorageOptions | None = None,
+    ) -> None:
         self.fs, self.root = filesystem(root, storage_options)
         self.local = _is_local(self.fs)
         self.table = table
@@ -142,7 +167,7 @@ class PartitionWriter:
         else:  # not atomic: readers may see the partition empty meanwhile (use format: delta)
             url = _url(self.fs, self.target)
 
-            def replace():
+            def replace() -> None:
                 if self.fs.exists(self.target):
                     self.fs.rm(self.target, recursive=True)
                 if self.fs.exists(self.staged):
@@ -183,7 +208,15 @@ class DeltaPartitionWriter:
     :meth:`commit` replaces the partition with them in one Delta commit (see :mod:`gmm_dask.storage.delta`).
     Files of a run that never commits are removed by :meth:`abort`, or later by ``vacuum``."""
 
-    def __init__(self, root: str, table: str, date: str, *, partition_key: str = "dt", storage_options=None):
+    def __init__(
+        self,
+        root: str,
+        table: str,
+        date: str,
+        *,
+        partition_key: str = "dt",
+        storage_options: StorageOptions | None = None,
+    ) -> None:
         self.fs, base = filesystem(root, storage_options)
         self.storage_options = storage_options
         self.table, self.key, self.date = table, partition_key, date
@@ -194,7 +227,7 @@ class DeltaPartitionWriter:
         self.partition = f"{self.table_dir}/{partition_key}={date}"
         self.committed = False
 
-        def check():
+        def check() -> None:
             if (
                 self.fs.exists(self.table_dir)
                 and not delta.is_delta_table(self.fs, self.table_dir)
@@ -228,7 +261,7 @@ class DeltaPartitionWriter:
         return _url(self.fs, self.staged)
 
     def commit(self) -> str:
-        def files():
+        def files() -> list[str]:
             found = self.fs.find(self.staged) if self.fs.exists(self.staged) else []
             other = [f for f in found if not f.endswith(".parquet")]
             if other:
@@ -276,7 +309,7 @@ class DeltaPartitionWriter:
                 self.fs.rm(self.staged, recursive=True)
 
 
-def _parquet_options(schema: pa.Schema) -> dict:
+def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
     """Snappy; dictionary encoding for the columns where it pays (strings, small integers,
     booleans — trying it on float columns costs more than the whole rest of the write);
     statistics on the flat columns (what engines prune on)."""
@@ -293,7 +326,7 @@ def _parquet_options(schema: pa.Schema) -> dict:
     }
 
 
-def write_table_file(table: pa.Table, path: str, storage_options: dict | None = None) -> None:
+def write_table_file(table: pa.Table, path: str, storage_options: StorageOptions | None = None) -> None:
     """Write one Parquet file (see :func:`_parquet_options`) to a local path or URL."""
     options = _parquet_options(table.schema)
     if "://" in path:
@@ -304,7 +337,7 @@ def write_table_file(table: pa.Table, path: str, storage_options: dict | None = 
         pq.write_table(table, path, **options)
 
 
-def write_csv_file(table: pa.Table, path: str, storage_options: dict | None = None) -> None:
+def write_csv_file(table: pa.Table, path: str, storage_options: StorageOptions | None = None) -> None:
     """One CSV file with a header (list columns are not allowed)."""
     import pyarrow.csv as pacsv
 
@@ -334,7 +367,7 @@ class StagedPartitions:
         root: str,
         tables: Sequence[str],
         date: str,
-        storage_options: dict | None = None,
+        storage_options: StorageOptions | None = None,
         table_format: str = "parquet",
     ):
         if table_format not in TABLE_FORMATS:
@@ -342,10 +375,10 @@ class StagedPartitions:
         self.root, self.tables, self.date = root, list(tables), date
         self.storage_options = storage_options
         self.table_format = table_format
-        self.writers: dict[str, PartitionWriter | DeltaPartitionWriter] = {}
+        self.writers: dict[str, PartitionStage] = {}
         self.paths: dict[str, str] = {}
 
-    def _writer(self, table: str):
+    def _writer(self, table: str) -> PartitionStage:
         if self.table_format == "delta" and table not in EXPORT_TABLES:
             return DeltaPartitionWriter(self.root, table, self.date, storage_options=self.storage_options)
         return PartitionWriter(self.root, table, self.date, storage_options=self.storage_options)
@@ -373,7 +406,9 @@ class StagedPartitions:
         for w in self.writers.values():
             w.abort()
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if exc_type is not None:
             self._abort()
             return
@@ -391,7 +426,7 @@ def write_partition(
     table: str,
     date: str,
     data: pa.Table,
-    storage_options: dict | None = None,
+    storage_options: StorageOptions | None = None,
     table_format: str = "parquet",
 ) -> str:
     """Write one table's partition of ``date`` as a single file, committed atomically."""
@@ -404,11 +439,13 @@ def partition_path(root: str, table: str, date: str, partition_key: str = "dt") 
     return f"{root.rstrip('/')}/{table}/{partition_key}={date}"
 
 
-def _is_delta(fs, table_dir: str) -> bool:
+def _is_delta(fs: AbstractFileSystem, table_dir: str) -> bool:
     return delta.is_delta_table(fs, table_dir)
 
 
-def _partition_files(root: str, table: str, date: str, storage_options: dict | None):
+def _partition_files(
+    root: str, table: str, date: str, storage_options: StorageOptions | None
+) -> tuple[AbstractFileSystem, str, list[str] | None]:
     """(fs, partition path, its Parquet files as paths in fs, or None if there is no partition).
 
     A Delta table (``<root>/<table>/_delta_log``) gives the files of its current version; the
@@ -417,7 +454,7 @@ def _partition_files(root: str, table: str, date: str, storage_options: dict | N
     path = partition_path(base, table, date)
     table_dir = f"{base.rstrip('/')}/{table}"
 
-    def find():
+    def find() -> tuple[AbstractFileSystem, str, list[str] | None]:
         if table not in EXPORT_TABLES and _is_delta(fs, table_dir):
             t = delta.open_table(_url(fs, table_dir), storage_options)
             files = [fs._strip_protocol(u) for u in delta.partition_file_uris(t, "dt", date)]
@@ -429,7 +466,9 @@ def _partition_files(root: str, table: str, date: str, storage_options: dict | N
     return retry_transient(find, "Listing", _url(fs, table_dir))
 
 
-def partition_files(root: str, table: str, date: str, storage_options: dict | None = None) -> list[str]:
+def partition_files(
+    root: str, table: str, date: str, storage_options: StorageOptions | None = None
+) -> list[str]:
     """The Parquet files of a committed partition, as paths or URLs ([] if there is none)."""
     fs, _, files = _partition_files(root, table, date, storage_options)
     if not files:
@@ -437,7 +476,7 @@ def partition_files(root: str, table: str, date: str, storage_options: dict | No
     return [_url(fs, f) for f in files]
 
 
-def partition_dates(root: str, table: str, storage_options: dict | None = None) -> list[str]:
+def partition_dates(root: str, table: str, storage_options: StorageOptions | None = None) -> list[str]:
     """The dates that have a committed partition of ``table`` under ``root``, in order."""
     fs, base = filesystem(root, storage_options)
     table_dir = f"{base.rstrip('/')}/{table}"
@@ -458,7 +497,7 @@ def read_partition(
     table: str,
     date: str,
     columns: Sequence[str] | None = None,
-    storage_options: dict | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> pa.Table:
     """A committed table partition (e.g. the memberships of one snapshot); DataError if absent."""
     import pyarrow.dataset as ds
@@ -478,7 +517,7 @@ def read_partition(
 
 
 def partition_metadata(
-    root: str, table: str, date: str, storage_options: dict | None = None
+    root: str, table: str, date: str, storage_options: StorageOptions | None = None
 ) -> dict[str, str] | None:
     """The gmm-dask key-value metadata of a committed partition (None if there is none)."""
     fs, _, files = _partition_files(root, table, date, storage_options)
