@@ -29,11 +29,19 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
 
 from gmm_dask.errors import ConcurrentCommitError, ConfigError, DataError
+
+if TYPE_CHECKING:  # deltalake is optional: imported where a Delta table is used
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction, CommitProperties
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +49,7 @@ logger = logging.getLogger(__name__)
 UNSUPPORTED_READER_FEATURES = ("deletionVectors", "columnMapping")
 
 
-def _deltalake():
+def _deltalake() -> ModuleType:
     try:
         import deltalake
     except ImportError:
@@ -51,7 +59,7 @@ def _deltalake():
     return deltalake
 
 
-def storage_options(url: str, fsspec_options: dict | None) -> dict[str, str]:
+def storage_options(url: str, fsspec_options: dict[str, Any] | None) -> dict[str, str]:
     """delta-rs (object_store) options for the fsspec ``storage_options`` of a config.
 
     Only non-secret settings are translated (``endpoint_url``, ``client_kwargs.region_name``,
@@ -74,17 +82,19 @@ def storage_options(url: str, fsspec_options: dict | None) -> dict[str, str]:
     return out
 
 
-def is_delta_table(fs, inner: str) -> bool:
+def is_delta_table(fs: AbstractFileSystem, inner: str) -> bool:
     """Whether ``inner`` (a path in ``fs``) holds a Delta log."""
     return bool(fs.exists(f"{inner.rstrip('/')}/_delta_log"))
 
 
-def open_table(uri: str, fsspec_options: dict | None, version: int | None = None):
-    dl = _deltalake()
-    return dl.DeltaTable(uri, version=version, storage_options=storage_options(uri, fsspec_options))
+def open_table(uri: str, fsspec_options: dict[str, Any] | None, version: int | None = None) -> DeltaTable:
+    _deltalake()
+    from deltalake import DeltaTable
+
+    return DeltaTable(uri, version=version, storage_options=storage_options(uri, fsspec_options))
 
 
-def check_readable(table, where: str) -> None:
+def check_readable(table: DeltaTable, where: str) -> None:
     """DataError if the table uses features whose data files cannot be read one by one."""
     features = set(getattr(table.protocol(), "reader_features", None) or ())
     bad = [f for f in UNSUPPORTED_READER_FEATURES if f in features]
@@ -96,7 +106,7 @@ def check_readable(table, where: str) -> None:
         )
 
 
-def partition_values(table, key: str) -> list[str]:
+def partition_values(table: DeltaTable, key: str) -> list[str]:
     """The distinct values of partition column ``key`` in the table's current version."""
     if key not in table.metadata().partition_columns:
         raise DataError(
@@ -106,7 +116,7 @@ def partition_values(table, key: str) -> list[str]:
     return sorted({p[key] for p in table.partitions() if p.get(key) is not None})
 
 
-def partition_file_uris(table, key: str, value: str) -> list[str]:
+def partition_file_uris(table: DeltaTable, key: str, value: str) -> list[str]:
     """The data files of one partition in the table's current version (absolute paths or URLs)."""
     return sorted(table.file_uris(file_pruning_predicate=[(key, "=", value)]))
 
@@ -122,14 +132,29 @@ def _arrow_for_delta(schema: pa.Schema) -> pa.Schema:
     return schema.remove_metadata()
 
 
+@dataclass(frozen=True)
+class _Replacement:
+    """One partition's new files, ready to commit in place of its current ones."""
+
+    table_uri: str
+    options: dict[str, str]  # delta-rs storage options
+    key: str
+    value: str
+    actions: list[AddAction]
+    schema: pa.Schema  # the files' columns, then the partition column
+    properties: CommitProperties
+    run: str | None  # the writer's ``gmm_dask.run`` tag: finds a retried commit that got through
+    read_version: int | None
+
+
 def commit_partition(
-    fs,
+    fs: AbstractFileSystem,
     table_inner: str,
     table_uri: str,
     key: str,
     value: str,
     files: Sequence[str],
-    fsspec_options: dict | None,
+    fsspec_options: dict[str, Any] | None,
     commit_metadata: dict[str, str] | None = None,
     read_version: int | None = None,
 ) -> int:
@@ -143,13 +168,50 @@ def commit_partition(
     first to commit wins and the other fails. Commits to other partitions do not conflict (a
     commit that races one is checked again and retried). The commit itself is Delta's: a
     conditional PUT of the next log entry, so two commits never both take a version."""
-    dl = _deltalake()
+    _deltalake()
     from deltalake.exceptions import CommitFailedError
-    from deltalake.transaction import AddAction, CommitProperties, create_table_with_add_actions
+    from deltalake.transaction import CommitProperties
 
-    so = storage_options(table_uri, fsspec_options)
+    actions, schema, meta_kv = _add_actions(fs, table_inner, key, value, files)
+    if schema is None:  # an empty partition: keep the table's schema, drop the partition's files
+        if not is_delta_table(fs, table_inner):
+            raise DataError(f"Nothing to commit to the new Delta table {table_uri!r}: no files were written.")
+        table_schema = pa.schema(open_table(table_uri, fsspec_options).schema().to_arrow())
+        schema = pa.schema([f for f in table_schema if f.name != key])
+    props = CommitProperties(
+        custom_metadata={**meta_kv, **(commit_metadata or {}), "gmm_dask.partition": f"{key}={value}"}
+    )
+    new = _Replacement(
+        table_uri,
+        storage_options(table_uri, fsspec_options),
+        key,
+        value,
+        actions,
+        schema.append(pa.field(key, pa.string())),
+        props,
+        (commit_metadata or {}).get("gmm_dask.run"),
+        read_version,
+    )
+    try:
+        if (
+            read_version is None
+            and not is_delta_table(fs, table_inner)
+            and _create_table(fs, table_inner, new)
+        ):
+            return 0
+        return _replace_partition(new)
+    except CommitFailedError as err:
+        raise ConcurrentCommitError(str(err).splitlines()[0]) from None
 
-    def describe(path: str):
+
+def _add_actions(
+    fs: AbstractFileSystem, table_inner: str, key: str, value: str, files: Sequence[str]
+) -> tuple[list[AddAction], pa.Schema | None, dict[str, str]]:
+    """(Delta add actions, the files' common schema without metadata or None if there are no
+    files, the first file's ``gmm_dask.*`` metadata) for staged ``files`` of partition ``key=value``."""
+    from deltalake.transaction import AddAction
+
+    def describe(path: str) -> tuple[pq.FileMetaData, int]:
         with fs.open(path, "rb") as f:
             meta = pq.ParquetFile(f).metadata
         return meta, fs.size(path)
@@ -173,62 +235,67 @@ def commit_partition(
         actions.append(
             AddAction(rel, int(size), {key: value}, now, True, json.dumps({"numRecords": meta.num_rows}))
         )
-    if schema is None:  # an empty partition: keep the table's schema, drop the partition's files
-        if not is_delta_table(fs, table_inner):
-            raise DataError(f"Nothing to commit to the new Delta table {table_uri!r}: no files were written.")
-        schema = open_table(table_uri, fsspec_options).schema().to_arrow()
-        schema = pa.schema([f for f in pa.schema(schema) if f.name != key])
-    full = schema.append(pa.field(key, pa.string()))
-    props = CommitProperties(
-        custom_metadata={**meta_kv, **(commit_metadata or {}), "gmm_dask.partition": f"{key}={value}"}
-    )
+    return actions, schema, meta_kv
+
+
+def _create_table(fs: AbstractFileSystem, table_inner: str, new: _Replacement) -> bool:
+    """Create the table with the partition as its first version; False where another writer
+    created the table first (then the partition is committed to theirs)."""
+    from deltalake import Schema
+    from deltalake.transaction import create_table_with_add_actions
+
     try:
-        if read_version is None and not is_delta_table(fs, table_inner):
-            try:
-                create_table_with_add_actions(
-                    table_uri,
-                    dl.Schema.from_arrow(full),
-                    actions,
-                    mode="error",
-                    partition_by=[key],
-                    storage_options=so,
-                    commit_properties=props,
+        create_table_with_add_actions(
+            new.table_uri,
+            Schema.from_arrow(new.schema),
+            new.actions,
+            mode="error",
+            partition_by=[new.key],
+            storage_options=new.options,
+            commit_properties=new.properties,
+        )
+        return True
+    except Exception as err:  # another writer created the table first
+        if not is_delta_table(fs, table_inner):
+            raise
+        logger.info("Delta table %s was created concurrently (%s)", new.table_uri, err)
+        return False
+
+
+def _replace_partition(new: _Replacement) -> int:
+    """Commit ``new`` over the partition's current files, unless a commit since the writer's
+    ``read_version`` replaced the same partition; a race with a commit to another partition is
+    checked again and retried (50 tries). Returns the version committed."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import CommitFailedError
+
+    since = -1 if new.read_version is None else new.read_version
+    for _ in range(50):
+        latest = DeltaTable(new.table_uri, storage_options=new.options)
+        newer = latest.version() - since
+        if newer > 0:
+            clash = [h for h in latest.history(limit=newer) if _touches(h, new.key, new.value)]
+            mine = [h for h in clash if new.run and h.get("gmm_dask.run") == new.run]
+            if mine:  # a retried commit whose first try got through
+                return int(mine[0].get("version", latest.version()))
+            if clash:
+                raise ConcurrentCommitError(
+                    f"version {clash[0].get('version')} ({clash[0].get('operation')}) replaced "
+                    f"{new.key}={new.value} after this writer started from version {new.read_version}"
                 )
-                return 0
-            except Exception as err:  # another writer created the table first
-                if not is_delta_table(fs, table_inner):
-                    raise
-                logger.info("Delta table %s was created concurrently (%s)", table_uri, err)
-        since = -1 if read_version is None else read_version
-        for _ in range(50):
-            latest = dl.DeltaTable(table_uri, storage_options=so)
-            newer = latest.version() - since
-            if newer > 0:
-                clash = [h for h in latest.history(limit=newer) if _touches(h, key, value)]
-                run = (commit_metadata or {}).get("gmm_dask.run")
-                mine = [h for h in clash if run and h.get("gmm_dask.run") == run]
-                if mine:  # a retried commit whose first try got through
-                    return int(mine[0].get("version", latest.version()))
-                if clash:
-                    raise ConcurrentCommitError(
-                        f"version {clash[0].get('version')} ({clash[0].get('operation')}) replaced "
-                        f"{key}={value} after this writer started from version {read_version}"
-                    )
-            try:
-                latest.create_write_transaction(
-                    actions,
-                    "overwrite",
-                    full,
-                    partition_by=[key],
-                    partition_filters=[(key, "=", value)],
-                    commit_properties=props,
-                )
-                return dl.DeltaTable(table_uri, storage_options=so).version()
-            except CommitFailedError:  # another commit got in first: check it again, then retry
-                logger.info("Delta commit to %s raced another; checking and retrying", table_uri)
-        raise ConcurrentCommitError(f"{table_uri}: 50 commit attempts lost a race to other writers")
-    except CommitFailedError as err:
-        raise ConcurrentCommitError(str(err).splitlines()[0]) from None
+        try:
+            latest.create_write_transaction(
+                [*new.actions],  # the parameter is list[AddAction | RemoveAction]: invariant
+                "overwrite",
+                new.schema,
+                partition_by=[new.key],
+                partition_filters=[(new.key, "=", new.value)],
+                commit_properties=new.properties,
+            )
+            return DeltaTable(new.table_uri, storage_options=new.options).version()
+        except CommitFailedError:  # another commit got in first: check it again, then retry
+            logger.info("Delta commit to %s raced another; checking and retrying", new.table_uri)
+    raise ConcurrentCommitError(f"{new.table_uri}: 50 commit attempts lost a race to other writers")
 
 
 #: Operations that may change any partition's rows when they carry no gmm-dask partition tag.
@@ -243,7 +310,7 @@ _DATA_OPERATIONS = (
 )
 
 
-def _touches(commit: dict, key: str, value: str) -> bool:
+def _touches(commit: dict[str, Any], key: str, value: str) -> bool:
     """Whether a commit (a ``history()`` entry) may have changed partition ``key=value``: ours
     say which partition they replaced; another engine's data change counts as touching it."""
     tag = commit.get("gmm_dask.partition")
@@ -252,7 +319,9 @@ def _touches(commit: dict, key: str, value: str) -> bool:
     return commit.get("operation") in _DATA_OPERATIONS
 
 
-def current_version(fs, table_inner: str, table_uri: str, fsspec_options: dict | None) -> int | None:
+def current_version(
+    fs: AbstractFileSystem, table_inner: str, table_uri: str, fsspec_options: dict[str, Any] | None
+) -> int | None:
     """The table's latest version, or None where there is no Delta table yet."""
     if not is_delta_table(fs, table_inner):
         return None
@@ -260,7 +329,7 @@ def current_version(fs, table_inner: str, table_uri: str, fsspec_options: dict |
 
 
 def vacuum(
-    uri: str, fsspec_options: dict | None, retention_hours: int = 168, dry_run: bool = True
+    uri: str, fsspec_options: dict[str, Any] | None, retention_hours: int = 168, dry_run: bool = True
 ) -> list[str]:
     """Delete the files no version within ``retention_hours`` references (old partitions'
     files, files of killed writers); returns them. After it, older versions are no longer

@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import re
+from typing import Any
 
 from gmm_dask._version import package_version
 from gmm_dask.errors import ModelNotFoundError, RegistryError
@@ -34,14 +35,14 @@ FORMAT_VERSION = 1
 VERSION_RE = re.compile(r"^v\d{4,}$")
 
 
-def _digest(payload: dict) -> str:
+def _digest(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, allow_nan=False).encode()).hexdigest()
 
 
 class ModelRegistry:
     """Versions under a root directory or URL (all file access through :mod:`gmm_dask.storage.io`)."""
 
-    def __init__(self, root: str, storage_options: dict | None = None):
+    def __init__(self, root: str, storage_options: io.StorageOptions | None = None) -> None:
         self.root = root.rstrip("/")
         self.storage_options = storage_options
 
@@ -149,7 +150,7 @@ class ModelRegistry:
 
 
 def load_model(
-    registry: str, ref: str | None = None, storage_options: dict | None = None
+    registry: str, ref: str | None = None, storage_options: io.StorageOptions | None = None
 ) -> SegmentationModel:
     """Load a registered model (a version ``vNNNN`` or an alias, default ``latest``), validated.
 
