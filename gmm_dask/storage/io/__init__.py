@@ -60,6 +60,7 @@ from gmm_dask.storage.io.snapshots import (
     read_piece,
     resolve_snapshot,
 )
+from gmm_dask.storage.io.store import TableStore
 from gmm_dask.storage.io.writers import (
     EXPORT_TABLES,
     STALE_STAGING_SECONDS,
@@ -94,6 +95,7 @@ __all__ = [
     "StagedPartitions",
     "StorageLocations",
     "StorageOptions",
+    "TableStore",
     "candidates_root",
     "check_storage",
     "check_store",
