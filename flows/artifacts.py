@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from gmm_dask.report.html import bic_markdown, markdown_summary
+from gmm_dask.report.markdown import bic_markdown, markdown_summary
 
 
 def _key(text: str) -> str:

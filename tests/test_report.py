@@ -16,14 +16,11 @@ import pytest
 from PIL import Image
 
 from gmm_dask.demo import FEATURES as DEMO_FEATURES
-from gmm_dask.report.html import (
-    ReportData,
-    bhattacharyya_distance,
-    family_tree,
-    gaussian_distance_matrix,
-    html_report,
-    markdown_summary,
-)
+from gmm_dask.report.data import ReportData
+from gmm_dask.report.family import family_tree, gaussian_distance_matrix
+from gmm_dask.report.html import html_report
+from gmm_dask.report.markdown import markdown_summary
+from gmm_dask.segmentation.distance import bhattacharyya_distance
 
 FEATURES = list(DEMO_FEATURES)
 CHARTS = {"sizes", "profile", "entropy", "transitions", "bic", "projection", "family-tree", "forecast"}

@@ -91,7 +91,7 @@ def _compute_fluidity(cfg: JobConfig, from_date: str, to_date: str, top_n: int):
 
 
 def write_report(cfg: JobConfig, data) -> str:
-    """The run's self-contained HTML report (of a :class:`gmm_dask.report.html.ReportData`), next to
+    """The run's self-contained HTML report (of a :class:`gmm_dask.report.data.ReportData`), next to
     the tables under ``<root>/_reports/``."""
     from gmm_dask.report.html import html_report
 
@@ -102,10 +102,10 @@ def write_report(cfg: JobConfig, data) -> str:
 
 
 def report_data(cfg: JobConfig, res: RunResult, kind: str, bic_table: pd.DataFrame | None = None):
-    """What the report and the UI's markdown show of a run (:class:`gmm_dask.report.html.ReportData`)."""
+    """What the report and the UI's markdown show of a run (:class:`gmm_dask.report.data.ReportData`)."""
     import pandas as pd
 
-    from gmm_dask.report.html import ReportData
+    from gmm_dask.report.data import ReportData
     from gmm_dask.segmentation.naming import component_variances, profile_z, typical_values
 
     model, seg = res.model, res.segments

@@ -20,21 +20,12 @@ import dataclasses
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from gmm_dask.segmentation.distance import bhattacharyya_matrix
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.segmentation.naming import is_placeholder
 
 #: A matched pair must share at least this fraction of the smaller component's mass.
 MATCH_FRACTION = 0.5
-
-
-def bhattacharyya(mu1, cov1, mu2, cov2) -> float:
-    """Bhattacharyya distance between N(mu1, cov1) and N(mu2, cov2)."""
-    cov = (cov1 + cov2) / 2
-    diff = mu1 - mu2
-    _, logdet = np.linalg.slogdet(cov)
-    _, l1 = np.linalg.slogdet(cov1)
-    _, l2 = np.linalg.slogdet(cov2)
-    return float(diff @ np.linalg.solve(cov, diff) / 8 + 0.5 * (logdet - 0.5 * (l1 + l2)))
 
 
 def _distances(old: SegmentationModel, new: SegmentationModel) -> np.ndarray:
@@ -47,9 +38,7 @@ def _distances(old: SegmentationModel, new: SegmentationModel) -> np.ndarray:
 
     mo, co = to_t(old)
     mn, cn = to_t(new)
-    return np.array(
-        [[bhattacharyya(mo[i], co[i], mn[j], cn[j]) for j in range(len(mn))] for i in range(len(mo))]
-    )
+    return bhattacharyya_matrix(mo, co, mn, cn)
 
 
 @dataclasses.dataclass

@@ -1,0 +1,310 @@
+"""Charts of the model: model selection (BIC/AIC by K), the users projected in 2-D, and the
+components' family tree."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from gmm_dask.report.charts import Chart, mpl_text, new_figure, render, thousands_axis
+from gmm_dask.report.data import ReportData, has_rows
+from gmm_dask.report.family import family_tree
+from gmm_dask.report.palette import GONE, INK, MUTED, segment_color
+from gmm_dask.report.text import fmt_pct
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+
+def chart_bic(d: ReportData) -> Chart | None:
+    """The selection criterion by K, one line per covariance type, the chosen model circled; ``None``
+    without candidates with a finite criterion."""
+    tab = d.bic_table
+    if not has_rows(tab):
+        return None
+    crit = d.criterion if d.criterion in tab.columns else "bic"
+    tab = tab[np.isfinite(pd.to_numeric(tab[crit], errors="coerce").astype(float))]
+    if not len(tab):
+        return None
+    label = crit.upper()
+
+    def draw() -> Figure:
+        from matplotlib.ticker import MaxNLocator
+
+        fig = new_figure(8.6, 3.8)
+        ax = fig.add_subplot()
+        for i, (ct, grp) in enumerate(tab.groupby("covariance_type", sort=True)):
+            grp = grp.sort_values("n_components")
+            ax.plot(
+                grp["n_components"],
+                grp[crit],
+                marker="o",
+                markersize=4,
+                color=segment_color(i),
+                label=mpl_text(ct),
+                lw=1.6,
+            )
+        if "selected" in tab.columns:
+            sel = tab[tab["selected"].fillna(False).astype(bool)]
+            for row in sel.itertuples(index=False):
+                x, yv = row.n_components, getattr(row, crit)
+                ax.plot(
+                    x, yv, marker="o", markersize=13, markerfacecolor="none", markeredgecolor=INK, mew=1.6
+                )
+                ax.annotate(
+                    f"selected: K={x}, {row.covariance_type}\n{label} {yv:,.0f}",
+                    (x, yv),
+                    xytext=(14, -16),
+                    textcoords="offset points",
+                    va="top",
+                    fontsize=8,
+                    color=INK,
+                    arrowprops={"arrowstyle": "-", "color": MUTED, "lw": 0.8},
+                )
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.margins(x=0.06, y=0.16)
+        thousands_axis(ax.yaxis)
+        ax.grid(zorder=0)
+        ax.set_axisbelow(True)
+        ax.set_xlabel("number of components K")
+        ax.set_ylabel(f"{label} (lower is better)")
+        ax.set_title(f"Model selection: {label} by K and covariance type")
+        ax.legend(title="covariance", loc="upper right", title_fontsize=8)
+        return fig
+
+    cap = (
+        f"{label} of each candidate fit (one line per covariance type); the circled point is the model chosen. "
+        + ("BIC" if crit == "bic" else "AIC")
+        + " trades the log-likelihood against the number of parameters; lower is better."
+    )
+    return Chart("bic", render("bic", draw), html.escape(cap))
+
+
+def _pca(z: np.ndarray, means: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Rows ``z`` (m, D) and ``means`` (K, D) on the first two principal components of ``z``, and
+    each component's fraction of the variance."""
+    centre = z.mean(axis=0)
+    _, s, vt = np.linalg.svd(z - centre, full_matrices=False)
+    var = s**2
+    frac = var / var.sum() if var.sum() > 0 else np.zeros_like(var)
+    pts = (z - centre) @ vt[:2].T
+    mp = None if means is None else (means - centre) @ vt[:2].T
+    return pts, mp, frac
+
+
+@dataclass
+class _Sample:
+    """The sampled users a projection draws: rows ``z`` (m, D) in model space and their segment ids
+    ``seg`` (m,); the components' means (K, D) where they are in the same space."""
+
+    z: np.ndarray
+    seg: np.ndarray
+    means: np.ndarray | None
+    comp_ids: list[int]
+    present: list[int]  # segments with sampled users, in the segments table's order first
+    names: dict[int, str]
+    colors: dict[int, str]
+
+    @property
+    def raster(self) -> bool:
+        return len(self.z) > 1500
+
+
+def _sample(d: ReportData) -> _Sample | None:
+    """The report's sample of users, finite rows only, at most 20,000; ``None`` for fewer than 2."""
+    if d.sample_z is None or d.sample_segment is None:
+        return None
+    z = np.asarray(d.sample_z, dtype=float)
+    if z.ndim == 1:
+        z = z[:, None]
+    seg = np.asarray(d.sample_segment).astype(int)
+    ok = np.all(np.isfinite(z), axis=1)
+    z, seg = z[ok], seg[ok]
+    if len(z) < 2 or z.shape[1] == 0:
+        return None
+    if len(z) > 20_000:  # plenty for a picture; the page stays small
+        keep = np.sort(np.random.default_rng(0).choice(len(z), 20_000, replace=False))
+        z, seg = z[keep], seg[keep]
+    comp_ids = [int(c["segment"]) for c in d.components]
+    means = None
+    if d.components:
+        means = np.array([np.atleast_1d(np.asarray(c["mean"], float)) for c in d.components])
+        if means.shape[1] != z.shape[1]:
+            means = None
+    present = [s for s in [int(x) for x in d.segments["segment"]] if (seg == s).any()]
+    present += sorted(set(np.unique(seg).tolist()) - set(present))
+    return _Sample(z, seg, means, comp_ids, present, d.names(), d.colors())
+
+
+def _mark_means(ax: Axes, p: _Sample, mp: np.ndarray) -> None:
+    """Each component's projected mean: a cross, labelled with its name (its id when K > 10)."""
+    import matplotlib.patheffects as pe
+
+    halo = [pe.withStroke(linewidth=3, foreground="white")]
+    short = len(p.comp_ids) > 10  # long names would pile up: the id, and the legend names it
+    for (x, y), s in zip(mp, p.comp_ids, strict=True):
+        if not (np.isfinite(x) and np.isfinite(y)):
+            continue
+        ax.plot(x, y, marker="X", markersize=9, color=p.colors.get(s, GONE), mec=INK, mew=0.9)
+        ax.annotate(
+            str(s) if short else mpl_text(p.names.get(s, s)),
+            (x, y),
+            xytext=(6, 5),
+            textcoords="offset points",
+            fontsize=8,
+            fontweight="bold",
+            color=INK,
+            path_effects=halo,
+        )
+
+
+def _draw_2d(p: _Sample) -> Figure:
+    """The users on the first two principal components, coloured by segment, means marked."""
+    pts, mp, frac = _pca(p.z, p.means)
+    fig = new_figure(8.6, 5.6)
+    ax = fig.add_subplot()
+    for s in p.present:
+        sel = p.seg == s
+        ax.scatter(
+            pts[sel, 0],
+            pts[sel, 1],
+            s=5,
+            alpha=0.45,
+            color=p.colors.get(s, GONE),
+            linewidths=0,
+            label=f"{mpl_text(p.names.get(s, s))} ({int(sel.sum()):,})"
+            if len(p.comp_ids) <= 10
+            else f"{s}: {mpl_text(p.names.get(s, s))} ({int(sel.sum()):,})",
+            rasterized=p.raster,
+        )
+    if mp is not None:
+        _mark_means(ax, p, mp)
+    ax.set_xlabel(f"PC1 ({fmt_pct(frac[0])} of variance)")
+    ax.set_ylabel(f"PC2 ({fmt_pct(frac[1])} of variance)" if len(frac) > 1 else "PC2")
+    ax.grid(zorder=0)
+    ax.set_axisbelow(True)
+    ax.set_title("Users in 2-D: PCA of a sample, coloured by segment")
+    leg = ax.legend(
+        title="segment (sampled users)",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        markerscale=2.5,
+        title_fontsize=8,
+        alignment="left",
+    )
+    for h in leg.legend_handles:
+        if h is not None:
+            h.set_alpha(1.0)
+    return fig
+
+
+def _draw_1d(p: _Sample, feature: str) -> Figure:
+    """One feature: the users along it, one jittered strip per segment, the means as ticks."""
+    fig = new_figure(8.6, 1.3 + 0.34 * len(p.present))
+    ax = fig.add_subplot()
+    rng = np.random.default_rng(0)
+    for i, s in enumerate(p.present):
+        sel = p.seg == s
+        ax.scatter(
+            p.z[sel, 0],
+            i + rng.uniform(-0.28, 0.28, int(sel.sum())),
+            s=5,
+            alpha=0.45,
+            color=p.colors.get(s, GONE),
+            linewidths=0,
+            rasterized=p.raster,
+        )
+        if p.means is not None and s in p.comp_ids:
+            mu = p.means[p.comp_ids.index(s), 0]
+            if np.isfinite(mu):
+                ax.plot([mu, mu], [i - 0.38, i + 0.38], color=INK, lw=2)
+    ax.set_yticks(np.arange(len(p.present)), [mpl_text(p.names.get(s, s)) for s in p.present])
+    ax.set_ylim(len(p.present) - 0.5, -0.5)
+    ax.grid(axis="x", zorder=0)
+    ax.set_axisbelow(True)
+    ax.set_xlabel(f"{feature} (model space: transformed, standardised)")
+    ax.set_title("Users in 2-D: one feature, one strip per segment")
+    return fig
+
+
+def chart_projection(d: ReportData) -> Chart | None:
+    """A sample of users in 2-D (PCA), or along the one feature; ``None`` without a sample."""
+    p = _sample(d)
+    if p is None:
+        return None
+    m, dim = p.z.shape
+    if dim >= 2:
+        cap = (
+            f"A sample of {m:,} users projected on the first two principal components of the model's inputs "
+            "(transformed, standardised features), coloured by their segment; ✕: each component's mean, projected."
+        )
+        return Chart("projection", render("projection", lambda: _draw_2d(p)), html.escape(cap))
+    feature = mpl_text(d.features[0]) if d.features else "feature"
+    cap = (
+        f"The model has one feature, so there is nothing to project: a sample of {m:,} users along it, one strip "
+        "per segment (vertical jitter only); black tick: the component's mean."
+    )
+    return Chart("projection", render("projection", lambda: _draw_1d(p, feature)), html.escape(cap))
+
+
+def chart_family_tree(d: ReportData) -> Chart | None:
+    """The components' dendrogram (:func:`~gmm_dask.report.family.family_tree`); ``None`` for K < 2."""
+    if len(d.components) < 2:
+        return None
+    from scipy.cluster.hierarchy import dendrogram
+
+    names, colors = d.names(), d.colors()
+    ids = [int(c["segment"]) for c in d.components]
+    labels = [str(c.get("name", names.get(i, i))) for c, i in zip(d.components, ids, strict=True)]
+    link = family_tree(d.components)
+    dn = dendrogram(link, no_plot=True, labels=list(range(len(ids))))
+    leaves = [ids[i] for i in dn["ivl"]]
+    k = len(ids)
+
+    def draw() -> Figure:
+        fig = new_figure(8.6, 1.2 + 0.36 * k)
+        ax = fig.add_subplot()
+        for xs, ys in zip(dn["dcoord"], dn["icoord"], strict=True):
+            ax.plot(xs, ys, color="#555555", lw=1.3, solid_capstyle="butt")
+        if k <= 14:
+            for xs, ys in zip(dn["dcoord"], dn["icoord"], strict=True):
+                ax.annotate(
+                    f"{xs[1]:.2f}",
+                    (xs[1], (ys[1] + ys[2]) / 2),
+                    xytext=(-3, 0),
+                    textcoords="offset points",
+                    ha="right",
+                    va="center",
+                    fontsize=7,
+                    color=MUTED,
+                )
+        pos = 5 + 10 * np.arange(k)
+        ax.scatter(np.zeros(k), pos, s=46, marker="s", color=[colors.get(s, GONE) for s in leaves], zorder=3)
+        weights = {int(c["segment"]): c.get("weight") for c in d.components}
+        ax.set_yticks(
+            pos,
+            [f"{mpl_text(labels[ids.index(s)])} ({fmt_pct(weights.get(s))})" for s in leaves],
+        )
+        ax.set_ylim(pos[-1] + 6, pos[0] - 6)
+        top = float(np.max(link[:, 2])) if len(link) else 1.0
+        ax.set_xlim(-0.02 * top, top * 1.12 if top > 0 else 1.0)
+        ax.tick_params(axis="y", length=0)
+        ax.spines["left"].set_visible(False)
+        ax.grid(axis="x", zorder=0)
+        ax.set_axisbelow(True)
+        ax.set_xlabel("Ward merge height  (√ Bhattacharyya distance between the components' Gaussians)")
+        ax.set_title("Family tree of the components")
+        return fig
+
+    cap = (
+        "Hierarchical clustering of the fitted Gaussians (model space). Distance: the square root of the "
+        "Bhattacharyya distance between two components (0 = identical; with equal covariances, the Mahalanobis "
+        "distance between the means over √8), made Euclidean by classical MDS; linkage: Ward. Segments that "
+        "join early are the most alike: candidates to merge. Labels: segment (mixture weight)."
+    )
+    return Chart("family-tree", render("family-tree", draw), html.escape(cap))

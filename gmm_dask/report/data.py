@@ -1,0 +1,159 @@
+"""What a run report shows, in one value: :class:`ReportData`, and the small questions both the HTML
+page and the markdown summary ask of it (its features, flagged components, blended pairs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, TypeGuard
+
+import numpy as np
+import pandas as pd
+
+from gmm_dask.report.palette import GONE, segment_color
+from gmm_dask.report.text import is_finite
+
+#: The page's title by run kind.
+TITLES = {"segment": "Segmentation", "select-k": "Model selection", "train": "Training", "score": "Scoring"}
+
+
+def has_rows(df: pd.DataFrame | None) -> TypeGuard[pd.DataFrame]:
+    """Whether ``df`` is a frame with at least one row."""
+    return df is not None and len(df) > 0
+
+
+@dataclass
+class ReportData:
+    """Everything a run report shows (small: aggregates and a sample, never the users' table).
+
+    K segments, D features, m sampled users. Segment ids are stable across snapshots where the
+    segments were aligned; they are not positions. Optional parts (``None``) leave their chart out.
+
+    Attributes
+    ----------
+    kind : "segment" | "select-k" | "train" | "score".
+    snapshot : the snapshot's date, YYYY-MM-DD.
+    counts : rows_read, rows_written, rows_dropped, rows_imputed.
+    fit : model metadata; any of n_iter, converged, log_likelihood, bic, aic, covariance_type,
+        degenerate {pruned: [...]}, reseeded_components, alignment {...}.
+    phases : phase name -> seconds.
+    segments : one row per segment: segment (id), name, weight, size, share, mean_<feature> (original
+        units), degenerate (reason or NA), mean_entropy_bits, high_entropy_share.
+    profile_z : (K, D), index segment ids in ``segments`` order, columns ``features``: each
+        component's mean as a z-score against the population, in model space.
+    profile_raw : (K, D), same shape: each component's mean in original units (the cell labels).
+    entropy_hist : counts of users over equal-width bins of normalised entropy on [0, 1].
+    bands : {"low_max": …, "moderate_max": …} thresholds on normalised entropy.
+    band_count : {"low": n, "moderate": n, "high": n}.
+    overlaps : segment_a, segment_b, name_a, name_b, threshold, n_users, mean_gamma_a, mean_gamma_b
+        (mean γ NaN where n_users is 0).
+    components : per component, in ``segments`` order: {"segment", "name", "weight", "mean" (D,),
+        "cov" (D, D)}, model space, full covariance.
+    sample_z, sample_segment : (m, D) model-space rows of a sample of users and their segment ids.
+    previous_segments : segment, name, size, share of the previous snapshot.
+    transitions : user counts, index = ids on the previous snapshot, columns = ids on this one.
+    segment_names : id -> name for every id in transitions/previous (births and deaths included).
+    bic_table : n_components, covariance_type, bic, aic, log_likelihood, n_iter, converged, selected.
+    criterion : the column of ``bic_table`` that chose the model ("bic" or "aic").
+    forecast : segment, name, share_now, share_forecast (the next snapshot).
+    backtest : held_out, segment, name, actual, markov, persistence (shares on held-out snapshots).
+    backtest_scores : held_out, method ("markov" | "persistence"), share_mae, share_tv, user_brier.
+    audiences : audience, definition, n_users, path.
+    forecast_basis : what the forecast's shares are (mean membership γ, or hard segments).
+    tables : table name -> path written.
+    """
+
+    kind: str
+    snapshot: str
+    model_version: str
+    published: bool
+    run_id: str
+    counts: dict[str, int]
+    fit: dict[str, Any]
+    phases: dict[str, float]
+    segments: pd.DataFrame
+    features: list[str]
+    profile_z: pd.DataFrame
+    profile_raw: pd.DataFrame
+    entropy_hist: np.ndarray
+    bands: dict[str, float]
+    band_count: dict[str, int]
+    overlaps: pd.DataFrame | None
+    components: list[dict[str, Any]]
+    sample_z: np.ndarray | None
+    sample_segment: np.ndarray | None
+    previous_segments: pd.DataFrame | None = None
+    previous_snapshot: str | None = None
+    transitions: pd.DataFrame | None = None
+    segment_names: dict[int, str] = field(default_factory=dict)
+    bic_table: pd.DataFrame | None = None
+    criterion: str = "bic"
+    forecast: pd.DataFrame | None = None
+    backtest: pd.DataFrame | None = None
+    backtest_scores: pd.DataFrame | None = None
+    audiences: pd.DataFrame | None = None
+    forecast_basis: str = "mean membership γ"  # what the forecast's shares are
+    tables: dict[str, str] = field(default_factory=dict)
+
+    def names(self) -> dict[int, str]:
+        """Segment id -> name, from every source that names one (this snapshot's names win)."""
+        out = {int(k): str(v) for k, v in self.segment_names.items()}
+        if has_rows(self.previous_segments):
+            out.update(
+                {
+                    int(i): str(n)
+                    for i, n in zip(
+                        self.previous_segments["segment"], self.previous_segments["name"], strict=True
+                    )
+                }
+            )
+        out.update(
+            {int(i): str(n) for i, n in zip(self.segments["segment"], self.segments["name"], strict=True)}
+        )
+        return out
+
+    def colors(self) -> dict[int, str]:
+        """Segment id -> colour: this snapshot's segments by position, the others grey."""
+        out = dict.fromkeys(self.names(), GONE)
+        out.update({int(s): segment_color(i) for i, s in enumerate(self.segments["segment"])})
+        return out
+
+
+def band_total(d: ReportData) -> int:
+    """Users over all entropy bands (the bands' counts that are numbers)."""
+    return sum(int(v) for v in d.band_count.values() if is_finite(v))
+
+
+def feature_cols(d: ReportData) -> list[tuple[str, str]]:
+    """(feature, column of its mean in ``segments``) for the features the segments table has."""
+    return [(f, f"mean_{f}") for f in d.features if f"mean_{f}" in d.segments.columns]
+
+
+def flagged_components(d: ReportData) -> list[tuple[str, str]]:
+    """(name, reason) of the components the fit flagged as degenerate."""
+    if "degenerate" not in d.segments.columns:
+        return []
+    return [
+        (str(n), str(v))
+        for n, v in zip(d.segments["name"], d.segments["degenerate"], strict=True)
+        if isinstance(v, str) and v
+    ]
+
+
+def pruned_components(fit: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The components the fit pruned and refitted without (``fit["degenerate"]["pruned"]``)."""
+    return (fit.get("degenerate") or {}).get("pruned") if isinstance(fit.get("degenerate"), dict) else None
+
+
+def pruned_text(components: list[dict[str, Any]]) -> str:
+    """'name (reason); name (reason)'."""
+    return "; ".join(f"{p.get('name')} ({p.get('reason')})" for p in components)
+
+
+def blended_pairs(d: ReportData, top: int = 10) -> pd.DataFrame | None:
+    """The ``top`` pairs of segments most users blend (high γ on both), most users first; ``None``
+    where no user blends two segments."""
+    ov = d.overlaps
+    if not has_rows(ov):
+        return None
+    ov = ov[pd.to_numeric(ov["n_users"], errors="coerce").fillna(0) > 0]
+    return ov.sort_values("n_users", ascending=False).head(top) if len(ov) else None

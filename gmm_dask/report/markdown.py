@@ -1,0 +1,208 @@
+"""The run in GitHub-flavoured markdown, for the Prefect UI's artifacts: :func:`markdown_summary`
+(segments, entropy, blended pairs, audiences, forecast, backtest, tables) and :func:`bic_markdown`
+(the model-selection candidates). Missing numbers show as '–', never 'nan'."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import pandas as pd
+
+from gmm_dask.report.data import (
+    TITLES,
+    ReportData,
+    band_total,
+    blended_pairs,
+    feature_cols,
+    flagged_components,
+    has_rows,
+    pruned_components,
+    pruned_text,
+)
+from gmm_dask.report.text import DASH, fmt_compact, fmt_gamma_pair, fmt_int, fmt_num, fmt_pct, is_finite
+
+
+def _md_escape(v: Any) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> list[str]:
+    r = set(right)
+    out = ["| " + " | ".join(_md_escape(h) for h in headers) + " |"]
+    out.append("|" + "|".join("---:" if i in r else "---" for i in range(len(headers))) + "|")
+    out += ["| " + " | ".join(_md_escape(v) for v in row) + " |" for row in rows]
+    return out
+
+
+def _md_header(d: ReportData) -> list[str]:
+    """Title, model and state, the rows read and written, the EM's numbers."""
+    lines = [f"# {TITLES.get(d.kind, d.kind.title())} of snapshot {d.snapshot}", ""]
+    state = "published" if d.published else f"a candidate (not published; run {d.run_id})"
+    lines.append(f"Model **{d.model_version}**, {state}.")
+    c = d.counts or {}
+    lines.append(
+        f"Rows read {fmt_int(c.get('rows_read'))}; written {fmt_int(c.get('rows_written'))}; "
+        f"dropped {fmt_int(c.get('rows_dropped'))}; imputed {fmt_int(c.get('rows_imputed'))}."
+    )
+    f = d.fit or {}
+    if f:
+        conv = ("yes" if f.get("converged") else "no") if "converged" in f else DASH
+        lines.append(
+            f"EM: {fmt_int(f.get('n_iter'))} iterations, converged: {conv}, mean log-likelihood "
+            f"{fmt_num(f.get('log_likelihood'), '.6f')}, BIC {fmt_num(f.get('bic'), ',.1f')}, AIC {fmt_num(f.get('aic'), ',.1f')}."
+        )
+    return lines
+
+
+def _md_segments(d: ReportData) -> list[str]:
+    """The segments table, then the degenerate, re-seeded and pruned components."""
+    lines = ["", "## Segments", ""]
+    feats = feature_cols(d)
+    headers = ["segment", "id", "weight", "users", "share", "mean entropy (bits)", "high-entropy share"] + [
+        f for f, _ in feats
+    ]
+    rows = []
+    for _, r in d.segments.iterrows():
+        rows.append(
+            [
+                r["name"],
+                int(r["segment"]),
+                fmt_num(r.get("weight"), ".3f"),
+                fmt_int(r.get("size")),
+                fmt_pct(r.get("share")),
+                fmt_num(r.get("mean_entropy_bits"), ".3f"),
+                fmt_pct(r.get("high_entropy_share")),
+            ]
+            + [fmt_compact(r.get(col)) for _, col in feats]
+        )
+    lines += _md_table(headers, rows, right=range(1, len(headers)))
+    flagged = flagged_components(d)
+    if flagged:
+        lines += ["", "## Degenerate components", ""] + [f"- **{n}**: {v}" for n, v in flagged]
+    f = d.fit or {}
+    if f.get("reseeded_components"):
+        lines += ["", f"Re-seeded during the fit (iteration, component): {f['reseeded_components']}"]
+    gone = pruned_components(f)
+    if gone:
+        lines += ["", "Pruned and refitted without: " + pruned_text(gone)]
+    return lines
+
+
+def _md_entropy(d: ReportData) -> list[str]:
+    """Users per entropy band, the bands' thresholds, and the most blended pairs."""
+    lines = ["", "## Entropy bands", ""]
+    total = band_total(d)
+    lines += _md_table(
+        ["band", "users", "share"],
+        [
+            [b, fmt_int(n), fmt_pct(n / total) if total and is_finite(n) else DASH]
+            for b, n in d.band_count.items()
+        ],
+        right=[1, 2],
+    )
+    lo, mid = d.bands.get("low_max"), d.bands.get("moderate_max")
+    if is_finite(lo) and is_finite(mid):
+        lines += ["", f"Normalised entropy: low < {lo:g} ≤ moderate < {mid:g} ≤ high."]
+    pairs = blended_pairs(d, top=5)
+    if pairs is not None:
+        lines += ["", "## Most blended pairs", ""]
+        lines += _md_table(
+            ["pair", "users", "mean γ"],
+            [
+                [
+                    f"{r.name_a} + {r.name_b}",
+                    fmt_int(r.n_users),
+                    fmt_gamma_pair(r.mean_gamma_a, r.mean_gamma_b),
+                ]
+                for r in pairs.itertuples(index=False)
+            ],
+            right=[1, 2],
+        )
+    return lines
+
+
+def _md_audiences_forecast(d: ReportData) -> list[str]:
+    """The audiences written and the forecast for the next snapshot, where the run has them."""
+    lines: list[str] = []
+    if has_rows(d.audiences):
+        lines += ["", "## Audiences", ""]
+        lines += _md_table(
+            ["audience", "definition", "users"],
+            [
+                [r.get("audience", ""), r.get("definition", ""), fmt_int(r.get("n_users"))]
+                for _, r in d.audiences.iterrows()
+            ],
+            right=[2],
+        )
+    if has_rows(d.forecast):
+        lines += ["", "## Forecast for the next snapshot", ""]
+        lines += _md_table(
+            ["segment", f"share {d.snapshot}", "forecast"],
+            [
+                [r.name, fmt_pct(r.share_now), fmt_pct(r.share_forecast)]
+                for r in d.forecast.itertuples(index=False)
+            ],
+            right=[1, 2],
+        )
+    return lines
+
+
+def _md_backtest(sc: pd.DataFrame) -> list[str]:
+    """The backtest's errors by method, averaged over the held-out snapshots."""
+    lines = ["", "## Backtest", ""]
+    if {"method", "share_mae"} <= set(sc.columns):
+        agg = sc.groupby("method").agg(
+            **{k: (k, "mean") for k in ("share_mae", "share_tv", "user_brier") if k in sc.columns}
+        )
+        hdr = ["method"] + [
+            {
+                "share_mae": "MAE of shares (pp)",
+                "share_tv": "total variation",
+                "user_brier": "user Brier",
+            }[k]
+            for k in agg.columns
+        ]
+        rows = [
+            [m]
+            + [
+                fmt_num(100 * v, ".2f") if k == "share_mae" and is_finite(v) else fmt_num(v, ".4f")
+                for k, v in r.items()
+            ]
+            for m, r in agg.iterrows()
+        ]
+        n = sc["held_out"].nunique() if "held_out" in sc.columns else len(sc)
+        lines += [f"Mean over {n} held-out snapshot{'s' if n != 1 else ''}.", ""]
+        lines += _md_table(hdr, rows, right=range(1, len(hdr)))
+    return lines
+
+
+def markdown_summary(data: ReportData) -> str:
+    """The run in GitHub-flavoured markdown: segments, entropy bands, blended pairs, audiences,
+    forecast and backtest, the tables written. Missing numbers show as '–', never 'nan'."""
+    d = data
+    lines = _md_header(d) + _md_segments(d) + _md_entropy(d) + _md_audiences_forecast(d)
+    if has_rows(d.backtest_scores):
+        lines += _md_backtest(d.backtest_scores)
+    if d.tables:
+        lines += ["", "## Tables", ""] + [f"- `{k}`: `{v}`" for k, v in d.tables.items()]
+    return "\n".join(lines) + "\n"
+
+
+def bic_markdown(table: pd.DataFrame, chosen: dict[str, Any]) -> str:
+    """The model-selection candidates as a markdown table; the chosen row is marked with an arrow."""
+    lines = [
+        "| K | covariance | BIC | AIC | log-likelihood | iterations | converged |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in table.sort_values(["covariance_type", "n_components"]).itertuples(index=False):
+        mark = (
+            " **←**"
+            if (r.n_components, r.covariance_type) == (chosen["n_components"], chosen["covariance_type"])
+            else ""
+        )
+        lines.append(
+            f"| {r.n_components} | {r.covariance_type} | {fmt_num(r.bic, ',.1f')}{mark} | {fmt_num(r.aic, ',.1f')} | "
+            f"{fmt_num(r.log_likelihood, '.5f')} | {r.n_iter} | {r.converged} |"
+        )
+    return "\n".join(lines)
