@@ -5,7 +5,7 @@ A job's *plan* runs every check that needs no cluster (config, paths, snapshots 
 footers, the model version). Each job module registers its planner for its parameter model
 with :func:`planner`, so :func:`plan` knows every job without a table to edit; a plan made
 ahead (the CLI's, before Prefect starts) is taken by the job instead of planning again
-(:func:`planned`).
+(:func:`plan_ahead`, :func:`made_ahead`).
 """
 
 from __future__ import annotations
