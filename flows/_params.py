@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import operator
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Protocol, cast
 
 from prefect import flow, get_run_logger
 from pydantic import Field
@@ -20,7 +21,7 @@ def signature_of(params_cls) -> inspect.Signature:
     parameters = []
     for name, f in params_cls.model_fields.items():
         meta = [*f.metadata, Field(description=f.description)]
-        annotation = Annotated[(f.annotation, *meta)]
+        annotation = operator.getitem(Annotated, (f.annotation, *meta))  # a type built at run time
         default = inspect.Parameter.empty if f.is_required() else Field(f.default, description=f.description)
         parameters.append(
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -28,17 +29,28 @@ def signature_of(params_cls) -> inspect.Signature:
     return inspect.Signature(parameters)
 
 
+class _FlowFunction(Protocol):
+    """A flow's function: keyword parameters, and the signature and docs Prefect reads."""
+
+    __signature__: inspect.Signature
+    __annotations__: dict[str, object]
+    __doc__: str | None
+
+    def __call__(self, **kwargs: object) -> object: ...
+
+
 def job_flow(params_cls, *, name: str, description: str) -> Callable:
     """Decorate ``body(params)`` into a flow whose parameters are ``params_cls``'s fields."""
 
     def decorate(body: Callable):
         @functools.wraps(body)
-        def fn(**kwargs):
+        def run(**kwargs):
             params = parse_params(params_cls, kwargs, f"flow {name!r} parameters")
             with progress.use(progress.RunLogProgress(get_run_logger()), add=True):
                 return body(params)
 
-        del fn.__wrapped__  # the signature below, not the body's, is the flow's
+        del run.__wrapped__  # the signature below, not the body's, is the flow's
+        fn = cast(_FlowFunction, run)
         fn.__signature__ = signature_of(params_cls)
         fn.__annotations__ = {p.name: p.annotation for p in fn.__signature__.parameters.values()}
         # Prefect reads required parameters' descriptions from a Google-style "Args:" section

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from gmm_dask.app.jobs import STEPS, Steps
@@ -26,28 +28,34 @@ def _fit_name() -> str:
     return f"fit-K{k}-{ct}" if k else "fit-model"
 
 
-_io = {
-    "retries": 2,
-    # GMM_DASK_RETRY_DELAY: seconds between the two retries of an I/O step (default 5)
-    "retry_delay_seconds": float(os.environ.get("GMM_DASK_RETRY_DELAY", "5")),
-    "retry_condition_fn": _retry_unless_bad_input,
-    "cache_policy": NO_CACHE,
-}
-_compute = {"cache_policy": NO_CACHE}
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _io(fn: Callable[P, R], name: str) -> Task[P, R]:
+    """An I/O step as a task: retried twice, after GMM_DASK_RETRY_DELAY seconds (default 5)."""
+    return task(
+        name=name,
+        retries=2,
+        retry_delay_seconds=float(os.environ.get("GMM_DASK_RETRY_DELAY", "5")),
+        retry_condition_fn=_retry_unless_bad_input,
+        cache_policy=NO_CACHE,
+    )(fn)
+
 
 TASK_STEPS = Steps(
-    open_snapshot=task(STEPS.open_snapshot, name="open-snapshot", **_io),
-    profile=task(STEPS.profile, name="profile-snapshot", **_io),
-    prepare_data=task(STEPS.prepare_data, name="read-fit-data", **_io),
-    fit=task(STEPS.fit, name="fit-model", task_run_name=_fit_name, **_compute),
-    register=task(STEPS.register, name="register-model", **_io),
-    set_alias=task(STEPS.set_alias, name="move-alias", **_io),
-    load_model=task(STEPS.load_model, name="load-model", **_io),
-    write_tables=task(STEPS.write_tables, name="write-tables", **_io),
-    partition_model_version=task(STEPS.partition_model_version, name="check-partition", **_io),
-    published_model=task(STEPS.published_model, name="load-published-model", **_io),
-    co_membership=task(STEPS.co_membership, name="co-membership", **_io),
-    compute_fluidity=task(STEPS.compute_fluidity, name="compute-fluidity", **_io),
-    write_report=task(STEPS.write_report, name="write-report", **_io),
-    analyse=task(STEPS.analyse, name="fluidity-forecast-audiences", **_io),
+    open_snapshot=_io(STEPS.open_snapshot, "open-snapshot"),
+    profile=_io(STEPS.profile, "profile-snapshot"),
+    prepare_data=_io(STEPS.prepare_data, "read-fit-data"),
+    fit=task(name="fit-model", task_run_name=_fit_name, cache_policy=NO_CACHE)(STEPS.fit),
+    register=_io(STEPS.register, "register-model"),
+    set_alias=_io(STEPS.set_alias, "move-alias"),
+    load_model=_io(STEPS.load_model, "load-model"),
+    write_tables=_io(STEPS.write_tables, "write-tables"),
+    partition_model_version=_io(STEPS.partition_model_version, "check-partition"),
+    published_model=_io(STEPS.published_model, "load-published-model"),
+    co_membership=_io(STEPS.co_membership, "co-membership"),
+    compute_fluidity=_io(STEPS.compute_fluidity, "compute-fluidity"),
+    write_report=_io(STEPS.write_report, "write-report"),
+    analyse=_io(STEPS.analyse, "fluidity-forecast-audiences"),
 )

@@ -98,13 +98,14 @@ def _quiet_prefect(verbose: int) -> None:
 def _run_flow(name: str, p, verbose: int):
     from gmm_dask.app import jobs, progress
 
-    jobs.plan(p)  # every check that needs no cluster, before Prefect starts
-    import flows
+    # every check that needs no cluster, before Prefect starts; the flow's job takes this plan
+    with jobs.plan_ahead(p):
+        import flows
 
-    _quiet_prefect(verbose)
-    flow = getattr(flows, name)
-    with _display() as sink, progress.use(sink):
-        return flow(**p.model_dump(exclude_none=True))
+        _quiet_prefect(verbose)
+        flow = getattr(flows, name)
+        with _display() as sink, progress.use(sink):
+            return flow(**p.model_dump(exclude_none=True))
 
 
 def _flow_command(flow_name: str, printer: str):

@@ -135,7 +135,7 @@ def print_backfill(dates: list[dict], stream=None) -> None:
     skipped = sum(1 for r in dates if r.get("skipped"))
     failed = sum(1 for r in dates if r.get("error"))
     w(f"{run} date(s) run, {skipped} skipped, {failed} failed\n")
-    cand = {r.get("run_id") for r in dates if r.get("published") is False and r.get("run_id")}
+    cand = {r["run_id"] for r in dates if r.get("published") is False and r.get("run_id")}
     for run_id in sorted(cand):
         w(f"Written as candidate run {run_id}; `gmm-dask promote --run-id {run_id}` publishes it.\n")
 

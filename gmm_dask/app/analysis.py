@@ -14,13 +14,19 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from gmm_dask.app.config import JobConfig
 from gmm_dask.app.steps import atypical_threshold, write_audiences
 from gmm_dask.segmentation.audiences import AudienceResult, AudienceRules
 from gmm_dask.storage import io
+
+if TYPE_CHECKING:
+    from gmm_dask.segmentation.fluidity import FluidityResult
+    from gmm_dask.segmentation.forecast import Backtest, Forecast
 
 logger = logging.getLogger(__name__)
 
@@ -32,9 +38,9 @@ class Analysis:
     snapshot: str
     previous: str | None
     audiences: AudienceResult
-    fluidity: object | None = None  # fluidity.FluidityResult
-    forecast: object | None = None  # forecast.Forecast
-    backtest: object | None = None  # forecast.Backtest
+    fluidity: FluidityResult | None = None
+    forecast: Forecast | None = None
+    backtest: Backtest | None = None
     previous_segments: pd.DataFrame | None = None
     tables: dict[str, str] = field(default_factory=dict)
 
@@ -95,20 +101,13 @@ def analyse_snapshot(
     """Fluidity/transitions vs the previous snapshot, forecast + backtest, audiences of ``date``,
     whose memberships are under ``source_root`` (default ``out_root``); writes under ``out_root``."""
     from gmm_dask.app.steps import compute_fluidity
-    from gmm_dask.segmentation.forecast import backtest, forecast_next
 
     so = cfg.input.storage_options
     source_root = source_root or out_root
     roots = list(dict.fromkeys([out_root, cfg.output.root]))
     tables: dict[str, str] = {}
-    read: dict[str, pd.DataFrame] = {date: segments}  # each date's segments table, read once
-
-    def segments_of(d: str) -> pd.DataFrame:
-        if d not in read:
-            read[d] = _shares(cfg, segmented[d], d)
-        return read[d]
-
     segmented = _dates_with(cfg, "memberships", roots)
+    read = _SegmentsByDate(cfg, segmented, {date: segments})
     earlier = sorted(d for d in segmented if d < date)
     previous = earlier[-1] if earlier else None
     fl = prev_segments = None
@@ -124,51 +123,9 @@ def analyse_snapshot(
             table_format=cfg.output.format,
         )
         tables.update(fl.paths or {})
-        prev_segments = segments_of(previous)[["segment", "name", "size", "share"]]
-    # the transition history up to this date (the run's own partitions first)
-    have = _dates_with(cfg, "transitions", roots)
-    steps = sorted(d for d in have if d <= date)[-cfg.forecast.history :]
-    history = (
-        pd.concat(
-            [io.read_partition(have[d], "transitions", d, None, so).to_pandas() for d in steps],
-            ignore_index=True,
-        )
-        if steps
-        else pd.DataFrame(
-            columns=["from_date", "to_date", "segment_from", "segment_to", "n_users", "gamma_mass"]
-        )
-    )
-    f = cfg.forecast
-    opts = {"counts": f.counts, "half_life": f.half_life, "prior_users": f.prior_users}
-    ids = [int(s) for s in segments["segment"]]
-    names = dict(zip(ids, segments["name"], strict=True))
-    now = share_series(segments, f.counts)
-    forecast = bt = None
-    transition = None
-    if len(history):
-        forecast = forecast_next(now, history, names=names, **opts)
-        if forecast.reason is None:
-            transition = (ids, forecast.matrix.reindex(index=ids, columns=ids).to_numpy())
-        dates = sorted({*history["from_date"], *history["to_date"]} | {date})
-        shares_by_date, known = {}, {}
-        for d in dates:
-            if d in segmented:
-                seg_d = segments_of(d)
-                shares_by_date[d] = share_series(seg_d, f.counts)
-                known.update(zip(seg_d["segment"].astype(int), seg_d["name"], strict=True))
-        bt = backtest(shares_by_date, history, f.holdout, names={**known, **names}, **opts)
-    a = cfg.audiences
-    files = io.partition_files(source_root, "memberships", date, so)
-    n_rows = int(segments["size"].sum())
-    rules = AudienceRules(
-        blend_threshold=a.blend_threshold or cfg.output.overlap_threshold,
-        pairs=tuple(tuple(p) for p in a.pairs) if a.pairs else tuple(itertools.combinations(ids, 2)),
-        atypical_quantile=a.atypical_quantile,
-        atypical_threshold=atypical_threshold(files, n_rows, a.atypical_quantile, so),
-        mover_min_tv=a.mover_min_tv,
-        high_min=cfg.entropy_bands.moderate_max,
-        from_date=previous,
-    )
+        prev_segments = read(previous)[["segment", "name", "size", "share"]]
+    forecast, bt, transition = _forecast(cfg, date, segments, _transition_history(cfg, roots, date), read)
+    rules = _audience_rules(cfg, date, segments, source_root, previous)
     aud = write_audiences(
         source_root,
         out_root,
@@ -184,6 +141,97 @@ def analyse_snapshot(
     tables.update(aud.paths)
     logger.info("Snapshot %s: audiences: %s", date, aud.brief())
     return Analysis(date, previous, aud, fl, forecast, bt, prev_segments, tables)
+
+
+@dataclass
+class _SegmentsByDate:
+    """Each segmented date's segments table, read once (from the root that has it)."""
+
+    cfg: JobConfig
+    segmented: dict[str, str]  # date -> root
+    read: dict[str, pd.DataFrame]
+
+    def __call__(self, d: str) -> pd.DataFrame:
+        if d not in self.read:
+            self.read[d] = _shares(self.cfg, self.segmented[d], d)
+        return self.read[d]
+
+
+def _transition_history(cfg: JobConfig, roots: list[str], date: str) -> pd.DataFrame:
+    """The transition history up to ``date`` (the run's own partitions first)."""
+    have = _dates_with(cfg, "transitions", roots)
+    steps = sorted(d for d in have if d <= date)[-cfg.forecast.history :]
+    if not steps:
+        return pd.DataFrame(
+            columns=["from_date", "to_date", "segment_from", "segment_to", "n_users", "gamma_mass"]
+        )
+    so = cfg.input.storage_options
+    return pd.concat(
+        [io.read_partition(have[d], "transitions", d, None, so).to_pandas() for d in steps],
+        ignore_index=True,
+    )
+
+
+def _forecast(
+    cfg: JobConfig,
+    date: str,
+    segments: pd.DataFrame,
+    history: pd.DataFrame,
+    read: _SegmentsByDate,
+) -> tuple[Forecast | None, Backtest | None, tuple[list[int], np.ndarray] | None]:
+    """The next snapshot's forecast from ``history``, its backtest, and the transition matrix
+    over today's ids that made it (for the movers' audience); Nones without a history."""
+    from gmm_dask.segmentation.forecast import backtest, forecast_next
+
+    if not len(history):
+        return None, None, None
+    f = cfg.forecast
+    ids = [int(s) for s in segments["segment"]]
+    names = dict(zip(ids, segments["name"], strict=True))
+    now = share_series(segments, f.counts)
+    forecast = forecast_next(
+        now, history, names=names, counts=f.counts, half_life=f.half_life, prior_users=f.prior_users
+    )
+    transition = None
+    if forecast.reason is None:
+        transition = (ids, forecast.matrix.reindex(index=ids, columns=ids).to_numpy())
+    dates = sorted({*history["from_date"], *history["to_date"]} | {date})
+    shares_by_date: dict[str, pd.Series] = {}
+    known: dict[int, str] = {}
+    for d in dates:
+        if d in read.segmented:
+            seg_d = read(d)
+            shares_by_date[d] = share_series(seg_d, f.counts)
+            known.update(zip(seg_d["segment"].astype(int), seg_d["name"], strict=True))
+    bt = backtest(
+        shares_by_date,
+        history,
+        f.holdout,
+        names={**known, **names},
+        counts=f.counts,
+        half_life=f.half_life,
+        prior_users=f.prior_users,
+    )
+    return forecast, bt, transition
+
+
+def _audience_rules(
+    cfg: JobConfig, date: str, segments: pd.DataFrame, source_root: str, previous: str | None
+) -> AudienceRules:
+    a = cfg.audiences
+    so = cfg.input.storage_options
+    ids = [int(s) for s in segments["segment"]]
+    files = io.partition_files(source_root, "memberships", date, so)
+    n_rows = int(segments["size"].sum())
+    return AudienceRules(
+        blend_threshold=a.blend_threshold or cfg.output.overlap_threshold,
+        pairs=tuple((x, y) for x, y in a.pairs) if a.pairs else tuple(itertools.combinations(ids, 2)),
+        atypical_quantile=a.atypical_quantile,
+        atypical_threshold=atypical_threshold(files, n_rows, a.atypical_quantile, so),
+        mover_min_tv=a.mover_min_tv,
+        high_min=cfg.entropy_bands.moderate_max,
+        from_date=previous,
+    )
 
 
 __all__ = ["Analysis", "analyse_snapshot"]

@@ -20,8 +20,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gmm_dask.app.config import JobConfig
+from gmm_dask.app.fitting import (
+    Degenerate,
+    degenerate_components,
+    enforce,
+    hard_weight,
+    pass_counts,
+    subset,
+    warm_params,
+)
 from gmm_dask.app.steps import fit_piece_arrays, profile_piece, score_piece, tree_reduce
-from gmm_dask.errors import DataError, FitError
+from gmm_dask.errors import DataError
 from gmm_dask.segmentation.features import (
     FeaturePlan,
     Profile,
@@ -37,6 +46,15 @@ from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage import io
 from gmm_dask.storage.io import Snapshot, open_snapshot, resolve_snapshot
 from gmm_dask.storage.registry import ModelRegistry
+
+if TYPE_CHECKING:
+    import dask.array as da
+    import pandas as pd
+    import pyarrow as pa
+
+    from gmm_dask.mixture.em import FitResult, IterationInfo
+    from gmm_dask.mixture.gaussian import MixtureParams
+    from gmm_dask.segmentation.tables import PieceResult
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +172,8 @@ class FitData:
     """Model inputs of one snapshot (lazy or persisted Dask arrays) and the plan that made them."""
 
     plan: FeaturePlan
-    X: object  # dask.array.Array (n, D)
-    w: object | None  # dask.array.Array (n,) or None without a weight column
+    X: da.Array  # (n, D)
+    w: da.Array | None  # (n,), None without a weight column
     n_rows: int
     variance: float  # mean variance of the model inputs over features (init tolerance)
 
@@ -196,9 +214,10 @@ def prepare_data(
 
 def _model_space_variance(cfg: JobConfig, prof: Profile, plan: FeaturePlan) -> float:
     if cfg.input.missing == "impute_mean":
-        var = prof.col_m2 / prof.total_w if prof.total_w > 0 else np.zeros(len(plan.scale))
+        m2, w = prof.col_m2, prof.total_w
     else:
-        var = prof.row_m2 / prof.row_w if prof.row_w > 0 else np.zeros(len(plan.scale))
+        m2, w = prof.row_m2, prof.row_w
+    var = m2 / w if m2 is not None and w > 0 else np.zeros(len(plan.scale))
     return float(np.mean(var / plan.scale**2))
 
 
@@ -212,17 +231,12 @@ def fit_model(
     warm_start: SegmentationModel | None = None,
     data: FitData | None = None,
     score_data: FitData | None = None,
-    callback: Callable | None = None,
+    callback: Callable[[IterationInfo], None] | None = None,
 ) -> SegmentationModel:
     """Fit the mixture with the EM core on the prepared snapshot (an unregistered model with its
     metadata). A ``warm_start`` model with the same K, covariance type and transforms is the
     starting point, its parameters carried into this snapshot's feature plan (the plan always
     comes from this run's config and profile)."""
-    from gmm_dask.mixture.em import fit_mixture, seed_from
-    from gmm_dask.mixture.gaussian import n_parameters
-    from gmm_dask.mixture.runner import ChunkedData, make_runner
-    from gmm_dask.segmentation.naming import generate_names
-
     m = cfg.model
     k = n_components or m.n_components
     ct = covariance_type or m.covariance_type
@@ -233,15 +247,80 @@ def fit_model(
             f"Snapshot {snap.date}: {data.n_rows} usable row(s) for {k} components; use fewer components "
             "(model.n_components) or more data."
         )
-    init = _warm_params(warm_start, data.plan, k, ct)
+    init = warm_params(warm_start, data.plan, k, ct)
     t0 = time.perf_counter()
+    fitted = _fit_and_prune(cfg, snap, prof, data, score_data, k, ct, init, callback)
+    res, names = fitted.res, fitted.names
+    if not res.converged:
+        logger.warning(
+            "Snapshot %s: EM did not converge in %d iterations (K=%d, %s); raise model.max_iter or tol.",
+            snap.date,
+            res.n_iter,
+            len(names),
+            ct,
+        )
+    if res.reseeded:
+        logger.warning(
+            "Snapshot %s: component(s) collapsed and were re-seeded during the fit: %s (iteration, component)",
+            snap.date,
+            res.reseeded,
+        )
+    p = res.params
+    assert p.covariances is not None  # a fit's parameters always have their covariances
+    metadata = _fit_metadata(
+        cfg, snap, prof, data, fitted, ct, n_components or m.n_components, t0, warm_start
+    )
+    return SegmentationModel(
+        data.plan,
+        ct,
+        p.weights,
+        p.means,
+        p.covariances,
+        p.precisions_cholesky,
+        names,
+        cfg.input.id_column,
+        cfg.input.weight_column,
+        metadata,
+    )
+
+
+@dataclass
+class _Fitted:
+    """The last fit, every fit made (refits after pruning included), the components' names, the
+    degenerate components of the last fit and the pruned ones."""
+
+    res: FitResult
+    fits: list[FitResult]
+    names: list[str]
+    found: Degenerate
+    pruned: list[dict]
+
+
+def _fit_and_prune(
+    cfg: JobConfig,
+    snap: Snapshot,
+    prof: Profile,
+    data: FitData,
+    score_data: FitData | None,
+    k: int,
+    ct: str,
+    init: MixtureParams | None,
+    callback: Callable[[IterationInfo], None] | None,
+) -> _Fitted:
+    """EM from ``init``; then, while the policy prunes degenerate components, EM again from the
+    components kept."""
+    from gmm_dask.mixture.em import fit_mixture, seed_from
+    from gmm_dask.mixture.runner import ChunkedData, make_runner
+    from gmm_dask.segmentation.naming import generate_names
+
+    m = cfg.model
     floor = data.plan.variance_floor if data.plan.has_floor else None
-    configured = bool(m.segment_names) and len(m.segment_names) == k
-    names = list(m.segment_names) if configured else [f"segment_{i}" for i in range(k)]
+    configured = m.segment_names is not None and len(m.segment_names) == k
+    names = list(m.segment_names or []) if configured else [f"segment_{i}" for i in range(k)]
     runner = make_runner(ChunkedData(data.X, data.w), persist=m.persist)
     try:
 
-        def fit(n, start):
+        def fit(n: int, start: MixtureParams | None) -> FitResult:
             return fit_mixture(
                 runner,
                 n_components=n,
@@ -265,19 +344,18 @@ def fit_model(
         while True:
             if not configured:  # named from the fit's profile (configured names win)
                 p = res.params
+                assert p.covariances is not None  # a fit's parameters always have their covariances
                 names = generate_names(data.plan, p.weights, p.means, p.covariances, ct)
             if data.plan.has_floor:  # the published assignment scores undequantised inputs
                 if scored is None:
                     scored = prepare_data(cfg, snap, prof, plan=data.plan, dequantize=False)
-                hard = _hard_weight(scored, res.params, ct)
+                hard = hard_weight(scored.X, scored.w, res.params, ct)
             else:
+                assert res.hard_weight is not None  # fit_mixture always counts them
                 hard = res.hard_weight
             found = degenerate_components(res, hard, data.plan, ct, m.reg_covar, m.degenerate.min_share)
-            _enforce(found, m.degenerate, names, snap.date, data.plan.names)
-            drop = sorted(
-                (set(found.small) if m.degenerate.small == "prune" else set())
-                | (set(found.atoms) if m.degenerate.atoms == "prune" else set())
-            )
+            enforce(found, m.degenerate, names, snap.date, data.plan.names)
+            drop = found.to_prune(m.degenerate)
             if not drop or len(drop) >= res.params.means.shape[0]:
                 break
             keep = [i for i in range(res.params.means.shape[0]) if i not in drop]
@@ -292,28 +370,33 @@ def fit_model(
                 len(keep),
             )
             names = [names[i] for i in keep]
-            res = fit(len(keep), _subset(res.params, keep, ct))
+            res = fit(len(keep), subset(res.params, keep, ct))
             fits.append(res)
     finally:
         runner.close()
-    if not res.converged:
-        logger.warning(
-            "Snapshot %s: EM did not converge in %d iterations (K=%d, %s); raise model.max_iter or tol.",
-            snap.date,
-            res.n_iter,
-            len(names),
-            ct,
-        )
-    if res.reseeded:
-        logger.warning(
-            "Snapshot %s: component(s) collapsed and were re-seeded during the fit: %s (iteration, component)",
-            snap.date,
-            res.reseeded,
-        )
-    p = res.params
-    k = p.means.shape[0]
-    n_params = n_parameters(k, p.means.shape[1], ct)
-    metadata = {
+    return _Fitted(res, fits, names, found, pruned)
+
+
+def _fit_metadata(
+    cfg: JobConfig,
+    snap: Snapshot,
+    prof: Profile,
+    data: FitData,
+    fitted: _Fitted,
+    ct: str,
+    requested: int,
+    t0: float,
+    warm_start: SegmentationModel | None,
+) -> dict:
+    """What a fitted model records of its data and its fit (``requested`` components, started at
+    ``t0``)."""
+    from gmm_dask.mixture.gaussian import n_parameters
+
+    m, res = cfg.model, fitted.res
+    k, d = res.params.means.shape
+    n_params = n_parameters(k, d, ct)
+    degenerate = fitted.found.as_metadata(fitted.names, data.plan.names, m.degenerate.min_share)
+    return {
         "snapshot": snap.date,
         "rows_read": prof.n_rows,
         "rows_used": data.n_rows,
@@ -327,170 +410,16 @@ def fit_model(
         "converged": bool(res.converged),
         "seed": m.random_state,
         "n_components": k,
-        "n_components_requested": n_components or m.n_components,
+        "n_components_requested": requested,
         "covariance_type": ct,
         "config_hash": cfg.config_hash(),
         "feature_kinds": dict(zip(data.plan.names, data.plan.kinds, strict=True)),
         "reseeded_components": [list(r) for r in res.reseeded],
-        "degenerate": found.as_metadata(names, data.plan.names, m.degenerate.min_share) | {"pruned": pruned},
+        "degenerate": degenerate | {"pruned": fitted.pruned},
         "fit_seconds": round(time.perf_counter() - t0, 3),
-        "passes": _pass_counts(fits),
+        "passes": pass_counts(fitted.fits),
         "warm_started_from": warm_start.version if warm_start is not None else None,
     }
-    return SegmentationModel(
-        data.plan,
-        ct,
-        p.weights,
-        p.means,
-        p.covariances,
-        p.precisions_cholesky,
-        names,
-        cfg.input.id_column,
-        cfg.input.weight_column,
-        metadata,
-    )
-
-
-def _pass_counts(fits: list) -> dict:
-    """Passes over the data the fit(s) made, and their time (refits after pruning included)."""
-    init = sum(f.init_passes for f in fits)
-    em = sum(f.em_passes for f in fits)
-    em_s = sum(f.em_seconds for f in fits)
-    return {
-        "init": init,
-        "init_seconds": round(sum(f.init_seconds for f in fits), 3),
-        "em": em,
-        "em_seconds": round(em_s, 3),
-        "seconds_per_em_pass": round(em_s / em, 4) if em else None,
-    }
-
-
-def _warm_params(warm: SegmentationModel | None, plan: FeaturePlan, k: int, covariance_type: str):
-    """``warm``'s parameters expressed in ``plan``'s model space, or None when they cannot start
-    this fit (other K, covariance type, features or transforms)."""
-    from gmm_dask.mixture.gaussian import MixtureParams, compute_precision_cholesky
-
-    if (
-        warm is None
-        or warm.n_components != k
-        or warm.covariance_type != covariance_type
-        or [(f.name, f.transform) for f in warm.plan.features]
-        != [(f.name, f.transform) for f in plan.features]
-    ):
-        return None
-    if np.array_equal(warm.plan.mean, plan.mean) and np.array_equal(warm.plan.scale, plan.scale):
-        return MixtureParams(warm.weights, warm.means, warm.covariances, warm.precisions_cholesky)
-    ratio = warm.plan.scale / plan.scale  # z_new = z_old · ratio + shift
-    means = warm.means * ratio + (warm.plan.mean - plan.mean) / plan.scale
-    c = warm.covariances
-    if covariance_type == "full":
-        cov = c * np.outer(ratio, ratio)[None]
-    elif covariance_type == "tied":
-        cov = c * np.outer(ratio, ratio)
-    elif covariance_type == "diag":
-        cov = c * ratio[None] ** 2
-    else:  # spherical: exact only for one common ratio
-        if not np.allclose(ratio, ratio[0]):
-            return None
-        cov = c * ratio[0] ** 2
-    return MixtureParams(warm.weights, means, cov, compute_precision_cholesky(cov, covariance_type))
-
-
-@dataclass
-class Degenerate:
-    """Degenerate components of a fit: too small, or atoms (a variance at the resolution floor)."""
-
-    small: dict[int, float]  # component -> its smallest share (soft weight or hard size)
-    atoms: dict[int, list[int]]  # component -> features where its variance sits at the floor
-    atom_values: dict[int, list[float]]  # the raw values the atoms sit on
-
-    def reason(self, k: int, features: list[str], min_share: float) -> str | None:
-        parts = []
-        if k in self.small:
-            parts.append(f"small: {self.small[k]:.2%} of rows < min_share {min_share:.2%}")
-        if k in self.atoms:
-            at = ", ".join(
-                f"{features[j]}={v:g}" for j, v in zip(self.atoms[k], self.atom_values[k], strict=True)
-            )
-            parts.append(f"atom at {at} (variance at the resolution floor)")
-        return "; ".join(parts) or None
-
-    def as_metadata(self, names: list[str], features: list[str], min_share: float) -> dict:
-        return {
-            "min_share": min_share,
-            "components": {
-                names[k]: self.reason(k, features, min_share) for k in sorted({*self.small, *self.atoms})
-            },
-        }
-
-
-def _hard_weight(data: FitData, params, covariance_type: str) -> np.ndarray:
-    """Σ w over the rows each component would win when the tables are written (one pass)."""
-    from gmm_dask.mixture.em import estep
-    from gmm_dask.mixture.runner import ChunkedData, make_runner
-
-    runner = make_runner(ChunkedData(data.X, data.w), persist=False)
-    try:
-        return estep(runner, params, covariance_type, hard_counts=True).hard_nk
-    finally:
-        runner.close()
-
-
-def degenerate_components(
-    res, hard_weight, plan: FeaturePlan, covariance_type: str, reg_covar, min_share: float
-) -> Degenerate:
-    """Components of a fit holding less than ``min_share`` of the rows (by soft weight, or by
-    ``hard_weight``, the rows they win), and components whose variance sits at the resolution
-    floor in some feature."""
-    from gmm_dask.mixture.suffstats import variance_at_floor
-
-    p = res.params
-    share = np.minimum(res.soft_weight, hard_weight) / res.weight
-    small = {int(i): float(share[i]) for i in np.flatnonzero(share < min_share)}
-    atoms, values = {}, {}
-    if plan.has_floor:
-        at = variance_at_floor(
-            p.covariances, covariance_type, reg_covar, plan.variance_floor(p.means), p.weights
-        )
-        raw = plan.to_original_units(p.means)
-        for i in np.flatnonzero(at.any(axis=1)):
-            js = [int(j) for j in np.flatnonzero(at[i])]
-            atoms[int(i)] = js
-            # the step the component sits on (fitted values are spread over [x, x + Δ))
-            step = plan.resolution
-            values[int(i)] = [
-                float(np.round(np.round((raw[i, j] - step[j] / 2) / step[j]) * step[j], 6)) for j in js
-            ]
-    return Degenerate(small, atoms, values)
-
-
-def _enforce(found: Degenerate, policy, names: list[str], date: str, features: list[str]) -> None:
-    """Log what was found; raise where the policy says error."""
-    for kind, comps in (("small", found.small), ("atoms", found.atoms)):
-        for i in comps:
-            why = found.reason(i, features, policy.min_share)
-            action = getattr(policy, kind)
-            if action == "error":
-                raise FitError(
-                    f"Snapshot {date}: component {names[i]!r} is degenerate ({why}) and "
-                    f"model.degenerate.{kind} is 'error'. Use fewer components (model.n_components), "
-                    f"or set model.degenerate.{kind} to 'prune' or 'warn'."
-                )
-            logger.warning("Snapshot %s: component %r is degenerate: %s (%s)", date, names[i], why, action)
-
-
-def _subset(params, keep: list[int], covariance_type: str):
-    """Parameters of the kept components, weights renormalised (a warm start for the refit)."""
-    from gmm_dask.mixture.gaussian import MixtureParams
-
-    w = params.weights[keep] / params.weights[keep].sum()
-    tied = covariance_type == "tied"
-    return MixtureParams(
-        w,
-        params.means[keep],
-        params.covariances if tied else params.covariances[keep],
-        params.precisions_cholesky if tied else params.precisions_cholesky[keep],
-    )
 
 
 def registry(cfg: JobConfig) -> ModelRegistry:
@@ -523,13 +452,6 @@ def load_model(cfg: JobConfig, model_version: str | None = None) -> Segmentation
     model = registry(cfg).load(model_version)
     check_model_fits_input(cfg, model)
     return model
-
-
-if TYPE_CHECKING:
-    import pandas as pd
-    import pyarrow as pa
-
-    from gmm_dask.segmentation.tables import PieceResult
 
 
 @dataclass

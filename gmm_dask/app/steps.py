@@ -269,7 +269,7 @@ def write_audiences(
             )
             for i, f in enumerate(files)
         ]
-        counts = sum(dask.compute(*tasks), Counter())
+        counts: Counter[str] = sum(dask.compute(*tasks), Counter())
     defs = rules.definitions(names)
     sizes = pd.DataFrame(
         [

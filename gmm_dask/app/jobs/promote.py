@@ -1,0 +1,68 @@
+"""``promote``: publish a candidate run's tables and move ``latest`` to its model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from gmm_dask.app.config import JobConfig, check_output_location
+from gmm_dask.app.params import PromoteParams
+from gmm_dask.errors import DataError
+from gmm_dask.storage import io
+
+from .core import STEPS, Steps, Target, load_job, logger, made_ahead, move_latest, planner
+
+
+@dataclass
+class PromotePlan:
+    cfg: JobConfig
+    target: Target  # the candidate's namespace
+    manifest: dict  # its candidate.json
+
+
+@dataclass
+class PromoteResult:
+    run_id: str
+    dates: list[str]
+    tables: dict[str, dict[str, str]]  # date -> table -> published path
+    latest: str | None
+
+
+@planner(PromoteParams)
+def plan_promote(p: PromoteParams, steps: Steps = STEPS) -> PromotePlan:
+    cfg = load_job(p.config)
+    check_output_location(cfg)
+    io.check_storage(cfg)
+    target = Target(False, p.run_id)
+    path = f"{target.root(cfg)}/candidate.json"
+    if not io.exists(path, cfg.input.storage_options):
+        known = io.list_names(f"{cfg.output.root.rstrip('/')}/_candidates", cfg.input.storage_options)
+        raise DataError(
+            f"run_id: no candidate run {p.run_id!r} under {cfg.output.root!r} (candidates: "
+            f"{', '.join(sorted(known)[-10:]) or 'none'})."
+        )
+    manifest = json.loads(io.read_text(path, cfg.input.storage_options))
+    return PromotePlan(cfg, target, manifest)
+
+
+def promote(p: PromoteParams, *, steps: Steps = STEPS) -> PromoteResult:
+    """Publish a candidate run: each date's partitions are copied into the published tables and
+    committed together (each atomically) under that date's publish lock; ``latest`` then points
+    at the model of the candidate's most recent trained date."""
+    plan = made_ahead(p, PromotePlan) or plan_promote(p, steps)
+    cfg, target, manifest = plan.cfg, plan.target, plan.manifest
+    so = cfg.input.storage_options
+    out: dict[str, dict[str, str]] = {}
+    for date, info in sorted(manifest["dates"].items()):
+        with io.publish_lock(cfg.output.root, date, so, owner=f"promote {p.run_id}"):
+            out[date] = io.copy_partitions(
+                target.root(cfg), cfg.output.root, info["tables"], date, so, cfg.output.format
+            )
+    trained = [info["model_version"] for _, info in sorted(manifest["dates"].items()) if info.get("trained")]
+    latest = trained[-1] if trained else None
+    if latest:
+        model = steps.load_model(cfg, latest)
+        if not move_latest(cfg, model, steps):
+            latest = None
+    logger.info("Promoted candidate %s: %d date(s), latest -> %s", p.run_id, len(out), latest)
+    return PromoteResult(p.run_id, sorted(out), out, latest)

@@ -1,0 +1,170 @@
+"""The jobs of one snapshot: ``train`` (fit, register, write), ``score`` (a registered model,
+write) and ``segment`` (the daily job: fit warm-started from the published model or score with a
+pinned one, write, analyse, report)."""
+
+from __future__ import annotations
+
+import time
+
+from gmm_dask.app import pipeline, progress
+from gmm_dask.app.config import JobConfig
+from gmm_dask.app.params import ScoreParams, SegmentParams, TrainParams, date_str
+from gmm_dask.segmentation.align import align_to
+from gmm_dask.segmentation.features import Profile
+from gmm_dask.segmentation.model import SegmentationModel
+from gmm_dask.storage.io import Snapshot
+
+from .core import (
+    STEPS,
+    SnapshotPlan,
+    Steps,
+    Target,
+    check_job,
+    load_job,
+    logger,
+    made_ahead,
+    move_latest,
+    new_run_id,
+    planner,
+    write_manifest,
+)
+from .results import RunResult, report_data, run_result
+
+
+@planner(TrainParams)
+def plan_train(p: TrainParams, steps: Steps = STEPS) -> SnapshotPlan:
+    cfg = load_job(p.config, p.model)
+    check_job(cfg)
+    return SnapshotPlan(cfg, steps.open_snapshot(cfg, date_str(p.snapshot)))
+
+
+@planner(ScoreParams, SegmentParams)
+def plan_score(p: ScoreParams | SegmentParams, steps: Steps = STEPS) -> SnapshotPlan:
+    cfg = load_job(p.config, getattr(p, "model", None))
+    check_job(cfg)
+    model = steps.load_model(cfg, p.model_version) if p.model_version else None
+    return SnapshotPlan(cfg, steps.open_snapshot(cfg, date_str(p.snapshot)), model)
+
+
+def run_snapshot(
+    cfg: JobConfig,
+    snap: Snapshot,
+    *,
+    model: SegmentationModel | None = None,
+    warm_start: SegmentationModel | None = None,
+    reference: SegmentationModel | None = None,
+    target: Target | None = None,
+    steps: Steps = STEPS,
+    analyse: bool = False,
+) -> RunResult:
+    """Segment one opened snapshot: profile → (fit → align to ``reference`` → register | the
+    given model) → tables (→ fluidity, forecast and audiences when ``analyse``). A publishing
+    run holds the date's publish lock throughout."""
+    target = target or Target(True, new_run_id())
+    t0 = time.perf_counter()
+    timings: dict[str, progress.Phase] = {}
+    with target.lock(cfg, snap.date), pipeline.cluster(cfg):
+        with progress.phase("profile", timings, rows=snap.n_rows):
+            prof = steps.profile(cfg, snap)
+        trained = model is None
+        if model is None:
+            model = _fit(cfg, snap, prof, warm_start, reference, timings, steps)
+        with progress.phase("write", timings, rows=snap.n_rows):
+            written = steps.write_tables(cfg, snap, model, root=target.root(cfg))
+        analysis = None
+        if analyse:
+            with progress.phase("analyse", timings, rows=snap.n_rows) as ph:
+                analysis = steps.analyse(cfg, snap.date, target.root(cfg), written.segments)
+                written.tables.update(analysis.tables)
+                ph.detail = "audiences: " + analysis.audiences.brief()
+        if trained and target.publish:  # only once its tables are committed
+            move_latest(cfg, model, steps)
+    res = run_result(snap, model, trained, written, t0, timings)
+    res.analysis = analysis
+    res.published, res.run_id = target.publish, target.run_id
+    logger.info(
+        "Snapshot %s %s with model %s in %.1f s (%s)",
+        snap.date,
+        "segmented" if trained else "scored",
+        res.model_version,
+        res.seconds,
+        "published" if target.publish else f"candidate {target.run_id}",
+    )
+    if not target.publish:
+        write_manifest(cfg, target, [res])
+    return res
+
+
+def _fit(
+    cfg: JobConfig,
+    snap: Snapshot,
+    prof: Profile,
+    warm_start: SegmentationModel | None,
+    reference: SegmentationModel | None,
+    timings: dict[str, progress.Phase],
+    steps: Steps,
+) -> SegmentationModel:
+    """Fit → align to ``reference`` → register (unaliased)."""
+    with progress.phase("fit", timings, rows=pipeline.rows_used(cfg, prof)) as ph:
+        model = steps.fit(cfg, snap, prof, warm_start=warm_start, callback=progress.em_callback)
+        ph.detail = f"{model.metadata['n_iter']} EM iterations, converged: {model.metadata['converged']}"
+    if reference is not None:
+        with progress.phase("align", timings, rows=snap.n_rows) as ph:
+            model = align_to(reference, model, steps.co_membership(cfg, snap, reference, model))
+            a = model.metadata["alignment"]
+            ph.detail = f"to {reference.version}: births {a['births']}, deaths {a['deaths']}"
+    return steps.register(cfg, model, alias=None)
+
+
+def train(p: TrainParams, *, steps: Steps = STEPS) -> RunResult:
+    """Fit on a snapshot (latest by default), register the model, write the tables."""
+    plan = made_ahead(p, SnapshotPlan) or plan_train(p, steps)
+    target = Target(p.publishes(), new_run_id())
+    # aligned to the published model even as a candidate: its ids stay true if it is promoted
+    reference = steps.published_model(plan.cfg)
+    res = run_snapshot(plan.cfg, plan.snapshot, reference=reference, target=target, steps=steps)
+    res.report = report_data(plan.cfg, res, "train")
+    return res
+
+
+def score(p: ScoreParams, *, steps: Steps = STEPS) -> RunResult:
+    """Apply a registered model (default ``latest``) to a snapshot and write the tables."""
+    plan = made_ahead(p, SnapshotPlan) or plan_score(p, steps)
+    res = run_snapshot(
+        plan.cfg, plan.snapshot, model=plan.model, target=Target(p.publishes(), new_run_id()), steps=steps
+    )
+    res.report = report_data(plan.cfg, res, "score")
+    return res
+
+
+def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> RunResult:
+    """The daily job: fit the snapshot (or score it with a pinned model), write the tables and
+    the HTML report. A publishing fit starts from the published model when that has the
+    configured K and covariance type (today's segments stay yesterday's unless the data moved
+    them), and is aligned to it either way."""
+    plan = made_ahead(p, SnapshotPlan) or plan_score(p, steps)
+    target = Target(p.publishes(), new_run_id())
+    reference = steps.published_model(plan.cfg) if plan.model is None else None
+    m = plan.cfg.model
+    warm = (
+        reference
+        if reference is not None
+        and reference.n_components == m.n_components
+        and reference.covariance_type == m.covariance_type
+        and reference.feature_names == plan.cfg.input.feature_names
+        else None
+    )
+    res = run_snapshot(
+        plan.cfg,
+        plan.snapshot,
+        model=plan.model,
+        warm_start=warm,
+        reference=reference,
+        target=target,
+        steps=steps,
+        analyse=True,
+    )
+    res.report = report_data(plan.cfg, res, "segment")
+    if report:
+        res.report_path = steps.write_report(plan.cfg, res.report)
+    return res

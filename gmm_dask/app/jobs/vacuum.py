@@ -1,0 +1,62 @@
+"""``vacuum``: delete the files of the Delta output tables that no recent version references."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gmm_dask.app.config import JobConfig, check_output_location
+from gmm_dask.app.params import VacuumParams
+from gmm_dask.errors import ConfigError, PublishConflictError
+from gmm_dask.storage import io
+
+from .core import STEPS, Steps, load_job, logger, made_ahead, planner
+
+#: Below this retention a run still writing could lose its not-yet-committed files.
+VACUUM_SAFE_HOURS = 24
+
+
+@dataclass
+class VacuumResult:
+    tables: dict[str, list[str]]  # table -> files deleted (or that would be, on a dry run)
+    retention_hours: int
+    dry_run: bool
+
+
+@planner(VacuumParams)
+def plan_vacuum(p: VacuumParams, steps: Steps = STEPS) -> JobConfig:
+    cfg = load_job(p.config)
+    if cfg.output.format != "delta":
+        raise ConfigError(
+            f"output.format is {cfg.output.format!r}: there is nothing to vacuum — only Delta tables keep "
+            "the files of replaced partitions (the Parquet layout replaces them in place)."
+        )
+    check_output_location(cfg)
+    io.check_storage(cfg)
+    return cfg
+
+
+def vacuum(p: VacuumParams, *, steps: Steps = STEPS) -> VacuumResult:
+    """Vacuum every Delta table under ``output.root`` (the published ones; candidates live under
+    ``_candidates/`` and are removed with their folder)."""
+    cfg = made_ahead(p, JobConfig) or plan_vacuum(p, steps)
+    so = cfg.input.storage_options
+    root = cfg.output.root.rstrip("/")
+    if p.retention_hours < VACUUM_SAFE_HOURS:
+        held = io.held_publish_locks(root, so)
+        if held:
+            raise PublishConflictError(
+                f"retention_hours {p.retention_hours} is under {VACUUM_SAFE_HOURS} and a run holds "
+                f"{', '.join(held)} under {root}/{io.LOCKS_DIR}: its files are not committed yet and "
+                "would be deleted. Vacuum when it has finished (or remove a lock its dead run left)."
+            )
+    tables = {}
+    for name in io.delta_tables(root, so):
+        tables[name] = io.delta_vacuum(f"{root}/{name}", so, p.retention_hours, p.dry_run)
+        logger.info(
+            "%s %d file(s) of %s/%s",
+            "Would delete" if p.dry_run else "Deleted",
+            len(tables[name]),
+            root,
+            name,
+        )
+    return VacuumResult(tables, p.retention_hours, p.dry_run)
