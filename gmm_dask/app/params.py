@@ -11,7 +11,7 @@ before any work starts.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -88,7 +88,20 @@ ModelOverrideParam = Annotated[
 class JobParams(_Params):
     """Parameters every job has."""
 
+    #: Whether a run of this job publishes when its ``publish`` is empty. Train, score and segment
+    #: do, unless a model override makes the run exploratory; the others write candidates.
+    publish_by_default: ClassVar[bool] = False
+
     config: ConfigPath
+
+    def publishes(self) -> bool:
+        """Whether this run writes the published tables (else candidates): ``publish`` if given,
+        else the job's default, which a model override turns off (see :data:`PublishParam`)."""
+        explicit = getattr(self, "publish", None)
+        if explicit is not None:
+            return bool(explicit)
+        override = getattr(self, "model", None)
+        return self.publish_by_default and (override is None or override.is_empty)
 
 
 PublishParam = Annotated[
@@ -104,16 +117,17 @@ PublishParam = Annotated[
 class TrainParams(JobParams):
     """Fit a model on a snapshot, register it and write the tables."""
 
+    publish_by_default = True
+
     snapshot: SnapshotDate = None
     model: ModelOverrideParam = None
     publish: PublishParam = None
 
-    def publishes(self) -> bool:
-        return self.publish if self.publish is not None else self.model is None or self.model.is_empty
-
 
 class ScoreParams(JobParams):
     """Apply a registered model to a snapshot and write the tables."""
+
+    publish_by_default = True
 
     snapshot: SnapshotDate = None
     model_version: Annotated[
@@ -121,12 +135,11 @@ class ScoreParams(JobParams):
     ] = "latest"
     publish: PublishParam = None
 
-    def publishes(self) -> bool:
-        return self.publish if self.publish is not None else True
-
 
 class SegmentParams(JobParams):
     """The daily job: fit on the snapshot (or score it with a pinned model), write tables and a report."""
+
+    publish_by_default = True
 
     snapshot: SnapshotDate = None
     model_version: Annotated[
@@ -135,9 +148,6 @@ class SegmentParams(JobParams):
     ] = None
     model: ModelOverrideParam = None
     publish: PublishParam = None
-
-    def publishes(self) -> bool:
-        return self.publish if self.publish is not None else self.model is None or self.model.is_empty
 
     @model_validator(mode="after")
     def _pinned_or_override(self):
@@ -179,9 +189,6 @@ class BackfillParams(JobParams):
     ] = True
     publish: PublishParam = None
 
-    def publishes(self) -> bool:
-        return bool(self.publish)
-
     @model_validator(mode="after")
     def _ordered(self):
         if self.end < self.start:
@@ -205,9 +212,6 @@ class SelectKParams(JobParams):
         int, Field(ge=1, le=64, strict=True, description="Candidate models fitted at the same time.")
     ] = 4
     publish: PublishParam = None
-
-    def publishes(self) -> bool:
-        return bool(self.publish)
 
     @model_validator(mode="after")
     def _ordered(self):
@@ -261,9 +265,6 @@ class AudienceParams(JobParams):
             "<output.root>/_candidates/<run id>/ (see `promote`)."
         ),
     ] = False
-
-    def publishes(self) -> bool:
-        return self.publish
 
     def apply(self, cfg: JobConfig) -> JobConfig:
         """The config with this run's audience settings patched in."""
