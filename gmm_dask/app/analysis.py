@@ -22,7 +22,7 @@ import pandas as pd
 from gmm_dask.app.config import JobConfig
 from gmm_dask.app.steps import atypical_threshold, write_audiences
 from gmm_dask.segmentation.audiences import AudienceResult, AudienceRules
-from gmm_dask.storage import io
+from gmm_dask.storage.io import TableStore
 
 if TYPE_CHECKING:
     from gmm_dask.segmentation.fluidity import FluidityResult
@@ -70,18 +70,13 @@ class Analysis:
         return out
 
 
-def _dates_with(cfg: JobConfig, table: str, roots: list[str]) -> dict[str, str]:
-    """date -> the first root (in order) that has a committed partition of ``table`` for it."""
-    so = cfg.input.storage_options
-    found: dict[str, str] = {}
-    for root in roots:
-        for d in io.partition_dates(root, table, so):
-            found.setdefault(d, root)
+def _dates_with(table: str, stores: list[TableStore]) -> dict[str, TableStore]:
+    """date -> the first store (in order) that has a committed partition of ``table`` for it."""
+    found: dict[str, TableStore] = {}
+    for store in stores:
+        for d in store.dates(table):
+            found.setdefault(d, store)
     return found
-
-
-def _shares(cfg: JobConfig, root: str, date: str) -> pd.DataFrame:
-    return io.read_partition(root, "segments", date, None, cfg.input.storage_options).to_pandas()
 
 
 def share_series(segments: pd.DataFrame, counts: str) -> pd.Series:
@@ -96,47 +91,38 @@ def share_series(segments: pd.DataFrame, counts: str) -> pd.Series:
 
 
 def analyse_snapshot(
-    cfg: JobConfig, date: str, out_root: str, segments: pd.DataFrame, source_root: str | None = None
+    cfg: JobConfig, date: str, out: TableStore, segments: pd.DataFrame, source: TableStore | None = None
 ) -> Analysis:
     """Fluidity/transitions vs the previous snapshot, forecast + backtest, audiences of ``date``,
-    whose memberships are under ``source_root`` (default ``out_root``); writes under ``out_root``."""
+    whose memberships are in ``source`` (default ``out``); writes into ``out``."""
     from gmm_dask.app.steps import compute_fluidity
 
-    so = cfg.input.storage_options
-    source_root = source_root or out_root
-    roots = list(dict.fromkeys([out_root, cfg.output.root]))
+    source = source or out
+    published = cfg.outputs()
+    stores = [out] if out.root == published.root else [out, published]
     tables: dict[str, str] = {}
-    segmented = _dates_with(cfg, "memberships", roots)
-    read = _SegmentsByDate(cfg, segmented, {date: segments})
+    segmented = _dates_with("memberships", stores)
+    read = _SegmentsByDate(segmented, {date: segments})
     earlier = sorted(d for d in segmented if d < date)
     previous = earlier[-1] if earlier else None
     fl = prev_segments = None
     if previous is not None:
         fl = compute_fluidity(
-            source_root,
-            previous,
-            date,
-            cfg.input.id_column,
-            storage_options=so,
-            from_root=segmented[previous],
-            out_root=out_root,
-            table_format=cfg.output.format,
+            source, previous, date, cfg.input.id_column, from_store=segmented[previous], out=out
         )
         tables.update(fl.paths or {})
         prev_segments = read(previous)[["segment", "name", "size", "share"]]
-    forecast, bt, transition = _forecast(cfg, date, segments, _transition_history(cfg, roots, date), read)
-    rules = _audience_rules(cfg, date, segments, source_root, previous)
+    forecast, bt, transition = _forecast(cfg, date, segments, _transition_history(cfg, stores, date), read)
+    rules = _audience_rules(cfg, date, segments, source, previous)
     aud = write_audiences(
-        source_root,
-        out_root,
+        source,
+        out,
         date,
         cfg.input.id_column,
         segments,
         rules,
         movers=fl.movers if fl is not None else None,
         transition=transition,
-        storage_options=so,
-        table_format=cfg.output.format,
     )
     tables.update(aud.paths)
     logger.info("Snapshot %s: audiences: %s", date, aud.brief())
@@ -145,29 +131,27 @@ def analyse_snapshot(
 
 @dataclass
 class _SegmentsByDate:
-    """Each segmented date's segments table, read once (from the root that has it)."""
+    """Each segmented date's segments table, read once (from the store that has it)."""
 
-    cfg: JobConfig
-    segmented: dict[str, str]  # date -> root
+    segmented: dict[str, TableStore]  # date -> store
     read: dict[str, pd.DataFrame]
 
     def __call__(self, d: str) -> pd.DataFrame:
         if d not in self.read:
-            self.read[d] = _shares(self.cfg, self.segmented[d], d)
+            self.read[d] = self.segmented[d].read("segments", d).to_pandas()
         return self.read[d]
 
 
-def _transition_history(cfg: JobConfig, roots: list[str], date: str) -> pd.DataFrame:
+def _transition_history(cfg: JobConfig, stores: list[TableStore], date: str) -> pd.DataFrame:
     """The transition history up to ``date`` (the run's own partitions first)."""
-    have = _dates_with(cfg, "transitions", roots)
+    have = _dates_with("transitions", stores)
     steps = sorted(d for d in have if d <= date)[-cfg.forecast.history :]
     if not steps:
         return pd.DataFrame(
             columns=["from_date", "to_date", "segment_from", "segment_to", "n_users", "gamma_mass"]
         )
-    so = cfg.input.storage_options
     return pd.concat(
-        [io.read_partition(have[d], "transitions", d, None, so).to_pandas() for d in steps],
+        [have[d].read("transitions", d).to_pandas() for d in steps],
         ignore_index=True,
     )
 
@@ -216,18 +200,17 @@ def _forecast(
 
 
 def _audience_rules(
-    cfg: JobConfig, date: str, segments: pd.DataFrame, source_root: str, previous: str | None
+    cfg: JobConfig, date: str, segments: pd.DataFrame, source: TableStore, previous: str | None
 ) -> AudienceRules:
     a = cfg.audiences
-    so = cfg.input.storage_options
     ids = [int(s) for s in segments["segment"]]
-    files = io.partition_files(source_root, "memberships", date, so)
+    files = source.files("memberships", date)
     n_rows = int(segments["size"].sum())
     return AudienceRules(
         blend_threshold=a.blend_threshold or cfg.output.overlap_threshold,
         pairs=tuple((x, y) for x, y in a.pairs) if a.pairs else tuple(itertools.combinations(ids, 2)),
         atypical_quantile=a.atypical_quantile,
-        atypical_threshold=atypical_threshold(files, n_rows, a.atypical_quantile, so),
+        atypical_threshold=atypical_threshold(files, n_rows, a.atypical_quantile, source.storage_options),
         mover_min_tv=a.mover_min_tv,
         high_min=cfg.entropy_bands.moderate_max,
         from_date=previous,

@@ -29,6 +29,7 @@ from pydantic import (
 from gmm_dask.errors import ConfigError
 from gmm_dask.segmentation.specs import EntropyBands, FeatureSpec
 from gmm_dask.segmentation.specs import Spec as _Model
+from gmm_dask.storage.io import TableStore
 
 _SECRET_KEYS = re.compile(
     r"(secret|password|token|credential|private|^key$|access_key|account_key|sas)", re.I
@@ -344,6 +345,11 @@ class JobConfig(_Model):
     audiences: AudienceConfig = AudienceConfig()
     forecast: ForecastConfig = ForecastConfig()
     cluster: ClusterConfig = LocalClusterConfig()
+
+    def outputs(self) -> TableStore:
+        """The published output tables: ``output.root`` with the storage options and
+        ``output.format`` (candidates: ``outputs().candidates(run_id)``)."""
+        return TableStore(self.output.root, dict(self.input.storage_options), self.output.format)
 
     def config_hash(self) -> str:
         """Stable hash of the settings that change a fit (not where outputs go)."""

@@ -43,8 +43,7 @@ from gmm_dask.segmentation.features import (
     merge_profiles,
 )
 from gmm_dask.segmentation.model import SegmentationModel
-from gmm_dask.storage import io
-from gmm_dask.storage.io import Snapshot, open_snapshot, resolve_snapshot
+from gmm_dask.storage.io import Snapshot, TableStore, open_snapshot, resolve_snapshot
 from gmm_dask.storage.registry import ModelRegistry
 
 if TYPE_CHECKING:
@@ -479,7 +478,7 @@ def write_tables(
     model: SegmentationModel,
     *,
     extra: dict[str, tuple[pd.DataFrame, dict]] | None = None,
-    root: str | None = None,
+    store: TableStore | None = None,
 ) -> Written:
     """Score every piece (each worker writes its pieces' memberships files into the staging
     area) and commit the memberships, segments and overlaps partitions — plus any ``extra``
@@ -493,7 +492,7 @@ def write_tables(
     thr = cfg.output.overlap_threshold
     version = model.version or "unregistered"
     names = [*(extra or {}), "segments", "overlaps", "memberships"]
-    with io.StagedPartitions(root or cfg.output.root, names, snap.date, so, cfg.output.format) as st:
+    with (store or cfg.outputs()).stage(names, snap.date) as st:
         parts = [
             dask.delayed(score_piece, pure=False)(
                 p,
@@ -519,7 +518,7 @@ def write_tables(
 
 def partition_model_version(cfg: JobConfig, table: str, date: str) -> str | None:
     """The model version recorded in a committed table partition, or None if there is none."""
-    meta = io.partition_metadata(cfg.output.root, table, date, cfg.input.storage_options)
+    meta = cfg.outputs().metadata(table, date)
     return (meta or {}).get("gmm_dask.model_version") or None
 
 

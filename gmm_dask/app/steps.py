@@ -32,7 +32,7 @@ from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.segmentation.specs import EntropyBands, InputColumns
 from gmm_dask.segmentation.tables import PieceResult, score_table, table_metadata
 from gmm_dask.storage import io
-from gmm_dask.storage.io import Piece
+from gmm_dask.storage.io import Piece, TableStore
 
 
 def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any], fan_in: int = 8) -> Any:
@@ -103,68 +103,53 @@ def score_piece(
 # --- fluidity between two dates --------------------------------------------------------------
 
 
-def _read_memberships(root: str, date: str, id_column: str, storage_options: dict | None = None) -> pa.Table:
-    return io.read_partition(
-        root,
-        "memberships",
-        date,
-        [id_column, "segment", "gamma", "entropy_bits", "model_version"],
-        storage_options,
-    )
+def _read_memberships(store: TableStore, date: str, id_column: str) -> pa.Table:
+    return store.read("memberships", date, [id_column, "segment", "gamma", "entropy_bits", "model_version"])
 
 
-def _segment_ids(root: str, date: str, storage_options: dict | None = None) -> list[int]:
-    return [
-        int(x)
-        for x in io.read_partition(root, "segments", date, ["segment"], storage_options)
-        .column("segment")
-        .to_pylist()
-    ]
+def _segment_ids(store: TableStore, date: str) -> list[int]:
+    return [int(x) for x in store.read("segments", date, ["segment"]).column("segment").to_pylist()]
 
 
 def compute_fluidity(
-    root: str,
+    store: TableStore,
     from_date: str,
     to_date: str,
     id_column: str,
     *,
     top_n: int = 100,
     write: bool = True,
-    storage_options: dict | None = None,
-    from_root: str | None = None,
-    out_root: str | None = None,
-    table_format: str = "parquet",
+    from_store: TableStore | None = None,
+    out: TableStore | None = None,
 ) -> FluidityResult:
     """Compare the memberships of two snapshots; optionally write ``<out_root>/fluidity/dt=<to_date>``
     (one row per user in both) and ``<out_root>/transitions/dt=<to_date>`` (one row per pair of
     segments; see :func:`~gmm_dask.segmentation.fluidity.fluidity_between`), committed together.
 
-    ``to_date`` is read from ``root``, ``from_date`` from ``from_root`` (default ``root``): a
+    ``to_date`` is read from ``store``, ``from_date`` from ``from_store`` (default ``store``): a
     candidate run compares its own memberships with the published previous snapshot. Output goes
-    to ``out_root`` (default ``root``).
+    to ``out`` (default ``store``).
     """
-    from_root = from_root or root
-    out_root = out_root or root
-    a = _read_memberships(from_root, from_date, id_column, storage_options)
-    b = _read_memberships(root, to_date, id_column, storage_options)
-    ids_a = _segment_ids(from_root, from_date, storage_options)
-    ids_b = _segment_ids(root, to_date, storage_options)
-    result, out = fluidity_between(a, b, ids_a, ids_b, from_date, to_date, id_column, top_n=top_n)
+    from_store = from_store or store
+    out = out or store
+    a = _read_memberships(from_store, from_date, id_column)
+    b = _read_memberships(store, to_date, id_column)
+    ids_a = _segment_ids(from_store, from_date)
+    ids_b = _segment_ids(store, to_date)
+    result, rows = fluidity_between(a, b, ids_a, ids_b, from_date, to_date, id_column, top_n=top_n)
     if write:
-        versions = ",".join(sorted(set(out.column("model_version_to").to_pylist())))
+        versions = ",".join(sorted(set(rows.column("model_version_to").to_pylist())))
         meta = {"gmm_dask.from_date": from_date}
         transitions = result.transition_table
         assert transitions is not None
-        with io.StagedPartitions(
-            out_root, ["transitions", "fluidity"], to_date, storage_options, table_format
-        ) as st:
+        with out.stage(["transitions", "fluidity"], to_date) as st:
             st.write(
                 "transitions",
                 pa.Table.from_pandas(transitions, preserve_index=False).replace_schema_metadata(
                     table_metadata("transitions", versions, meta)
                 ),
             )
-            st.write("fluidity", out.replace_schema_metadata(table_metadata("fluidity", versions, meta)))
+            st.write("fluidity", rows.replace_schema_metadata(table_metadata("fluidity", versions, meta)))
         result.paths = st.paths
         result.path = st.paths["fluidity"]
     return result
@@ -227,8 +212,8 @@ def audience_piece(
 
 
 def write_audiences(
-    root: str,
-    out_root: str,
+    source: TableStore,
+    out: TableStore,
     date: str,
     id_column: str,
     segments: pd.DataFrame,
@@ -236,19 +221,17 @@ def write_audiences(
     *,
     movers: pa.Table | None = None,
     transition: tuple[list[int], np.ndarray] | None = None,
-    storage_options: dict | None = None,
-    table_format: str = "parquet",
 ) -> AudienceResult:
     """Write the ``audiences`` (+ ``audiences_csv``, + ``forecast`` when ``transition`` is given)
-    partitions of ``date`` under ``out_root`` from the memberships under ``root``, in one pass on
-    the cluster, committed together."""
+    partitions of ``date`` into ``out`` from the memberships in ``source``, in one pass on the
+    cluster, committed together."""
     import dask
 
     ids = [int(s) for s in segments["segment"]]
     names = dict(zip(ids, segments["name"], strict=True))
-    files = io.partition_files(root, "memberships", date, storage_options)
+    files = source.files("memberships", date)
     tables = ["audiences", "audiences_csv"] + (["forecast"] if transition is not None else [])
-    with io.StagedPartitions(out_root, tables, date, storage_options, table_format) as st:
+    with out.stage(tables, date) as st:
         mv = dask.delayed(movers) if movers is not None else None
         csv_dir = st.directory("audiences_csv")
         tasks = [
@@ -265,7 +248,7 @@ def write_audiences(
                 csv_dir,
                 transition,
                 st.file("forecast", f"part-{i:05d}.parquet") if transition is not None else None,
-                storage_options,
+                source.storage_options,
             )
             for i, f in enumerate(files)
         ]

@@ -10,7 +10,6 @@ from gmm_dask.app import pipeline, progress
 from gmm_dask.app.config import JobConfig
 from gmm_dask.app.params import AudienceParams
 from gmm_dask.errors import DataError
-from gmm_dask.storage import io
 
 from .core import STEPS, Steps, Target, check_job, load_job, made_ahead, new_run_id, planner, write_manifest
 
@@ -53,11 +52,10 @@ def plan_audience(p: AudienceParams, steps: Steps = STEPS) -> AudiencePlan:
     """The config, the snapshot and the model version of its memberships, checked without Dask."""
     cfg = p.apply(load_job(p.config))
     check_job(cfg)
-    so = cfg.input.storage_options
     if p.snapshot is not None:
         date = p.snapshot.isoformat()
     else:
-        dates = io.partition_dates(cfg.output.root, "memberships", so)
+        dates = cfg.outputs().dates("memberships")
         if not dates:
             raise DataError(
                 f"snapshot: no published memberships under {cfg.output.root!r}; run segment, score or "
@@ -79,12 +77,11 @@ def audience(p: AudienceParams, *, steps: Steps = STEPS) -> AudienceRunResult:
     plan = made_ahead(p, AudiencePlan) or plan_audience(p, steps)
     cfg, date, version = plan.cfg, plan.snapshot, plan.model_version
     target = Target(p.publishes(), new_run_id())
-    so = cfg.input.storage_options
-    segments = io.read_partition(cfg.output.root, "segments", date, None, so).to_pandas()
+    segments = cfg.outputs().read("segments", date).to_pandas()
     timings: dict[str, progress.Phase] = {}
     rows = int(segments["size"].sum())
     with target.lock(cfg, date), pipeline.cluster(cfg), progress.phase("analyse", timings, rows=rows):
-        analysis = steps.analyse(cfg, date, target.root(cfg), segments, source_root=cfg.output.root)
+        analysis = steps.analyse(cfg, date, target.store(cfg), segments, source=cfg.outputs())
     res = AudienceRunResult(date, version, analysis, dict(analysis.tables), target.publish, target.run_id)
     if not target.publish:
         write_manifest(cfg, target, [res])

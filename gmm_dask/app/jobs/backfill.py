@@ -163,7 +163,7 @@ def _analyse_after(
         return outcome
     try:
         with target.lock(cfg, d), progress.phase("analyse", res.timings, rows=res.counts["rows_written"]):
-            res.analysis = steps.analyse(cfg, d, target.root(cfg), res.segments)
+            res.analysis = steps.analyse(cfg, d, target.store(cfg), res.segments)
     except FAILURES as e:
         return d, None, str(e)
     res.tables.update(res.analysis.tables)

@@ -30,7 +30,7 @@ from gmm_dask.app.params import JobParams, ModelOverride
 from gmm_dask.segmentation.features import FeaturePlan, Profile
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage import io
-from gmm_dask.storage.io import Snapshot
+from gmm_dask.storage.io import Snapshot, TableStore
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -90,7 +90,7 @@ class WriteTablesStep(Protocol):
         model: SegmentationModel,
         *,
         extra: dict[str, tuple[pd.DataFrame, dict]] | None = None,
-        root: str | None = None,
+        store: TableStore | None = None,
     ) -> pipeline.Written: ...
 
 
@@ -99,9 +99,9 @@ class AnalyseStep(Protocol):
         self,
         cfg: JobConfig,
         date: str,
-        out_root: str,
+        out: TableStore,
         segments: pd.DataFrame,
-        source_root: str | None = None,
+        source: TableStore | None = None,
     ) -> Analysis: ...
 
 
@@ -109,15 +109,7 @@ def compute_fluidity(cfg: JobConfig, from_date: str, to_date: str, top_n: int) -
     """The fluidity job's step: compare two snapshots' published memberships and write the result."""
     from gmm_dask.app.steps import compute_fluidity
 
-    return compute_fluidity(
-        cfg.output.root,
-        from_date,
-        to_date,
-        cfg.input.id_column,
-        top_n=top_n,
-        storage_options=cfg.input.storage_options,
-        table_format=cfg.output.format,
-    )
+    return compute_fluidity(cfg.outputs(), from_date, to_date, cfg.input.id_column, top_n=top_n)
 
 
 def write_report(cfg: JobConfig, data: ReportData) -> str:
@@ -127,17 +119,17 @@ def write_report(cfg: JobConfig, data: ReportData) -> str:
 
     html = html_report(data)
     name = f"{data.kind}-{data.snapshot}-{data.model_version}.html"
-    root = cfg.output.root if data.published else io.candidates_root(cfg.output.root, data.run_id)
-    return io.write_text_atomic(f"{root.rstrip('/')}/_reports/{name}", html, cfg.input.storage_options)
+    store = cfg.outputs() if data.published else cfg.outputs().candidates(data.run_id)
+    return store.write_text(html, "_reports", name)
 
 
 def analyse(
-    cfg: JobConfig, date: str, out_root: str, segments: pd.DataFrame, source_root: str | None = None
+    cfg: JobConfig, date: str, out: TableStore, segments: pd.DataFrame, source: TableStore | None = None
 ) -> Analysis:
     """The analyst step (:func:`gmm_dask.app.analysis.analyse_snapshot`)."""
     from gmm_dask.app.analysis import analyse_snapshot
 
-    return analyse_snapshot(cfg, date, out_root, segments, source_root)
+    return analyse_snapshot(cfg, date, out, segments, source)
 
 
 @dataclass(frozen=True)
@@ -271,14 +263,15 @@ class Target:
     publish: bool
     run_id: str
 
-    def root(self, cfg: JobConfig) -> str:
-        return cfg.output.root if self.publish else io.candidates_root(cfg.output.root, self.run_id)
+    def store(self, cfg: JobConfig) -> TableStore:
+        """The tables this run writes: the published ones, or its candidates."""
+        return cfg.outputs() if self.publish else cfg.outputs().candidates(self.run_id)
 
     def lock(self, cfg: JobConfig, date: str) -> AbstractContextManager[object]:
         """The date's publish lock for a publishing run (a candidate writes only its own namespace)."""
         if not self.publish:
             return contextlib.nullcontext()
-        return io.publish_lock(cfg.output.root, date, cfg.input.storage_options, owner=self.run_id)
+        return cfg.outputs().lock(date, owner=self.run_id)
 
 
 def move_latest(cfg: JobConfig, model: SegmentationModel, steps: Steps = STEPS) -> bool:
@@ -313,20 +306,18 @@ def write_manifest(cfg: JobConfig, target: Target, results: Sequence[Manifested 
     """Record what a candidate run wrote (``candidate.json``), for ``promote``."""
 
     runs = [r for r in results if r is not None]
-    path = f"{target.root(cfg)}/candidate.json"
     with _MANIFEST_LOCK:
-        return _write_manifest(cfg, target, runs, path)
+        return _write_manifest(target, runs, target.store(cfg))
 
 
 _MANIFEST_LOCK = threading.Lock()
 
 
-def _write_manifest(cfg: JobConfig, target: Target, runs: list[Manifested], path: str) -> str:
-    previous = (
-        json.loads(io.read_text(path, cfg.input.storage_options))
-        if io.exists(path, cfg.input.storage_options)
-        else {}
-    )
+MANIFEST = "candidate.json"
+
+
+def _write_manifest(target: Target, runs: list[Manifested], store: TableStore) -> str:
+    previous = json.loads(store.read_text(MANIFEST)) if store.exists(MANIFEST) else {}
     dates = {
         **previous.get("dates", {}),
         **{
@@ -339,7 +330,7 @@ def _write_manifest(cfg: JobConfig, target: Target, runs: list[Manifested], path
         "created_at": previous.get("created_at") or time.strftime("%Y-%m-%dT%H:%M:%S"),
         "dates": dates,
     }
-    return io.write_text_atomic(path, json.dumps(doc, indent=1, sort_keys=True), cfg.input.storage_options)
+    return store.write_text(json.dumps(doc, indent=1, sort_keys=True), MANIFEST)
 
 
 T = TypeVar("T")

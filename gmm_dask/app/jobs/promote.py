@@ -10,7 +10,7 @@ from gmm_dask.app.params import PromoteParams
 from gmm_dask.errors import DataError
 from gmm_dask.storage import io
 
-from .core import STEPS, Steps, Target, load_job, logger, made_ahead, move_latest, planner
+from .core import MANIFEST, STEPS, Steps, Target, load_job, logger, made_ahead, move_latest, planner
 
 
 @dataclass
@@ -34,14 +34,14 @@ def plan_promote(p: PromoteParams, steps: Steps = STEPS) -> PromotePlan:
     check_output_location(cfg)
     io.check_storage(cfg)
     target = Target(False, p.run_id)
-    path = f"{target.root(cfg)}/candidate.json"
-    if not io.exists(path, cfg.input.storage_options):
-        known = io.list_names(f"{cfg.output.root.rstrip('/')}/_candidates", cfg.input.storage_options)
+    candidate = target.store(cfg)
+    if not candidate.exists(MANIFEST):
+        known = cfg.outputs().list_names("_candidates")
         raise DataError(
             f"run_id: no candidate run {p.run_id!r} under {cfg.output.root!r} (candidates: "
             f"{', '.join(sorted(known)[-10:]) or 'none'})."
         )
-    manifest = json.loads(io.read_text(path, cfg.input.storage_options))
+    manifest = json.loads(candidate.read_text(MANIFEST))
     return PromotePlan(cfg, target, manifest)
 
 
@@ -51,13 +51,11 @@ def promote(p: PromoteParams, *, steps: Steps = STEPS) -> PromoteResult:
     at the model of the candidate's most recent trained date."""
     plan = made_ahead(p, PromotePlan) or plan_promote(p, steps)
     cfg, target, manifest = plan.cfg, plan.target, plan.manifest
-    so = cfg.input.storage_options
+    published = cfg.outputs()
     out: dict[str, dict[str, str]] = {}
     for date, info in sorted(manifest["dates"].items()):
-        with io.publish_lock(cfg.output.root, date, so, owner=f"promote {p.run_id}"):
-            out[date] = io.copy_partitions(
-                target.root(cfg), cfg.output.root, info["tables"], date, so, cfg.output.format
-            )
+        with published.lock(date, owner=f"promote {p.run_id}"):
+            out[date] = published.copy_from(target.store(cfg), info["tables"], date)
     trained = [info["model_version"] for _, info in sorted(manifest["dates"].items()) if info.get("trained")]
     latest = trained[-1] if trained else None
     if latest:

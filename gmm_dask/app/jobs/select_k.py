@@ -168,7 +168,7 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
                 snap,
                 best,
                 extra={"model_selection": (table, {"gmm_dask.criterion": p.criterion})},
-                root=target.root(cfg),
+                store=target.store(cfg),
             )
         if target.publish:
             move_latest(cfg, best, steps)

@@ -70,11 +70,11 @@ def run_snapshot(
         if model is None:
             model = _fit(cfg, snap, prof, warm_start, reference, timings, steps)
         with progress.phase("write", timings, rows=snap.n_rows):
-            written = steps.write_tables(cfg, snap, model, root=target.root(cfg))
+            written = steps.write_tables(cfg, snap, model, store=target.store(cfg))
         analysis = None
         if analyse:
             with progress.phase("analyse", timings, rows=snap.n_rows) as ph:
-                analysis = steps.analyse(cfg, snap.date, target.root(cfg), written.segments)
+                analysis = steps.analyse(cfg, snap.date, target.store(cfg), written.segments)
                 written.tables.update(analysis.tables)
                 ph.detail = "audiences: " + analysis.audiences.brief()
         if trained and target.publish:  # only once its tables are committed

@@ -39,19 +39,19 @@ def vacuum(p: VacuumParams, *, steps: Steps = STEPS) -> VacuumResult:
     """Vacuum every Delta table under ``output.root`` (the published ones; candidates live under
     ``_candidates/`` and are removed with their folder)."""
     cfg = made_ahead(p, JobConfig) or plan_vacuum(p, steps)
-    so = cfg.input.storage_options
+    store = cfg.outputs()
     root = cfg.output.root.rstrip("/")
     if p.retention_hours < VACUUM_SAFE_HOURS:
-        held = io.held_publish_locks(root, so)
+        held = store.held_locks()
         if held:
             raise PublishConflictError(
                 f"retention_hours {p.retention_hours} is under {VACUUM_SAFE_HOURS} and a run holds "
-                f"{', '.join(held)} under {root}/{io.LOCKS_DIR}: its files are not committed yet and "
+                f"{', '.join(held)} under {store.locks_dir}: its files are not committed yet and "
                 "would be deleted. Vacuum when it has finished (or remove a lock its dead run left)."
             )
     tables = {}
-    for name in io.delta_tables(root, so):
-        tables[name] = io.delta_vacuum(f"{root}/{name}", so, p.retention_hours, p.dry_run)
+    for name in store.delta_tables():
+        tables[name] = store.vacuum(name, p.retention_hours, p.dry_run)
         logger.info(
             "%s %d file(s) of %s/%s",
             "Would delete" if p.dry_run else "Deleted",
