@@ -286,21 +286,9 @@ def _softmax(
 
 @_jit()
 def estep_tiles(
-    X: FloatArray,
-    w: FloatArray,
-    weighted: bool,
-    shift: FloatArray,
-    A: Floats,
-    ia: Int64Array,
-    ja: Int64Array,
-    k: int,
-    tile: int,
-    tiles_per_group: int,
-    hard: bool,
-    scores: FloatArray,
-    S: FloatArray,
-    hard_nk: FloatArray,
-) -> float:
+    X: FloatArray, w: FloatArray, weighted: bool, shift: FloatArray, A: Floats, ia: Int64Array, ja: Int64Array,
+    k: int, tile: int, tiles_per_group: int, hard: bool, scores: FloatArray, S: FloatArray, hard_nk: FloatArray,
+) -> float:  # fmt: skip
     """The E-step of one partition over tiles of ``tile`` rows.
 
     Parameters

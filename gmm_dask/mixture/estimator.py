@@ -8,7 +8,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, cast, overload
+from typing import TYPE_CHECKING, Literal, Self, cast, overload
 
 import dask.array as da
 import numpy as np
@@ -212,7 +212,7 @@ class GaussianMixture:
         """
         return {name: getattr(self, name) for name in self._get_param_names()}
 
-    def set_params(self, **params: object) -> GaussianMixture:
+    def set_params(self, **params: object) -> Self:
         """Set constructor parameters (checked at the next ``fit``, as in scikit-learn)."""
         valid = self._get_param_names()
         for name, value in params.items():
@@ -238,9 +238,7 @@ class GaussianMixture:
 
     # --- fitting --------------------------------------------------------------------------
 
-    def fit(
-        self, X: InputData, y: object = None, sample_weight: InputWeights | None = None
-    ) -> GaussianMixture:
+    def fit(self, X: InputData, y: object = None, sample_weight: InputWeights | None = None) -> Self:
         """Estimate the mixture parameters with EM.
 
         Parameters

@@ -9,7 +9,7 @@ can use them without loading NumPy's or Dask's machinery.
 
 from __future__ import annotations
 
-from typing import Final, Literal, get_args
+from typing import Final, Literal, TypeGuard, get_args
 
 #: Covariance structure of each component (scikit-learn's names).
 CovarianceType = Literal["full", "tied", "diag", "spherical"]
@@ -37,3 +37,8 @@ MIN_REG_COVAR: Final = 0.0
 
 DEFAULT_TOL: Final = 1e-3
 DEFAULT_REG_COVAR: Final = 1e-6
+
+
+def is_covariance_type(value: object) -> TypeGuard[CovarianceType]:
+    """Whether ``value`` is one of :data:`COVARIANCE_TYPES` (e.g. read from a stored model)."""
+    return value in COVARIANCE_TYPES
