@@ -10,11 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gmm_dask.segmentation.forecast import (
-    backtest,
-    expected_brier,
+from gmm_dask.segmentation.forecast import backtest, expected_brier, forecast_next
+from gmm_dask.segmentation.markov import (
     fit_transition_matrix,
-    forecast_next,
     forecast_shares,
     forecast_users,
     select_half_life,

@@ -15,7 +15,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 from gmm_dask import ComponentCollapseWarning, ConvergenceWarning, GaussianMixture
-from gmm_dask.mixture.gaussian import COVARIANCE_TYPES
+from gmm_dask.mixture.options import COVARIANCE_TYPES
 
 from .conftest import assert_rel, blobs
 

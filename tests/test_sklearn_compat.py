@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 from gmm_dask import ComponentCollapseWarning, ConvergenceWarning, GaussianMixture, GMMDaskInputError
-from gmm_dask.mixture.gaussian import COVARIANCE_TYPES
+from gmm_dask.mixture.options import COVARIANCE_TYPES
 
 from .conftest import blobs
 

@@ -5,6 +5,7 @@ import pytest
 from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
 
 from gmm_dask.mixture import gaussian
+from gmm_dask.mixture.options import COVARIANCE_TYPES
 from gmm_dask.mixture.suffstats import combine, combine_all, estep_stats, m_step, merge_moments, resp_stats
 
 from .conftest import assert_rel
@@ -24,7 +25,7 @@ def _setup(ct, n=400, seed=0):
     return X, w, np.array([0.4, 0.6]), means, gaussian.compute_precision_cholesky(cov, ct)
 
 
-@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_stats_of_union_equal_combined_stats(ct):
     X, w, weights, means, pc = _setup(ct)
     whole = estep_stats(X, w, weights, means, pc, ct)
@@ -49,7 +50,7 @@ def test_empty_partition_is_neutral():
     assert_rel(merged.means, whole.means, 1e-15, "means")
 
 
-@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_m_step_equals_sklearn(ct):
     rng = np.random.default_rng(3)
     X = rng.normal(size=(300, 4))
@@ -106,7 +107,7 @@ def _reference_stats(X, weights, means, prec_chol, ct):
     return nk, mu, m2, lse.sum()
 
 
-@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_tight_components_far_from_the_mixture_mean_keep_their_digits(ct):
     # clusters 1e4 apart with spread 1e-3: ρ = mᵀPm ≈ 1e14, where a shared expansion about
     # the mixture mean would lose ~14 digits of each covariance
@@ -131,14 +132,14 @@ def test_tight_components_far_from_the_mixture_mean_keep_their_digits(ct):
     assert got.loglik == pytest.approx(loglik, rel=1e-12)
 
 
-@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_expansion_and_exact_centring_agree(ct, monkeypatch):
-    from gmm_dask.mixture import suffstats
+    from gmm_dask.mixture import blocks
 
     X, w, weights, means, pc = _setup(ct)
-    monkeypatch.setattr(suffstats, "EXPANSION_MAX_RHO", np.inf)
+    monkeypatch.setattr(blocks, "EXPANSION_MAX_RHO", np.inf)
     expanded = estep_stats(X, w, weights, means, pc, ct, block_rows=50)
-    monkeypatch.setattr(suffstats, "EXPANSION_MAX_RHO", -1.0)
+    monkeypatch.setattr(blocks, "EXPANSION_MAX_RHO", -1.0)
     exact = estep_stats(X, w, weights, means, pc, ct, block_rows=50)
     for field in ("nk", "means", "m2"):
         assert_rel(getattr(expanded, field), getattr(exact, field), 1e-12, field)
@@ -278,7 +279,7 @@ def _assert_same_stats(got, want, tol):
     np.testing.assert_allclose(got.worst_scores, want.worst_scores, rtol=tol)
 
 
-@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 @pytest.mark.parametrize(
     ("n", "d", "k", "offset", "block_rows"),
     [
@@ -294,7 +295,7 @@ def _assert_same_stats(got, want, tol):
 )
 @pytest.mark.parametrize("weighted", [False, True])
 def test_compiled_kernel_equals_the_numpy_path(ct, n, d, k, offset, block_rows, weighted, monkeypatch):
-    from gmm_dask.mixture import suffstats
+    from gmm_dask.mixture import blocks
 
     X, sw, weights, means, pc = _random_problem(ct, n, d, k, seed=n + d + k, offset=offset)
     sw = sw if weighted else None
@@ -304,12 +305,12 @@ def test_compiled_kernel_equals_the_numpy_path(ct, n, d, k, offset, block_rows, 
     def no_numpy_path(*args, **kwargs):
         raise AssertionError("the NumPy path ran where the compiled kernel should have")
 
-    monkeypatch.setattr(suffstats, "_blocks_numpy", no_numpy_path)
+    monkeypatch.setattr(blocks, "blocks_numpy", no_numpy_path)
     got = estep_stats(X, sw, weights, means, pc, ct, **kw)
     _assert_same_stats(got, want, 1e-12)
 
 
-@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_compiled_kernel_on_rows_without_a_finite_density(ct):
     # rows whose squared distance overflows, NaN rows, and a component of zero weight (log 0 =
     # −inf for every row): the compiled kernel flags and skips the same rows as the NumPy path
@@ -367,7 +368,7 @@ def test_kernel_warm_up_compiles_the_signature_the_e_step_uses():
 
     code = (
         "import numpy as np\n"
-        "from gmm_dask import _kernels, gaussian\n"
+        "from gmm_dask.mixture import _kernels, gaussian\n"
         "from gmm_dask.mixture.suffstats import estep_stats\n"
         "assert _kernels.warm_up() >= 0.0\n"
         "assert len(_kernels.estep_tiles.signatures) == 1\n"
@@ -394,7 +395,7 @@ def test_compiled_kernel_takes_any_float_layout():
         _assert_same_stats(estep_stats(Xv, sw, weights, means, pc, "full"), ref, 1e-12)
 
 
-@pytest.mark.parametrize("ct", gaussian.COVARIANCE_TYPES)
+@pytest.mark.parametrize("ct", COVARIANCE_TYPES)
 def test_float32_mode_stays_close_to_float64(ct):
     # opt-in: features, products and log-densities in float32, every sum over rows in float64
     X, sw, weights, means, pc = _random_problem(ct, 4000, 7, 5, seed=15, offset=3.0)

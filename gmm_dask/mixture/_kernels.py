@@ -25,29 +25,44 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import numba
 import numpy as np
+from numpy.typing import NDArray
+
+from gmm_dask.mixture.arrays import FloatArray, Int64Array
+
+if TYPE_CHECKING:
+    from numba.core.dispatcher import Dispatcher
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: float64, or float32 where the kernel forms the products and log-densities in float32.
+Floats = NDArray[np.float64] | NDArray[np.float32]
 
 _FLAGS = {"contract"}
 _SUM_FLAGS = {"contract", "reassoc"}
 
 
-def _jit(fastmath=_FLAGS):
+def _jit(fastmath: set[str] = _FLAGS) -> Callable[[Callable[P, T]], Dispatcher[Callable[P, T]]]:
     """numba.njit with the kernel's options: cached machine code, the GIL released, NumPy's
     float semantics (x / 0 is ±inf or NaN, no exception). Where no cache directory is writable
     (neither ``__pycache__`` here nor numba's user-wide one) numba refuses ``cache=True``; the
     kernel then compiles in memory in each process instead."""
 
-    def decorate(fn):
-        opts = {"nogil": True, "fastmath": fastmath, "error_model": "numpy"}
+    def decorate(fn: Callable[P, T]) -> Dispatcher[Callable[P, T]]:
+        # The annotations of the kernels are for readers and mypy: numba ignores them and
+        # compiles for the argument types it is called with.
         try:
-            return numba.njit(cache=True, **opts)(fn)
+            return numba.njit(cache=True, nogil=True, fastmath=fastmath, error_model="numpy")(fn)
         except RuntimeError as exc:  # "cannot cache function ...: no locator available"
             logger.debug("numba cache unavailable (%s); compiling %s in memory", exc, fn.__name__)
-            return numba.njit(cache=False, **opts)(fn)
+            return numba.njit(cache=False, nogil=True, fastmath=fastmath, error_model="numpy")(fn)
 
     return decorate
 
@@ -69,7 +84,7 @@ _MAGIC = 6755399441055744.0  # 1.5·2⁵²: x + _MAGIC rounds x to an integer he
 
 
 @_jit()
-def _exp_reduced(x):
+def _exp_reduced(x: float) -> float:
     """exp(x) for x in [_EXP_LO, 0], branch-free and vectorisable (callers select another value
     outside that range: there the result is meaningless); within 0.84 ulp of the exact value
     (libm's exp: 0.51), measured against extended precision over 2·10⁶ arguments.
@@ -101,7 +116,7 @@ def _exp_reduced(x):
 
 
 @_jit()
-def exp_into(x, out):
+def exp_into(x: FloatArray, out: FloatArray) -> int:
     """out[:] = exp(x[:]) as the softmax computes it: vectorised within [_EXP_LO, 0], 0 below
     _EXP_ZERO, libm's exp elsewhere. Returns how many values took the libm path."""
     n = x.shape[0]
@@ -120,7 +135,7 @@ def exp_into(x, out):
 
 
 @_jit()
-def _density(A, f, out, n, ia, ja):
+def _density(A: Floats, f: Floats, out: Floats, n: int, ia: Int64Array, ja: Int64Array) -> None:
     """out[k, :n] = Σ_p A[k, p]·f[p, :n] for all padded k (A: (Kp, Pp), both multiples of 4),
     writing the products f[p] = x_ia[p]·x_ja[p] (p < t) just before their first use.
 
@@ -162,7 +177,7 @@ def _density(A, f, out, n, ia, ja):
 
 
 @_jit(_SUM_FLAGS)
-def _moments(R, f, S, n):
+def _moments(R: FloatArray, f: Floats, S: FloatArray, n: int) -> None:
     """S[k, p] += Σ_i R[k, i]·f[p, i] over i < n (R: (Kp, ·), f: (Pp, ·), multiples of 4).
 
     Two rows of f at a time against four components: eight lane-wise sums in registers; the
@@ -196,7 +211,7 @@ def _moments(R, f, S, n):
 
 
 @_jit()
-def _centre(X, start, n, shift, t, f):
+def _centre(X: FloatArray, start: int, n: int, shift: FloatArray, t: int, f: Floats) -> None:
     """f[t + j, :n] = X[start:start + n, j] − shift[j] (the tile's features, transposed)."""
     d = X.shape[1]
     Xb = X[start : start + n]
@@ -207,7 +222,16 @@ def _centre(X, start, n, shift, t, f):
 
 
 @_jit()
-def _softmax(L, R, k, n, amax, safe, tot, lpn):
+def _softmax(
+    L: Floats,
+    R: FloatArray,
+    k: int,
+    n: int,
+    amax: FloatArray,
+    safe: FloatArray,
+    tot: FloatArray,
+    lpn: FloatArray,
+) -> int:
     """Responsibilities R[:k, :n] and log p(x) ``lpn`` from log-densities L[:k, :n], as the
     NumPy path computes them (max-shifted, rows with no finite density zeroed). Returns the
     number of such rows."""
@@ -261,7 +285,10 @@ def _softmax(L, R, k, n, amax, safe, tot, lpn):
 
 
 @_jit()
-def estep_tiles(X, w, weighted, shift, A, ia, ja, k, tile, tiles_per_group, hard, scores, S, hard_nk):
+def estep_tiles(
+    X: FloatArray, w: FloatArray, weighted: bool, shift: FloatArray, A: Floats, ia: Int64Array, ja: Int64Array,
+    k: int, tile: int, tiles_per_group: int, hard: bool, scores: FloatArray, S: FloatArray, hard_nk: FloatArray,
+) -> float:  # fmt: skip
     """The E-step of one partition over tiles of ``tile`` rows.
 
     Parameters

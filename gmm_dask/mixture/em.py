@@ -7,23 +7,37 @@ warehouse pipeline call it once their inputs are validated.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from gmm_dask.errors import ComponentCollapseWarning, FitError
+from gmm_dask.mixture.arrays import FloatArray, IntArray
 from gmm_dask.mixture.gaussian import (
     MixtureParams,
     compute_precision_cholesky,
     precision_cholesky_from_precisions,
 )
 from gmm_dask.mixture.init import initialize
-from gmm_dask.mixture.suffstats import SuffStats, collapsed_components, combine_all, estep_stats, m_step
+from gmm_dask.mixture.options import CovarianceType, InitMethod
+from gmm_dask.mixture.runner import Runner
+from gmm_dask.mixture.suffstats import (
+    SuffStats,
+    VarianceFloor,
+    collapsed_components,
+    combine_all,
+    estep_stats,
+    m_step,
+)
+
+#: What seeds a fit: None, an int, or a NumPy ``Generator`` / ``RandomState``.
+RandomState = int | np.random.Generator | np.random.RandomState | None
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +56,8 @@ class IterationInfo:
 
 @dataclass
 class EMResult:
+    """One EM run: the parameters after its last M-step, and its lower bounds."""
+
     params: MixtureParams
     converged: bool
     n_iter: int
@@ -50,13 +66,26 @@ class EMResult:
     reseeded: list[tuple[int, int]] = field(default_factory=list)
 
 
-def _estep_chunk(Xb, wb, idx, off, *, weights, means, prec_chol, covariance_type, hard_counts=False):
+def _estep_chunk(
+    Xb: FloatArray,
+    wb: FloatArray | None,
+    idx: int,
+    off: int,
+    *,
+    weights: FloatArray,
+    means: FloatArray,
+    prec_chol: FloatArray,
+    covariance_type: CovarianceType,
+    hard_counts: bool = False,
+) -> SuffStats:
     return estep_stats(
         Xb, wb, weights, means, prec_chol, covariance_type, row_offset=off, hard_counts=hard_counts
     )
 
 
-def estep(runner, params: MixtureParams, covariance_type: str, *, hard_counts: bool = False) -> SuffStats:
+def estep(
+    runner: Runner, params: MixtureParams, covariance_type: CovarianceType, *, hard_counts: bool = False
+) -> SuffStats:
     """One pass: the E-step fused with the sufficient statistics, merged over all partitions."""
     fn = functools.partial(
         _estep_chunk,
@@ -76,7 +105,14 @@ def estep(runner, params: MixtureParams, covariance_type: str, *, hard_counts: b
     return stats
 
 
-def _reseed(stats: SuffStats, weights, means, cov, covariance_type, collapsed):
+def _reseed(
+    stats: SuffStats,
+    weights: FloatArray,
+    means: FloatArray,
+    cov: FloatArray,
+    covariance_type: CovarianceType,
+    collapsed: IntArray,
+) -> None:
     """Move collapsed components onto the worst-explained rows; pooled covariance; weight 1/K."""
     k = len(weights)
     healthy = np.setdiff1d(np.arange(k), collapsed)
@@ -93,17 +129,17 @@ def _reseed(stats: SuffStats, weights, means, cov, covariance_type, collapsed):
 
 
 def run_em(
-    runner,
+    runner: Runner,
     params: MixtureParams,
     *,
-    covariance_type: str,
+    covariance_type: CovarianceType,
     tol: float,
     max_iter: int,
-    reg_covar: float,
+    reg_covar: float | FloatArray,
     prev_lower_bound: float = -np.inf,
     init: int = 0,
     callback: Callable[[IterationInfo], None] | None = None,
-    covariance_floor: Callable[[np.ndarray], np.ndarray] | None = None,
+    covariance_floor: VarianceFloor | None = None,
 ) -> EMResult:
     """Iterate EM from ``params`` until the lower bound changes by less than ``tol``.
 
@@ -190,15 +226,15 @@ class FitResult:
     final_loglik: float
     weight: float
     n_rows: int
-    soft_weight: np.ndarray | None = None
-    hard_weight: np.ndarray | None = None
+    soft_weight: FloatArray | None = None
+    hard_weight: FloatArray | None = None
     init_passes: int = 0  # passes over the data spent initialising (all runs)
     init_seconds: float = 0.0
     em_passes: int = 0  # E-step passes (all runs), the final log-likelihood pass included
     em_seconds: float = 0.0
 
 
-def seed_from(random_state) -> int:
+def seed_from(random_state: RandomState) -> int:
     """The base seed (an int in [0, 2⁶³)) of a ``random_state``: None, an int, or a NumPy
     ``Generator`` / ``RandomState`` (one number is drawn from those)."""
     if isinstance(random_state, np.random.Generator):
@@ -209,18 +245,18 @@ def seed_from(random_state) -> int:
 
 
 def initial_params(
-    runner,
+    runner: Runner,
     *,
     n_components: int,
-    covariance_type: str,
-    reg_covar: float,
-    init_params: str,
+    covariance_type: CovarianceType,
+    reg_covar: float | FloatArray,
+    init_params: InitMethod,
     seed: int,
     data_variance: float,
-    weights_init=None,
-    means_init=None,
-    precisions_init=None,
-    covariance_floor=None,
+    weights_init: FloatArray | None = None,
+    means_init: FloatArray | None = None,
+    precisions_init: FloatArray | None = None,
+    covariance_floor: VarianceFloor | None = None,
 ) -> MixtureParams:
     """Parameters one EM run starts from: ``init_params``' initialisation, with any of the
     given (already validated) ``weights_init`` / ``means_init`` / ``precisions_init`` in place
@@ -247,24 +283,24 @@ def initial_params(
 
 
 def fit_mixture(
-    runner,
+    runner: Runner,
     *,
     n_components: int,
-    covariance_type: str,
+    covariance_type: CovarianceType,
     tol: float,
-    reg_covar: float,
+    reg_covar: float | FloatArray,
     max_iter: int,
     n_init: int,
-    init_params: str,
+    init_params: InitMethod,
     seed: int,
     data_variance: float,
     init: MixtureParams | None = None,
-    weights_init=None,
-    means_init=None,
-    precisions_init=None,
+    weights_init: FloatArray | None = None,
+    means_init: FloatArray | None = None,
+    precisions_init: FloatArray | None = None,
     prev_lower_bound: float = -np.inf,
     callback: Callable[[IterationInfo], None] | None = None,
-    covariance_floor: Callable[[np.ndarray], np.ndarray] | None = None,
+    covariance_floor: VarianceFloor | None = None,
 ) -> FitResult:
     """Fit a Gaussian mixture by EM on the data a runner holds; keep the best of ``n_init`` runs.
 
@@ -305,61 +341,36 @@ def fit_mixture(
     """
     n_runs = 1 if init is not None else n_init
     seeds = np.random.SeedSequence(seed).generate_state(n_runs, np.uint64) >> np.uint64(1)
-    best = None
-    init_passes = em_passes = 0
-    init_seconds = em_seconds = 0.0
-    for i in range(n_runs):
-        params = init
-        t0, p0 = time.perf_counter(), getattr(runner, "passes", 0)
-        if params is None:
-            params = initial_params(
-                runner,
-                n_components=n_components,
-                covariance_type=covariance_type,
-                reg_covar=reg_covar,
-                init_params=init_params,
-                seed=int(seeds[i]),
-                data_variance=data_variance,
-                weights_init=weights_init,
-                means_init=means_init,
-                precisions_init=precisions_init,
-                covariance_floor=covariance_floor,
-            )
-        t1, p1 = time.perf_counter(), getattr(runner, "passes", 0)
-        init_passes, init_seconds = init_passes + p1 - p0, init_seconds + t1 - t0
+
+    def start(i: int) -> MixtureParams:
+        if init is not None:
+            return init
+        return initial_params(
+            runner, n_components=n_components, covariance_type=covariance_type, reg_covar=reg_covar,
+            init_params=init_params, seed=int(seeds[i]), data_variance=data_variance,
+            weights_init=weights_init, means_init=means_init, precisions_init=precisions_init,
+            covariance_floor=covariance_floor,
+        )  # fmt: skip
+
+    def iterate(params: MixtureParams, i: int) -> EMResult:
         if max_iter == 0:
-            result = EMResult(params, False, 0, -np.inf)
-        else:
-            result = run_em(
-                runner,
-                params,
-                covariance_type=covariance_type,
-                tol=tol,
-                max_iter=max_iter,
-                reg_covar=reg_covar,
-                prev_lower_bound=prev_lower_bound,
-                init=i,
-                callback=callback,
-                covariance_floor=covariance_floor,
-            )
-        em_passes += getattr(runner, "passes", 0) - p1
-        em_seconds += time.perf_counter() - t1
-        logger.info(
-            "Initialisation %d/%d: lower bound %.10g after %d iterations (converged: %s)",
-            i + 1,
-            n_runs,
-            result.lower_bound,
-            result.n_iter,
-            result.converged,
-        )
-        if best is None or result.lower_bound > best.lower_bound:
-            best = result
+            return EMResult(params, False, 0, -np.inf)
+        return run_em(
+            runner, params, covariance_type=covariance_type, tol=tol, max_iter=max_iter,
+            reg_covar=reg_covar, prev_lower_bound=prev_lower_bound, init=i, callback=callback,
+            covariance_floor=covariance_floor,
+        )  # fmt: skip
+
+    init_cost, em_cost = _Cost(), _Cost()
+    best = _best_run(runner, n_runs, start, iterate, init_cost, em_cost)
     # One more pass: the log-likelihood of the parameters actually returned (for BIC/AIC
     # without re-reading the data later).
-    t1, p1 = time.perf_counter(), getattr(runner, "passes", 0)
-    final = estep(runner, best.params, covariance_type, hard_counts=True)
-    em_passes += getattr(runner, "passes", 0) - p1
-    em_seconds += time.perf_counter() - t1
+    with _metered(runner, em_cost):
+        final = estep(runner, best.params, covariance_type, hard_counts=True)
+    return _fit_result(best, final, init_cost, em_cost)
+
+
+def _fit_result(best: EMResult, final: SuffStats, init_cost: _Cost, em_cost: _Cost) -> FitResult:
     return FitResult(
         params=best.params,
         converged=best.converged,
@@ -372,8 +383,56 @@ def fit_mixture(
         n_rows=final.n_rows,
         soft_weight=final.nk,
         hard_weight=final.hard_nk,
-        init_passes=init_passes,
-        init_seconds=init_seconds,
-        em_passes=em_passes,
-        em_seconds=em_seconds,
+        init_passes=init_cost.passes,
+        init_seconds=init_cost.seconds,
+        em_passes=em_cost.passes,
+        em_seconds=em_cost.seconds,
     )
+
+
+def _best_run(
+    runner: Runner,
+    n_runs: int,
+    start: Callable[[int], MixtureParams],
+    iterate: Callable[[MixtureParams, int], EMResult],
+    init_cost: _Cost,
+    em_cost: _Cost,
+) -> EMResult:
+    """Run i starts from ``start(i)`` and runs ``iterate``; the run with the highest final lower
+    bound (the first of equals) is kept."""
+    best: EMResult | None = None
+    for i in range(n_runs):
+        with _metered(runner, init_cost):
+            params = start(i)
+        with _metered(runner, em_cost):
+            result = iterate(params, i)
+        logger.info(
+            "Initialisation %d/%d: lower bound %.10g after %d iterations (converged: %s)",
+            i + 1,
+            n_runs,
+            result.lower_bound,
+            result.n_iter,
+            result.converged,
+        )
+        if best is None or result.lower_bound > best.lower_bound:
+            best = result
+    if best is None:
+        raise ValueError(f"an EM fit needs at least one run, got n_runs={n_runs}")
+    return best
+
+
+@dataclass
+class _Cost:
+    """Passes over the data and seconds spent, summed over the phases :func:`_metered` times."""
+
+    passes: int = 0
+    seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def _metered(runner: Runner, cost: _Cost) -> Iterator[None]:
+    """Add the passes and seconds of the ``with`` block to ``cost``."""
+    t0, p0 = time.perf_counter(), runner.passes
+    yield
+    cost.passes += runner.passes - p0
+    cost.seconds += time.perf_counter() - t0

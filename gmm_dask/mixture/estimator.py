@@ -8,17 +8,30 @@ import logging
 import math
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, Self, cast, overload
 
 import dask.array as da
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike, NDArray
 
 from gmm_dask.errors import ConvergenceWarning, GMMDaskInputError, NotFittedError
 from gmm_dask.mixture import gaussian
-from gmm_dask.mixture.em import IterationInfo, fit_mixture, seed_from
+from gmm_dask.mixture.arrays import FloatArray, IntArray
+from gmm_dask.mixture.em import IterationInfo, RandomState, fit_mixture, seed_from
 from gmm_dask.mixture.gaussian import MixtureParams
+from gmm_dask.mixture.options import (
+    DEFAULT_COVARIANCE_TYPE,
+    DEFAULT_INIT_METHOD,
+    DEFAULT_REG_COVAR,
+    DEFAULT_TOL,
+    CovarianceType,
+    InitMethod,
+)
 from gmm_dask.mixture.runner import make_runner
 from gmm_dask.mixture.validation import (
+    InputData,
+    InputWeights,
     check_estimator_params,
     check_init_arrays,
     check_int,
@@ -29,23 +42,45 @@ from gmm_dask.mixture.validation import (
     validate_values,
 )
 
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+    from sklearn.utils import Tags
+
+#: What a prediction method computes for every row.
+Output = Literal["proba", "predict", "score_samples", "entropy"]
+
 logger = logging.getLogger(__name__)
 
 
 # --- per-block prediction kernels (pure, used for NumPy and inside map_blocks) --------------
 
 
-def _log_resp_block(X, weights, means, prec_chol, covariance_type):
+def _log_resp_block(
+    X: FloatArray,
+    weights: FloatArray,
+    means: FloatArray,
+    prec_chol: FloatArray,
+    covariance_type: CovarianceType,
+) -> tuple[FloatArray, FloatArray]:
     wlp = gaussian.estimate_weighted_log_prob(X, weights, means, prec_chol, covariance_type)
     return gaussian.log_responsibilities(wlp)
 
 
-def _predict_block(X, *, what, weights, means, prec_chol, covariance_type):
+def _predict_block(
+    X: FloatArray,
+    *,
+    what: Output,
+    weights: FloatArray,
+    means: FloatArray,
+    prec_chol: FloatArray,
+    covariance_type: CovarianceType,
+) -> FloatArray | IntArray:
     lpn, log_resp = _log_resp_block(X, weights, means, prec_chol, covariance_type)
     if what == "proba":
         return np.exp(log_resp)
     if what == "predict":
-        return log_resp.argmax(axis=1)
+        labels: IntArray = log_resp.argmax(axis=1)
+        return labels
     if what == "score_samples":
         return lpn
     if what == "entropy":
@@ -107,24 +142,40 @@ class GaussianMixture:
         Components that collapsed and were re-seeded during the best run.
     """
 
+    weights_: FloatArray
+    means_: FloatArray
+    covariances_: FloatArray
+    precisions_: FloatArray
+    precisions_cholesky_: FloatArray
+    converged_: bool
+    n_iter_: int
+    lower_bound_: float
+    lower_bounds_: list[float]
+    final_log_likelihood_: float
+    n_features_in_: int
+    feature_names_in_: NDArray[np.object_]
+    reseeded_components_: list[tuple[int, int]]
+    n_samples_fit_: int
+    sample_weight_sum_: float
+
     def __init__(
         self,
         n_components: int = 1,
         *,
-        covariance_type: str = "full",
-        tol: float = 1e-3,
-        reg_covar: float = 1e-6,
+        covariance_type: CovarianceType = DEFAULT_COVARIANCE_TYPE,
+        tol: float = DEFAULT_TOL,
+        reg_covar: ArrayLike = DEFAULT_REG_COVAR,
         max_iter: int = 100,
         n_init: int = 1,
-        init_params: str = "k-means||",
-        weights_init=None,
-        means_init=None,
-        precisions_init=None,
-        random_state=None,
+        init_params: InitMethod = DEFAULT_INIT_METHOD,
+        weights_init: ArrayLike | None = None,
+        means_init: ArrayLike | None = None,
+        precisions_init: ArrayLike | None = None,
+        random_state: RandomState = None,
         warm_start: bool = False,
         callback: Callable[[IterationInfo], None] | None = None,
         persist: bool = True,
-    ):
+    ) -> None:
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -154,14 +205,14 @@ class GaussianMixture:
         sig = inspect.signature(cls.__init__)
         return sorted(p.name for p in sig.parameters.values() if p.name != "self")
 
-    def get_params(self, deep: bool = True) -> dict:
+    def get_params(self, deep: bool = True) -> dict[str, object]:
         """The constructor parameters and their current values.
 
         ``deep`` is accepted for scikit-learn's API; no parameter is itself an estimator.
         """
         return {name: getattr(self, name) for name in self._get_param_names()}
 
-    def set_params(self, **params) -> GaussianMixture:
+    def set_params(self, **params: object) -> Self:
         """Set constructor parameters (checked at the next ``fit``, as in scikit-learn)."""
         valid = self._get_param_names()
         for name, value in params.items():
@@ -172,21 +223,22 @@ class GaussianMixture:
             setattr(self, name, value)
         return self
 
-    def __sklearn_tags__(self):
+    def __sklearn_tags__(self) -> Tags:
         """scikit-learn's estimator tags: a density estimator on 2-D float input, no target.
 
         Only scikit-learn calls this, so it imports scikit-learn here and nowhere else.
         """
         from sklearn.utils import Tags, TargetTags
 
-        return Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False))
+        tags: Tags = Tags(estimator_type="density_estimator", target_tags=TargetTags(required=False))
+        return tags
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "means_")
 
     # --- fitting --------------------------------------------------------------------------
 
-    def fit(self, X, y=None, sample_weight=None) -> GaussianMixture:
+    def fit(self, X: InputData, y: object = None, sample_weight: InputWeights | None = None) -> Self:
         """Estimate the mixture parameters with EM.
 
         Parameters
@@ -301,12 +353,13 @@ class GaussianMixture:
                 "arguments before using this estimator."
             )
 
-    def _prepare(self, X):
+    def _prepare(self, X: InputData) -> FloatArray | da.Array:
         """Validated float64 NumPy or row-chunked Dask array with the fitted feature layout."""
         self._check_fitted()
         names = getattr(self, "feature_names_in_", None)
         if (isinstance(X, pd.DataFrame) or hasattr(X, "npartitions")) and names is not None:
-            cols = [str(c) for c in X.columns]
+            frame = cast("pd.DataFrame | dd.DataFrame", X)  # a pandas or Dask DataFrame
+            cols = [str(c) for c in frame.columns]
             missing = [c for c in names if c not in cols]
             extra = [c for c in cols if c not in set(names)]
             if missing or extra:
@@ -314,7 +367,7 @@ class GaussianMixture:
                     "X's columns differ from those seen in fit: "
                     f"missing {missing}, unexpected {extra}. Pass the columns {list(names)}."
                 )
-            X = X[list(names)]
+            X = frame[list(names)]
         out = to_numpy(X) if isinstance(X, np.ndarray | list | pd.DataFrame) else to_chunked(X).X
         if out.shape[1] != self.n_features_in_:
             raise GMMDaskInputError(
@@ -323,7 +376,13 @@ class GaussianMixture:
             )
         return out
 
-    def _apply(self, X, what: str):
+    @overload
+    def _apply(self, X: InputData, what: Literal["predict"]) -> IntArray | da.Array: ...
+    @overload
+    def _apply(
+        self, X: InputData, what: Literal["proba", "score_samples", "entropy"]
+    ) -> FloatArray | da.Array: ...
+    def _apply(self, X: InputData, what: Output) -> FloatArray | IntArray | da.Array:
         Xp = self._prepare(X)
         fn = functools.partial(
             _predict_block,
@@ -333,56 +392,64 @@ class GaussianMixture:
             prec_chol=self.precisions_cholesky_,
             covariance_type=self.covariance_type,
         )
+        out: da.Array
         if isinstance(Xp, da.Array):
             if what == "proba":
-                return Xp.map_blocks(fn, chunks=(Xp.chunks[0], (self.n_components,)), dtype=np.float64)
+                out = da.map_blocks(fn, Xp, chunks=(Xp.chunks[0], (self.n_components,)), dtype=np.float64)  # type: ignore[no-untyped-call]  # dask: unannotated
+                return out
             dtype = np.int64 if what == "predict" else np.float64
-            return Xp.map_blocks(fn, drop_axis=1, chunks=(Xp.chunks[0],), dtype=dtype)
+            out = da.map_blocks(fn, Xp, drop_axis=1, chunks=(Xp.chunks[0],), dtype=dtype)  # type: ignore[no-untyped-call]  # dask: unannotated
+            return out
         check_predict_values(Xp)
         return fn(Xp)
 
-    def predict_proba(self, X):
+    def predict_proba(self, X: InputData) -> FloatArray | da.Array:
         """Membership γ of every row: shape (n_samples, K), rows sum to 1."""
         return self._apply(X, "proba")
 
-    def predict(self, X):
+    def predict(self, X: InputData) -> IntArray | da.Array:
         """Most probable component of every row: shape (n_samples,)."""
         return self._apply(X, "predict")
 
-    def score_samples(self, X):
+    def score_samples(self, X: InputData) -> FloatArray | da.Array:
         """log p(x) of every row: shape (n_samples,)."""
         return self._apply(X, "score_samples")
 
-    def entropy(self, X):
+    def entropy(self, X: InputData) -> FloatArray | da.Array:
         """Membership entropy −Σₖ γₖ log₂ γₖ of every row (bits): shape (n_samples,)."""
         return self._apply(X, "entropy")
 
-    def score(self, X, y=None) -> float:
+    def score(self, X: InputData, y: object = None) -> float:
         """Mean log-likelihood of X."""
         s = self.score_samples(X)
-        return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())
+        return float(s.mean().compute() if isinstance(s, da.Array) else s.mean())  # type: ignore[no-untyped-call]  # dask: unannotated
 
     def _n_parameters(self) -> int:
-        return gaussian.n_parameters(*self.means_.shape, self.covariance_type)
+        k, d = self.means_.shape
+        return gaussian.n_parameters(k, d, self.covariance_type)
 
-    def _n_rows(self, X) -> int:
-        return int(X.shape[0]) if not hasattr(X, "npartitions") else len(X)
+    def _n_rows(self, X: InputData) -> int:
+        if hasattr(X, "npartitions"):
+            return len(cast("dd.DataFrame", X))
+        return int(cast("FloatArray | pd.DataFrame | da.Array", X).shape[0])
 
-    def bic(self, X) -> float:
+    def bic(self, X: InputData) -> float:
         """Bayesian information criterion on X (lower is better)."""
         n = self._n_rows(X)
         return -2 * self.score(X) * n + self._n_parameters() * math.log(n)
 
-    def aic(self, X) -> float:
+    def aic(self, X: InputData) -> float:
         """Akaike information criterion on X (lower is better)."""
         n = self._n_rows(X)
         return -2 * self.score(X) * n + 2 * self._n_parameters()
 
-    def fit_predict(self, X, y=None, sample_weight=None):
+    def fit_predict(
+        self, X: InputData, y: object = None, sample_weight: InputWeights | None = None
+    ) -> IntArray | da.Array:
         """Fit, then return the most probable component of every row."""
         return self.fit(X, sample_weight=sample_weight).predict(X)
 
-    def sample(self, n_samples: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, n_samples: int = 1) -> tuple[FloatArray, IntArray]:
         """Draw rows from the fitted mixture, as scikit-learn's ``GaussianMixture.sample``.
 
         The counts per component are multinomial on ``weights_``, then each component's rows
@@ -404,6 +471,7 @@ class GaussianMixture:
         self._check_fitted()
         n_samples = check_int("n_samples", n_samples, 1)
         rs = self.random_state
+        rng: np.random.Generator | np.random.RandomState
         if rs is None:
             rng = np.random.mtrand._rand  # the global state, as sklearn's check_random_state(None)
         elif isinstance(rs, np.random.Generator | np.random.RandomState):

@@ -25,8 +25,9 @@ import numpy as np
 from scipy import linalg
 
 from gmm_dask.errors import FitError
+from gmm_dask.mixture.arrays import FloatArray
+from gmm_dask.mixture.options import CovarianceType
 
-COVARIANCE_TYPES: tuple[str, ...] = ("full", "tied", "diag", "spherical")
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 _SINGULAR_MSG = (
@@ -52,13 +53,13 @@ class MixtureParams:
         Shape by ``covariance_type``.
     """
 
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray | None
-    precisions_cholesky: np.ndarray
+    weights: FloatArray
+    means: FloatArray
+    covariances: FloatArray | None
+    precisions_cholesky: FloatArray
 
 
-def n_parameters(n_components: int, n_features: int, covariance_type: str) -> int:
+def n_parameters(n_components: int, n_features: int, covariance_type: CovarianceType) -> int:
     """Number of free parameters of a mixture (for BIC and AIC).
 
     K − 1 weights, K·D means, and the covariances: K·D(D+1)/2 (full), D(D+1)/2 (tied),
@@ -74,7 +75,9 @@ def n_parameters(n_components: int, n_features: int, covariance_type: str) -> in
     return cov + k * d + k - 1
 
 
-def singular_covariance_error(component: int | None = None, reg_covar: float | None = None):
+def singular_covariance_error(
+    component: int | None = None, reg_covar: float | FloatArray | None = None
+) -> FitError:
     """Build the one error raised when a covariance is not positive definite."""
     where = "" if component is None else f"; component {component}"
     if reg_covar is None:
@@ -87,8 +90,8 @@ def singular_covariance_error(component: int | None = None, reg_covar: float | N
 
 
 def compute_precision_cholesky(
-    covariances: np.ndarray, covariance_type: str, reg_covar: float | None = None
-) -> np.ndarray:
+    covariances: FloatArray, covariance_type: CovarianceType, reg_covar: float | FloatArray | None = None
+) -> FloatArray:
     """Cholesky factors of the precision matrices from the covariances.
 
     Parameters
@@ -129,7 +132,7 @@ def compute_precision_cholesky(
     return 1.0 / np.sqrt(covariances)
 
 
-def precision_cholesky_from_precisions(precisions: np.ndarray, covariance_type: str) -> np.ndarray:
+def precision_cholesky_from_precisions(precisions: FloatArray, covariance_type: CovarianceType) -> FloatArray:
     """Upper-triangular ``U`` with ``U @ U.T == precision`` (scikit-learn's convention).
 
     Uses the exchange-matrix trick: ``J Λ J = L Lᵀ`` gives ``U = J L J``.
@@ -151,7 +154,7 @@ def precision_cholesky_from_precisions(precisions: np.ndarray, covariance_type: 
     return np.sqrt(precisions)
 
 
-def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+def precisions_from_cholesky(prec_chol: FloatArray, covariance_type: CovarianceType) -> FloatArray:
     """Precision matrices ``P @ P.T`` (or squares for diag/spherical)."""
     if covariance_type == "full":
         return prec_chol @ prec_chol.transpose(0, 2, 1)
@@ -160,31 +163,34 @@ def precisions_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.
     return prec_chol**2
 
 
-def covariances_from_cholesky(prec_chol: np.ndarray, covariance_type: str) -> np.ndarray:
+def covariances_from_cholesky(prec_chol: FloatArray, covariance_type: CovarianceType) -> FloatArray:
     """Covariances from precision Cholesky factors (used when a fit starts from precisions)."""
     if covariance_type in ("full", "tied"):
         stack = prec_chol if covariance_type == "full" else prec_chol[None]
         d = stack.shape[-1]
         inv = np.stack([linalg.solve_triangular(p, np.eye(d), lower=False) for p in stack])
-        cov = inv.transpose(0, 2, 1) @ inv  # (P Pᵀ)⁻¹ = P⁻ᵀ P⁻¹
+        cov: FloatArray = inv.transpose(0, 2, 1) @ inv  # (P Pᵀ)⁻¹ = P⁻ᵀ P⁻¹
         return cov if covariance_type == "full" else cov[0]
     return 1.0 / prec_chol**2
 
 
-def log_det_cholesky(prec_chol: np.ndarray, covariance_type: str, n_features: int) -> np.ndarray:
+def log_det_cholesky(prec_chol: FloatArray, covariance_type: CovarianceType, n_features: int) -> FloatArray:
     """log det of each precision Cholesky factor: shape (K,) (a scalar for tied)."""
+    out: FloatArray
     if covariance_type == "full":
-        return np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
-    if covariance_type == "tied":
-        return np.log(np.diag(prec_chol)).sum()
-    if covariance_type == "diag":
-        return np.log(prec_chol).sum(axis=1)
-    return n_features * np.log(prec_chol)
+        out = np.log(np.diagonal(prec_chol, axis1=1, axis2=2)).sum(axis=1)
+    elif covariance_type == "tied":
+        out = np.log(np.diag(prec_chol)).sum()
+    elif covariance_type == "diag":
+        out = np.log(prec_chol).sum(axis=1)
+    else:
+        out = n_features * np.log(prec_chol)
+    return out
 
 
 def squared_mahalanobis(
-    Xc: np.ndarray, means_c: np.ndarray, prec_chol: np.ndarray, covariance_type: str
-) -> np.ndarray:
+    Xc: FloatArray, means_c: FloatArray, prec_chol: FloatArray, covariance_type: CovarianceType
+) -> FloatArray:
     """‖(x − μₖ) Pₖ‖² for every row and component.
 
     ``Xc`` and ``means_c`` must be expressed around the same shift (any point near the data):
@@ -209,27 +215,30 @@ def squared_mahalanobis(
         y = Xc @ w
         y -= b
         np.square(y, out=y)
-        return y.reshape(n, k, d).sum(axis=2)
+        full: FloatArray = y.reshape(n, k, d).sum(axis=2)
+        return full
     if covariance_type == "tied":
         y = (Xc @ prec_chol)[:, None, :] - (means_c @ prec_chol)[None, :, :]
         np.square(y, out=y)
-        return y.sum(axis=2)
+        tied: FloatArray = y.sum(axis=2)
+        return tied
     if covariance_type == "diag":
         y = (Xc[:, None, :] - means_c[None, :, :]) * prec_chol[None, :, :]
     else:
         y = (Xc[:, None, :] - means_c[None, :, :]) * prec_chol[None, :, None]
     np.square(y, out=y)
-    return y.sum(axis=2)
+    out: FloatArray = y.sum(axis=2)
+    return out
 
 
 def estimate_weighted_log_prob(
-    X: np.ndarray,
-    weights: np.ndarray,
-    means: np.ndarray,
-    prec_chol: np.ndarray,
-    covariance_type: str,
-    shift: np.ndarray | None = None,
-) -> np.ndarray:
+    X: FloatArray,
+    weights: FloatArray,
+    means: FloatArray,
+    prec_chol: FloatArray,
+    covariance_type: CovarianceType,
+    shift: FloatArray | None = None,
+) -> FloatArray:
     """log πₖ + log N(x | μₖ, Σₖ) for every row: shape (n, K).
 
     ``shift`` (D,) is subtracted from both X and the means before differences are formed;
@@ -241,16 +250,16 @@ def estimate_weighted_log_prob(
     d = X.shape[1]
     maha = squared_mahalanobis(Xc, means - shift, prec_chol, covariance_type)
     log_det = log_det_cholesky(prec_chol, covariance_type, d)
-    out = -0.5 * (d * LOG_2PI + maha)
+    out: FloatArray = -0.5 * (d * LOG_2PI + maha)
     out += log_det
     with np.errstate(divide="ignore"):
         out += np.log(weights)
     return out
 
 
-def logsumexp_rows(a: np.ndarray) -> np.ndarray:
+def logsumexp_rows(a: FloatArray) -> FloatArray:
     """Row-wise log Σ exp, stable; a row of all −inf gives −inf (no warning)."""
-    amax = a.max(axis=1)
+    amax: FloatArray = a.max(axis=1)
     finite = np.isfinite(amax)
     safe = np.where(finite, amax, 0.0)
     with np.errstate(divide="ignore", under="ignore"):
@@ -258,7 +267,7 @@ def logsumexp_rows(a: np.ndarray) -> np.ndarray:
     return np.where(finite, s + safe, amax)
 
 
-def log_responsibilities(weighted_log_prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def log_responsibilities(weighted_log_prob: FloatArray) -> tuple[FloatArray, FloatArray]:
     """Normalise: returns (log p(x) of shape (n,), log γ of shape (n, K))."""
     log_prob_norm = logsumexp_rows(weighted_log_prob)
     with np.errstate(invalid="ignore"):
@@ -266,9 +275,10 @@ def log_responsibilities(weighted_log_prob: np.ndarray) -> tuple[np.ndarray, np.
     return log_prob_norm, log_resp
 
 
-def entropy_bits(log_resp: np.ndarray, resp: np.ndarray | None = None) -> np.ndarray:
+def entropy_bits(log_resp: FloatArray, resp: FloatArray | None = None) -> FloatArray:
     """−Σₖ γₖ log₂ γₖ from log γ (and γ = exp(log γ) if already computed), with 0·log 0 = 0:
     shape (n,)."""
     resp = np.exp(log_resp) if resp is None else resp
     terms = resp * np.where(resp > 0.0, log_resp, 0.0)
-    return np.maximum(-terms.sum(axis=1) / np.log(2.0), 0.0)
+    bits: FloatArray = -terms.sum(axis=1) / np.log(2.0)
+    return np.maximum(bits, 0.0)

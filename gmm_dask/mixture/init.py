@@ -24,21 +24,37 @@ from __future__ import annotations
 
 import functools
 import logging
+from typing import TypeVar
 
 import numpy as np
 
+from gmm_dask.mixture.arrays import FloatArray, Int64Array
 from gmm_dask.mixture.gaussian import MixtureParams, compute_precision_cholesky
 from gmm_dask.mixture.kmeans import hard_stats, nearest_center
-from gmm_dask.mixture.suffstats import SuffStats, combine_all, m_step, moment_kind, resp_stats
+from gmm_dask.mixture.options import CovarianceType, InitMethod, MomentKind
+from gmm_dask.mixture.runner import Runner
+from gmm_dask.mixture.suffstats import (
+    SuffStats,
+    VarianceFloor,
+    combine_all,
+    m_step,
+    moment_kind,
+    resp_stats,
+)
 
 logger = logging.getLogger(__name__)
 
-INIT_METHODS: tuple[str, ...] = ("k-means||", "k-means++", "random", "random_from_data")
+R = TypeVar("R", float, FloatArray)
+
+#: What a sampling pass keeps: keys, global row indices and the rows, shapes (m,), (m,), (m, D).
+TopKeys = tuple[FloatArray, Int64Array, FloatArray]
+#: Sampled rows: global row indices and the rows, shapes (m,) and (m, D).
+SampledRows = tuple[Int64Array, FloatArray]
 
 _STREAM_FIRST, _STREAM_PARALLEL, _STREAM_PP, _STREAM_RANDOM, _STREAM_FROM_DATA = range(1, 6)
 
 
-def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) -> np.ndarray:
+def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) -> FloatArray:
     """Uniform [0, 1) numbers for rows ``row_offset … row_offset + n``, ``k`` per row.
 
     Row i always gets the same numbers for a given (seed, stream), whatever the partitioning.
@@ -52,7 +68,12 @@ def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) ->
     return gen.random(n * k).reshape(n, k)
 
 
-def params_from_stats(stats: SuffStats, covariance_type: str, reg_covar, floor=None) -> MixtureParams:
+def params_from_stats(
+    stats: SuffStats,
+    covariance_type: CovarianceType,
+    reg_covar: float | FloatArray,
+    floor: VarianceFloor | None = None,
+) -> MixtureParams:
     """M-step on initial responsibilities, then precision Cholesky factors."""
     weights, means, cov = m_step(stats, covariance_type, reg_covar, floor)
     return MixtureParams(weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
@@ -61,11 +82,21 @@ def params_from_stats(stats: SuffStats, covariance_type: str, reg_covar, floor=N
 # --- per-partition kernels (module level so they pickle by reference) ------------------------
 
 
-def _unit(wb, n):
+def _unit(wb: FloatArray | None, n: int) -> FloatArray:
     return np.ones(n) if wb is None else wb
 
 
-def _top_keys_chunk(Xb, wb, idx, off, *, seed, stream, centers, m):
+def _top_keys_chunk(
+    Xb: FloatArray,
+    wb: FloatArray | None,
+    idx: int,
+    off: int,
+    *,
+    seed: int,
+    stream: int,
+    centers: FloatArray | None,
+    m: int,
+) -> TopKeys:
     """Efraimidis–Spirakis keys log(u)/mass for rows; keep the m largest (mass ∝ w·d², or w)."""
     n = len(Xb)
     mass = _unit(wb, n).astype(np.float64, copy=True)
@@ -82,7 +113,7 @@ def _top_keys_chunk(Xb, wb, idx, off, *, seed, stream, centers, m):
     return keys[sel], off + sel, Xb[sel]
 
 
-def _merge_top_keys(parts, m):
+def _merge_top_keys(parts: list[TopKeys], m: int) -> TopKeys:
     keys = np.concatenate([p[0] for p in parts])
     index = np.concatenate([p[1] for p in parts])
     rows = np.concatenate([p[2] for p in parts])
@@ -90,23 +121,37 @@ def _merge_top_keys(parts, m):
     return keys[order], index[order], rows[order]
 
 
-def _trial_phi_chunk(Xb, wb, idx, off, *, centers, trials):
+def _trial_phi_chunk(
+    Xb: FloatArray, wb: FloatArray | None, idx: int, off: int, *, centers: FloatArray, trials: FloatArray
+) -> FloatArray:
     """Potential Σ w·min d² if each trial row were added to ``centers``: shape (n_trials,)."""
     shift = centers.mean(axis=0)
     Xc = Xb - shift
     _, d2 = nearest_center(Xc, centers - shift)
     tc = trials - shift
     dt = np.maximum((Xc * Xc).sum(axis=1)[:, None] - 2.0 * (Xc @ tc.T) + (tc * tc).sum(axis=1)[None, :], 0.0)
-    return _unit(wb, len(Xb)) @ np.minimum(d2[:, None], dt)
+    phis: FloatArray = _unit(wb, len(Xb)) @ np.minimum(d2[:, None], dt)
+    return phis
 
 
-def _phi_chunk(Xb, wb, idx, off, *, centers):
+def _phi_chunk(Xb: FloatArray, wb: FloatArray | None, idx: int, off: int, *, centers: FloatArray) -> float:
     shift = centers.mean(axis=0)
     _, d2 = nearest_center(Xb - shift, centers - shift)
     return float((_unit(wb, len(Xb)) * d2).sum())
 
 
-def _oversample_chunk(Xb, wb, idx, off, *, centers, seed, stream, ell, phi):
+def _oversample_chunk(
+    Xb: FloatArray,
+    wb: FloatArray | None,
+    idx: int,
+    off: int,
+    *,
+    centers: FloatArray,
+    seed: int,
+    stream: int,
+    ell: float,
+    phi: float,
+) -> SampledRows:
     shift = centers.mean(axis=0)
     _, d2 = nearest_center(Xb - shift, centers - shift)
     p = ell * _unit(wb, len(Xb)) * d2 / phi
@@ -115,18 +160,28 @@ def _oversample_chunk(Xb, wb, idx, off, *, centers, seed, stream, ell, phi):
     return off + sel, Xb[sel]
 
 
-def _merge_rows(parts):
+def _merge_rows(parts: list[SampledRows]) -> SampledRows:
     index = np.concatenate([p[0] for p in parts])
     rows = np.concatenate([p[1] for p in parts])
     order = np.argsort(index, kind="stable")
     return index[order], rows[order]
 
 
-def _hard_chunk(Xb, wb, idx, off, *, centers, moments):
+def _hard_chunk(
+    Xb: FloatArray,
+    wb: FloatArray | None,
+    idx: int,
+    off: int,
+    *,
+    centers: FloatArray,
+    moments: MomentKind | None,
+) -> SuffStats:
     return hard_stats(Xb, wb, centers, moments, row_offset=off)
 
 
-def _random_chunk(Xb, wb, idx, off, *, seed, k, moments):
+def _random_chunk(
+    Xb: FloatArray, wb: FloatArray | None, idx: int, off: int, *, seed: int, k: int, moments: MomentKind
+) -> SuffStats:
     resp = row_uniforms(seed, _STREAM_RANDOM, off, len(Xb), k)
     resp /= resp.sum(axis=1, keepdims=True)
     return resp_stats(Xb, wb, resp, moments, row_offset=off)
@@ -135,14 +190,24 @@ def _random_chunk(Xb, wb, idx, off, *, seed, k, moments):
 # --- driver-side pieces ------------------------------------------------------------------
 
 
-def _sample_rows(runner, seed, stream, centers, m):
+def _add(parts: list[R]) -> R:
+    """Σ of a pass's numbers or arrays, added left to right from 0 (as Python's ``sum``)."""
+    total = 0.0 + parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def _sample_rows(runner: Runner, seed: int, stream: int, centers: FloatArray | None, m: int) -> SampledRows:
     """m distinct rows sampled without replacement, probability ∝ w (or w·d² to ``centers``)."""
     fn = functools.partial(_top_keys_chunk, seed=seed, stream=stream, centers=centers, m=m)
     _, index, rows = runner.map_reduce(fn, functools.partial(_merge_top_keys, m=m))
     return index, rows
 
 
-def _weighted_kmeanspp(points, weights, k, rng):
+def _weighted_kmeanspp(
+    points: FloatArray, weights: FloatArray, k: int, rng: np.random.Generator
+) -> FloatArray:
     """Weighted k-means++ on a small in-memory candidate set."""
     n = len(points)
     chosen = [int(rng.choice(n, p=weights / weights.sum()))]
@@ -159,7 +224,9 @@ def _weighted_kmeanspp(points, weights, k, rng):
     return points[chosen].copy()
 
 
-def _local_lloyd(points, weights, centers, n_iter=25):
+def _local_lloyd(
+    points: FloatArray, weights: FloatArray, centers: FloatArray, n_iter: int = 25
+) -> FloatArray:
     for _ in range(n_iter):
         shift = centers.mean(axis=0)
         labels, _ = nearest_center(points - shift, centers - shift)
@@ -174,13 +241,15 @@ def _local_lloyd(points, weights, centers, n_iter=25):
     return centers
 
 
-def lloyd(runner, centers, *, moments, tol, max_iter=30) -> SuffStats:
+def lloyd(
+    runner: Runner, centers: FloatArray, *, moments: MomentKind, tol: float, max_iter: int = 30
+) -> SuffStats:
     """Distributed Lloyd iterations; returns the hard statistics at the final centres.
 
     Stops when the total squared centre shift is below ``tol``. Empty clusters are moved to the
     rows farthest from every centre (deterministic).
     """
-    stats = None
+    stats: SuffStats | None = None
     for it in range(1, max_iter + 1):
         stats = runner.map_reduce(
             functools.partial(_hard_chunk, centers=centers, moments=moments), combine_all
@@ -194,23 +263,25 @@ def lloyd(runner, centers, *, moments, tol, max_iter=30) -> SuffStats:
         centers = new
         if shift <= tol and not empty.size:
             break
+    if stats is None:
+        raise ValueError(f"lloyd needs max_iter >= 1, got {max_iter}")
     return stats
 
 
 def initialize(
-    runner,
-    method: str,
+    runner: Runner,
+    method: InitMethod,
     n_components: int,
-    covariance_type: str,
-    reg_covar: float,
+    covariance_type: CovarianceType,
+    reg_covar: float | FloatArray,
     seed: int,
     *,
     data_variance: float,
     oversampling: float = 2.0,
     rounds: int = 5,
-    floor=None,
+    floor: VarianceFloor | None = None,
 ) -> MixtureParams:
-    """Initial parameters by ``method`` (one of :data:`INIT_METHODS`); ``reg_covar`` and the
+    """Initial parameters by ``method`` (one of :data:`~gmm_dask.mixture.options.INIT_METHODS`); ``reg_covar`` and the
     variance ``floor`` as in :func:`~gmm_dask.mixture.suffstats.m_step`."""
     k = n_components
     moments = moment_kind(covariance_type)
@@ -246,7 +317,7 @@ def initialize(
     return params_from_stats(stats, covariance_type, reg_covar, floor)
 
 
-def _greedy_kmeanspp(runner, k, seed):
+def _greedy_kmeanspp(runner: Runner, k: int, seed: int) -> FloatArray:
     """Greedy k-means++ (as scikit-learn): 2 + ⌊log K⌋ D²-sampled trials per centre, keep the one
     that lowers the potential most. Two passes per centre."""
     n_trials = 2 + int(np.log(k))
@@ -256,16 +327,16 @@ def _greedy_kmeanspp(runner, k, seed):
         if not len(trials):  # every row already sits on a centre
             centers = np.concatenate([centers, centers[-1:]])
             continue
-        phis = runner.map_reduce(functools.partial(_trial_phi_chunk, centers=centers, trials=trials), sum)
+        phis = runner.map_reduce(functools.partial(_trial_phi_chunk, centers=centers, trials=trials), _add)
         centers = np.concatenate([centers, trials[int(np.argmin(phis))][None]])
     return centers
 
 
-def _kmeans_parallel(runner, k, seed, oversampling, rounds):
+def _kmeans_parallel(runner: Runner, k: int, seed: int, oversampling: float, rounds: int) -> FloatArray:
     _, centers = _sample_rows(runner, seed, _STREAM_FIRST, None, 1)
     ell = oversampling * k
     for r in range(rounds):
-        phi = runner.map_reduce(functools.partial(_phi_chunk, centers=centers), sum)
+        phi = runner.map_reduce(functools.partial(_phi_chunk, centers=centers), _add)
         if phi <= 0:
             break
         fn = functools.partial(

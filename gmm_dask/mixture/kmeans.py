@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from gmm_dask.mixture.arrays import FloatArray, IntArray
+from gmm_dask.mixture.options import MomentKind
 from gmm_dask.mixture.suffstats import SuffStats, _worst_rows
 
 
 def nearest_center(
-    Xc: np.ndarray, centers_c: np.ndarray, block_rows: int = 8192
-) -> tuple[np.ndarray, np.ndarray]:
+    Xc: FloatArray, centers_c: FloatArray, block_rows: int = 8192
+) -> tuple[IntArray, FloatArray]:
     """Index of and squared distance to the nearest centre, both shape (n,).
 
     ‖x − c‖² = ‖x‖² − 2 x·c + ‖c‖² as a GEMM in row blocks (memory O(block × C)); ``Xc`` and
@@ -37,12 +39,12 @@ def nearest_center(
 
 
 def labelled_stats(
-    X: np.ndarray,
-    sample_weight: np.ndarray | None,
-    labels: np.ndarray,
-    scores: np.ndarray,
+    X: FloatArray,
+    sample_weight: FloatArray | None,
+    labels: IntArray,
+    scores: FloatArray,
     k: int,
-    moments: str | None,
+    moments: MomentKind | None,
     row_offset: int,
 ) -> SuffStats:
     """Statistics of rows wholly assigned to components ``labels`` (exactly centred per cluster).
@@ -85,10 +87,10 @@ def labelled_stats(
 
 
 def hard_stats(
-    X: np.ndarray,
-    sample_weight: np.ndarray | None,
-    centers: np.ndarray,
-    moments: str | None,
+    X: FloatArray,
+    sample_weight: FloatArray | None,
+    centers: FloatArray,
+    moments: MomentKind | None,
     *,
     row_offset: int = 0,
     block_rows: int | None = None,

@@ -9,59 +9,106 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, TypeGuard, cast
 
 import dask.array as da
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 from scipy import sparse
 
 from gmm_dask.errors import GMMDaskInputError
-from gmm_dask.mixture.gaussian import COVARIANCE_TYPES
-from gmm_dask.mixture.init import INIT_METHODS
+from gmm_dask.mixture.arrays import FloatArray
 from gmm_dask.mixture.limits import MAX_ABS_VALUE
-from gmm_dask.mixture.runner import ChunkedData
+from gmm_dask.mixture.options import (
+    COVARIANCE_TYPES,
+    INIT_METHODS,
+    MIN_MAX_ITER,
+    MIN_N_COMPONENTS,
+    MIN_N_INIT,
+    MIN_REG_COVAR,
+    MIN_TOL,
+    CovarianceType,
+)
+from gmm_dask.mixture.runner import ChunkedData, Runner
 from gmm_dask.mixture.suffstats import merge_moments
+
+if TYPE_CHECKING:
+    import dask.dataframe as dd
+
+#: What ``fit`` and the prediction methods take: in-memory arrays (NumPy, lists), pandas or Dask
+#: DataFrames, or row-chunked Dask arrays.
+InputData: TypeAlias = "ArrayLike | pd.DataFrame | da.Array | dd.DataFrame"
+#: Row weights: in memory, a Dask array or a Dask Series.
+InputWeights: TypeAlias = "ArrayLike | da.Array | dd.Series"
 
 #: Rows per partition when a NumPy array is split for Dask's local scheduler.
 DEFAULT_CHUNK_ROWS = 131_072
 
 
-def invalid(name: str, value, allowed: str) -> GMMDaskInputError:
+class EstimatorParams(Protocol):
+    """The constructor arguments of :class:`~gmm_dask.mixture.estimator.GaussianMixture` that
+    :func:`check_estimator_params` and :func:`check_init_arrays` read (as given by the user)."""
+
+    @property
+    def n_components(self) -> int: ...
+    @property
+    def covariance_type(self) -> CovarianceType: ...
+    @property
+    def tol(self) -> float: ...
+    @property
+    def reg_covar(self) -> ArrayLike: ...
+    @property
+    def max_iter(self) -> int: ...
+    @property
+    def n_init(self) -> int: ...
+    @property
+    def init_params(self) -> str: ...
+    @property
+    def random_state(self) -> object: ...
+    @property
+    def weights_init(self) -> ArrayLike | None: ...
+    @property
+    def means_init(self) -> ArrayLike | None: ...
+    @property
+    def precisions_init(self) -> ArrayLike | None: ...
+
+
+def invalid(name: str, value: object, allowed: str) -> GMMDaskInputError:
     return GMMDaskInputError(f"Invalid value for {name}: {value!r}. Expected {allowed}.")
 
 
-def check_int(name, value, minimum):
+def check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise invalid(name, value, f"an integer >= {minimum}")
     return int(value)
 
 
-def check_float(name, value, minimum=0.0):
+def check_float(name: str, value: object, minimum: float = 0.0) -> float:
     if (
         isinstance(value, bool)
         or not isinstance(value, numbers.Real)
-        or not np.isfinite(value)
+        or not np.isfinite(np.asarray(value))
         or value < minimum
     ):
         raise invalid(name, value, f"a finite number >= {minimum:g}")
     return float(value)
 
 
-def check_choice(name, value, choices):
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise invalid(name, value, "one of " + ", ".join(repr(c) for c in choices))
-    return value
 
 
-def check_reg_covar(value, n_features: int | None = None):
+def check_reg_covar(value: ArrayLike, n_features: int | None = None) -> float | FloatArray:
     """``reg_covar``: a number >= 0, or one per feature (shape (D,), every value >= 0)."""
     if np.ndim(value) == 0:
-        return check_float("reg_covar", value)
+        return check_float("reg_covar", value, MIN_REG_COVAR)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise invalid("reg_covar", value, "a number >= 0 or one number >= 0 per feature") from None
-    if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+    if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < MIN_REG_COVAR):
         raise invalid(
             "reg_covar", value, "a number >= 0 or a 1-D array of finite numbers >= 0, one per feature"
         )
@@ -74,21 +121,23 @@ def check_reg_covar(value, n_features: int | None = None):
     return arr
 
 
-def check_estimator_params(est) -> None:
+def check_estimator_params(est: EstimatorParams) -> None:
     """Validate a GaussianMixture's constructor arguments (shapes of the *_init need D)."""
-    check_int("n_components", est.n_components, 1)
+    check_int("n_components", est.n_components, MIN_N_COMPONENTS)
     check_choice("covariance_type", est.covariance_type, COVARIANCE_TYPES)
-    check_float("tol", est.tol)
+    check_float("tol", est.tol, MIN_TOL)
     check_reg_covar(est.reg_covar)
-    check_int("max_iter", est.max_iter, 0)
-    check_int("n_init", est.n_init, 1)
+    check_int("max_iter", est.max_iter, MIN_MAX_ITER)
+    check_int("n_init", est.n_init, MIN_N_INIT)
     check_choice("init_params", est.init_params, INIT_METHODS)
     rs = est.random_state
     if rs is not None and not isinstance(rs, numbers.Integral | np.random.Generator | np.random.RandomState):
         raise invalid("random_state", rs, "None, an int, or a numpy Generator/RandomState")
 
 
-def check_init_arrays(est, n_features: int) -> tuple:
+def check_init_arrays(
+    est: EstimatorParams, n_features: int
+) -> tuple[FloatArray | None, FloatArray | None, FloatArray | None]:
     """Validate weights_init / means_init / precisions_init; returns float64 copies or None."""
     k, d, ct = est.n_components, n_features, est.covariance_type
     weights = means = precisions = None
@@ -143,7 +192,7 @@ def check_init_arrays(est, n_features: int) -> tuple:
 # --- array conversion ----------------------------------------------------------------------
 
 
-def _numeric_frame_columns(dtypes: pd.Series) -> list[str]:
+def _numeric_frame_columns(dtypes: pd.Series[Any]) -> list[str]:
     return [
         str(c)
         for c, t in dtypes.items()
@@ -152,11 +201,12 @@ def _numeric_frame_columns(dtypes: pd.Series) -> list[str]:
     ]
 
 
-def _frame_to_numpy(df: pd.DataFrame) -> np.ndarray:
-    return df.to_numpy(dtype=np.float64, na_value=np.nan)
+def _frame_to_numpy(df: pd.DataFrame) -> FloatArray:
+    out: FloatArray = df.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
 
 
-def _check_not_sparse(X, name="X") -> None:
+def _check_not_sparse(X: object, name: str = "X") -> None:
     if sparse.issparse(X):
         raise GMMDaskInputError(
             f"{name} is a sparse {type(X).__name__}; gmm-dask needs dense features. Pass "
@@ -164,7 +214,7 @@ def _check_not_sparse(X, name="X") -> None:
         )
 
 
-def _check_features(shape, name="X") -> None:
+def _check_features(shape: tuple[int, ...], name: str = "X") -> None:
     if shape[1] == 0:
         raise GMMDaskInputError(
             f"Found array with 0 feature(s) (shape={tuple(shape)}) while a minimum of 1 is required: "
@@ -172,7 +222,7 @@ def _check_features(shape, name="X") -> None:
         )
 
 
-def _check_numpy(X, name="X") -> np.ndarray:
+def _check_numpy(X: ArrayLike, name: str = "X") -> FloatArray:
     _check_not_sparse(X, name)
     X = np.asarray(X) if not isinstance(X, np.ndarray) else X
     if X.ndim == 1:
@@ -198,7 +248,7 @@ def _check_numpy(X, name="X") -> np.ndarray:
     return X.astype(np.float64, copy=False)
 
 
-def to_numpy(X) -> np.ndarray:
+def to_numpy(X: ArrayLike | pd.DataFrame) -> FloatArray:
     """In-memory input (NumPy, list, pandas DataFrame) as a checked 2-D float64 array."""
     if isinstance(X, pd.DataFrame):
         bad = _numeric_frame_columns(X.dtypes)
@@ -208,7 +258,7 @@ def to_numpy(X) -> np.ndarray:
     return _check_numpy(X)
 
 
-def _is_dask_frame(X) -> bool:
+def _is_dask_frame(X: object) -> TypeGuard[dd.DataFrame]:
     if not type(X).__module__.startswith("dask"):
         return False
     import dask.dataframe as dd
@@ -216,7 +266,12 @@ def _is_dask_frame(X) -> bool:
     return isinstance(X, dd.DataFrame)
 
 
-def to_chunked(X, sample_weight=None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> ChunkedData:
+def to_chunked(
+    X: InputData,
+    sample_weight: InputWeights | None = None,
+    *,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+) -> ChunkedData:
     """Convert X (NumPy, Dask array, pandas or Dask DataFrame) and weights to :class:`ChunkedData`.
 
     Only types, shapes and column dtypes are checked here (cheap); values are checked by
@@ -235,37 +290,38 @@ def to_chunked(X, sample_weight=None, *, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
                 f"X has non-numeric values (dtype {X.dtype}); every feature must be a number."
             )
         if any(np.isnan(c) for c in X.chunks[0]):
-            X = X.compute_chunk_sizes()
+            X = X.compute_chunk_sizes()  # type: ignore[no-untyped-call]  # dask: unannotated
         if len(X.chunks[1]) > 1:
             X = X.rechunk({1: -1})
         Xd = X.astype(np.float64)
     elif _is_dask_frame(X):
-        import dask
+        from dask.base import compute
+        from dask.delayed import delayed
 
         bad = _numeric_frame_columns(X.dtypes)
         if bad:
             raise GMMDaskInputError(_non_numeric_msg(bad, X.dtypes))
         names = [str(c) for c in X.columns]
-        parts = X.to_delayed()
-        lengths = dask.compute(*[dask.delayed(len)(p) for p in parts])
+        parts = X.to_delayed()  # type: ignore[no-untyped-call]  # dask: unannotated
+        lengths = compute(*[delayed(len)(p) for p in parts])  # type: ignore[no-untyped-call]  # dask: unannotated
         d = len(names)
         blocks = [
-            da.from_delayed(dask.delayed(_frame_to_numpy)(p), shape=(n, d), dtype=np.float64)
+            da.from_delayed(delayed(_frame_to_numpy)(p), shape=(n, d), dtype=np.float64)  # type: ignore[no-untyped-call]  # dask: unannotated
             for p, n in zip(parts, lengths, strict=True)
         ]
-        Xd = da.concatenate(blocks, axis=0) if blocks else da.zeros((0, d))
+        Xd = da.concatenate(blocks, axis=0) if blocks else da.zeros((0, d))  # type: ignore[no-untyped-call]  # dask: unannotated
     else:
         Xn = to_numpy(X)
         n = Xn.shape[0]
         rows = max(1, min(chunk_rows, n))
-        Xd = da.from_array(Xn, chunks=(rows, -1))
+        Xd = da.from_array(Xn, chunks=(rows, -1))  # type: ignore[no-untyped-call]  # dask: unannotated
     w = None
     if sample_weight is not None:
         w = _to_weight_array(sample_weight, Xd)
     return ChunkedData(Xd, w, names)
 
 
-def _non_numeric_msg(bad: list[str], dtypes) -> str:
+def _non_numeric_msg(bad: list[str], dtypes: pd.Series[Any]) -> str:
     desc = ", ".join(f"{c!r} ({dtypes[c]})" for c in bad)
     return (
         f"X has non-numeric column(s): {desc}. Pass only numeric features, e.g. "
@@ -273,24 +329,27 @@ def _non_numeric_msg(bad: list[str], dtypes) -> str:
     )
 
 
-def _to_weight_array(sample_weight, Xd: da.Array) -> da.Array:
+def _to_weight_array(sample_weight: InputWeights, Xd: da.Array) -> da.Array:
     n = Xd.shape[0]
+    w: da.Array
     if isinstance(sample_weight, da.Array):
         w = sample_weight
         if any(np.isnan(c) for c in w.chunks[0]):
-            w = w.compute_chunk_sizes()
-    elif hasattr(sample_weight, "npartitions"):
-        w = sample_weight.to_dask_array(lengths=True)
+            w = w.compute_chunk_sizes()  # type: ignore[no-untyped-call]  # dask: unannotated
+    elif hasattr(sample_weight, "npartitions"):  # a Dask Series (or one-column frame)
+        w = cast("dd.Series", sample_weight).to_dask_array(lengths=True)
     else:
-        w = np.asarray(sample_weight)
-        if w.dtype.kind not in "biuf":
-            raise GMMDaskInputError(f"sample_weight must be numeric, got dtype {w.dtype}.")
-        w = da.from_array(w.astype(np.float64), chunks=(Xd.chunks[0],) if w.ndim == 1 and len(w) == n else -1)
+        arr = np.asarray(sample_weight)
+        if arr.dtype.kind not in "biuf":
+            raise GMMDaskInputError(f"sample_weight must be numeric, got dtype {arr.dtype}.")
+        chunks = (Xd.chunks[0],) if arr.ndim == 1 and len(arr) == n else -1
+        w = da.from_array(arr.astype(np.float64), chunks=chunks)  # type: ignore[no-untyped-call]  # dask: unannotated
     if w.ndim != 1 or w.shape[0] != n:
         raise GMMDaskInputError(
             f"sample_weight must be 1-D with one weight per row of X ({n}), got shape {w.shape}."
         )
-    return w.astype(np.float64).rechunk((Xd.chunks[0],))
+    out: da.Array = w.astype(np.float64).rechunk((Xd.chunks[0],))  # type: ignore[no-untyped-call]  # dask: unannotated
+    return out
 
 
 # --- value validation (one pass) -------------------------------------------------------------
@@ -305,8 +364,25 @@ class ValueReport:
     mean_variance: float  # mean over features of the (weighted) variance
 
 
+class _Values(NamedTuple):
+    """What the validation pass finds in some rows (global row indices; −1: none)."""
+
+    n_rows: int
+    n_bad: int  # rows with NaN or ±inf
+    first_row: int
+    first_col: int
+    n_bad_w: int  # negative or non-finite weights
+    first_w: int
+    wsum: float  # Σ of the valid weights
+    tot: float  # Σ w over the valid rows
+    mean: FloatArray | None  # their weighted mean, (D,)
+    m2: FloatArray | None  # their centred second moment, (D,)
+    n_huge: int  # rows with a value beyond MAX_ABS_VALUE
+    first_huge: tuple[int, int]  # (row, column)
+
+
 @np.errstate(over="ignore", invalid="ignore")  # overflowing variances are reported by validate_values
-def _value_chunk(Xb, wb, idx, off):
+def _value_chunk(Xb: FloatArray, wb: FloatArray | None, idx: int, off: int) -> _Values:
     finite = np.isfinite(Xb)
     bad_rows = np.flatnonzero(~finite.all(axis=1))
     first_row = first_col = -1
@@ -327,10 +403,10 @@ def _value_chunk(Xb, wb, idx, off):
         wsum = float(wb[np.isfinite(wb) & (wb >= 0)].sum())
     ok = finite.all(axis=1) & np.isfinite(w) & (w >= 0)
     Xo, wo = Xb[ok], w[ok]
-    tot = wo.sum()
+    tot: float = wo.sum()
     mean = (wo @ Xo) / tot if tot > 0 else np.zeros(Xb.shape[1])
     m2 = wo @ (Xo - mean) ** 2 if tot > 0 else np.zeros(Xb.shape[1])
-    return (
+    return _Values(
         len(Xb),
         int(bad_rows.size),
         first_row,
@@ -347,33 +423,34 @@ def _value_chunk(Xb, wb, idx, off):
 
 
 @np.errstate(over="ignore", invalid="ignore")
-def _merge_values(parts):
+def _merge_values(parts: list[_Values]) -> _Values:
     n = nbad = nbw = nhuge = 0
     fr = fc = fw = -1
     fh = (-1, -1)
     wsum = 0.0
-    tot, mean, m2 = 0.0, None, None
+    tot: float = 0.0
+    mean: FloatArray | None = None
+    m2: FloatArray | None = None
     for p in parts:
-        n += p[0]
-        nbad += p[1]
-        if p[2] >= 0 and (fr < 0 or p[2] < fr):
-            fr, fc = p[2], p[3]
-        nbw += p[4]
-        if p[5] >= 0 and (fw < 0 or p[5] < fw):
-            fw = p[5]
-        wsum += p[6]
-        nhuge += p[10]
-        if p[11][0] >= 0 and (fh[0] < 0 or p[11][0] < fh[0]):
-            fh = p[11]
-        t, mu, s = p[7], p[8], p[9]
+        n += p.n_rows
+        nbad += p.n_bad
+        if p.first_row >= 0 and (fr < 0 or p.first_row < fr):
+            fr, fc = p.first_row, p.first_col
+        nbw += p.n_bad_w
+        if p.first_w >= 0 and (fw < 0 or p.first_w < fw):
+            fw = p.first_w
+        wsum += p.wsum
+        nhuge += p.n_huge
+        if p.first_huge[0] >= 0 and (fh[0] < 0 or p.first_huge[0] < fh[0]):
+            fh = p.first_huge
         if mean is None:
-            tot, mean, m2 = t, mu, s
-        elif t > 0:
-            tot, mean, m2 = merge_moments(tot, mean, m2, t, mu, s)
-    return (n, nbad, fr, fc, nbw, fw, wsum, tot, mean, m2, nhuge, fh)
+            tot, mean, m2 = p.tot, p.mean, p.m2
+        elif p.tot > 0 and p.mean is not None:
+            tot, mean, m2 = merge_moments(tot, mean, m2, p.tot, p.mean, p.m2)
+    return _Values(n, nbad, fr, fc, nbw, fw, wsum, tot, mean, m2, nhuge, fh)
 
 
-def check_predict_values(X: np.ndarray) -> None:
+def check_predict_values(X: FloatArray) -> None:
     """NaN/±inf or |x| > MAX_ABS_VALUE in an in-memory array given to predict/score."""
     finite = np.isfinite(X)
     if not finite.all():
@@ -388,7 +465,7 @@ def check_predict_values(X: np.ndarray) -> None:
         )
 
 
-def validate_values(runner, feature_names: list[str] | None) -> ValueReport:
+def validate_values(runner: Runner, feature_names: list[str] | None) -> ValueReport:
     """One pass: NaN/±inf or |x| > MAX_ABS_VALUE in X, negative or non-finite weights, row count,
     data variance."""
     n, nbad, fr, fc, nbw, fw, wsum, tot, _, m2, nhuge, fh = runner.map_reduce(_value_chunk, _merge_values)

@@ -34,12 +34,14 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gmm_dask.mixture.arrays import FloatArray, IntArray
 from gmm_dask.segmentation.tables import gamma_matrix, table_metadata
 
 KINDS = ("high_entropy", "blended", "atypical", "mover")
@@ -95,12 +97,98 @@ class AudienceRules:
         return out
 
 
-def lowest(values: np.ndarray, k: int) -> np.ndarray:
+def lowest(values: FloatArray, k: int) -> FloatArray:
     return values if len(values) <= k else np.partition(values, k - 1)[:k]
 
 
 def _fmt_name(names: dict[int, str], sid: int) -> str:
     return f"{names.get(sid, sid)} ({sid})"
+
+
+class _Selection(NamedTuple):
+    """The users of one audience key: their rows in the memberships table, and why each is in."""
+
+    audience: str
+    key: str
+    rows: IntArray
+    reasons: list[str]
+
+
+def _high_entropy(rules: AudienceRules, norm: FloatArray, bits: FloatArray) -> _Selection:
+    rows = np.flatnonzero(norm >= rules.high_min)
+    reasons = [
+        f"entropy {bits[r]:.2f} bits = {norm[r]:.2f} of the maximum (high band ≥ {rules.high_min:g})"
+        for r in rows
+    ]
+    return _Selection("high_entropy", "high_entropy", rows, reasons)
+
+
+def _blended(rules: AudienceRules, g: FloatArray, ids: list[int], names: dict[int, str]) -> list[_Selection]:
+    pos = {sid: j for j, sid in enumerate(ids)}
+    thr = rules.blend_threshold
+    out = []
+    for a, b in rules.pairs:
+        if a not in pos or b not in pos:
+            continue
+        ga, gb = g[:, pos[a]], g[:, pos[b]]
+        rows = np.flatnonzero((ga >= thr) & (gb >= thr))
+        reasons = [
+            f"γ {ga[r]:.2f} on {_fmt_name(names, a)} and {gb[r]:.2f} on {_fmt_name(names, b)}, both ≥ {thr:g}"
+            for r in rows
+        ]
+        out.append(_Selection("blended", f"blended_{a}_{b}", rows, reasons))
+    return out
+
+
+def _atypical(rules: AudienceRules, threshold: float, ll: FloatArray) -> _Selection:
+    rows = np.flatnonzero(ll <= threshold)
+    reasons = [
+        f"log-likelihood {ll[r]:.2f} ≤ {threshold:.2f} (lowest {rules.atypical_quantile:.2%} of the snapshot)"
+        for r in rows
+    ]
+    return _Selection("atypical", "atypical", rows, reasons)
+
+
+def _movers(
+    t: pa.Table, seg: IntArray, movers: pa.Table, id_column: str, rules: AudienceRules, names: dict[int, str]
+) -> _Selection:
+    moved = movers.filter(pc.greater_equal(movers.column("tv_distance"), rules.mover_min_tv))
+    hit = pc.index_in(t.column(id_column), value_set=moved.column(id_column)).to_numpy(zero_copy_only=False)
+    rows = np.flatnonzero(~np.isnan(hit.astype(float)))
+    at = hit[rows].astype(np.int64)
+    s_from = moved.column("segment_from").to_numpy()[at]
+    tv = moved.column("tv_distance").to_numpy()[at]
+    reasons = [
+        f"moved from {_fmt_name(names, int(a))} on {rules.from_date} to {_fmt_name(names, int(seg[r]))}: "
+        f"total variation {d:.2f} ≥ {rules.mover_min_tv:g}"
+        for r, a, d in zip(rows, s_from, tv, strict=True)
+    ]
+    return _Selection("mover", "mover", rows, reasons)
+
+
+def _audience_part(
+    t: pa.Table, sel: _Selection, g: FloatArray, ids: list[int], id_column: str, snapshot: str
+) -> pa.Table:
+    """The rows of one audience key, in :func:`audience_schema`'s columns (before the cast)."""
+    rows, n = sel.rows, len(sel.rows)
+    sub = t.take(pa.array(rows, pa.int64()))
+    return pa.table(
+        {
+            id_column: sub.column(id_column),
+            "audience": pa.array([sel.audience] * n, pa.string()),
+            "audience_key": pa.array([sel.key] * n, pa.string()),
+            "reason": pa.array(sel.reasons, pa.string()),
+            "segment": sub.column("segment"),
+            "segment_name": sub.column("segment_name"),
+            "max_gamma": sub.column("max_gamma"),
+            "entropy_bits": sub.column("entropy_bits"),
+            "entropy_band": sub.column("entropy_band"),
+            "log_likelihood": sub.column("log_likelihood"),
+            **{f"gamma_{sid}": pa.array(g[rows, j]) for j, sid in enumerate(ids)},
+            "snapshot": pa.array([snapshot] * n, pa.string()),
+            "model_version": sub.column("model_version"),
+        }
+    )
 
 
 def audience_rows(
@@ -112,7 +200,7 @@ def audience_rows(
     names: dict[int, str],
     rules: AudienceRules,
     movers: pa.Table | None,
-) -> tuple[Counter, list[tuple[str, pa.Table]], pa.Table, np.ndarray]:
+) -> tuple[Counter[str], list[tuple[str, pa.Table]], pa.Table, FloatArray]:
     """The audiences of one memberships table ``t`` (read from ``path``, named in messages):
     users per audience key, the rows of each non-empty audience key, all of them in one table of
     :func:`audience_schema`, and ``t``'s γ matrix."""
@@ -124,97 +212,17 @@ def audience_rows(
     norm = t.column("entropy_norm").to_numpy()
     ll = t.column("log_likelihood").to_numpy()
     bits = t.column("entropy_bits").to_numpy()
-    pos = {sid: j for j, sid in enumerate(ids)}
-    selections: list[tuple[str, str, np.ndarray, list[str]]] = []  # (audience, key, rows, reasons)
-    rows = np.flatnonzero(norm >= rules.high_min)
-    selections.append(
-        (
-            "high_entropy",
-            "high_entropy",
-            rows,
-            [
-                f"entropy {bits[r]:.2f} bits = {norm[r]:.2f} of the maximum (high band ≥ {rules.high_min:g})"
-                for r in rows
-            ],
-        )
-    )
-    thr = rules.blend_threshold
-    for a, b in rules.pairs:
-        if a not in pos or b not in pos:
-            continue
-        ga, gb = g[:, pos[a]], g[:, pos[b]]
-        rows = np.flatnonzero((ga >= thr) & (gb >= thr))
-        selections.append(
-            (
-                "blended",
-                f"blended_{a}_{b}",
-                rows,
-                [
-                    f"γ {ga[r]:.2f} on {_fmt_name(names, a)} and {gb[r]:.2f} on {_fmt_name(names, b)}, both ≥ {thr:g}"
-                    for r in rows
-                ],
-            )
-        )
+    selections = [_high_entropy(rules, norm, bits), *_blended(rules, g, ids, names)]
     if rules.atypical_threshold is not None:
-        rows = np.flatnonzero(ll <= rules.atypical_threshold)
-        selections.append(
-            (
-                "atypical",
-                "atypical",
-                rows,
-                [
-                    f"log-likelihood {ll[r]:.2f} ≤ {rules.atypical_threshold:.2f} "
-                    f"(lowest {rules.atypical_quantile:.2%} of the snapshot)"
-                    for r in rows
-                ],
-            )
-        )
+        selections.append(_atypical(rules, rules.atypical_threshold, ll))
     if movers is not None and n:
-        moved = movers.filter(pc.greater_equal(movers.column("tv_distance"), rules.mover_min_tv))
-        hit = pc.index_in(t.column(id_column), value_set=moved.column(id_column)).to_numpy(
-            zero_copy_only=False
-        )
-        rows = np.flatnonzero(~np.isnan(hit.astype(float)))
-        at = hit[rows].astype(np.int64)
-        s_from = moved.column("segment_from").to_numpy()[at]
-        tv = moved.column("tv_distance").to_numpy()[at]
-        selections.append(
-            (
-                "mover",
-                "mover",
-                rows,
-                [
-                    f"moved from {_fmt_name(names, int(a))} on {rules.from_date} to {_fmt_name(names, int(seg[r]))}: "
-                    f"total variation {d:.2f} ≥ {rules.mover_min_tv:g}"
-                    for r, a, d in zip(rows, s_from, tv, strict=True)
-                ],
-            )
-        )
-    counts: Counter = Counter()
+        selections.append(_movers(t, seg, movers, id_column, rules, names))
+    counts: Counter[str] = Counter()
     parts = []
-    for audience, key, rows, reasons in selections:
-        counts[key] = len(rows)
-        if not len(rows):
-            continue
-        take = pa.array(rows, pa.int64())
-        sub = t.take(take)
-        cols = {
-            id_column: sub.column(id_column),
-            "audience": pa.array([audience] * len(rows), pa.string()),
-            "audience_key": pa.array([key] * len(rows), pa.string()),
-            "reason": pa.array(reasons, pa.string()),
-            "segment": sub.column("segment"),
-            "segment_name": sub.column("segment_name"),
-            "max_gamma": sub.column("max_gamma"),
-            "entropy_bits": sub.column("entropy_bits"),
-            "entropy_band": sub.column("entropy_band"),
-            "log_likelihood": sub.column("log_likelihood"),
-            **{f"gamma_{sid}": pa.array(g[rows, j]) for j, sid in enumerate(ids)},
-            "snapshot": pa.array([snapshot] * len(rows), pa.string()),
-            "model_version": sub.column("model_version"),
-        }
-        part = pa.table(cols)
-        parts.append((key, part))
+    for sel in selections:
+        counts[sel.key] = len(sel.rows)
+        if len(sel.rows):
+            parts.append((sel.key, _audience_part(t, sel, g, ids, id_column, snapshot)))
     version = t.column("model_version")[0].as_py() if n else "unregistered"
     schema = audience_schema(t.schema.field(id_column).type, id_column, ids, version)
     out = pa.concat_tables([p.cast(schema) for _, p in parts]) if parts else schema.empty_table()
@@ -244,11 +252,11 @@ def audience_schema(id_type: pa.DataType, id_column: str, ids: list[int], versio
 
 def forecast_piece(
     t: pa.Table,
-    g: np.ndarray,
+    g: FloatArray,
     id_column: str,
     ids: list[int],
     names: dict[int, str],
-    transition: tuple[list[int], np.ndarray],
+    transition: tuple[list[int], FloatArray],
     version: str,
 ) -> pa.Table:
     """Each user's next-period segment distribution γ·T over ``ids`` (T given over ``ids``)."""

@@ -9,21 +9,39 @@ in the model, so scoring applies exactly the training transform.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
 from gmm_dask.errors import DataError
+from gmm_dask.mixture.arrays import BoolArray, FloatArray, Int64Array
 from gmm_dask.mixture.limits import MAX_ABS_VALUE
-from gmm_dask.mixture.suffstats import merge_moments
+from gmm_dask.mixture.suffstats import W, merge_moments
 from gmm_dask.segmentation.specs import FeatureSpec, InputColumns
 
-_FORWARD = {"none": np.positive, "log1p": np.log1p, "sqrt": np.sqrt, "asinh": np.arcsinh}
-_INVERSE = {"none": lambda x: x, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}
+Transform = Callable[[FloatArray], FloatArray]
+
+
+def _identity(x: FloatArray) -> FloatArray:
+    return x
+
+
+_FORWARD: dict[str, Transform] = {
+    "none": np.positive,
+    "log1p": np.log1p,
+    "sqrt": np.sqrt,
+    "asinh": np.arcsinh,
+}
+_INVERSE: dict[str, Transform] = {"none": _identity, "log1p": np.expm1, "sqrt": np.square, "asinh": np.sinh}
 # Smallest valid raw value (inclusive) and how to say it.
-_DOMAIN = {"log1p": (-1.0, "> -1", False), "sqrt": (0.0, ">= 0", True)}
+_DOMAIN: dict[str, tuple[float, str, bool]] = {"log1p": (-1.0, "> -1", False), "sqrt": (0.0, ">= 0", True)}
+
+#: Where a problem was first seen: (file, row in the file's piece, column, raw value, transform).
+Where = tuple[str, int, str, float, str]
 
 
 @dataclass(frozen=True)
@@ -32,12 +50,12 @@ class FeaturePlan:
 
     features: tuple[FeatureSpec, ...]
     missing: str
-    mean: np.ndarray  # (D,) in transformed space
-    scale: np.ndarray  # (D,)
-    impute_values: np.ndarray  # (D,) transformed-space means of observed values
+    mean: FloatArray  # (D,) in transformed space
+    scale: FloatArray  # (D,)
+    impute_values: FloatArray  # (D,) transformed-space means of observed values
     kinds: tuple[str, ...] = ()  # per feature: count | amount | continuous ('' for old models)
-    resolution: np.ndarray | None = None  # (D,) raw-unit step of counts/amounts, NaN for continuous
-    low: np.ndarray | None = None  # (D,) smallest raw value seen in training
+    resolution: FloatArray | None = None  # (D,) raw-unit step of counts/amounts, NaN for continuous
+    low: FloatArray | None = None  # (D,) smallest raw value seen in training
 
     @property
     def names(self) -> list[str]:
@@ -47,7 +65,7 @@ class FeaturePlan:
     def has_floor(self) -> bool:
         return self.resolution is not None and bool(np.isfinite(self.resolution).any())
 
-    def variance_floor(self, means: np.ndarray) -> np.ndarray:
+    def variance_floor(self, means: FloatArray) -> FloatArray:
         """The smallest variance each component may have in each feature: shape (K, D), model space.
 
         A count or amount is not resolved finer than its resolution Δ: near a component's mean
@@ -57,7 +75,7 @@ class FeaturePlan:
         scale², that is the floor in model space; 0 for continuous features.
         """
         floor = np.zeros(means.shape)
-        if not self.has_floor:
+        if self.resolution is None or self.low is None or not self.has_floor:
             return floor
         T = means * self.scale + self.mean
         for j, f in enumerate(self.features):
@@ -73,23 +91,23 @@ class FeaturePlan:
         return floor
 
     @property
-    def half_step(self) -> np.ndarray | float:
+    def half_step(self) -> FloatArray | float:
         """Half the resolution of counts and amounts (0 for continuous features): scoring places
         a value at the middle of its step."""
-        if not self.has_floor:
+        if self.resolution is None or not self.has_floor:
             return 0.0
         return np.where(np.isfinite(self.resolution), self.resolution / 2.0, 0.0)
 
-    def transform(self, X_raw: np.ndarray) -> np.ndarray:
+    def transform(self, X_raw: FloatArray) -> FloatArray:
         return (apply_transforms(X_raw + self.half_step, self.features) - self.mean) / self.scale
 
-    def to_original_units(self, Z: np.ndarray) -> np.ndarray:
+    def to_original_units(self, Z: FloatArray) -> FloatArray:
         """Inverse of :meth:`transform` for points in model space (e.g. component means)."""
         T = Z * self.scale + self.mean
         return np.column_stack([_INVERSE[f.transform](T[:, j]) for j, f in enumerate(self.features)])
 
 
-def apply_transforms(X_raw: np.ndarray, features) -> np.ndarray:
+def apply_transforms(X_raw: FloatArray, features: Sequence[FeatureSpec]) -> FloatArray:
     """Each feature's transform, column by column, into an array of ``X_raw``'s layout (the
     pieces are column-major: each column is contiguous)."""
     out = np.empty_like(X_raw)
@@ -107,11 +125,12 @@ def columns_to_read(cfg: InputColumns) -> list[str]:
     return [cfg.id_column, *cfg.feature_names] + ([cfg.weight_column] if cfg.weight_column else [])
 
 
-def _as_float(col: pa.ChunkedArray) -> np.ndarray:
-    return pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+def _as_float(col: pa.ChunkedArray) -> FloatArray:
+    out: FloatArray = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return out
 
 
-def raw_arrays(table: pa.Table, cfg: InputColumns):
+def raw_arrays(table: pa.Table, cfg: InputColumns) -> tuple[pa.ChunkedArray, FloatArray, FloatArray | None]:
     """(ids as pyarrow array, raw features (n, D) float64 with NaN for nulls, weights or None)."""
     ids = table.column(cfg.id_column)
     # column-major: every column is read, checked and transformed contiguously
@@ -122,7 +141,7 @@ def raw_arrays(table: pa.Table, cfg: InputColumns):
     return ids, X, w
 
 
-def _domain_bad(X_raw: np.ndarray, features) -> np.ndarray:
+def _domain_bad(X_raw: FloatArray, features: Sequence[FeatureSpec]) -> BoolArray:
     bad = np.zeros(X_raw.shape, dtype=bool)
     for j, f in enumerate(features):
         if f.transform in _DOMAIN:
@@ -139,44 +158,49 @@ class Profile:
 
     n_rows: int = 0
     rows_with_missing: int = 0
-    missing_per_column: np.ndarray | None = None
-    first_missing: tuple | None = None  # (path, row in file's piece, column)
+    missing_per_column: Int64Array = field(default_factory=lambda: np.zeros(0, np.int64))
+    first_missing: tuple[str, int, str] | None = None  # (path, row in file's piece, column)
     n_domain: int = 0
-    first_domain: tuple | None = None  # (path, row, column, value, rule)
+    first_domain: Where | None = None  # (path, row, column, value, transform)
     n_bad_weight: int = 0
-    first_bad_weight: tuple | None = None
+    first_bad_weight: tuple[str, int, float | None] | None = None  # (path, row, value)
     n_null_ids: int = 0
-    first_null_id: tuple | None = None
-    col_integral: np.ndarray | None = None  # (D,) every finite value is a whole number
-    col_zeros: np.ndarray | None = None  # (D,) rows exactly 0
-    col_min: np.ndarray | None = None  # (D,) smallest finite raw value (inf if none)
-    col_max: np.ndarray | None = None  # (D,) largest finite raw value (-inf if none)
+    first_null_id: tuple[str, int] | None = None  # (path, row)
+    # (D,) every finite value is a whole number
+    col_integral: BoolArray = field(default_factory=lambda: np.zeros(0, bool))
+    col_zeros: Int64Array = field(default_factory=lambda: np.zeros(0, np.int64))  # (D,) rows exactly 0
+    # (D,) smallest / largest finite raw value (±inf if none)
+    col_min: FloatArray = field(default_factory=lambda: np.zeros(0))
+    col_max: FloatArray = field(default_factory=lambda: np.zeros(0))
     n_huge: int = 0  # rows with a finite transformed value above MAX_ABS_VALUE in magnitude
-    first_huge: tuple | None = None  # (path, row, column, raw value, transform)
+    first_huge: Where | None = None  # (path, row, column, raw value, transform)
     n_duplicate_ids: int = 0
-    duplicate_examples: list = field(default_factory=list)
+    duplicate_examples: list[object] = field(default_factory=list)
     duplicate_where: str = ""  # e.g. "id 3 in <file> row 3; <file> row 10"
     # weighted statistics of transformed values
-    col_w: np.ndarray | None = None  # observed weight per column
-    col_mean: np.ndarray | None = None
-    col_m2: np.ndarray | None = None
+    col_w: FloatArray = field(default_factory=lambda: np.zeros(0))  # observed weight per column
+    col_mean: FloatArray = field(default_factory=lambda: np.zeros(0))
+    col_m2: FloatArray = field(default_factory=lambda: np.zeros(0))
     total_w: float = 0.0  # all rows with a valid weight
     row_w: float = 0.0  # complete rows
-    row_mean: np.ndarray | None = None
-    row_m2: np.ndarray | None = None
-    complete_per_piece: dict = field(default_factory=dict)  # piece index -> complete rows
-    id_hashes: list | None = None  # per bucket: this piece's id hashes (see id_buckets)
+    row_mean: FloatArray = field(default_factory=lambda: np.zeros(0))
+    row_m2: FloatArray = field(default_factory=lambda: np.zeros(0))
+    complete_per_piece: dict[int, int] = field(default_factory=dict)  # piece index -> complete rows
+    # per bucket: this piece's id hashes (see id_buckets)
+    id_hashes: list[NDArray[np.uint64]] | None = None
 
 
 @np.errstate(over="ignore", invalid="ignore")
-def _merge_moments(wa, ma, sa, wb, mb, sb):
+def _merge_moments(
+    wa: W, ma: FloatArray, sa: FloatArray, wb: W, mb: FloatArray, sb: FloatArray
+) -> tuple[W, FloatArray, FloatArray]:
     """:func:`suffstats.merge_moments`; huge values may overflow to inf here and are reported by
     build_plan."""
     return merge_moments(wa, ma, sa, wb, mb, sb)
 
 
 @np.errstate(over="ignore", invalid="ignore")
-def _weighted_moments(X, w):
+def _weighted_moments(X: FloatArray, w: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     W = w.sum(axis=0)
     safe = np.where(W > 0, W, 1.0)
     mean = np.where(W > 0, (w * X).sum(axis=0) / safe, 0.0)
@@ -222,7 +246,9 @@ def profile_table(table: pa.Table, path: str, index: int, cfg: InputColumns, n_b
     clean = not has_missing and not has_dom
     finite = None if clean else np.isfinite(T)
     with np.errstate(invalid="ignore"):
-        hi = np.abs(T).max(axis=0, initial=0.0, where=True if clean else finite) if n else np.zeros(d)
+        hi = (
+            np.abs(T).max(axis=0, initial=0.0, where=True if finite is None else finite) if n else np.zeros(d)
+        )
     if (hi > MAX_ABS_VALUE).any():
         with np.errstate(invalid="ignore"):
             huge = (np.isfinite(T) if finite is None else finite) & (np.abs(T) > MAX_ABS_VALUE)
@@ -248,7 +274,7 @@ def profile_table(table: pa.Table, path: str, index: int, cfg: InputColumns, n_b
         prof.first_missing = (path, r, feats[int(np.flatnonzero(missing[r])[0])].name)
     wv = np.ones(n) if w is None else np.where(np.isfinite(w) & (w >= 0), w, 0.0)
     prof.total_w = float(wv.sum())
-    if clean:  # every row complete: the column and the complete-row moments are the same
+    if finite is None:  # clean, every row complete: the column and the complete-row moments are the same
         prof.col_w, prof.col_mean, prof.col_m2 = _moments(T, wv)
         complete = None
         rw, rm, rs = prof.col_w, prof.col_mean, prof.col_m2
@@ -263,7 +289,7 @@ def profile_table(table: pa.Table, path: str, index: int, cfg: InputColumns, n_b
 
 
 @np.errstate(over="ignore", invalid="ignore")
-def _moments(T: np.ndarray, w: np.ndarray):
+def _moments(T: FloatArray, w: FloatArray) -> tuple[FloatArray, FloatArray, FloatArray]:
     """Per-column (Σw, weighted mean, Σw(x − mean)²) of rows that are all finite."""
     W = float(w.sum())
     d = T.shape[1]
@@ -311,7 +337,7 @@ def finish_profile(p: Profile) -> Profile:
 # --- duplicate ids at any size: hash-partitioned checks -----------------------------------------
 
 
-def id_hashes(ids: pa.ChunkedArray, null: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def id_hashes(ids: pa.ChunkedArray, null: BoolArray) -> tuple[NDArray[np.uint64], Int64Array]:
     """(64-bit hashes of the non-null ids, their rows): deterministic across processes."""
     import pandas as pd
 
@@ -323,7 +349,9 @@ def id_hashes(ids: pa.ChunkedArray, null: np.ndarray) -> tuple[np.ndarray, np.nd
     return h, rows
 
 
-def id_buckets(ids: pa.ChunkedArray, null: np.ndarray, piece_index: int, n_buckets: int) -> list:
+def id_buckets(
+    ids: pa.ChunkedArray, null: BoolArray, piece_index: int, n_buckets: int
+) -> list[NDArray[np.uint64]]:
     """This piece's non-null ids as 64-bit hashes split by ``hash % n_buckets``: one array of
     hashes per bucket, so each bucket of every piece can be checked on its own (8 bytes per id
     move between workers, a few MB per task at any number of users). Which rows a duplicated
@@ -339,7 +367,7 @@ def id_buckets(ids: pa.ChunkedArray, null: np.ndarray, piece_index: int, n_bucke
     return [h[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-def duplicate_hashes(parts: list, max_examples: int = 5) -> tuple[int, list]:
+def duplicate_hashes(parts: list[NDArray[np.uint64]], max_examples: int = 5) -> tuple[int, list[int]]:
     """Hashes that occur more than once across ``parts`` (one bucket of every piece): (number of
     extra rows, up to ``max_examples`` of the repeated hashes)."""
     h = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
@@ -349,14 +377,14 @@ def duplicate_hashes(parts: list, max_examples: int = 5) -> tuple[int, list]:
     return n_extra, examples
 
 
-def rows_with_hashes(ids: pa.ChunkedArray, null: np.ndarray, hashes: list[int]) -> list[tuple[int, int]]:
+def rows_with_hashes(ids: pa.ChunkedArray, null: BoolArray, hashes: list[int]) -> list[tuple[int, int]]:
     """(hash, row) of this piece's ids whose hash is one of ``hashes``."""
     h, rows = id_hashes(ids, null)
     hit = np.flatnonzero(np.isin(h, np.asarray(hashes, dtype=np.uint64)))
     return [(int(h[i]), int(rows[i])) for i in hit]
 
 
-def merge_duplicates(a: tuple, b: tuple) -> tuple:
+def merge_duplicates(a: tuple[int, list[int]], b: tuple[int, list[int]]) -> tuple[int, list[int]]:
     return a[0] + b[0], (a[1] + b[1])[:5]
 
 
@@ -367,7 +395,7 @@ def check_profile(p: Profile, cfg: InputColumns, date: str, *, standardize: bool
     ``MAX_ABS_VALUE`` in magnitude reach the fit as they are and are refused here (with scaling
     they are scaled first, and an overflowing mean or variance is refused by :func:`build_plan`).
     """
-    if p.n_null_ids:
+    if p.n_null_ids and p.first_null_id is not None:
         path, row = p.first_null_id
         raise DataError(
             f"Snapshot {date}: {p.n_null_ids} row(s) have a null {cfg.id_column!r} (first: file {path!r}, "
@@ -380,13 +408,13 @@ def check_profile(p: Profile, cfg: InputColumns, date: str, *, standardize: bool
             "must appear once per snapshot; deduplicate upstream "
             "or aggregate rows and pass the count as input.weight_column."
         )
-    if p.n_bad_weight:
+    if p.n_bad_weight and p.first_bad_weight is not None:
         path, row, val = p.first_bad_weight
         raise DataError(
             f"Snapshot {date}: weight column {cfg.weight_column!r} has {p.n_bad_weight} null, negative or "
             f"infinite value(s) (first: file {path!r}, row {row}, value {val}). Weights must be >= 0."
         )
-    if p.n_domain:
+    if p.n_domain and p.first_domain is not None:
         path, row, col, val, tr = p.first_domain
         rule = _DOMAIN[tr][1]
         raise DataError(
@@ -406,7 +434,7 @@ def check_profile(p: Profile, cfg: InputColumns, date: str, *, standardize: bool
                 "Check the export upstream (a renamed or unfilled column?), or remove them from "
                 "input.features."
             )
-    if p.rows_with_missing and cfg.missing == "error":
+    if p.rows_with_missing and cfg.missing == "error" and p.first_missing is not None:
         path, row, col = p.first_missing
         raise DataError(
             f"Snapshot {date}: {p.rows_with_missing} row(s) have null, NaN or infinite features {per_col} "
@@ -429,7 +457,7 @@ def check_profile(p: Profile, cfg: InputColumns, date: str, *, standardize: bool
                 f"{used} {rows}. At least one row needs a positive weight; fix the weights upstream, or "
                 "set input.weight_column: null to weigh every row equally."
             )
-    if p.n_huge and not standardize:
+    if p.n_huge and not standardize and p.first_huge is not None:
         path, row, col, val, tr = p.first_huge
         after = "" if tr == "none" else f" after its {tr} transform"
         raise DataError(
@@ -484,11 +512,12 @@ def build_plan(p: Profile, cfg: InputColumns, standardize: bool) -> FeaturePlan:
 DEFAULT_RESOLUTION = {"count": 1.0, "amount": 1.0, "continuous": np.nan}
 
 
-def infer_kinds(p: Profile, cfg: InputColumns) -> tuple[tuple[str, ...], np.ndarray]:
+def infer_kinds(p: Profile, cfg: InputColumns) -> tuple[tuple[str, ...], FloatArray]:
     """Each feature's kind and resolution: as configured, else inferred from the profile —
     whole non-negative numbers are counts; non-negative values spanning at least 10 units with
     at least 1 % exact zeros are amounts; anything else (rates and shares included) is continuous."""
-    kinds, res = [], []
+    kinds: list[str] = []
+    res: list[float] = []
     observed = np.maximum(p.n_rows - p.missing_per_column, 1)
     for j, f in enumerate(cfg.features):
         kind = f.kind
@@ -507,7 +536,9 @@ def infer_kinds(p: Profile, cfg: InputColumns) -> tuple[tuple[str, ...], np.ndar
     return tuple(kinds), np.asarray(res, dtype=float)
 
 
-def prepare_piece(table: pa.Table, cfg: InputColumns, plan: FeaturePlan, path: str, *, offsets=None):
+def prepare_piece(
+    table: pa.Table, cfg: InputColumns, plan: FeaturePlan, path: str, *, offsets: FloatArray | None = None
+) -> tuple[pa.ChunkedArray, FloatArray, FloatArray, FloatArray | None, int, int]:
     """Apply the plan to one piece: (ids kept, raw features kept, model inputs, weights, n dropped,
     n imputed). Counts and amounts are placed at the middle of their resolution step, or at
     ``offsets`` (n, D) raw units into it (the fit's dequantisation)."""
@@ -551,7 +582,7 @@ def prepare_piece(table: pa.Table, cfg: InputColumns, plan: FeaturePlan, path: s
 
 def fit_arrays(
     table: pa.Table, path: str, index: int, cfg: InputColumns, plan: FeaturePlan, seed: int | None = 0
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[FloatArray, FloatArray]:
     """(model inputs, weights) of one piece's table, for the fit.
 
     Counts and amounts are *dequantised*: each value x is drawn uniformly from its step
@@ -560,7 +591,7 @@ def fit_arrays(
     no dequantisation (the inputs as scoring sees them).
     """
     offsets = None
-    if plan.has_floor and seed is not None:
+    if plan.resolution is not None and plan.has_floor and seed is not None:
         step = np.where(np.isfinite(plan.resolution), plan.resolution, 0.0)
         offsets = np.random.default_rng([seed, index]).random((table.num_rows, len(step))) * step
     _, _, Z, w, _, _ = prepare_piece(table, cfg, plan, path, offsets=offsets)

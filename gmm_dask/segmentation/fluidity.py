@@ -10,12 +10,24 @@ two dates and committing the tables is :func:`gmm_dask.app.steps.compute_fluidit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from gmm_dask.mixture.arrays import FloatArray, Int64Array
 from gmm_dask.segmentation.tables import gamma_matrix
+
+
+class FluiditySummary(TypedDict):
+    """How much the users present on both dates moved."""
+
+    users_in_both: int
+    segment_changed_share: float
+    median_tv: float
+    p95_tv: float
+    mean_js: float
 
 
 @dataclass
@@ -27,29 +39,82 @@ class FluidityResult:
     n_only_to: int
     transitions: pd.DataFrame  # K×K counts, index = segment_from, columns = segment_to
     top_movers: pd.DataFrame
-    summary: dict
+    summary: FluiditySummary
     path: str | None = None
     transition_table: pd.DataFrame | None = None  # the ``transitions`` rows (hard and soft counts)
     paths: dict[str, str] | None = None  # table -> committed partition
     movers: pa.Table | None = None  # id, segment_from, segment_to, tv_distance of every user in both
 
 
-def _expand(g: np.ndarray, ids: list[int], union: list[int]) -> np.ndarray:
+def _expand(g: FloatArray, ids: list[int], union: list[int]) -> FloatArray:
     out = np.zeros((len(g), len(union)))
     out[:, [union.index(i) for i in ids]] = g
     return out
 
 
-def js_distance(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def _kl_bits(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Row-wise Kullback–Leibler divergence (base 2), with 0·log 0 = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(a > 0, a * (np.log2(a) - np.log2(np.where(b > 0, b, 1.0))), 0.0)
+    kl: FloatArray = t.sum(axis=1)
+    return kl
+
+
+def js_distance(p: FloatArray, q: FloatArray) -> FloatArray:
     """Row-wise Jensen–Shannon distance (base 2) between probability vectors."""
     m = 0.5 * (p + q)
+    return np.sqrt(np.clip(0.5 * _kl_bits(p, m) + 0.5 * _kl_bits(q, m), 0.0, 1.0))
 
-    def kl(a, b):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t = np.where(a > 0, a * (np.log2(a) - np.log2(np.where(b > 0, b, 1.0))), 0.0)
-        return t.sum(axis=1)
 
-    return np.sqrt(np.clip(0.5 * kl(p, m) + 0.5 * kl(q, m), 0.0, 1.0))
+def _users_in_both(a: pa.Table, b: pa.Table, id_column: str) -> tuple[pa.Table, pa.Table]:
+    """The rows of ``a`` and of ``b`` of the users in both, in the same order (sorted by id)."""
+    # pyarrow joins cannot carry list columns: join the ids, then gather rows by position
+    left = pd.DataFrame({"id": a.column(id_column).to_pandas(), "ia": np.arange(a.num_rows)})
+    right = pd.DataFrame({"id": b.column(id_column).to_pandas(), "ib": np.arange(b.num_rows)})
+    pos = left.merge(right, on="id", how="inner", sort=True)
+    return a.take(pa.array(pos["ia"].to_numpy())), b.take(pa.array(pos["ib"].to_numpy()))
+
+
+def _transition_rows(
+    union: list[int],
+    s_from: Int64Array,
+    s_to: Int64Array,
+    g1: FloatArray,
+    g2: FloatArray,
+    from_date: str,
+    to_date: str,
+) -> tuple[Int64Array, pd.DataFrame]:
+    """The hard K×K transition counts over ``union``, and the ``transitions`` rows (one per pair
+    of segments: hard counts and soft mass Σ γ_from ⊗ γ_to)."""
+    n, ka = len(s_from), len(union)
+    pos_of = {sid: i for i, sid in enumerate(union)}
+    trans = np.zeros((ka, ka), dtype=np.int64)
+    if n:
+        np.add.at(trans, ([pos_of[x] for x in s_from], [pos_of[x] for x in s_to]), 1)
+    soft = g1.T @ g2 if n else np.zeros((ka, ka))
+    fi, ti = np.meshgrid(np.arange(ka), np.arange(ka), indexing="ij")
+    table = pd.DataFrame(
+        {
+            "from_date": from_date,
+            "to_date": to_date,
+            "segment_from": np.asarray(union, dtype=np.int32)[fi.ravel()],
+            "segment_to": np.asarray(union, dtype=np.int32)[ti.ravel()],
+            "n_users": trans.ravel().astype(np.int64),
+            "gamma_mass": soft.ravel(),
+        }
+    )
+    return trans, table
+
+
+def _summary(s_from: Int64Array, s_to: Int64Array, tv: FloatArray, js: FloatArray) -> FluiditySummary:
+    n = len(tv)
+    return {
+        "users_in_both": n,
+        "segment_changed_share": float((s_from != s_to).mean()) if n else 0.0,
+        "median_tv": float(np.median(tv)) if n else 0.0,
+        "p95_tv": float(np.quantile(tv, 0.95)) if n else 0.0,
+        "mean_js": float(js.mean()) if n else 0.0,
+    }
 
 
 def fluidity_between(
@@ -72,36 +137,15 @@ def fluidity_between(
     # γ is ordered by each date's segment ids (the segments table's rows): compare in the union
     # of both dates' ids, so births and deaths between the dates line up
     union = sorted(set(ids_a) | set(ids_b))
-    ka = len(union)
-    # pyarrow joins cannot carry list columns: join the ids, then gather rows by position
-    left = pd.DataFrame({"id": a.column(id_column).to_pandas(), "ia": np.arange(a.num_rows)})
-    right = pd.DataFrame({"id": b.column(id_column).to_pandas(), "ib": np.arange(b.num_rows)})
-    pos = left.merge(right, on="id", how="inner", sort=True)
-    ia, ib = pa.array(pos["ia"].to_numpy()), pa.array(pos["ib"].to_numpy())
-    ja, jb = a.take(ia), b.take(ib)
-    n = len(pos)
+    ja, jb = _users_in_both(a, b, id_column)
+    n = ja.num_rows
     g1 = _expand(gamma_matrix(ja), ids_a, union)
     g2 = _expand(gamma_matrix(jb), ids_b, union)
     tv = 0.5 * np.abs(g1 - g2).sum(axis=1) if n else np.zeros(0)
     js = js_distance(g1, g2) if n else np.zeros(0)
     s_from = ja.column("segment").to_numpy()
     s_to = jb.column("segment").to_numpy()
-    pos_of = {sid: i for i, sid in enumerate(union)}
-    trans = np.zeros((ka, ka), dtype=np.int64)
-    if n:
-        np.add.at(trans, ([pos_of[x] for x in s_from], [pos_of[x] for x in s_to]), 1)
-    soft = g1.T @ g2 if n else np.zeros((ka, ka))
-    fi, ti = np.meshgrid(np.arange(ka), np.arange(ka), indexing="ij")
-    transition_table = pd.DataFrame(
-        {
-            "from_date": from_date,
-            "to_date": to_date,
-            "segment_from": np.asarray(union, dtype=np.int32)[fi.ravel()],
-            "segment_to": np.asarray(union, dtype=np.int32)[ti.ravel()],
-            "n_users": trans.ravel().astype(np.int64),
-            "gamma_mass": soft.ravel(),
-        }
-    )
+    trans, transition_table = _transition_rows(union, s_from, s_to, g1, g2, from_date, to_date)
     out = pa.table(
         {
             id_column: ja.column(id_column),
@@ -126,13 +170,6 @@ def fluidity_between(
     transitions = pd.DataFrame(
         trans, index=pd.Index(union, name="segment_from"), columns=pd.Index(union, name="segment_to")
     )
-    summary = {
-        "users_in_both": n,
-        "segment_changed_share": float((s_from != s_to).mean()) if n else 0.0,
-        "median_tv": float(np.median(tv)) if n else 0.0,
-        "p95_tv": float(np.quantile(tv, 0.95)) if n else 0.0,
-        "mean_js": float(js.mean()) if n else 0.0,
-    }
     movers = out.select([id_column, "segment_from", "segment_to", "tv_distance"])
     result = FluidityResult(
         from_date,
@@ -142,7 +179,7 @@ def fluidity_between(
         b.num_rows - n,
         transitions,
         top,
-        summary,
+        _summary(s_from, s_to, tv, js),
         None,
         transition_table,
         None,

@@ -17,15 +17,39 @@ name, never by position.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
+from numpy.typing import NDArray
 
 from gmm_dask.errors import DataError, RegistryError
+from gmm_dask.mixture.arrays import BoolArray, FloatArray, IntArray
+from gmm_dask.mixture.options import COVARIANCE_TYPES, CovarianceType, is_covariance_type
 from gmm_dask.segmentation.features import _DOMAIN, FeaturePlan, _domain_bad, apply_transforms
 from gmm_dask.segmentation.specs import EntropyBands, FeatureSpec
 
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from gmm_dask.mixture.estimator import GaussianMixture
+
 BANDS = ("low", "moderate", "high")
+
+#: A stored model: plain JSON values (see :meth:`SegmentationModel.to_payload`).
+Payload = dict[str, Any]
+
+
+class Memberships(TypedDict):
+    """What :meth:`SegmentationModel.memberships` computes for n rows."""
+
+    gamma: FloatArray  # (n, K)
+    component: IntArray  # (n,) most probable component
+    segment: NDArray[np.int32]  # (n,) its segment id
+    entropy_bits: FloatArray  # (n,)
+    entropy_norm: FloatArray  # (n,) entropy / log2 K, in [0, 1]
+    entropy_band: NDArray[np.object_]  # (n,) 'low', 'moderate' or 'high'
+    band_index: NDArray[np.int8]  # (n,) 0 low, 1 moderate, 2 high (BANDS order)
+    log_likelihood: FloatArray  # (n,)
 
 
 @dataclass(frozen=True)
@@ -50,11 +74,11 @@ class SegmentationModel:
     """
 
     plan: FeaturePlan
-    covariance_type: str
-    weights: np.ndarray
-    means: np.ndarray
-    covariances: np.ndarray
-    precisions_cholesky: np.ndarray
+    covariance_type: CovarianceType
+    weights: FloatArray
+    means: FloatArray
+    covariances: FloatArray
+    precisions_cholesky: FloatArray
     segment_names: list[str]
     id_column: str
     weight_column: str | None = None
@@ -75,7 +99,7 @@ class SegmentationModel:
     def feature_names(self) -> list[str]:
         return self.plan.names
 
-    def full_covariances(self) -> np.ndarray:
+    def full_covariances(self) -> FloatArray:
         """Covariances as (K, D, D) whatever the covariance type."""
         k, d = self.means.shape
         c = self.covariances
@@ -87,7 +111,7 @@ class SegmentationModel:
             return np.stack([np.diag(v) for v in c])
         return np.stack([np.eye(d) * v for v in c])
 
-    def mixture(self):
+    def mixture(self) -> GaussianMixture:
         """A fitted :class:`gmm_dask.GaussianMixture` with these parameters (model space: pass
         inputs already transformed with ``plan.transform``, or use :meth:`score`)."""
         from gmm_dask.mixture.estimator import GaussianMixture
@@ -105,7 +129,7 @@ class SegmentationModel:
 
     # --- scoring --------------------------------------------------------------------------
 
-    def memberships(self, Z: np.ndarray, bands: EntropyBands | None = None) -> dict[str, np.ndarray]:
+    def memberships(self, Z: FloatArray, bands: EntropyBands | None = None) -> Memberships:
         """γ, hard segment, entropies, band and log p(x) for model inputs ``Z`` of shape (n, D)."""
         from gmm_dask.mixture import gaussian
 
@@ -131,7 +155,7 @@ class SegmentationModel:
             "log_likelihood": lpn,
         }
 
-    def score(self, frame, *, bands: EntropyBands | None = None):
+    def score(self, frame: pd.DataFrame, *, bands: EntropyBands | None = None) -> pd.DataFrame:
         """Score users given their *raw* feature columns (a pandas DataFrame).
 
         The model's features are taken from ``frame`` by name (other columns are ignored and
@@ -191,7 +215,7 @@ class SegmentationModel:
             out[c] = m[c]
         return out
 
-    def prepare(self, X_raw: np.ndarray, *, where: str = "input") -> tuple[np.ndarray, np.ndarray]:
+    def prepare(self, X_raw: FloatArray, *, where: str = "input") -> tuple[FloatArray, BoolArray]:
         """Raw features (n, D) → (model inputs of the kept rows, boolean mask of kept rows),
         applying the plan's missing-value policy; raises on values outside a transform's domain."""
         plan = self.plan
@@ -205,8 +229,8 @@ class SegmentationModel:
             )
         T = apply_transforms(X_raw + plan.half_step, plan.features)
         bad = ~np.isfinite(T)
-        rows_bad = bad.any(axis=1)
-        keep = np.ones(len(T), dtype=bool)
+        rows_bad: BoolArray = np.any(bad, axis=1)
+        keep: BoolArray = np.ones(len(T), dtype=bool)
         if rows_bad.any():
             if plan.missing == "error":
                 r = int(np.flatnonzero(rows_bad)[0])
@@ -224,7 +248,7 @@ class SegmentationModel:
 
     # --- serialisation (plain JSON values; storage is the registry's) ------------------------
 
-    def to_payload(self) -> dict:
+    def to_payload(self) -> Payload:
         return {
             "covariance_type": self.covariance_type,
             "weights": self.weights.tolist(),
@@ -249,7 +273,7 @@ class SegmentationModel:
         }
 
 
-def _arr(payload, key, where, ndim):
+def _arr(payload: Payload, key: str, where: str, ndim: int) -> FloatArray:
     try:
         a = np.asarray(payload[key], dtype=np.float64)
     except KeyError:
@@ -261,12 +285,12 @@ def _arr(payload, key, where, ndim):
     return a
 
 
-def model_from_payload(payload: dict, where: str, version: str | None = None) -> SegmentationModel:
+def model_from_payload(payload: Payload, where: str, version: str | None = None) -> SegmentationModel:
     """Validate a payload into a model (never executes anything)."""
-    from gmm_dask.mixture.gaussian import COVARIANCE_TYPES, compute_precision_cholesky
+    from gmm_dask.mixture.gaussian import compute_precision_cholesky
 
     ct = payload.get("covariance_type")
-    if ct not in COVARIANCE_TYPES:
+    if not is_covariance_type(ct):
         raise RegistryError(f"{where}: covariance_type {ct!r} is not one of {COVARIANCE_TYPES}.")
     weights = _arr(payload, "weights", where, 1)
     means = _arr(payload, "means", where, 2)

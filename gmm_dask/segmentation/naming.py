@@ -18,9 +18,12 @@ id (:mod:`gmm_dask.segmentation.align` carries it); only new segments get new na
 from __future__ import annotations
 
 import re
+from collections.abc import Set as AbstractSet
 
 import numpy as np
 
+from gmm_dask.mixture.arrays import FloatArray
+from gmm_dask.mixture.options import CovarianceType
 from gmm_dask.segmentation.features import FeaturePlan
 
 DORMANT = "dormant: no activity"
@@ -35,7 +38,9 @@ def feature_label(name: str) -> str:
     return re.sub(r"[_\s]+", " ", base).strip() or name
 
 
-def component_variances(covariances: np.ndarray, covariance_type: str, k: int, d: int) -> np.ndarray:
+def component_variances(
+    covariances: FloatArray, covariance_type: CovarianceType, k: int, d: int
+) -> FloatArray:
     """Each component's variance per feature, shape (K, D), whatever the covariance type."""
     c = np.asarray(covariances, dtype=np.float64)
     if covariance_type == "full":
@@ -47,7 +52,7 @@ def component_variances(covariances: np.ndarray, covariance_type: str, k: int, d
     return np.repeat(c.reshape(k, 1), d, axis=1)
 
 
-def profile_z(weights: np.ndarray, means: np.ndarray, variances: np.ndarray) -> np.ndarray:
+def profile_z(weights: FloatArray, means: FloatArray, variances: FloatArray) -> FloatArray:
     """z-score of each component's mean against the whole mixture, per feature: shape (K, D).
 
     Parameters
@@ -62,10 +67,11 @@ def profile_z(weights: np.ndarray, means: np.ndarray, variances: np.ndarray) -> 
     w = w / w.sum()
     mu = w @ means
     total = w @ variances + w @ (means - mu) ** 2
-    return (means - mu) / np.sqrt(np.maximum(total, 1e-300))
+    z: FloatArray = (means - mu) / np.sqrt(np.maximum(total, 1e-300))
+    return z
 
 
-def typical_values(plan: FeaturePlan, means: np.ndarray) -> np.ndarray:
+def typical_values(plan: FeaturePlan, means: FloatArray) -> FloatArray:
     """Each component's mean mapped back to the original units (a typical user of it): (K, D).
 
     Scoring places a count or amount at the middle of its resolution step, so the half step is
@@ -81,7 +87,7 @@ def _is_zero(plan: FeaturePlan, j: int, value: float) -> bool:
     """True when a count or amount rounds to nothing at its resolution (never for continuous)."""
     if plan.resolution is None or not np.isfinite(plan.resolution[j]):
         return False
-    return abs(value) < plan.resolution[j] / 2
+    return bool(abs(value) < plan.resolution[j] / 2)
 
 
 def _term(plan: FeaturePlan, j: int, z: float, value: float) -> str:
@@ -93,7 +99,7 @@ def _term(plan: FeaturePlan, j: int, z: float, value: float) -> str:
     return f"high {label}" if z > 0 else f"low {label}"
 
 
-def describe(plan: FeaturePlan, z: np.ndarray, typical: np.ndarray, n_terms: int = TERMS) -> list[str]:
+def describe(plan: FeaturePlan, z: FloatArray, typical: FloatArray, n_terms: int = TERMS) -> list[str]:
     """A name per component from its z-scores (K, D) and typical values (K, D)."""
     k, d = z.shape
     discrete = [j for j in range(d) if plan.resolution is not None and np.isfinite(plan.resolution[j])]
@@ -111,10 +117,10 @@ def describe(plan: FeaturePlan, z: np.ndarray, typical: np.ndarray, n_terms: int
 
 def generate_names(
     plan: FeaturePlan,
-    weights: np.ndarray,
-    means: np.ndarray,
-    covariances: np.ndarray,
-    covariance_type: str,
+    weights: FloatArray,
+    means: FloatArray,
+    covariances: FloatArray,
+    covariance_type: CovarianceType,
     ids: list[int] | None = None,
 ) -> list[str]:
     """Unique readable names for the components of a fitted mixture (model space parameters).
@@ -149,7 +155,7 @@ def generate_names(
     return unique(names, ids)
 
 
-def unique(names: list[str], ids: list[int], taken: set[str] = frozenset()) -> list[str]:
+def unique(names: list[str], ids: list[int], taken: AbstractSet[str] = frozenset()) -> list[str]:
     """``names`` with the segment id appended to any name that repeats (or is in ``taken``)."""
     out = []
     for n, i in zip(names, ids, strict=True):

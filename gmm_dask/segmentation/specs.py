@@ -10,7 +10,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Sequence
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 TRANSFORMS = ("none", "log1p", "sqrt", "asinh")
 
 
-def _is_number_type(annotation) -> bool:
+def _is_number_type(annotation: object) -> bool:
     """Whether a field's type is (or includes) int or float, but not bool."""
     if annotation in (int, float):
         return True
@@ -37,7 +37,7 @@ class Spec(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _no_booleans_for_numbers(cls, data):
+    def _no_booleans_for_numbers(cls, data: object) -> object:
         """YAML reads yes/no/on/off/true/false as booleans, which pydantic would take as 1 and 0."""
         if isinstance(data, dict):
             for key, value in data.items():
@@ -57,11 +57,11 @@ class FeatureSpec(Spec):
 
     name: str = Field(min_length=1, description="Column name in the snapshot.")
     transform: Literal["none", "log1p", "sqrt", "asinh"] = Field(
-        "none",
+        default="none",
         description="log1p/sqrt for non-negative heavy-tailed counts, asinh for signed amounts.",
     )
     kind: Literal["count", "amount", "continuous"] | None = Field(
-        None,
+        default=None,
         description="count (integers), amount (money, durations: often exactly 0) or continuous. "
         "Counts and amounts are not resolved finer than `resolution`, which floors every component's "
         "variance in this feature (Sheppard's Δ²/12 through the transform and scaling). Empty: "
@@ -69,14 +69,14 @@ class FeatureSpec(Spec):
         "amount; else continuous).",
     )
     resolution: float | None = Field(
-        None,
+        default=None,
         gt=0,
         description="Smallest meaningful step in the raw units. Default: 1 for counts, 1 currency "
         "unit for amounts, none for continuous features.",
     )
 
     @model_validator(mode="after")
-    def _resolution_needs_discrete(self):
+    def _resolution_needs_discrete(self) -> Self:
         if self.resolution is not None and self.kind == "continuous":
             raise ValueError("resolution applies to counts and amounts; remove it or set kind: count/amount")
         return self
@@ -88,11 +88,11 @@ class EntropyBands(Spec):
     ``low`` below ``low_max``, ``moderate`` below ``moderate_max``, ``high`` otherwise.
     """
 
-    low_max: float = Field(0.25, gt=0, lt=1)
-    moderate_max: float = Field(0.6, gt=0, lt=1)
+    low_max: float = Field(default=0.25, gt=0, lt=1)
+    moderate_max: float = Field(default=0.6, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _ordered(self):
+    def _ordered(self) -> Self:
         if not self.low_max < self.moderate_max:
             raise ValueError(f"low_max ({self.low_max}) must be below moderate_max ({self.moderate_max})")
         return self

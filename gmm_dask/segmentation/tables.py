@@ -8,13 +8,17 @@ piece and writes the rows).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from numpy.typing import NDArray
 
+from gmm_dask.mixture.arrays import FloatArray, IntArray
 from gmm_dask.segmentation.features import prepare_piece
 from gmm_dask.segmentation.model import BANDS, SegmentationModel
 from gmm_dask.segmentation.specs import EntropyBands, InputColumns
@@ -43,7 +47,7 @@ def membership_schema(id_type: pa.DataType, id_column: str, model_version: str) 
     )
 
 
-def gamma_matrix(table: pa.Table, column: str = "gamma") -> np.ndarray:
+def gamma_matrix(table: pa.Table, column: str = "gamma") -> FloatArray:
     """A memberships table's γ list column as an (n, K) float64 array ((0, 0) without rows)."""
     lists = table.column(column).combine_chunks()
     k = len(lists[0]) if len(lists) else 0
@@ -51,8 +55,10 @@ def gamma_matrix(table: pa.Table, column: str = "gamma") -> np.ndarray:
     return np.asarray(flat, dtype=np.float64).reshape(-1, k)
 
 
-def table_metadata(table: str, model_version: str, extra: dict | None = None) -> dict:
-    meta = {
+def table_metadata(
+    table: str, model_version: str, extra: dict[str, object] | None = None
+) -> dict[bytes, bytes]:
+    meta: dict[str, object] = {
         "gmm_dask.table": table,
         "gmm_dask.schema_version": SCHEMA_VERSION,
         "gmm_dask.model_version": model_version,
@@ -69,25 +75,27 @@ class PieceResult:
     n_written: int
     n_dropped: int
     n_imputed: int
-    hard_count: np.ndarray  # (K,)
-    gamma_sum: np.ndarray  # (K,)
-    entropy_sum: np.ndarray  # (K,) entropy_bits of users hard-assigned to k
-    high_count: np.ndarray  # (K,)
-    raw_gamma_sum: np.ndarray  # (K, D) Σ γ x_raw over finite x
-    raw_gamma_w: np.ndarray  # (K, D) Σ γ over finite x
-    overlap_count: np.ndarray  # (K, K)
-    overlap_gamma: np.ndarray  # (K, K) Σ γ_a over users with γ_a, γ_b ≥ threshold
-    band_count: np.ndarray  # (3,)
-    entropy_hist: np.ndarray  # (ENTROPY_BINS,) histogram of entropy_norm on [0, 1]
-    sample_z: np.ndarray  # (m, D) a few model-space rows for the report's 2-D projection
-    sample_segment: np.ndarray  # (m,)
+    hard_count: FloatArray  # (K,)
+    gamma_sum: FloatArray  # (K,)
+    entropy_sum: FloatArray  # (K,) entropy_bits of users hard-assigned to k
+    high_count: FloatArray  # (K,)
+    raw_gamma_sum: FloatArray  # (K, D) Σ γ x_raw over finite x
+    raw_gamma_w: FloatArray  # (K, D) Σ γ over finite x
+    overlap_count: FloatArray  # (K, K)
+    overlap_gamma: FloatArray  # (K, K) Σ γ_a over users with γ_a, γ_b ≥ threshold
+    band_count: FloatArray  # (3,)
+    entropy_hist: FloatArray  # (ENTROPY_BINS,) histogram of entropy_norm on [0, 1]
+    sample_z: FloatArray  # (m, D) a few model-space rows for the report's 2-D projection
+    sample_segment: IntArray  # (m,)
 
     def __add__(self, other: PieceResult) -> PieceResult:
-        merged = {}
-        for f in self.__dataclass_fields__:
-            a, b = getattr(self, f), getattr(other, f)
-            merged[f] = np.concatenate([a, b])[:SAMPLE_CAP] if f.startswith("sample_") else a + b
-        return PieceResult(**merged)
+        merged = copy.copy(self)
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            setattr(
+                merged, f.name, np.concatenate([a, b])[:SAMPLE_CAP] if f.name.startswith("sample_") else a + b
+            )
+        return merged
 
 
 def score_table(
@@ -112,7 +120,7 @@ def score_table(
     out = None
     if rows:
         # strings by index into a few values (in Arrow, no Python string per row)
-        def repeated(values, index):
+        def repeated(values: Sequence[str], index: IntArray | NDArray[np.int8]) -> pa.Array:
             return pc.take(pa.array(values, pa.string()), pa.array(index))
 
         out = pa.table(
@@ -146,8 +154,9 @@ def score_table(
         n_imputed=n_imputed,
         hard_count=np.bincount(seg, minlength=k).astype(np.float64),
         gamma_sum=gamma.sum(axis=0),
-        entropy_sum=np.bincount(seg, weights=m["entropy_bits"], minlength=k),
-        high_count=np.bincount(seg, weights=high, minlength=k),
+        # numpy's stub types bincount as integer; with weights it returns float64
+        entropy_sum=np.bincount(seg, weights=m["entropy_bits"], minlength=k),  # type: ignore[arg-type]
+        high_count=np.bincount(seg, weights=high, minlength=k),  # type: ignore[arg-type]
         raw_gamma_sum=gamma.T @ Xf,
         raw_gamma_w=gamma.T @ finite.astype(float),
         overlap_count=overf.T @ overf,
