@@ -32,6 +32,7 @@ def _best(fn, repeats: int = 7) -> float:
 
 
 def _problem(n: int, d: int, k: int, ct: str, seed: int):
+    from gmm_dask.mixture import blocks
     from gmm_dask.mixture import suffstats as ss
     from gmm_dask.mixture.gaussian import compute_precision_cholesky
 
@@ -46,9 +47,9 @@ def _problem(n: int, d: int, k: int, ct: str, seed: int):
         "spherical": np.ones(k),
     }[ct]
     prec_chol = compute_precision_cholesky(cov, ct)
-    layout = ss._Layout(d, ss.moment_kind(ct))
+    layout = blocks.Layout(d, ss.moment_kind(ct))
     shift = weights @ means
-    A, _, _ = ss._log_density_coefficients(layout, weights, means - shift, prec_chol, ct)
+    A = blocks.log_density_coefficients(layout, weights, means, prec_chol, ct).A
     return X, weights, means, prec_chol, layout, shift, A
 
 
@@ -90,11 +91,12 @@ def _drivers():
 def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
     from benchmarks.dgemm import run_dgemm
     from gmm_dask.mixture import _kernels as kk
+    from gmm_dask.mixture import blocks
     from gmm_dask.mixture import suffstats as ss
 
     X, weights, means, prec_chol, layout, shift, A = _problem(n, d, k, ct, seed)
     t, F = layout.t, layout.f
-    tile = ss.COMPILED_TILE_ROWS
+    tile = blocks.COMPILED_TILE_ROWS
     n_tiles = n // tile
     rows = n_tiles * tile
     kp = -(-k // kk.K_STEP) * kk.K_STEP
@@ -150,12 +152,13 @@ def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
 
 def _numpy_phases(X, weights, means, prec_chol, ct, layout, shift, A) -> dict:
     """The same phases for the NumPy path (``kernel='numpy'``): BLAS GEMMs per 3,000-row block."""
+    from gmm_dask.mixture import blocks
     from gmm_dask.mixture import suffstats as ss
 
     n, d = X.shape
     k = A.shape[0]
     t, F = layout.t, layout.f
-    b = ss.default_block_rows(F)
+    b = blocks.default_block_rows(F)
     starts = range(0, n - b + 1, b)
     f = np.empty((F, b))
     f[F - 1] = 1.0

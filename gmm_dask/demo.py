@@ -50,6 +50,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -169,14 +170,15 @@ def _params(names) -> dict[str, np.ndarray]:
     """Archetype parameters as arrays indexed by archetype: mean/sd per latent, zero probabilities."""
     out = {}
     for key in LATENTS:
-        out[f"{key}_mu"] = np.array([ARCHETYPES[n][key][0] for n in names])
-        out[f"{key}_sd"] = np.array([ARCHETYPES[n][key][1] for n in names])
+        pairs = [ARCHETYPES[n][key] for n in names]
+        out[f"{key}_mu"] = np.array([p[0] for p in pairs if isinstance(p, tuple)])
+        out[f"{key}_sd"] = np.array([p[1] for p in pairs if isinstance(p, tuple)])
     for key in ZEROS:
         out[key] = np.array([ARCHETYPES[n][key] for n in names])
     return out
 
 
-def _block_users(spec: DemoSpec, block: int) -> dict[str, np.ndarray]:
+def _block_users(spec: DemoSpec, block: int) -> dict[str, Any]:
     """The fixed latent state of one block of users."""
     start = block * spec.block_users
     n = min(spec.block_users, spec.n_users - start)

@@ -27,6 +27,21 @@ from pydantic import (
 )
 
 from gmm_dask.errors import ConfigError
+from gmm_dask.mixture.options import (
+    DEFAULT_COVARIANCE_TYPE,
+    DEFAULT_INIT_METHOD,
+    DEFAULT_REG_COVAR,
+    DEFAULT_TOL,
+    MAX_MAX_ITER,
+    MAX_N_COMPONENTS,
+    MAX_N_INIT,
+    MIN_N_COMPONENTS,
+    MIN_N_INIT,
+    MIN_REG_COVAR,
+    MIN_TOL,
+    CovarianceType,
+    InitMethod,
+)
 from gmm_dask.segmentation.specs import EntropyBands, FeatureSpec
 from gmm_dask.segmentation.specs import Spec as _Model
 from gmm_dask.storage.io import TableStore
@@ -117,13 +132,13 @@ class InputConfig(_Model):
 class ModelConfig(_Model):
     """Mixture settings (scikit-learn's names)."""
 
-    n_components: int = Field(4, ge=1, le=256)
-    covariance_type: Literal["full", "tied", "diag", "spherical"] = "full"
-    init_params: Literal["k-means||", "k-means++", "random", "random_from_data"] = "k-means||"
-    n_init: int = Field(1, ge=1, le=100)
-    tol: float = Field(1e-3, ge=0)
-    max_iter: int = Field(200, ge=1, le=100_000)
-    reg_covar: float = Field(1e-6, ge=0)
+    n_components: int = Field(4, ge=MIN_N_COMPONENTS, le=MAX_N_COMPONENTS)
+    covariance_type: CovarianceType = DEFAULT_COVARIANCE_TYPE
+    init_params: InitMethod = DEFAULT_INIT_METHOD
+    n_init: int = Field(1, ge=MIN_N_INIT, le=MAX_N_INIT)
+    tol: float = Field(DEFAULT_TOL, ge=MIN_TOL)
+    max_iter: int = Field(200, ge=1, le=MAX_MAX_ITER)
+    reg_covar: float = Field(DEFAULT_REG_COVAR, ge=MIN_REG_COVAR)
     random_state: int = Field(0, ge=0, description="Seed for initialisation; fits are reproducible.")
     standardize: bool = Field(True, description="Scale transformed features to mean 0, variance 1.")
     persist: bool = Field(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gmm_dask.errors import FitError
+from gmm_dask.mixture.options import CovarianceType
 from gmm_dask.segmentation.features import FeaturePlan
 from gmm_dask.segmentation.model import SegmentationModel
 
@@ -60,7 +61,9 @@ class Degenerate:
         }
 
 
-def hard_weight(X: da.Array, w: da.Array | None, params: MixtureParams, covariance_type: str) -> np.ndarray:
+def hard_weight(
+    X: da.Array, w: da.Array | None, params: MixtureParams, covariance_type: CovarianceType
+) -> np.ndarray:
     """Σ w over the rows (n, D) ``X`` each component would win when the tables are written (one pass)."""
     from gmm_dask.mixture.em import estep
     from gmm_dask.mixture.runner import ChunkedData, make_runner
@@ -78,7 +81,7 @@ def degenerate_components(
     res: FitResult,
     hard_weight: np.ndarray,
     plan: FeaturePlan,
-    covariance_type: str,
+    covariance_type: CovarianceType,
     reg_covar: float,
     min_share: float,
 ) -> Degenerate:
@@ -95,6 +98,7 @@ def degenerate_components(
     values: dict[int, list[float]] = {}
     step = plan.resolution  # set where the plan has a floor
     if plan.has_floor and step is not None:
+        assert p.covariances is not None  # a fit's parameters carry their covariances
         at = variance_at_floor(
             p.covariances, covariance_type, reg_covar, plan.variance_floor(p.means), p.weights
         )
@@ -126,7 +130,7 @@ def enforce(
             logger.warning("Snapshot %s: component %r is degenerate: %s (%s)", date, names[i], why, action)
 
 
-def subset(params: MixtureParams, keep: list[int], covariance_type: str) -> MixtureParams:
+def subset(params: MixtureParams, keep: list[int], covariance_type: CovarianceType) -> MixtureParams:
     """Parameters of the kept components, weights renormalised (a warm start for the refit)."""
     from gmm_dask.mixture.gaussian import MixtureParams
 
@@ -156,7 +160,7 @@ def pass_counts(fits: list[FitResult]) -> dict:
 
 
 def warm_params(
-    warm: SegmentationModel | None, plan: FeaturePlan, k: int, covariance_type: str
+    warm: SegmentationModel | None, plan: FeaturePlan, k: int, covariance_type: CovarianceType
 ) -> MixtureParams | None:
     """``warm``'s parameters expressed in ``plan``'s model space, or None when they cannot start
     this fit (other K, covariance type, features or transforms)."""

@@ -17,9 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gmm_dask.app.config import JobConfig, ModelConfig, format_validation_error
 from gmm_dask.errors import ConfigError
-
-CovarianceType = Literal["full", "tied", "diag", "spherical"]
-InitMethod = Literal["k-means||", "k-means++", "random", "random_from_data"]
+from gmm_dask.mixture.options import (
+    MAX_MAX_ITER,
+    MAX_N_COMPONENTS,
+    MAX_N_INIT,
+    MIN_N_COMPONENTS,
+    MIN_N_INIT,
+    MIN_REG_COVAR,
+    MIN_TOL,
+    CovarianceType,
+    InitMethod,
+)
 
 ConfigPath = Annotated[
     str,
@@ -43,22 +51,32 @@ class ModelOverride(_Params):
     """Changes to the config's `model` section for this run. Empty fields keep the config's values."""
 
     n_components: Annotated[
-        int | None, Field(ge=1, le=256, strict=True, description="Number of mixture components K.")
+        int | None,
+        Field(
+            ge=MIN_N_COMPONENTS,
+            le=MAX_N_COMPONENTS,
+            strict=True,
+            description="Number of mixture components K.",
+        ),
     ] = None
     covariance_type: Annotated[
         CovarianceType | None, Field(description="Covariance structure of each component.")
     ] = None
     init_params: Annotated[InitMethod | None, Field(description="Initialisation method.")] = None
     n_init: Annotated[
-        int | None, Field(ge=1, le=100, strict=True, description="Initialisations; the best is kept.")
+        int | None,
+        Field(ge=MIN_N_INIT, le=MAX_N_INIT, strict=True, description="Initialisations; the best is kept."),
     ] = None
-    tol: Annotated[float | None, Field(ge=0, description="Convergence threshold on the lower bound.")] = None
+    tol: Annotated[
+        float | None, Field(ge=MIN_TOL, description="Convergence threshold on the lower bound.")
+    ] = None
     max_iter: Annotated[
-        int | None, Field(ge=1, le=100_000, strict=True, description="Most EM iterations per initialisation.")
+        int | None,
+        Field(ge=1, le=MAX_MAX_ITER, strict=True, description="Most EM iterations per initialisation."),
     ] = None
-    reg_covar: Annotated[float | None, Field(ge=0, description="Added to every covariance's diagonal.")] = (
-        None
-    )
+    reg_covar: Annotated[
+        float | None, Field(ge=MIN_REG_COVAR, description="Added to every covariance's diagonal.")
+    ] = None
     random_state: Annotated[
         int | None, Field(ge=0, strict=True, description="Seed of the initialisation.")
     ] = None

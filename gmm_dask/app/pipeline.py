@@ -31,6 +31,7 @@ from gmm_dask.app.fitting import (
 )
 from gmm_dask.app.steps import fit_piece_arrays, profile_piece, score_piece, tree_reduce
 from gmm_dask.errors import DataError
+from gmm_dask.mixture.options import CovarianceType
 from gmm_dask.segmentation.features import (
     FeaturePlan,
     Profile,
@@ -226,7 +227,7 @@ def fit_model(
     prof: Profile,
     *,
     n_components: int | None = None,
-    covariance_type: str | None = None,
+    covariance_type: CovarianceType | None = None,
     warm_start: SegmentationModel | None = None,
     data: FitData | None = None,
     score_data: FitData | None = None,
@@ -302,7 +303,7 @@ def _fit_and_prune(
     data: FitData,
     score_data: FitData | None,
     k: int,
-    ct: str,
+    ct: CovarianceType,
     init: MixtureParams | None,
     callback: Callable[[IterationInfo], None] | None,
 ) -> _Fitted:
@@ -382,7 +383,7 @@ def _fit_metadata(
     prof: Profile,
     data: FitData,
     fitted: _Fitted,
-    ct: str,
+    ct: CovarianceType,
     requested: int,
     t0: float,
     warm_start: SegmentationModel | None,

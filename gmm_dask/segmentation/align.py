@@ -20,6 +20,7 @@ import dataclasses
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from gmm_dask.mixture.arrays import FloatArray
 from gmm_dask.segmentation.distance import bhattacharyya_matrix
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.segmentation.naming import is_placeholder
@@ -32,7 +33,7 @@ def _distances(old: SegmentationModel, new: SegmentationModel) -> np.ndarray:
     """Bhattacharyya distances in raw-feature-aligned model space (both models' means and
     covariances mapped through their own scalers to the transformed space)."""
 
-    def to_t(m):
+    def to_t(m: SegmentationModel) -> tuple[FloatArray, FloatArray]:
         s = m.plan.scale
         return m.means * s + m.plan.mean, m.full_covariances() * np.outer(s, s)
 
@@ -53,7 +54,7 @@ class Alignment:
     merges: dict[int, int]  # retired id -> id it merged into
     shared: np.ndarray  # (K_old, K_new) co-membership mass
 
-    def summary(self, old: SegmentationModel) -> dict:
+    def summary(self, old: SegmentationModel) -> dict[str, object]:
         return {
             "aligned_to": old.version,
             "mapping": {str(self.ids[j]): old.ids[i] for j, i in self.matched.items()},

@@ -9,7 +9,7 @@ piece and writes the rows).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -56,7 +56,7 @@ def gamma_matrix(table: pa.Table, column: str = "gamma") -> FloatArray:
 
 
 def table_metadata(
-    table: str, model_version: str, extra: dict[str, object] | None = None
+    table: str, model_version: str, extra: Mapping[str, object] | None = None
 ) -> dict[bytes, bytes]:
     meta: dict[str, object] = {
         "gmm_dask.table": table,

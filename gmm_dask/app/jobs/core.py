@@ -27,6 +27,7 @@ import numpy as np
 from gmm_dask.app import pipeline
 from gmm_dask.app.config import JobConfig, check_output_location, load_config
 from gmm_dask.app.params import JobParams, ModelOverride
+from gmm_dask.mixture.options import CovarianceType
 from gmm_dask.segmentation.features import FeaturePlan, Profile
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage import io
@@ -68,7 +69,7 @@ class FitStep(Protocol):
         prof: Profile,
         *,
         n_components: int | None = None,
-        covariance_type: str | None = None,
+        covariance_type: CovarianceType | None = None,
         warm_start: SegmentationModel | None = None,
         data: pipeline.FitData | None = None,
         score_data: pipeline.FitData | None = None,
