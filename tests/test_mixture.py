@@ -210,9 +210,11 @@ def test_collapsed_component_is_reseeded_not_nan():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         gm.fit(X)
-    msgs = [str(w.message) for w in caught if issubclass(w.category, ComponentCollapseWarning)]
+    collapse = [w for w in caught if issubclass(w.category, ComponentCollapseWarning)]
+    msgs = [str(w.message) for w in collapse]
     assert msgs
     assert "Component(s) [2] collapsed at EM iteration 1" in msgs[0]
+    assert collapse[0].filename == __file__  # the warning points at the user's call to fit
     assert gm.reseeded_components_[0] == (1, 2)
     for attr in ("weights_", "means_", "covariances_"):
         assert np.all(np.isfinite(getattr(gm, attr)))

@@ -1,6 +1,12 @@
 """The EM core: one map/reduce pass per iteration, the M-step on the merged statistics.
 
-:func:`fit_mixture` is the whole fit on a runner (initialisations, EM runs, the best kept, its
+The loop (:func:`run_em`, :func:`fit_family`) is written once, for any component *family*
+(:class:`Family`): the family says how one pass reduces the data to its statistics and how
+parameters follow from them; the loop iterates, re-seeds collapsed components, tracks the
+objective and keeps the best of several starts. :class:`GaussianFamily` is today's Gaussian
+mixture; :mod:`gmm_dask.mixture.behaviour` adds counts, zeros and amounts.
+
+:func:`fit_mixture` is the Gaussian fit on a runner (initialisations, EM runs, the best kept, its
 log-likelihood): both the scikit-learn-style facade (:class:`gmm_dask.GaussianMixture`) and the
 warehouse pipeline call it once their inputs are validated.
 """
@@ -10,10 +16,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import FrameType
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -54,11 +64,45 @@ class IterationInfo:
     seconds: float
 
 
+class PassStats(Protocol):
+    """What the loop reads of one pass's merged statistics (every family's have these)."""
+
+    @property
+    def loglik(self) -> float: ...  # Σ w log p(x)
+    @property
+    def weight(self) -> float: ...  # Σ w
+    @property
+    def n_rows(self) -> int: ...
+    @property
+    def nk(self) -> FloatArray: ...  # (K,) Σ w γₖ
+    @property
+    def hard_nk(self) -> FloatArray | None: ...  # (K,) Σ w over rows whose best component is k
+
+
+P = TypeVar("P")
+S = TypeVar("S", bound=PassStats)
+
+
+class Family(Protocol[P, S]):
+    """A family of mixture components, as the EM loop uses it.
+
+    ``estep`` is one pass over the runner's partitions: each reduces its rows to statistics ``S``
+    under parameters ``P`` and the results are merged exactly (raising :class:`FitError` on rows
+    no component can explain); ``update`` is the M-step on merged statistics, collapsed components
+    re-seeded (returned, to be reported); ``objective`` is the per-row quantity EM never decreases
+    (the mean log-likelihood, plus a prior's log density where the family has one).
+    """
+
+    def estep(self, runner: Runner, params: P, *, hard_counts: bool = False) -> S: ...
+    def update(self, stats: S) -> tuple[P, IntArray]: ...
+    def objective(self, stats: S, params: P) -> float: ...
+
+
 @dataclass
-class EMResult:
+class EMResult(Generic[P]):
     """One EM run: the parameters after its last M-step, and its lower bounds."""
 
-    params: MixtureParams
+    params: P
     converged: bool
     n_iter: int
     lower_bound: float
@@ -128,23 +172,60 @@ def _reseed(
     weights /= weights.sum()
 
 
+@dataclass(frozen=True)
+class GaussianFamily:
+    """Gaussian components (scikit-learn's ``GaussianMixture``): full, tied, diag or spherical
+    covariances in precision-Cholesky form, ``reg_covar`` (and an optional per-component variance
+    floor) added after the statistics are merged."""
+
+    covariance_type: CovarianceType
+    reg_covar: float | FloatArray
+    covariance_floor: VarianceFloor | None = None
+
+    def estep(self, runner: Runner, params: MixtureParams, *, hard_counts: bool = False) -> SuffStats:
+        return estep(runner, params, self.covariance_type, hard_counts=hard_counts)
+
+    def update(self, stats: SuffStats) -> tuple[MixtureParams, IntArray]:
+        ct = self.covariance_type
+        weights, means, cov = m_step(stats, ct, self.reg_covar, self.covariance_floor)
+        collapsed = collapsed_components(stats)
+        if collapsed.size:
+            _reseed(stats, weights, means, cov, ct, collapsed)
+        return MixtureParams(
+            weights, means, cov, compute_precision_cholesky(cov, ct, self.reg_covar)
+        ), collapsed
+
+    def objective(self, stats: SuffStats, params: MixtureParams) -> float:
+        return stats.loglik / stats.weight
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside the engine (the user's call to ``fit``), as
+    seen from the function that calls this one."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame: FrameType | None = sys._getframe(2)
+    level = 2
+    while frame is not None and os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == here:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def run_em(
     runner: Runner,
-    params: MixtureParams,
+    family: Family[P, S],
+    params: P,
     *,
-    covariance_type: CovarianceType,
     tol: float,
     max_iter: int,
-    reg_covar: float | FloatArray,
     prev_lower_bound: float = -np.inf,
     init: int = 0,
     callback: Callable[[IterationInfo], None] | None = None,
-    covariance_floor: VarianceFloor | None = None,
-) -> EMResult:
+) -> EMResult[P]:
     """Iterate EM from ``params`` until the lower bound changes by less than ``tol``.
 
-    ``lower_bound`` of iteration i is the mean log-likelihood of the parameters *entering* that
-    iteration (as scikit-learn reports it); the parameters returned are those after its M-step.
+    ``lower_bound`` of iteration i is the family's objective (the mean log-likelihood) of the
+    parameters *entering* that iteration (as scikit-learn reports it); the parameters returned
+    are those after its M-step.
     """
     lower_bound = prev_lower_bound
     lower_bounds: list[float] = []
@@ -154,23 +235,18 @@ def run_em(
     for n_iter in range(1, max_iter + 1):
         t0 = time.perf_counter()
         prev = lower_bound
-        stats = estep(runner, params, covariance_type)
-        lower_bound = stats.loglik / stats.weight
-        weights, means, cov = m_step(stats, covariance_type, reg_covar, covariance_floor)
-        collapsed = collapsed_components(stats)
+        stats = family.estep(runner, params)
+        lower_bound = family.objective(stats, params)
+        params, collapsed = family.update(stats)
         if collapsed.size:
-            _reseed(stats, weights, means, cov, covariance_type, collapsed)
             reseeded.extend((n_iter, int(c)) for c in collapsed)
             warnings.warn(
                 f"Component(s) {collapsed.tolist()} collapsed at EM iteration {n_iter} (less "
                 "than a thousandth of a row's weight) and were re-seeded at the worst-explained "
                 "rows. Fewer components may suit this data; see `reseeded_components_`.",
                 ComponentCollapseWarning,
-                stacklevel=4,  # run_em ← fit_mixture ← GaussianMixture.fit ← the user's call
+                stacklevel=_caller_level(),
             )
-        params = MixtureParams(
-            weights, means, cov, compute_precision_cholesky(cov, covariance_type, reg_covar)
-        )
         lower_bounds.append(lower_bound)
         change = lower_bound - prev
         seconds = time.perf_counter() - t0
@@ -191,12 +267,12 @@ def run_em(
 
 
 @dataclass
-class FitResult:
-    """What :func:`fit_mixture` returns: the best run, and its parameters' fit to the data.
+class FitResult(Generic[P]):
+    """What :func:`fit_family` (and :func:`fit_mixture`) returns: the best run, and its parameters' fit to the data.
 
     Attributes
     ----------
-    params : MixtureParams
+    params : MixtureParams (or the family's parameters)
         Parameters after the best run's last M-step.
     converged : bool
     n_iter : int
@@ -217,7 +293,7 @@ class FitResult:
         Σ w over the rows whose most probable component is k.
     """
 
-    params: MixtureParams
+    params: P
     converged: bool
     n_iter: int
     lower_bound: float
@@ -301,7 +377,7 @@ def fit_mixture(
     prev_lower_bound: float = -np.inf,
     callback: Callable[[IterationInfo], None] | None = None,
     covariance_floor: VarianceFloor | None = None,
-) -> FitResult:
+) -> FitResult[MixtureParams]:
     """Fit a Gaussian mixture by EM on the data a runner holds; keep the best of ``n_init`` runs.
 
     Values are not validated here: the caller has checked the parameters, the data (finite,
@@ -341,6 +417,7 @@ def fit_mixture(
     """
     n_runs = 1 if init is not None else n_init
     seeds = np.random.SeedSequence(seed).generate_state(n_runs, np.uint64) >> np.uint64(1)
+    family = GaussianFamily(covariance_type, reg_covar, covariance_floor)
 
     def start(i: int) -> MixtureParams:
         if init is not None:
@@ -352,13 +429,34 @@ def fit_mixture(
             covariance_floor=covariance_floor,
         )  # fmt: skip
 
-    def iterate(params: MixtureParams, i: int) -> EMResult:
+    return fit_family(
+        runner, family, start, n_runs, tol=tol, max_iter=max_iter,
+        prev_lower_bound=prev_lower_bound, callback=callback,
+    )  # fmt: skip
+
+
+def fit_family(
+    runner: Runner,
+    family: Family[P, S],
+    start: Callable[[int], P],
+    n_runs: int,
+    *,
+    tol: float,
+    max_iter: int,
+    prev_lower_bound: float = -np.inf,
+    callback: Callable[[IterationInfo], None] | None = None,
+) -> FitResult[P]:
+    """EM for any family: run i starts from ``start(i)`` (its passes count as initialisation) and
+    iterates until the objective changes by less than ``tol`` (``max_iter=0``: the start as it
+    is); the run with the highest final objective is kept, and one more pass measures its
+    log-likelihood, soft and hard component weights."""
+
+    def iterate(params: P, i: int) -> EMResult[P]:
         if max_iter == 0:
             return EMResult(params, False, 0, -np.inf)
         return run_em(
-            runner, params, covariance_type=covariance_type, tol=tol, max_iter=max_iter,
-            reg_covar=reg_covar, prev_lower_bound=prev_lower_bound, init=i, callback=callback,
-            covariance_floor=covariance_floor,
+            runner, family, params, tol=tol, max_iter=max_iter,
+            prev_lower_bound=prev_lower_bound, init=i, callback=callback,
         )  # fmt: skip
 
     init_cost, em_cost = _Cost(), _Cost()
@@ -366,11 +464,11 @@ def fit_mixture(
     # One more pass: the log-likelihood of the parameters actually returned (for BIC/AIC
     # without re-reading the data later).
     with _metered(runner, em_cost):
-        final = estep(runner, best.params, covariance_type, hard_counts=True)
+        final = family.estep(runner, best.params, hard_counts=True)
     return _fit_result(best, final, init_cost, em_cost)
 
 
-def _fit_result(best: EMResult, final: SuffStats, init_cost: _Cost, em_cost: _Cost) -> FitResult:
+def _fit_result(best: EMResult[P], final: PassStats, init_cost: _Cost, em_cost: _Cost) -> FitResult[P]:
     return FitResult(
         params=best.params,
         converged=best.converged,
@@ -393,14 +491,14 @@ def _fit_result(best: EMResult, final: SuffStats, init_cost: _Cost, em_cost: _Co
 def _best_run(
     runner: Runner,
     n_runs: int,
-    start: Callable[[int], MixtureParams],
-    iterate: Callable[[MixtureParams, int], EMResult],
+    start: Callable[[int], P],
+    iterate: Callable[[P, int], EMResult[P]],
     init_cost: _Cost,
     em_cost: _Cost,
-) -> EMResult:
+) -> EMResult[P]:
     """Run i starts from ``start(i)`` and runs ``iterate``; the run with the highest final lower
     bound (the first of equals) is kept."""
-    best: EMResult | None = None
+    best: EMResult[P] | None = None
     for i in range(n_runs):
         with _metered(runner, init_cost):
             params = start(i)
