@@ -193,7 +193,7 @@ def run(params: dict) -> dict:
     if watch is not None:
         out["worker_peak_rss_mib"] = sorted(round(v / 2**20) for v in watch.peak.values())
         out["worker_restarts"] = watch.restarts
-    passes = res.model.metadata["passes"]
+    passes = res.model.metadata.passes
     one_pass = passes["seconds_per_em_pass"]
     phases = {name: round(ph.seconds, 2) for name, ph in res.timings.items()}
     out |= {
@@ -202,7 +202,7 @@ def run(params: dict) -> dict:
         "phases": phases,
         "rows_per_second": {name: round(res.counts["rows_read"] / s) for name, s in phases.items() if s > 0},
         "passes": passes,
-        "n_iter": res.model.metadata["n_iter"],
+        "n_iter": res.model.metadata.n_iter,
         "one_em_pass_seconds": one_pass,
         "profile_over_pass": round(phases["profile"] / one_pass, 2),
         "init_passes": passes["init"],

@@ -172,13 +172,13 @@ def test_on_80_percent_zeros_no_unreported_atoms_and_no_segment_below_min_share(
     assert model.plan.kinds == ("count", "amount", "count")  # inferred
     # every component at the floor in some feature is reported as an atom, and only those
     at = variance_at_floor(model.covariances, "full", 1e-6, model.plan.variance_floor(model.means))
-    reported = model.metadata["degenerate"]["components"]
+    reported = model.metadata.degenerate["components"]
     for i, name in enumerate(model.segment_names):
         assert bool(at[i].any()) == ("atom" in (reported.get(name) or "")), (name, at[i], reported)
     seg = read_partition(tmp_path / "out", "segments", res.snapshot).to_pandas()
     assert (seg["size"] >= 0.05 * seg["size"].sum()).all()
     assert model.n_components < 7  # the tiny components were pruned and the model refitted
-    assert model.metadata["degenerate"]["pruned"]
+    assert model.metadata.degenerate["pruned"]
     for name, why in reported.items():
         assert seg.set_index("name").loc[name, "degenerate"] == why
     # the floor keeps memberships soft: not everyone is certain

@@ -20,6 +20,7 @@ from gmm_dask.demo import DemoSpec, read_truth, write_demo_dataset
 from gmm_dask.mixture.gaussian import compute_precision_cholesky
 from gmm_dask.segmentation.align import match
 from gmm_dask.segmentation.features import FeaturePlan
+from gmm_dask.segmentation.fit_record import FitRecord
 from gmm_dask.segmentation.model import SegmentationModel
 
 from .pipeline_helpers import make_config, read_partition, tree_digest
@@ -72,7 +73,9 @@ def test_a_tiny_collapsed_component_can_never_capture_the_broad_one():
 
 def test_deaths_retire_ids_and_births_never_reuse_them():
     old = _model(np.array([[0.0], [5.0], [10.0]]), np.array([0.4, 0.3, 0.3]))
-    old = SegmentationModel(**{**old.__dict__, "segment_ids": [0, 1, 4], "metadata": {"retired_ids": [2, 3]}})
+    old = SegmentationModel(
+        **{**old.__dict__, "segment_ids": [0, 1, 4], "metadata": FitRecord(retired_ids=[2, 3])}
+    )
     new = _model(np.array([[0.0], [5.0], [20.0]]), np.array([0.5, 0.3, 0.2]))
     shared = np.array([[400.0, 0.0, 0.0], [0.0, 300.0, 0.0], [100.0, 0.0, 0.0]])  # old 4 merged into new 0
     al = match(old, new, shared)
@@ -111,8 +114,8 @@ def test_consecutive_daily_segment_runs_keep_ids_and_record_the_alignment(tmp_pa
     shares = _unchanged_keep_ids(tmp_path / "out", data, SPEC.dates[:2], tmp_path / "out")
     assert min(shares.values()) >= 0.99, shares
     meta = second.model.metadata
-    assert meta["aligned_to"] == first.model_version
-    assert set(meta["alignment"]) >= {"mapping", "births", "deaths", "splits", "merges"}
+    assert meta.aligned_to == first.model_version
+    assert set(meta.alignment or {}) >= {"mapping", "births", "deaths", "splits", "merges"}
     # names travel with ids
     n1 = dict(zip(first.segments.segment, first.segments.name, strict=True))
     n2 = dict(zip(second.segments.segment, second.segments.name, strict=True))
@@ -196,7 +199,7 @@ def test_latest_never_goes_back_and_a_new_feature_set_starts_a_new_segmentation(
     doc["input"]["features"] = doc["input"]["features"][:-1]
     cfg.write_text(yaml.safe_dump(doc))
     new = jobs.segment(SegmentParams(config=str(cfg), snapshot=SPEC.dates[3]), report=False)
-    assert new.model.metadata.get("aligned_to") is None
+    assert new.model.metadata.aligned_to is None
     assert new.model.feature_names == [f["name"] for f in doc["input"]["features"]]
 
 

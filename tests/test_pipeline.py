@@ -247,7 +247,7 @@ def test_streaming_fit_rereads_parquet_every_pass_and_equals_the_persisted_fit(
         prof = pipeline.profile_snapshot(c, snap)
         reads.clear()
         models[persist] = pipeline.fit_model(c, snap, prof)  # Dask's threaded scheduler, no cluster
-        n_pieces, n_iter = len(snap.pieces), models[persist].metadata["n_iter"]
+        n_pieces, n_iter = len(snap.pieces), models[persist].metadata.n_iter
         if persist:
             assert sorted(reads) == list(range(n_pieces)), "a persisted fit reads each piece once"
         else:

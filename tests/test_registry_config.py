@@ -14,6 +14,7 @@ from gmm_dask.app.config import FeatureSpec, load_config, parse_config
 from gmm_dask.errors import ConfigError, RegistryError
 from gmm_dask.mixture.gaussian import compute_precision_cholesky
 from gmm_dask.segmentation.features import FeaturePlan
+from gmm_dask.segmentation.fit_record import FitRecord
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage.registry import ModelRegistry
 
@@ -48,7 +49,7 @@ def _model(ct="full", k=3, d=2, seed=0):
         [f"s{i}" for i in range(k)],
         "user_id",
         None,
-        {"snapshot": "2026-01-01"},
+        FitRecord(snapshot="2026-01-01"),
     )
 
 
@@ -73,7 +74,7 @@ def test_versions_are_immutable_and_alias_moves(tmp_path):
     assert reg.resolve(None) == "v0002"
     reg.set_alias("production", v1)
     assert reg.resolve("production") == "v0001"
-    assert reg.load("v0001").metadata["version"] == "v0001"
+    assert reg.load("v0001").metadata.version == "v0001"
     assert not list((tmp_path / "reg").rglob("*.tmp"))
 
 

@@ -43,6 +43,7 @@ from gmm_dask.segmentation.features import (
     merge_duplicates,
     merge_profiles,
 )
+from gmm_dask.segmentation.fit_record import FitRecord
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage.io import Snapshot, TableStore, open_snapshot, resolve_snapshot
 from gmm_dask.storage.registry import ModelRegistry
@@ -387,7 +388,7 @@ def _fit_metadata(
     requested: int,
     t0: float,
     warm_start: SegmentationModel | None,
-) -> dict:
+) -> FitRecord:
     """What a fitted model records of its data and its fit (``requested`` components, started at
     ``t0``)."""
     from gmm_dask.mixture.gaussian import n_parameters
@@ -396,30 +397,30 @@ def _fit_metadata(
     k, d = res.params.means.shape
     n_params = n_parameters(k, d, ct)
     degenerate = fitted.found.as_metadata(fitted.names, data.plan.names, m.degenerate.min_share)
-    return {
-        "snapshot": snap.date,
-        "rows_read": prof.n_rows,
-        "rows_used": data.n_rows,
-        "rows_dropped": prof.n_rows - data.n_rows,
-        "rows_imputed": prof.rows_with_missing if cfg.input.missing == "impute_mean" else 0,
-        "lower_bound": res.lower_bound,
-        "log_likelihood": res.final_loglik / res.weight,
-        "bic": -2 * res.final_loglik + n_params * math.log(res.weight),
-        "aic": -2 * res.final_loglik + 2 * n_params,
-        "n_iter": res.n_iter,
-        "converged": bool(res.converged),
-        "seed": m.random_state,
-        "n_components": k,
-        "n_components_requested": requested,
-        "covariance_type": ct,
-        "config_hash": cfg.config_hash(),
-        "feature_kinds": dict(zip(data.plan.names, data.plan.kinds, strict=True)),
-        "reseeded_components": [list(r) for r in res.reseeded],
-        "degenerate": degenerate | {"pruned": fitted.pruned},
-        "fit_seconds": round(time.perf_counter() - t0, 3),
-        "passes": pass_counts(fitted.fits),
-        "warm_started_from": warm_start.version if warm_start is not None else None,
-    }
+    return FitRecord(
+        snapshot=snap.date,
+        rows_read=prof.n_rows,
+        rows_used=data.n_rows,
+        rows_dropped=prof.n_rows - data.n_rows,
+        rows_imputed=prof.rows_with_missing if cfg.input.missing == "impute_mean" else 0,
+        lower_bound=res.lower_bound,
+        log_likelihood=res.final_loglik / res.weight,
+        bic=-2 * res.final_loglik + n_params * math.log(res.weight),
+        aic=-2 * res.final_loglik + 2 * n_params,
+        n_iter=res.n_iter,
+        converged=bool(res.converged),
+        seed=m.random_state,
+        n_components=k,
+        n_components_requested=requested,
+        covariance_type=ct,
+        config_hash=cfg.config_hash(),
+        feature_kinds=dict(zip(data.plan.names, data.plan.kinds, strict=True)),
+        reseeded_components=[list(r) for r in res.reseeded],
+        degenerate=degenerate | {"pruned": fitted.pruned},
+        fit_seconds=round(time.perf_counter() - t0, 3),
+        passes=pass_counts(fitted.fits),
+        warm_started_from=warm_start.version if warm_start is not None else None,
+    )
 
 
 def registry(cfg: JobConfig) -> ModelRegistry:

@@ -78,7 +78,7 @@ def match(old: SegmentationModel, new: SegmentationModel, shared: np.ndarray) ->
         for i, j in zip(rows, cols, strict=True)
         if shared[i, j] >= MATCH_FRACTION * min(mass_old[i], mass_new[j]) and shared[i, j] > 0
     }
-    next_id = max([*old.ids, *old.metadata.get("retired_ids", []), -1]) + 1
+    next_id = max([*old.ids, *old.metadata.retired_ids, -1]) + 1
     ids, births = [], []
     for j in range(new.n_components):
         if j in matched:
@@ -114,12 +114,8 @@ def apply(old: SegmentationModel, new: SegmentationModel, al: Alignment) -> Segm
             name = f"{name} #{al.ids[j]}" if not is_placeholder(name) else f"segment_{al.ids[j]}"
         names.append(name if name not in names else f"{name} #{al.ids[j]}")
     tied = new.covariance_type == "tied"
-    meta = dict(new.metadata)
-    meta["alignment"] = al.summary(old)
-    meta["aligned_to"] = old.version
-    meta["retired_ids"] = sorted({*old.metadata.get("retired_ids", []), *al.deaths})
-    degenerate = meta.get("degenerate")
-    if degenerate and degenerate.get("components"):
+    degenerate = new.metadata.degenerate
+    if degenerate.get("components"):
         rename = dict(
             zip(new.segment_names, [names[list(order).index(j)] for j in range(len(order))], strict=True)
         )
@@ -127,7 +123,12 @@ def apply(old: SegmentationModel, new: SegmentationModel, al: Alignment) -> Segm
             **degenerate,
             "components": {rename.get(k, k): v for k, v in degenerate["components"].items()},
         }
-        meta["degenerate"] = degenerate
+    meta = new.metadata.replace(
+        alignment=al.summary(old),
+        aligned_to=old.version,
+        retired_ids=sorted({*old.metadata.retired_ids, *al.deaths}),
+        degenerate=degenerate,
+    )
     return dataclasses.replace(
         new,
         weights=new.weights[order],

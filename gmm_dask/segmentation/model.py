@@ -26,6 +26,7 @@ from gmm_dask.errors import DataError, RegistryError
 from gmm_dask.mixture.arrays import BoolArray, FloatArray, IntArray
 from gmm_dask.mixture.options import COVARIANCE_TYPES, CovarianceType, is_covariance_type
 from gmm_dask.segmentation.features import _DOMAIN, FeaturePlan, _domain_bad, apply_transforms
+from gmm_dask.segmentation.fit_record import FitRecord
 from gmm_dask.segmentation.specs import EntropyBands, FeatureSpec
 
 if TYPE_CHECKING:
@@ -67,8 +68,8 @@ class SegmentationModel:
         Shapes by ``covariance_type`` (see :mod:`gmm_dask.mixture.gaussian`).
     segment_names : list of str, length K
     id_column, weight_column : the input columns the model was trained with
-    metadata : dict
-        Snapshot, row counts, lower bound, BIC/AIC, seed, config hash, ... (JSON values).
+    metadata : FitRecord
+        Snapshot, row counts, lower bound, BIC/AIC, seed, config hash, alignment, ...
     version : str or None
         Registry version (``vNNNN``) once registered.
     """
@@ -82,7 +83,7 @@ class SegmentationModel:
     segment_names: list[str]
     id_column: str
     weight_column: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: FitRecord = field(default_factory=FitRecord)
     version: str | None = None
     segment_ids: list[int] | None = None  # stable ids across refits (default 0..K-1)
 
@@ -122,9 +123,9 @@ class SegmentationModel:
         gm.precisions_cholesky_ = self.precisions_cholesky
         gm.precisions_ = precisions_from_cholesky(self.precisions_cholesky, self.covariance_type)
         gm.n_features_in_ = self.means.shape[1]
-        gm.converged_ = bool(self.metadata.get("converged", True))
-        gm.n_iter_ = int(self.metadata.get("n_iter", 0))
-        gm.lower_bound_ = float(self.metadata.get("lower_bound", np.nan))
+        gm.converged_ = self.metadata.converged
+        gm.n_iter_ = self.metadata.n_iter
+        gm.lower_bound_ = self.metadata.lower_bound
         return gm
 
     # --- scoring --------------------------------------------------------------------------
@@ -269,7 +270,7 @@ class SegmentationModel:
             if self.plan.resolution is not None
             else None,
             "low": self.plan.low.tolist() if self.plan.low is not None else None,
-            "metadata": self.metadata,
+            "metadata": self.metadata.to_json(),
         }
 
 
@@ -355,7 +356,7 @@ def model_from_payload(payload: Payload, where: str, version: str | None = None)
         names,
         str(payload["id_column"]),
         payload.get("weight_column"),
-        dict(payload.get("metadata", {})),
+        FitRecord.from_json(dict(payload.get("metadata", {}))),
         version,
         None if ids is None else [int(i) for i in ids],
     )

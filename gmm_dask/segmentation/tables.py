@@ -198,7 +198,7 @@ def segments_table(model: SegmentationModel, agg: PieceResult) -> pd.DataFrame:
     )
     for j, f in enumerate(model.plan.names):
         df[f"mean_{f}"] = raw_means[:, j]
-    reasons = (model.metadata.get("degenerate") or {}).get("components") or {}
+    reasons = model.metadata.degenerate.get("components") or {}
     df["degenerate"] = pd.array([reasons.get(n) for n in model.segment_names], dtype="string")
     df["mean_entropy_bits"] = mean_entropy
     df["high_entropy_share"] = high_share

@@ -68,10 +68,11 @@ class ModelRegistry:
         created_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         for _ in range(1000):
             version = self._next_version()
-            meta = dict(model.metadata)
-            meta.setdefault("created_at", created_at)
-            meta.setdefault("package_version", package_version())
-            meta["version"] = version
+            meta = model.metadata.replace(
+                created_at=model.metadata.created_at or created_at,
+                package_version=model.metadata.package_version or package_version(),
+                version=version,
+            )
             stored = dataclasses.replace(model, metadata=meta, version=version)
             payload = stored.to_payload()
             doc = {

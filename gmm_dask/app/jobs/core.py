@@ -279,14 +279,12 @@ def move_latest(cfg: JobConfig, model: SegmentationModel, steps: Steps = STEPS) 
     """Point ``latest`` at ``model`` unless the published model is of a later snapshot (a
     backfill or a re-run of an old date never takes ``latest`` back in time)."""
     current = steps.published_model(cfg)
-    if current is not None and str(current.metadata.get("snapshot", "")) > str(
-        model.metadata.get("snapshot", "")
-    ):
+    if current is not None and (current.metadata.snapshot or "") > (model.metadata.snapshot or ""):
         logger.info(
             "latest stays %s (snapshot %s, after %s)",
             current.version,
-            current.metadata.get("snapshot"),
-            model.metadata.get("snapshot"),
+            current.metadata.snapshot,
+            model.metadata.snapshot,
         )
         return False
     assert model.version is not None  # registered before it is published (not an input check)

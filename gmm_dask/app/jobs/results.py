@@ -87,7 +87,7 @@ def run_result(
             "rows_dropped": int(agg.n_dropped),
             "rows_imputed": int(agg.n_imputed),
         },
-        fit=dict(model.metadata),
+        fit=model.metadata.to_json(),
         entropy_hist=agg.entropy_hist.tolist(),
         band_count={b: int(c) for b, c in zip(BANDS, agg.band_count, strict=True)},
         seconds=round(time.perf_counter() - t0, 3),

@@ -94,11 +94,11 @@ def selection_table(models: list[SegmentationModel], criterion: str) -> pd.DataF
             {
                 "n_components": m.n_components,
                 "covariance_type": m.covariance_type,
-                "bic": m.metadata["bic"],
-                "aic": m.metadata["aic"],
-                "log_likelihood": m.metadata["log_likelihood"],
-                "n_iter": m.metadata["n_iter"],
-                "converged": m.metadata["converged"],
+                "bic": m.metadata.bic,
+                "aic": m.metadata.aic,
+                "log_likelihood": m.metadata.log_likelihood,
+                "n_iter": m.metadata.n_iter,
+                "converged": m.metadata.converged,
             }
             for m in models
         ]
@@ -142,8 +142,8 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
         def fit_one(k, ct):
             m = steps.fit(cfg, snap, prof, n_components=k, covariance_type=ct, data=data, score_data=scored)
             progress.current().message(
-                f"fitted K={k} ({ct}): {p.criterion.upper()} {m.metadata[p.criterion]:,.1f}, "
-                f"{m.metadata['n_iter']} iterations"
+                f"fitted K={k} ({ct}): {p.criterion.upper()} {m.metadata.criterion(p.criterion):,.1f}, "
+                f"{m.metadata.n_iter} iterations"
             )
             return m
 
@@ -156,7 +156,7 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
         table = selection_table(models, p.criterion)
         best = models[int(np.flatnonzero(table.selected)[0])]
         best = dataclasses.replace(
-            best, metadata=best.metadata | {"selected_by": p.criterion, "candidates": len(grid)}
+            best, metadata=best.metadata.replace(selected_by=p.criterion, candidates=len(grid))
         )
         if reference is not None:  # ids that stay true if this winner is promoted
             best = align_to(reference, best, steps.co_membership(cfg, snap, reference, best))

@@ -107,11 +107,11 @@ def _fit(
     """Fit → align to ``reference`` → register (unaliased)."""
     with progress.phase("fit", timings, rows=pipeline.rows_used(cfg, prof)) as ph:
         model = steps.fit(cfg, snap, prof, warm_start=warm_start, callback=progress.em_callback)
-        ph.detail = f"{model.metadata['n_iter']} EM iterations, converged: {model.metadata['converged']}"
+        ph.detail = f"{model.metadata.n_iter} EM iterations, converged: {model.metadata.converged}"
     if reference is not None:
         with progress.phase("align", timings, rows=snap.n_rows) as ph:
             model = align_to(reference, model, steps.co_membership(cfg, snap, reference, model))
-            a = model.metadata["alignment"]
+            a = model.metadata.alignment or {}
             ph.detail = f"to {reference.version}: births {a['births']}, deaths {a['deaths']}"
     return steps.register(cfg, model, alias=None)
 
