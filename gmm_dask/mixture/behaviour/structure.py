@@ -232,8 +232,8 @@ def invalid_message(
         return None
     i, j, rule = first
     v = X[i, j]
-    what = "non-integer" if kinds[j] == "count" and np.isfinite(v) and v >= 0 else "invalid"
-    return f"feature {names[j]!r} ({_ARTICLE[kinds[j]]}) has a {what} value {v:g} at row {row_offset + i}: {rule}"
+    what = "a non-integer" if kinds[j] == "count" and np.isfinite(v) and v >= 0 else "an invalid"
+    return f"feature {names[j]!r} ({_ARTICLE[kinds[j]]}) has {what} value {v:g} at row {row_offset + i}: {rule}"
 
 
 @dataclass(frozen=True)
