@@ -233,7 +233,9 @@ def invalid_message(
     i, j, rule = first
     v = X[i, j]
     what = "a non-integer" if kinds[j] == "count" and np.isfinite(v) and v >= 0 else "an invalid"
-    return f"feature {names[j]!r} ({_ARTICLE[kinds[j]]}) has {what} value {v:g} at row {row_offset + i}: {rule}"
+    return (
+        f"feature {names[j]!r} ({_ARTICLE[kinds[j]]}) has {what} value {v:g} at row {row_offset + i}: {rule}"
+    )
 
 
 @dataclass(frozen=True)
