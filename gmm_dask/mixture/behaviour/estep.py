@@ -1,0 +1,268 @@
+"""The E-step of one partition: parameters → kernel tables, the compiled pass, its statistics.
+
+:func:`chunk_stats` is what every EM iteration maps over the partitions; :func:`resp_stats`
+forms the same statistics for given responsibilities (initialisation, re-seeding, supervised
+fits). Censored (capped) counts are summed by censoring value in the kernel and turned into
+expected bin occupancies here, under the current parameters, so the statistics stay plain sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gmm_dask.mixture.behaviour import _kernel
+from gmm_dask.mixture.behaviour.structure import Layout, Structure, layout_of
+from gmm_dask.mixture.behaviour.values import BehaviourParams, BehaviourStats
+from gmm_dask.mixture.suffstats import merge_moments
+
+F64 = NDArray[np.float64]
+LOG_2PI = float(np.log(2 * np.pi))
+#: Rows whose Gaussian-term moments are summed about one shift before they are centred.
+BLOCK_ROWS = 16384
+#: Index pairs of the packed (uu, uv, vv) moments of a Gaussian term.
+PAIRS: tuple[NDArray[np.intp], NDArray[np.intp]] = (np.array([0, 0, 1]), np.array([0, 1, 1]))
+
+_Merge = Callable[
+    [F64, F64, F64, F64, F64, F64, tuple[NDArray[np.intp], NDArray[np.intp]]], tuple[F64, F64, F64 | None]
+]
+_merge_moments: _Merge = merge_moments
+
+
+def merge_terms(na: F64, ma: F64, m2a: F64, nb: F64, mb: F64, m2b: F64) -> tuple[F64, F64, F64]:
+    """Weights (S), means (S + (2,)) and packed centred moments (S + (3,)) of the union of two
+    disjoint sets of a Gaussian term's rows (:func:`~gmm_dask.mixture.suffstats.merge_moments`)."""
+    n, mean, m2 = _merge_moments(na, ma, m2a, nb, mb, m2b, PAIRS)
+    if m2 is None:  # pragma: no cover - merge_moments returns moments when given moments
+        raise AssertionError("merge_moments dropped the moments")
+    return n, mean, m2
+
+
+def _lay(layout: Layout) -> tuple[NDArray[np.int64], ...]:
+    """The ``lay`` tuple of :mod:`._kernel` (censoring rows offset into the extended table)."""
+    cens = np.where(layout.count_cens_off >= 0, layout.count_cens_off + layout.n_table, -1)
+    tail = layout.n_table + layout.n_cens + np.arange(len(layout.counts), dtype=np.int64)
+    arrays = (
+        layout.counts, layout.count_off, layout.count_nbins, layout.count_open, layout.count_cap, cens, tail,
+        layout.bin_of, layout.bin_of_off, layout.binaries, layout.binary_off,
+        layout.terms, layout.term_parent, layout.term_zero_off,
+    )  # fmt: skip
+    return tuple(np.ascontiguousarray(a, dtype=np.int64) for a in arrays)
+
+
+def _count_slices(layout: Layout) -> list[slice]:
+    return [slice(int(o), int(o + b)) for o, b in zip(layout.count_off, layout.count_nbins, strict=True)]
+
+
+def censoring(edges: tuple[int, ...], log_theta: F64, log_q: F64) -> tuple[F64, F64, F64]:
+    """For censoring values v = 0 … open − 1 of a count with bins ``edges``: log P(Y ≥ v)
+    (V, K), the expected bin occupancy of Y given Y ≥ v (V, B, K) and the expected tail excess
+    E[(Y − open)·1{Y in the open bin} | Y ≥ v] (V, K). Mass is uniform within a closed bin."""
+    e = np.asarray(edges, dtype=np.float64)
+    nb, top = len(e), int(e[-1])
+    theta = np.exp(log_theta)  # (B, K)
+    v = np.arange(top, dtype=np.float64)
+    b = np.searchsorted(e, v, side="right") - 1  # every v lies in a closed bin
+    frac = (e[b + 1] - v) / (e[b + 1] - e[b])
+    occ = np.where((np.arange(nb)[None, :] > b[:, None])[:, :, None], theta[None], 0.0)  # (V, B, K)
+    occ[np.arange(top), b, :] = theta[b] * frac[:, None]
+    total = occ.sum(axis=1)
+    occ /= total[:, None, :]
+    mean_excess = np.exp(log_q) / -np.expm1(log_q)
+    return np.log(total), occ, occ[:, nb - 1, :] * mean_excess
+
+
+def kernel_params(structure: Structure, params: BehaviourParams) -> tuple[F64, ...]:
+    """The ``par`` tuple of :mod:`._kernel`: the extended log-value table (K, rows) and the
+    Gaussian terms' coefficients."""
+    layout = layout_of(structure)
+    k = params.n_components
+    nc = len(layout.counts)
+    tab = np.zeros((layout.n_table + layout.n_cens + nc, k))
+    for c, sl in enumerate(_count_slices(layout)):
+        lt = params.count_log_theta[sl]
+        tab[sl] = lt - layout.log_width[sl, None]
+        tab[sl.stop - 1] = lt[-1] + np.log(-np.expm1(params.count_log_q[c]))
+        tab[layout.n_table + layout.n_cens + c] = lt[-1]
+        if layout.count_cens_off[c] >= 0:
+            logs, _, _ = censoring(structure.edges[int(layout.counts[c])], lt, params.count_log_q[c])
+            o = layout.n_table + int(layout.count_cens_off[c])
+            tab[o : o + len(logs)] = logs
+    nb, na = len(layout.binaries), params.amount_a.shape[0]
+    if nb:
+        o = int(layout.binary_off[0])
+        tab[o : o + 2 * nb] = params.binary_log_p.reshape(2 * nb, k)
+    if na:
+        o = int(layout.term_zero_off[0])
+        tab[o : o + 4 * na] = params.amount_log_pz.reshape(4 * na, k)
+    ta = np.concatenate([params.amount_a, params.continuous_mean])
+    tb = np.concatenate([params.amount_b, np.zeros_like(params.continuous_mean)])
+    var = np.concatenate([params.amount_var, params.continuous_var])
+    with np.errstate(divide="ignore"):
+        logw = np.log(params.weights)
+    par = (logw, tab.T, params.count_log_q, ta, tb, 1.0 / var, -0.5 * (np.log(var) + LOG_2PI))
+    return tuple(np.ascontiguousarray(a, dtype=np.float64) for a in par)
+
+
+def _worst(scores: F64, X: F64, w: F64 | None, row_offset: int, m: int) -> tuple[F64, F64, NDArray[np.int64]]:
+    """The m rows with positive weight and the lowest finite score (ties: lower index)."""
+    ok = np.isfinite(scores) if w is None else np.isfinite(scores) & (w > 0)
+    idx = np.flatnonzero(ok)
+    if idx.size > m:
+        idx = idx[np.argpartition(scores[idx], m - 1)[:m]]
+    idx = idx[np.lexsort((idx, scores[idx]))][:m]
+    return scores[idx].copy(), np.array(X[idx], dtype=np.float64), (idx + row_offset).astype(np.int64)
+
+
+def _centre_terms(mom: F64, shift: F64) -> tuple[F64, F64, F64]:
+    """Per-block sums about each block's shift → (n (G, K), means (G, K, 2), m2 (G, K, 3)),
+    merged exactly over blocks."""
+    n = mom[:, :, 0]  # (blocks, G, K)
+    safe = np.where(n > 0, n, 1.0)
+    mu, mv = mom[:, :, 1] / safe, mom[:, :, 2] / safe
+    m2 = np.stack(
+        [mom[:, :, 3] - n * mu * mu, mom[:, :, 4] - n * mu * mv, mom[:, :, 5] - n * mv * mv], axis=-1
+    )
+    m2[..., 0] = np.maximum(m2[..., 0], 0.0)
+    m2[..., 2] = np.maximum(m2[..., 2], 0.0)
+    means = np.stack([mu, mv], axis=-1) + shift[:, :, None, :]
+    means = np.where((n > 0)[..., None], means, 0.0)
+    while n.shape[0] > 1:
+        h = n.shape[0] // 2 * 2
+        nn, mm, qq = merge_terms(n[0:h:2], means[0:h:2], m2[0:h:2], n[1:h:2], means[1:h:2], m2[1:h:2])
+        n, means, m2 = (np.concatenate([a, b[h:]]) for a, b in ((nn, n), (mm, means), (qq, m2)))
+    return n[0], means[0], m2[0]
+
+
+def _run(
+    structure: Structure,
+    X: F64,
+    w: F64 | None,
+    k: int,
+    par: tuple[F64, ...],
+    resp: F64 | None,
+    censor: bool,
+    hard_counts: bool,
+) -> tuple[float, F64, F64, F64 | None, tuple[F64, ...], F64, F64]:
+    """Run the kernel; returns loglik, scores, nk, hard_nk, (table, cens, excess, cens tail),
+    term moments per block and their shifts."""
+    layout = layout_of(structure)
+    n = X.shape[0]
+    blocks = max(1, -(-n // BLOCK_ROWS))
+    nc, ng = len(layout.counts), len(layout.terms)
+    S = np.zeros((layout.n_table + layout.n_cens + nc, k))
+    EX = np.zeros((nc, k))
+    mom = np.zeros((blocks, ng, 6, k))
+    shift = np.zeros((blocks, ng, 2))
+    scores, nk, hard_nk = np.empty(n), np.zeros(k), np.zeros(k)
+    wv = np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    rv = np.empty((0, k)) if resp is None else np.ascontiguousarray(resp, dtype=np.float64)
+    loglik = _kernel.estep(
+        X, wv, w is not None, rv, resp is not None, censor, _lay(layout), par, k, BLOCK_ROWS, hard_counts,
+        scores, S, EX, mom, shift, nk, hard_nk,
+    )  # fmt: skip
+    table, cens, tail = np.split(S, [layout.n_table, layout.n_table + layout.n_cens])
+    return float(loglik), scores, nk, (hard_nk if hard_counts else None), (table, cens, EX, tail), mom, shift
+
+
+def _expected_censored(
+    structure: Structure, params: BehaviourParams, acc: tuple[F64, ...]
+) -> tuple[F64, F64]:
+    """Table and excess sums with the censored rows' expected occupancy added."""
+    layout = layout_of(structure)
+    table, cens, excess, cens_tail = (a.copy() for a in acc)
+    for c, sl in enumerate(_count_slices(layout)):
+        table[sl.stop - 1] += cens_tail[c]
+        mean_excess = np.exp(params.count_log_q[c]) / -np.expm1(params.count_log_q[c])
+        excess[c] += cens_tail[c] * mean_excess
+        if layout.count_cens_off[c] < 0:
+            continue
+        j = int(layout.counts[c])
+        _, occ, exc = censoring(structure.edges[j], params.count_log_theta[sl], params.count_log_q[c])
+        o = int(layout.count_cens_off[c])
+        rv = cens[o : o + occ.shape[0]]  # (V, K)
+        table[sl] += np.einsum("vk,vbk->bk", rv, occ)
+        excess[c] += (rv * exc).sum(axis=0)
+    return table, excess
+
+
+def _stats(
+    structure: Structure,
+    X: F64,
+    w: F64 | None,
+    k: int,
+    run: tuple[float, F64, F64, F64 | None, tuple[F64, ...], F64, F64],
+    params: BehaviourParams | None,
+    row_offset: int,
+) -> BehaviourStats:
+    loglik, scores, nk, hard_nk, acc, mom, shift = run
+    table, excess = _expected_censored(structure, params, acc) if params is not None else (acc[0], acc[2])
+    if params is None and acc[1].size + acc[3].size and (acc[1].any() or acc[3].any()):  # pragma: no cover
+        raise AssertionError("censored rows without parameters")
+    term_n, term_mean, term_m2 = _centre_terms(mom, shift)
+    finite = np.isfinite(scores)
+    n_bad = int(X.shape[0] - finite.sum())
+    ws, wr, wi = _worst(scores, X, w, row_offset, k)
+    return BehaviourStats(
+        nk=nk, loglik=loglik, weight=float(X.shape[0] if w is None else np.sum(w)), n_rows=X.shape[0],
+        n_bad=n_bad, first_bad=row_offset + int(np.flatnonzero(~finite)[0]) if n_bad else -1,
+        worst_scores=ws, worst_rows=wr, worst_index=wi, hard_nk=hard_nk,
+        table=table, excess=excess, term_n=term_n, term_mean=term_mean, term_m2=term_m2,
+    )  # fmt: skip
+
+
+def chunk_stats(
+    structure: Structure,
+    X: F64,
+    w: F64 | None,
+    params: BehaviourParams,
+    *,
+    row_offset: int = 0,
+    hard_counts: bool = False,
+) -> BehaviourStats:
+    """E-step statistics of one partition ``X`` (n, D) in original units, weights ``w`` (n,)."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    k = params.n_components
+    run = _run(structure, X, w, k, kernel_params(structure, params), None, True, hard_counts)
+    return _stats(structure, X, w, k, run, params, row_offset)
+
+
+def resp_stats(
+    structure: Structure,
+    X: F64,
+    w: F64 | None,
+    resp: F64,
+    params: BehaviourParams | None = None,
+    *,
+    row_offset: int = 0,
+) -> BehaviourStats:
+    """Statistics for given responsibilities ``resp`` (n, K); ``loglik`` and scores are 0.
+
+    Without ``params`` a censored (capped) count is read as observed at its value; with them,
+    its expected occupancy under ``params`` is used (EM over the censored values only).
+    """
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    k = resp.shape[1]
+    par = kernel_params(structure, params) if params is not None else _dummy_par(structure, k)
+    run = _run(structure, X, w, k, par, resp, params is not None, False)
+    return _stats(structure, X, w, k, run, params, row_offset)
+
+
+def _dummy_par(structure: Structure, k: int) -> tuple[F64, ...]:
+    layout = layout_of(structure)
+    nc, ng = len(layout.counts), len(layout.terms)
+    shapes = [(k,), (k, layout.n_table + layout.n_cens + nc), (nc, k)] + [(ng, k)] * 4
+    return tuple(np.zeros(s) for s in shapes)
+
+
+def log_prob(structure: Structure, X: F64, params: BehaviourParams) -> F64:
+    """(n, K): log πₖ + log pₖ(x) (masses for counts and binaries, densities in original units
+    for amounts and continuous features); NaN rows where a value is invalid."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    out = np.empty((X.shape[0], params.n_components))
+    _kernel.log_prob(
+        X, _lay(layout_of(structure)), kernel_params(structure, params), params.n_components, out
+    )
+    return out
