@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar, overload
+from typing import Protocol, TypeVar, overload
 
 import numpy as np
 
@@ -458,7 +458,18 @@ def variance_at_floor(
     return at_floor
 
 
-def collapsed_components(stats: SuffStats) -> IntArray:
+class PassCounts(Protocol):
+    """The weights of one pass's statistics (every family's statistics have them)."""
+
+    @property
+    def nk(self) -> FloatArray: ...
+    @property
+    def weight(self) -> float: ...
+    @property
+    def n_rows(self) -> int: ...
+
+
+def collapsed_components(stats: PassCounts) -> IntArray:
     """Indices of components holding less than :data:`COLLAPSE_FRACTION` of an average row."""
     if stats.n_rows == 0:
         return np.array([], dtype=int)

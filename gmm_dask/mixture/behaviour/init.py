@@ -11,8 +11,7 @@ data (proto21: 0 of 30 starts found the archetypes, over-cluster-then-merge 4 of
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -21,6 +20,7 @@ from gmm_dask.errors import DataError
 from gmm_dask.mixture.behaviour.estep import chunk_stats, resp_stats
 from gmm_dask.mixture.behaviour.mstep import log_prior, m_step
 from gmm_dask.mixture.behaviour.structure import (
+    Links,
     Structure,
     check_values,
     infer_structure,
@@ -29,6 +29,7 @@ from gmm_dask.mixture.behaviour.structure import (
 )
 from gmm_dask.mixture.behaviour.values import DEFAULT_PRIOR, BehaviourParams, Prior
 from gmm_dask.mixture.init import row_uniforms
+from gmm_dask.mixture.runner import Runner
 
 F64 = NDArray[np.float64]
 #: Rows drawn for the structure (bins, parents, caps) and, of them, for the initialisation.
@@ -37,14 +38,6 @@ INIT_SAMPLE = 5_000
 OVER = 2  # over-clustering factor
 _STREAM_SAMPLE = 21
 _Sample = tuple[F64, F64, NDArray[np.int64]]  # keys, rows, global indices
-
-
-class Runner(Protocol):
-    """What initialisation needs of a runner (:mod:`gmm_dask.mixture.runner`)."""
-
-    passes: int
-
-    def map_reduce(self, fn: Callable[..., Any], reduce_fn: Callable[[list[Any]], Any]) -> Any: ...
 
 
 def _top(keys: F64, rows: F64, index: NDArray[np.int64], m: int) -> _Sample:
@@ -211,15 +204,18 @@ def structure_and_init(
     *,
     n_init: int = 4,
     prior: Prior = DEFAULT_PRIOR,
+    parents: Links = "auto",
+    caps: Links = "auto",
 ) -> tuple[Structure, BehaviourParams]:
-    """One pass: a :data:`STRUCTURE_SAMPLE`-row sample → structure → initial parameters (on
-    its first :data:`INIT_SAMPLE` rows, a random subset)."""
+    """One pass: a :data:`STRUCTURE_SAMPLE`-row sample → structure (``parents`` and ``caps`` as
+    :func:`infer_structure` takes them) → initial parameters (on its first :data:`INIT_SAMPLE`
+    rows, a random subset)."""
     X, index = draw_sample(runner, STRUCTURE_SAMPLE, seed)
     bad = np.flatnonzero(invalid_rows(X, kinds))
     if bad.size:
         i = bad[np.argmin(index[bad])]
         raise DataError(str(invalid_message(X[i : i + 1], kinds, names, row_offset=int(index[i]))))
-    structure = infer_structure(X, kinds, names)
+    structure = infer_structure(X, kinds, names, parents=parents, caps=caps)
     params = initialize_from_sample(
         structure, X[:INIT_SAMPLE], n_components, seed, n_init=n_init, prior=prior
     )

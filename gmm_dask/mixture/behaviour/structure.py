@@ -164,6 +164,11 @@ def _links(
     return out
 
 
+#: How a structure's links are given: 'auto' (detected in the sample), None (no links), or
+#: a mapping of feature name -> feature name (an amount's parent count; a count's cap).
+Links = str | Mapping[str, str] | None
+
+
 def infer_structure(
     sample: NDArray[np.float64],
     kinds: Sequence[str],
