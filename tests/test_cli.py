@@ -180,15 +180,16 @@ for argv in json.loads(sys.argv[1]):
         except SystemExit as e:
             rc = e.code
     seconds = time.perf_counter() - t + (t - t0 if not results else 0.0)  # the first pays the imports
-    heavy = sorted(m for m in ("dask", "distributed", "prefect") if m in sys.modules)
+    heavy = sorted(m for m in ("dask", "distributed", "prefect", "scipy.optimize") if m in sys.modules)
     results.append({"argv": argv, "rc": rc, "err": err.getvalue(), "seconds": seconds, "heavy": heavy})
 print(json.dumps(results))
 """
 
 
 def test_bad_input_of_every_command_exits_2_fast_before_prefect_or_dask(job):
-    """One fresh process runs every bad call in turn (the first pays the imports): each exits 2
-    within 3 s with its message and no traceback, and none has started Dask or Prefect."""
+    """One fresh process runs every bad call in turn: each exits 2 with its message and no
+    traceback, and none has imported Dask, Prefect or scipy's optimizer (how long it takes is
+    measured by the benchmarks, not asserted here)."""
     import json
 
     tmp, cfg = job
@@ -208,7 +209,6 @@ def test_bad_input_of_every_command_exits_2_fast_before_prefect_or_dask(job):
         assert "Traceback" not in r["err"], (argv, r["err"])
         for needle in needles:
             assert needle in r["err"], (argv, needle, r["err"])
-        assert r["seconds"] < 3.0, (argv, r["seconds"])
     assert {argv[0] for argv, _ in cases} == {
         "train",
         "score",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from gmm_dask.mixture.arrays import FloatArray
 from gmm_dask.segmentation.distance import bhattacharyya_matrix
@@ -72,6 +71,8 @@ def match(old: SegmentationModel, new: SegmentationModel, shared: np.ndarray) ->
     dist = _distances(old, new)
     # maximise shared mass; the distance only breaks ties (its scale is below any real mass gap)
     cost = -shared / total + 1e-9 * dist / max(dist.max(), 1e-300)
+    from scipy.optimize import linear_sum_assignment  # ~1 s to import: only when aligning
+
     rows, cols = linear_sum_assignment(cost)
     matched = {
         int(j): int(i)
