@@ -5,12 +5,13 @@ Run with ``.venv/bin/python -m benchmarks.behaviour`` (single thread; writes
 
 1. E-step throughput: ``BehaviourFamily.chunk_stats`` vs ``suffstats.estep_stats`` (full
    covariance, warm numba) on the same N = 1M rows in 125k-row partitions, D ∈ {6, 16}, K = 8,
-   best of 3, A/B in one process.
+   best of 3, A/B in one process; D = 6 also with a count zero-parented by another.
 2. Demo (``DemoSpec(n_users=50_000, n_snapshots=7, promotion on days 3–4)``): single-archetype
    ARI per day of a chain of fits (day 0 initialised, later days warm-started), against the
    generator's Bayes posterior and the family fitted to the true labels (supervised ceiling).
-3. A second generator (the one of tests/test_behaviour.py): ARI vs the family on the true
-   labels and vs a supervised classifier (HistGradientBoosting, 5-fold).
+3. A second generator (the one of tests/test_behaviour.py: page views 0 whenever sessions are
+   0): ARI vs the family on the true labels and vs a supervised classifier
+   (HistGradientBoosting, 5-fold), with the detected zero-parent link and without links.
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ HERE = Path(__file__).parent
 N, K, PART = 1_000_000, 8, 125_000
 
 
-def make_rows(d: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
+def make_rows(d: int, rng: np.random.Generator, zero_link: bool = False) -> tuple[np.ndarray, list[str]]:
     """Behavioural columns: zero-inflated counts, amounts, (D = 16) continuous and binaries;
-    for D = 6 one count capped by another and amounts zero with their count."""
+    for D = 6 one count capped by another and amounts zero with their count (``zero_link``:
+    count 3 also 0 whenever count 2 is)."""
     kinds = (
         ["count"] * 4 + ["amount"] * 2
         if d == 6
@@ -56,6 +58,8 @@ def make_rows(d: int, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
         X[:, 1] = np.minimum(X[:, 1], X[:, 0])
         X[:, 4] *= X[:, 3] > 0
         X[:, 5] *= X[:, 0] > 0
+        if zero_link:
+            X[:, 3] *= X[:, 2] > 0
     return X, kinds
 
 
@@ -68,8 +72,8 @@ def best_of(fn: Callable[[], object], rounds: int = 3) -> float:
     return min(times)
 
 
-def throughput(d: int, rng: np.random.Generator) -> dict[str, Any]:
-    X, kinds = make_rows(d, rng)
+def throughput(d: int, rng: np.random.Generator, zero_link: bool = False) -> dict[str, Any]:
+    X, kinds = make_rows(d, rng, zero_link)
     parts = [X[i : i + PART] for i in range(0, N, PART)]
     st = infer_structure(X[:20_000], kinds, [f"f{j}" for j in range(d)])
     fam = BehaviourFamily(st)
@@ -88,7 +92,8 @@ def throughput(d: int, rng: np.random.Generator) -> dict[str, Any]:
         lambda: suffstats.combine_all([suffstats.estep_stats(q, None, w, mu, pc, "full") for q in zparts])
     )
     row = {
-        "D": d, "K": K, "N": N, "kinds": kinds, "caps": list(st.cap), "parents": list(st.parent),
+        "D": d, "K": K, "N": N, "zero_link": zero_link, "kinds": kinds, "caps": list(st.cap),
+        "parents": list(st.parent),
         "behaviour_rows_per_s": N / t_beh, "gaussian_full_compiled_rows_per_s": N / t_gau,
     }  # fmt: skip
     row["ratio"] = row["behaviour_rows_per_s"] / row["gaussian_full_compiled_rows_per_s"]
@@ -155,8 +160,9 @@ def demo_chain() -> list[dict[str, Any]]:
 
 
 def second_generator() -> dict[str, Any]:
-    """The test's second generator at 50k rows: the family vs its supervised ceiling and vs a
-    supervised classifier; and the same with page views forced to 0 with sessions."""
+    """The test's second generator at 50k rows (page views 0 whenever sessions are 0): the
+    family vs its supervised ceiling and vs a supervised classifier, with the zero-parent link
+    detected and without links."""
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import cross_val_predict
 
@@ -164,15 +170,15 @@ def second_generator() -> dict[str, Any]:
     from tests.test_behaviour import KINDS2, second_generator, supervised
 
     out: dict[str, Any] = {}
-    for name, coupled in (("independent_views", False), ("views_zero_with_sessions", True)):
-        X, z = second_generator(50_000)
-        if coupled:
-            X[:, 1] = np.where(X[:, 0] > 0, X[:, 1], 0.0)
-        st = infer_structure(X[:20_000], KINDS2, ["sessions", "views", "purchases", "app", "rating"])
+    X, z = second_generator(50_000)
+    hgb = cross_val_predict(HistGradientBoostingClassifier(random_state=0), X, z, cv=5)
+    for name, parents in (("zero_parent_link", "auto"), ("no_links", None)):
+        names = ["sessions", "views", "purchases", "app", "rating"]
+        st = infer_structure(X[:20_000], KINDS2, names, parents=parents)
         fam = BehaviourFamily(st)
         p, _ = _em(fam, X, initialize_from_sample(st, X[:5000], 4, seed=1))
-        hgb = cross_val_predict(HistGradientBoostingClassifier(random_state=0), X, z, cv=5)
         row = {
+            "parents": list(st.parent),
             "ari": _ari(z, fam.log_prob(X, p).argmax(1)),
             "supervised_family_ari": _ari(z, fam.log_prob(X, supervised(fam, X, z, 4)).argmax(1)),
             "supervised_hgb_ari": _ari(z, hgb),
@@ -197,7 +203,7 @@ def write_markdown(out: dict[str, Any], path: Path) -> None:
     ]
     for r in out["throughput"]:
         lines.append(
-            f"| {r['D']} | {r['behaviour_rows_per_s'] / 1e6:.2f} M rows/s | "
+            f"| {r['D']}{' + zero link' if r.get('zero_link') else ''} | {r['behaviour_rows_per_s'] / 1e6:.2f} M rows/s | "
             f"{r['gaussian_full_compiled_rows_per_s'] / 1e6:.2f} M rows/s | {r['ratio']:.2f}× |"
         )
     lines += [
@@ -214,7 +220,11 @@ def write_markdown(out: dict[str, Any], path: Path) -> None:
             f"| {r['day']} | {'yes' if r['promotion'] else ''} | {r['ari']:.3f} | {r['bayes_ari']:.3f} | "
             f"{r['supervised_family_ari']:.3f} | {r['em_iterations']} |"
         )
-    lines += ["", "## Second generator (tests/test_behaviour.py, 50k rows, K = 4)", ""]
+    lines += [
+        "",
+        "## Second generator (tests/test_behaviour.py, 50k rows, K = 4, views = 0 whenever sessions = 0)",
+        "",
+    ]
     lines += [
         "| variant | ARI | family on true labels | ratio | HGB 5-fold | ratio |",
         "|---|---|---|---|---|---|",
@@ -232,7 +242,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {"machine": platform.processor() or platform.machine(), "threads": 1}
     with threadpool_limits(1):
-        out["throughput"] = [throughput(d, rng) for d in (6, 16)]
+        out["throughput"] = [throughput(d, rng, link) for d, link in ((6, False), (6, True), (16, False))]
         if not quick:
             out["demo"] = demo_chain()
             out["second_generator"] = second_generator()

@@ -2,7 +2,7 @@
 
 Behavioural data (counts and amounts, mostly zeros, heavy tails, one feature bounding another)
 put a Gaussian's components on the wrong segments. Here each component is a product over
-features, except for two kinds of declared or detected links:
+features, except for three kinds of declared or detected links:
 
 ==========  ===========================================================================
 count       histogram: one bin per integer 0…7, then bins growing by 1.3 up to the
@@ -11,6 +11,11 @@ count       histogram: one bin per integer 0…7, then bins growing by 1.3 up to
             *Capped* by another count c (x ≤ c, often x = c: active days ≤ sessions):
             x = min(Y, c) with Y the histogram; rows with x ≥ c are right-censored,
             P = P(Y ≥ x), and EM fills in Y's expected bin.
+            With a *zero parent*, another count c whose zeros x's follow (page views ← sessions:
+            x = 0 whenever c = 0, bar a few rows): P(x = 0 | c = 0) is its own probability,
+            P(x | c = 0, x > 0) the histogram's positive part renormalised, P(x | c > 0) the
+            histogram (the M-step stays closed form: θ = (θ₀, (1 − θ₀)·φ) separates). A
+            count is capped or zero-parented, not both (a cap already bounds its zeros).
 amount      hurdle with a *parent* count (spend ← purchases): P(x = 0 | parent zero or not),
             and log x | log parent ~ N(a + b·log parent, var) for x > 0 (b = 0 without a
             parent; a positive amount whose parent is 0 is read with log parent = 0).

@@ -9,7 +9,13 @@ vectorises); (3) a max-shifted softmax with the Gaussian kernel's vectorisable `
 (4) the statistics: responsibilities scattered into the table rows (component axis
 contiguous), tail excesses and the Gaussian terms' moments summed over rows.
 
-The extended table has ``n_table`` cells (count bins, binary cells, amount zero cells), then
+A count with a zero parent takes a second lookup into its three link cells (parent > 0:
+log 1; parent = 0 and x = 0: log P(x = 0 | parent = 0), the first lookup then reads the first
+link cell, log 1, instead of the zero bin; parent = 0 and x > 0: log P(x > 0 | parent = 0) −
+log(1 − θ₀), the histogram's positive part renormalised), after the amounts' zero lookups.
+
+The extended table has ``n_table`` cells (count bins, binary cells, amount zero cells, count
+zero-link cells), then
 ``n_cens`` censoring values (P(Y ≥ v) of capped counts, v below the open edge), then one
 censored-tail row per count (log θ of the open bin; the excess adds (x − open)·log q). So every
 lookup is ``T[k, idx] + excess·log q``, and its statistic is one scatter and one sum.
@@ -19,7 +25,8 @@ per block afterwards (``estep.py``), then merged exactly. All arithmetic is floa
 
 ``lay`` (int64): counts, count_off, count_nbins, count_open, count_cap, count_cens (extended
 row of v = 0, −1), count_tail (extended row), bin_of, bin_of_off, binaries, binary_off, terms,
-term_parent, term_zero_off. ``par``: logw (K,), T (K, rows) log values, lq (C, K) log q, ta, tb,
+term_parent, term_zero_off, count_zpar (zero parent's feature, −1), count_zoff (first link
+cell, −1). ``par``: logw (K,), T (K, rows) log values, lq (C, K) log q, ta, tb,
 tinv, tconst (G, K): a + b·u is a term's mean, 1/var, −½ log(2π var).
 """
 
@@ -86,11 +93,17 @@ def _encode(
     """Encode rows start … start + n − 1 (see the module docstring); ok[i] False where a value
     is invalid (NaN, inf, a negative count or amount), whose other outputs are then harmless."""
     counts, count_off, count_nbins, count_open, count_cap, count_cens, count_tail = lay[:7]
-    bin_of, bin_of_off, binaries, binary_off, terms, term_parent, term_zero_off = lay[7:]
+    bin_of, bin_of_off, binaries, binary_off, terms, term_parent, term_zero_off = lay[7:14]
+    count_zpar, count_zoff = lay[14], lay[15]
     nc, nb = counts.shape[0], binaries.shape[0]
+    zbase = nc + nb
+    for g in range(terms.shape[0]):
+        if term_zero_off[g] >= 0:
+            zbase += 1
     for i in range(n):
         r = start + i
         good = True
+        z = zbase
         for c in range(nc):
             x = X[r, counts[c]]
             e, row = 0.0, count_off[c]
@@ -105,6 +118,16 @@ def _encode(
                 row = count_off[c] + bin_of[bin_of_off[c] + np.int64(x)]
             else:
                 row, e = count_off[c] + count_nbins[c] - 1, x - count_open[c]
+            zo = count_zoff[c]
+            if zo >= 0:
+                zrow = zo
+                if X[r, count_zpar[c]] == 0.0:
+                    if x == 0.0:
+                        row, zrow = zo, zo + 1
+                    else:
+                        zrow = zo + 2
+                idx[z, i] = zrow
+                z += 1
             idx[c, i], exc[c, i] = row, e
         for b in range(nb):
             x = X[r, binaries[b]]
@@ -268,7 +291,7 @@ def estep(
     MOM (blocks, G, 6, K), shift (blocks, G, 2), nk (K,), hard_nk (K,).
     """
     n_total = X.shape[0]
-    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
+    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0) + np.sum(lay[15] >= 0)
     nc, ng = lay[0].shape[0], lay[11].shape[0]
     idx = np.zeros((nlook, TILE), np.int64)
     exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))
@@ -318,7 +341,7 @@ def estep(
 def log_prob(X: F64, lay: Lay, par: Par, k: int, out: F64) -> None:
     """out[i, :k] = log w + log p(x_i | component); NaN rows where a value is invalid."""
     n_total = X.shape[0]
-    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
+    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0) + np.sum(lay[15] >= 0)
     nc, ng = lay[0].shape[0], lay[11].shape[0]
     idx = np.zeros((nlook, TILE), np.int64)
     exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))

@@ -47,7 +47,7 @@ def _lay(layout: Layout) -> tuple[NDArray[np.int64], ...]:
     arrays = (
         layout.counts, layout.count_off, layout.count_nbins, layout.count_open, layout.count_cap, cens, tail,
         layout.bin_of, layout.bin_of_off, layout.binaries, layout.binary_off,
-        layout.terms, layout.term_parent, layout.term_zero_off,
+        layout.terms, layout.term_parent, layout.term_zero_off, layout.count_zpar, layout.count_zoff,
     )  # fmt: skip
     return tuple(np.ascontiguousarray(a, dtype=np.int64) for a in arrays)
 
@@ -81,9 +81,15 @@ def kernel_params(structure: Structure, params: BehaviourParams) -> tuple[F64, .
     k = params.n_components
     nc = len(layout.counts)
     tab = np.zeros((layout.n_table + layout.n_cens + nc, k))
+    z = 0
     for c, sl in enumerate(_count_slices(layout)):
         lt = params.count_log_theta[sl]
         tab[sl] = lt - layout.log_width[sl, None]
+        if layout.count_zoff[c] >= 0:  # link cells: log 1, log P(0 | parent 0), log P(+ | parent 0)/(1 − θ₀)
+            o = int(layout.count_zoff[c])
+            tab[o + 1] = params.count_zero_log_p[z, 0]
+            tab[o + 2] = params.count_zero_log_p[z, 1] - np.log(-np.expm1(lt[0]))
+            z += 1
         tab[sl.stop - 1] = lt[-1] + np.log(-np.expm1(params.count_log_q[c]))
         tab[layout.n_table + layout.n_cens + c] = lt[-1]
         if layout.count_cens_off[c] >= 0:

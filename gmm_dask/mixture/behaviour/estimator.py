@@ -87,7 +87,8 @@ class BehaviourMixture:
     n_init : int, default=4
         Starts of the over-cluster-then-merge initialisation (on a sample; the best is kept).
     parents, caps : 'auto', None or dict of feature name -> feature name
-        The structure's links (an amount's parent count; a count capped by another).
+        The structure's links (an amount's parent count or a count's zero parent; a count
+        capped by another).
     random_state : int, Generator, RandomState or None
     callback : callable, optional
         Called with an :class:`~gmm_dask.mixture.em.IterationInfo` after every EM iteration.

@@ -69,15 +69,38 @@ def _regression(
     return a, b, var
 
 
+def _zero_linked(cells: F64, link: F64, a_: float) -> tuple[F64, F64]:
+    """Bin and link log-probabilities of a count with a zero parent, from its bin cells (B, K)
+    (every row with x > 0; x = 0 only where the parent > 0) and link cells (3, K).
+
+    With θ = (θ₀, (1 − θ₀)·φ) the likelihood separates: θ₀ from the parent > 0 rows' zeros,
+    φ from every positive row, P(x = 0 | parent = 0) from the parent = 0 rows (link cells 1, 2),
+    each a Dirichlet MAP of the prior α·(Σ log θ + Σ log P(· | parent = 0)).
+    """
+    nb = cells.shape[0]
+    pos = cells[1:].sum(axis=0)
+    rest = np.maximum(pos - link[2], 0.0)  # parent > 0 rows with x > 0
+    theta0 = (cells[0] + a_) / (cells[0] + rest + a_ * nb)
+    phi = (cells[1:] + a_) / (pos + a_ * (nb - 1))
+    log_theta = np.concatenate([np.log(theta0)[None], np.log1p(-theta0) + np.log(phi)])
+    return log_theta, _normalised_log(link[1:] + a_, 0)
+
+
 def m_step(structure: Structure, stats: BehaviourStats, prior: Prior) -> BehaviourParams:
     """The parameters maximising Σ w log p(x) + log prior given the statistics (closed form)."""
     layout = layout_of(structure)
     a_ = prior.alpha
     k = stats.nk.shape[0]
-    log_theta, log_q = [], []
+    log_theta, log_q, zero_log_p = [], [], []
     for c, (o, nb) in enumerate(zip(layout.count_off, layout.count_nbins, strict=True)):
         cells = stats.table[o : o + nb]
-        log_theta.append(_normalised_log(cells + a_, 0))
+        zo = int(layout.count_zoff[c])
+        if zo >= 0:
+            lt, lz = _zero_linked(cells, stats.table[zo : zo + 3], a_)
+            log_theta.append(lt)
+            zero_log_p.append(lz)
+        else:
+            log_theta.append(_normalised_log(cells + a_, 0))
         mean_excess = (stats.excess[c] + a_) / (cells[-1] + 2 * a_)
         log_q.append(np.log(mean_excess / (1.0 + mean_excess)))
     nb, na = len(layout.binaries), len(layout.terms) - int(np.sum(layout.term_zero_off < 0))
@@ -91,6 +114,7 @@ def m_step(structure: Structure, stats: BehaviourStats, prior: Prior) -> Behavio
         weights=(stats.nk + a_) / (stats.nk.sum() + a_ * k),
         count_log_theta=np.concatenate(log_theta) if log_theta else np.zeros((0, k)),
         count_log_q=np.array(log_q) if log_q else np.zeros((0, k)),
+        count_zero_log_p=np.array(zero_log_p) if zero_log_p else np.zeros((0, 2, k)),
         amount_log_pz=_normalised_log(zeros, 2),
         amount_a=ta[:na], amount_b=tb[:na], amount_var=tvar[:na],
         continuous_mean=ta[na:], continuous_var=tvar[na:],
@@ -100,12 +124,13 @@ def m_step(structure: Structure, stats: BehaviourStats, prior: Prior) -> Behavio
 
 def log_prior(params: BehaviourParams, prior: Prior) -> float:
     """log of the prior (up to a constant) the M-step maximises against: Dirichlet(α + 1) on
-    every categorical, α·log q + 2α·log(1 − q) on each tail ratio, −α/2·log s² − α·floor/(2 s²)
+    every categorical (count zero-link probabilities included), α·log q + 2α·log(1 − q) on each tail ratio, −α/2·log s² − α·floor/(2 s²)
     on each variance."""
     a = prior.alpha
     with np.errstate(divide="ignore"):
         lp = a * float(np.log(params.weights).sum())
-    lp += a * float(params.count_log_theta.sum() + params.amount_log_pz.sum() + params.binary_log_p.sum())
+    cells = params.count_log_theta.sum() + params.count_zero_log_p.sum()
+    lp += a * float(cells + params.amount_log_pz.sum() + params.binary_log_p.sum())
     lq = params.count_log_q
     lp += float((a * lq + 2 * a * np.log(-np.expm1(lq))).sum())
     for var in (params.amount_var, params.continuous_var):
@@ -115,13 +140,13 @@ def log_prior(params: BehaviourParams, prior: Prior) -> float:
 
 def n_parameters(structure: Structure, params: BehaviourParams) -> int:
     """Free parameters: K − 1 weights; per component, a count's B − 1 bin probabilities and its
-    tail ratio, an amount's 2 zero probabilities + (a, b, var) with a parent (1 + 2 without), a
+    tail ratio (+ 1 for P(x = 0 | zero parent = 0)), an amount's 2 zero probabilities + (a, b, var) with a parent (1 + 2 without), a
     continuous feature's mean and variance, a binary's probability."""
     k = params.n_components
     n = k - 1
     for j, kind in enumerate(structure.kinds):
         if kind == "count":
-            n += k * len(structure.edges[j])
+            n += k * (len(structure.edges[j]) + (1 if structure.parent[j] >= 0 else 0))
         elif kind == "amount":
             n += k * (5 if structure.parent[j] >= 0 else 3)
         elif kind == "continuous":

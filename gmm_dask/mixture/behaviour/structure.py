@@ -23,6 +23,16 @@ BIN_RATIO = 1.3
 TAIL_QUANTILE = 0.995
 #: An amount's parent is the count whose zero pattern agrees with its own on ≥ this share.
 PARENT_AGREEMENT = 0.99
+#: A count x has a *zero parent* c (another count) when, in the sample, c = 0 on ≥ ZERO_MIN_SHARE
+#: of the rows, x = 0 on ≥ ZERO_FOLLOW of the rows where c = 0 (x > 0 happens (almost) only
+#: when c > 0), and x > 0 on ≥ ZERO_INFORMATIVE of the rows where c > 0 (else x is mostly 0
+#: anyway and the link says nothing). Of several such c, the one with the most zeros wins
+#: (ties: the first); c must not depend on x through other links (the links stay acyclic, so
+#: the product of conditionals is a distribution), and a capped count gets no zero parent (its
+#: cap already bounds it).
+ZERO_FOLLOW = 0.99
+ZERO_MIN_SHARE = 0.01
+ZERO_INFORMATIVE = 0.05
 #: A count x is capped by count c when x ≤ c on ≥ CAP_AT_MOST of the sample and x = c > 0 on
 #: ≥ CAP_AT_CAP of it (active days ≤ sessions).
 CAP_AT_MOST = 0.999
@@ -48,7 +58,8 @@ class Structure:
         Per feature: the lower edges of its bins (counts; the last bin is open), else ().
     parent : tuple of int
         Per feature: for an amount, the index of the count whose zero pattern and log value it
-        depends on, else −1.
+        depends on; for a count, the index of its *zero parent*, the count whose zeros its own
+        follow (P(x = 0 | parent = 0) is a separate probability); else −1.
     cap : tuple of int
         Per feature: for a count, the index of the count that caps it (x = min(Y, cap)), else −1.
     """
@@ -68,9 +79,22 @@ class Structure:
                 raise ValueError(f"feature {self.names[j]!r}: kind must be one of {KINDS}, got {kind!r}")
             if kind == "count" and (len(self.edges[j]) < 2 or self.edges[j][0] != 0):
                 raise ValueError(f"count {self.names[j]!r} needs at least two bin edges starting at 0")
-            if self.parent[j] >= 0 and (kind != "amount" or self.kinds[self.parent[j]] != "count"):
-                raise ValueError(f"feature {self.names[j]!r}: only an amount may have a parent, a count")
+            p = self.parent[j]
+            if p >= 0 and (kind not in ("amount", "count") or self.kinds[p] != "count" or p == j):
+                raise ValueError(
+                    f"feature {self.names[j]!r}: only an amount or a count may have a parent, another count"
+                )
             c = self.cap[j]
+            if p >= 0 and c >= 0:
+                raise ValueError(
+                    f"count {self.names[j]!r} cannot be both capped (by {self.names[c]!r}) and have a zero "
+                    f"parent ({self.names[p]!r}): give it one link (a cap already bounds its zeros)"
+                )
+            if kind == "count" and _depends_on(self.parent, self.cap, p, j):
+                raise ValueError(
+                    f"count {self.names[j]!r}: its zero parent {self.names[p]!r} depends on it through "
+                    "other links (the links must not form a cycle)"
+                )
             if c >= 0 and (kind != "count" or c == j or self.kinds[c] != "count" or self.cap[c] == j):
                 raise ValueError(f"feature {self.names[j]!r}: only a count may be capped, by another count")
 
@@ -110,9 +134,44 @@ def count_edges(x: NDArray[np.float64]) -> tuple[int, ...]:
     return tuple(sorted(set(edges)))
 
 
-def _auto_parents(sample: NDArray[np.float64], kinds: Sequence[str]) -> list[int]:
+def _depends_on(parent: Sequence[int], cap: Sequence[int], start: int, target: int) -> bool:
+    """Whether feature ``start`` is, or depends through parent and cap links on, ``target``."""
+    seen, todo = set(), [start]
+    while todo:
+        f = todo.pop()
+        if f == target:
+            return True
+        if f < 0 or f in seen:
+            continue
+        seen.add(f)
+        todo += [parent[f], cap[f]]
+    return False
+
+
+def _zero_parent(
+    sample: NDArray[np.float64], kinds: Sequence[str], j: int, parents: Sequence[int], caps: Sequence[int]
+) -> int:
+    """The zero parent of count j (see :data:`ZERO_FOLLOW`), −1, given the links so far."""
+    xz = sample[:, j] == 0
+    best, best_zeros = -1, max(ZERO_MIN_SHARE * sample.shape[0], 1.0)
+    for c, kc in enumerate(kinds):
+        if c == j or kc != "count" or _depends_on(parents, caps, c, j):
+            continue
+        cz = sample[:, c] == 0
+        n_zero, n_pos = float(cz.sum()), float((~cz).sum())
+        if n_zero < best_zeros or (n_zero == best_zeros and best >= 0) or n_pos == 0:
+            continue
+        if (xz & cz).sum() >= ZERO_FOLLOW * n_zero and (~xz & ~cz).sum() >= ZERO_INFORMATIVE * n_pos:
+            best, best_zeros = c, n_zero
+    return best
+
+
+def _auto_parents(sample: NDArray[np.float64], kinds: Sequence[str], caps: Sequence[int]) -> list[int]:
+    """Amounts' parents and (uncapped) counts' zero parents."""
     parents = [-1] * len(kinds)
     for j, kind in enumerate(kinds):
+        if kind == "count" and caps[j] < 0:
+            parents[j] = _zero_parent(sample, kinds, j, parents, caps)
         if kind != "amount":
             continue
         best, best_agree = -1, PARENT_AGREEMENT
@@ -125,10 +184,11 @@ def _auto_parents(sample: NDArray[np.float64], kinds: Sequence[str]) -> list[int
     return parents
 
 
-def _auto_caps(sample: NDArray[np.float64], kinds: Sequence[str]) -> list[int]:
+def _auto_caps(sample: NDArray[np.float64], kinds: Sequence[str], skip: Sequence[int]) -> list[int]:
+    """Counts' caps; counts with ``skip[j] >= 0`` (an explicit zero parent) get none."""
     caps = [-1] * len(kinds)
     for j, kind in enumerate(kinds):
-        if kind != "count":
+        if kind != "count" or skip[j] >= 0:
             continue
         best, best_eq = -1, CAP_AT_CAP
         for c, kc in enumerate(kinds):
@@ -165,7 +225,8 @@ def _links(
 
 
 #: How a structure's links are given: 'auto' (detected in the sample), None (no links), or
-#: a mapping of feature name -> feature name (an amount's parent count; a count's cap).
+#: a mapping of feature name -> feature name (an amount's parent count or a count's zero
+#: parent; a count's cap).
 Links = str | Mapping[str, str] | None
 
 
@@ -180,14 +241,17 @@ def infer_structure(
     """Bins, parents and caps from a sample of rows (n, D) in original units.
 
     ``parents`` / ``caps``: 'auto' (detected, see the module constants), None (none), or a
-    mapping {amount name: count name} / {capped count name: capping count name}.
+    mapping {amount or count name: parent count name} / {capped count name: capping count
+    name}. Caps are detected first (skipping counts given a zero parent explicitly), then
+    zero parents (skipping capped counts); a count given both explicitly is refused.
     """
     sample = np.asarray(sample, dtype=np.float64)
     if sample.ndim != 2 or sample.shape[1] != len(kinds) or len(names) != len(kinds):
         raise ValueError(f"sample of shape {sample.shape} does not match {len(kinds)} kinds and names")
     edges = tuple(count_edges(sample[:, j]) if k == "count" else () for j, k in enumerate(kinds))
-    par = _links(parents, _auto_parents(sample, kinds) if parents == "auto" else [], names, "parents")
-    cap = _links(caps, _auto_caps(sample, kinds) if caps == "auto" else [], names, "caps")
+    explicit = _links(parents, [], names, "parents") if parents != "auto" else [-1] * len(kinds)
+    cap = _links(caps, _auto_caps(sample, kinds, explicit) if caps == "auto" else [], names, "caps")
+    par = _links(parents, _auto_parents(sample, kinds, cap) if parents == "auto" else [], names, "parents")
     return Structure(tuple(kinds), tuple(names), edges, tuple(par), tuple(cap))
 
 
@@ -248,8 +312,10 @@ class Layout:
     """The structure as flat index arrays (see :mod:`._kernel` for how they are read).
 
     The *table* stacks, per component column, every categorical cell: each count's bins, each
-    binary's two cells, each amount's four zero cells (2·parent zero + child zero). Gaussian
-    *terms* are the amounts (log x on log parent) and continuous features (x, no parent).
+    binary's two cells, each amount's four zero cells (2·parent zero + child zero), then each
+    zero-parented count's three link cells (parent > 0: log 1; parent = 0 and x = 0; parent = 0
+    and x > 0). Gaussian *terms* are the amounts (log x on log parent) and continuous features
+    (x, no parent).
     """
 
     counts: NDArray[np.int64]  # (C,) feature index of each count
@@ -258,6 +324,8 @@ class Layout:
     count_open: NDArray[np.int64]  # (C,) lower edge of the open bin
     count_cap: NDArray[np.int64]  # (C,) feature index of its cap, −1
     count_cens_off: NDArray[np.int64]  # (C,) first censoring-table row (values 0 … open − 1), −1
+    count_zpar: NDArray[np.int64]  # (C,) feature index of its zero parent, −1
+    count_zoff: NDArray[np.int64]  # (C,) table row of its three zero-link cells, −1
     bin_of: NDArray[np.int64]  # concatenated per count: local bin of each integer below the open bin
     bin_of_off: NDArray[np.int64]  # (C,)
     log_width: NDArray[np.float64]  # (T,) log of each table cell's width (0 except closed bins)
@@ -294,8 +362,12 @@ def layout_of(structure: Structure) -> Layout:
         cens_off.append(cens if structure.cap[j] >= 0 else -1)
         cens += int(e[-1]) if structure.cap[j] >= 0 else 0
     binary_off = [off + 2 * i for i in range(len(binaries))]
-    widths.extend([0.0] * (2 * len(binaries) + 4 * len(amounts)))
+    zpar = [structure.parent[j] for j in counts]
+    linked = np.cumsum([p >= 0 for p in zpar]) - 1
+    widths.extend([0.0] * (2 * len(binaries) + 4 * len(amounts) + 3 * int(linked[-1] + 1 if counts else 0)))
     zero_off = [off + 2 * len(binaries) + 4 * i for i in range(len(amounts))]
+    link_off = off + 2 * len(binaries) + 4 * len(amounts)
+    zoff = [link_off + 3 * int(z) if p >= 0 else -1 for p, z in zip(zpar, linked, strict=True)]
     i64 = functools.partial(np.asarray, dtype=np.int64)
     return Layout(
         counts=i64(counts),
@@ -304,6 +376,8 @@ def layout_of(structure: Structure) -> Layout:
         count_open=i64([structure.edges[j][-1] for j in counts]),
         count_cap=i64([structure.cap[j] for j in counts]),
         count_cens_off=i64(cens_off),
+        count_zpar=i64(zpar),
+        count_zoff=i64(zoff),
         bin_of=i64(bin_of),
         bin_of_off=i64(bin_of_off),
         log_width=np.asarray(widths, dtype=np.float64),

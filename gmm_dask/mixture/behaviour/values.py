@@ -16,7 +16,7 @@ class Prior:
     """Pseudo-counts that keep every probability positive and every variance floored.
 
     ``alpha`` is added to every categorical cell (mixture weights, count bins, binary cells,
-    amount zero cells) and to the geometric tail (α units of excess over 2α rows); variances
+    amount zero cells, count zero-link cells) and to the geometric tail (α units of excess over 2α rows); variances
     get the inverse-gamma-type term −α/2·log s² − α·``var_floor``/(2 s²) and are floored at
     ``var_floor``. EM is monotone in log-likelihood + :meth:`BehaviourFamily.log_prior`.
     """
@@ -37,6 +37,8 @@ class BehaviourParams:
     weights : (K,)
     count_log_theta : (ΣB, K) log bin probabilities, the counts' bins stacked in feature order
     count_log_q : (C, K) log ratio of each count's geometric tail
+    count_zero_log_p : (Z, 2, K) per count with a zero parent (in feature order): log P(x = 0 |
+        parent = 0), log P(x > 0 | parent = 0); where the parent is > 0, x follows the histogram
     amount_log_pz : (A, 2, 2, K) log P(child zero z | parent zero s), indexed [a, s, z]
     amount_a, amount_b, amount_var : (A, K) log x | log parent ~ N(a + b·log parent, var)
     continuous_mean, continuous_var : (N, K)
@@ -46,6 +48,7 @@ class BehaviourParams:
     weights: F64
     count_log_theta: F64
     count_log_q: F64
+    count_zero_log_p: F64
     amount_log_pz: F64
     amount_a: F64
     amount_b: F64
@@ -88,8 +91,10 @@ class BehaviourStats:
     n_rows, n_bad, first_bad : as :class:`~gmm_dask.mixture.suffstats.SuffStats`
     worst_scores, worst_rows, worst_index : (m,), (m, D), (m,) the m ≤ K lowest-scoring rows
     hard_nk : (K,) or None, Σ w over rows whose most probable component is k
-    table : (T, K) Σ w·γ per categorical cell (count bins, binary cells, amount zero cells);
-        a censored (capped) count row adds its expected bin occupancy
+    table : (T, K) Σ w·γ per categorical cell (count bins, binary cells, amount zero cells,
+        count zero-link cells); a censored (capped) count row adds its expected bin occupancy;
+        a zero-parented count's row with parent = 0 and x = 0 goes to its link cell, not to
+        the zero bin
     excess : (C, K) Σ w·γ·(x − open edge) over each count's open bin (expected when censored)
     term_n : (G, K) weight of the rows in each Gaussian term (amounts: x > 0; continuous: all)
     term_mean : (G, K, 2) weighted means of (u, v) = (log parent or 0, log x) or (0, x)
