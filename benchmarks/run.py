@@ -105,7 +105,13 @@ def main(argv=None) -> int:
         results = {**previous, "machine": results["machine"]}
         _pipeline_cases(results, args)
         (out / "results.json").write_text(json.dumps(results, indent=2))
-        (out / "RESULTS.md").write_text(render(results))
+        # without an earlier full run there are no engine rows to render: the pipeline cases alone
+        text = (
+            render(results)
+            if "dgemm" in results
+            else "\n".join(["# Benchmark results (pipeline cases only)", "", *_pipeline_lines(results), ""])
+        )
+        (out / "RESULTS.md").write_text(text)
         print(f"wrote {out / 'RESULTS.md'} and results.json")
         return 0
     print("DGEMM reference rate")
