@@ -243,7 +243,7 @@ def _commands():
             cmd_vacuum,
         ),
         ("serve", params.ServeParams, "serve the deployments from this process (Ctrl-C to stop)", cmd_serve),
-        ("demo", DemoParams, "generate demo data if absent and run the segment flow on it", cmd_demo),
+        ("demo", DemoParams, "generate demo data if absent, backfill its history and segment the latest day", cmd_demo),
     ]
 
 

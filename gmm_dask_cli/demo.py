@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class DemoParams(BaseModel):
-    """Generate the demo snapshots (kept if already there) and run the segment flow on the latest."""
+    """Generate the demo snapshots (kept if already there), run the `backfill` flow over all but the
+    latest (dates already done are skipped) and the daily `segment` flow on the latest."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
