@@ -250,5 +250,6 @@ def test_a_successful_train_prints_progress_lines_and_no_dask_logs(job, tmp_path
 def test_dev_without_a_command_prints_its_usage_not_its_code():
     out = subprocess.run(["bash", str(REPO / "dev")], capture_output=True, text=True, timeout=30, check=False)
     assert out.returncode == 0, out.stderr
-    assert "./dev test" in out.stdout and "./dev demo" in out.stdout
+    assert "./dev test" in out.stdout
+    assert "./dev demo" in out.stdout
     assert "set -euo" not in out.stdout
