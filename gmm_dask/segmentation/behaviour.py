@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from gmm_dask.errors import DataError, RegistryError
 from gmm_dask.mixture.arrays import FloatArray, IntArray
-from gmm_dask.mixture.behaviour import BehaviourFamily, BehaviourParams, Structure, check_values
 from gmm_dask.mixture.gaussian import MixtureParams, compute_precision_cholesky, log_responsibilities
 from gmm_dask.mixture.suffstats import SuffStats, m_step, resp_stats
 from gmm_dask.segmentation.features import FeaturePlan, Profile
 from gmm_dask.segmentation.specs import InputColumns
+
+if TYPE_CHECKING:  # the family's package loads numba and Dask: imported where a model is used
+    from gmm_dask.mixture.behaviour import BehaviourFamily, BehaviourParams, Structure
 
 #: The value ``FitRecord.family`` and a stored model's ``family`` take for this family.
 FAMILY = "behaviour"
@@ -37,11 +39,15 @@ class BehaviourPart:
 
     @property
     def family(self) -> BehaviourFamily:
+        from gmm_dask.mixture.behaviour import BehaviourFamily
+
         return BehaviourFamily(self.structure)
 
     def weighted_log_prob(self, X_raw: FloatArray) -> FloatArray:
         """log πₖ + log pₖ(x) of raw features (n, D): shape (n, K); raises :class:`DataError`
         on a value its feature's kind cannot take."""
+        from gmm_dask.mixture.behaviour import check_values
+
         X = np.ascontiguousarray(X_raw, dtype=np.float64)
         problem = check_values(X, self.structure)
         if problem is not None:
@@ -78,6 +84,8 @@ class BehaviourPart:
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any], where: str, n_components: int) -> BehaviourPart:
         """Validate a stored part (never executes anything)."""
+        from gmm_dask.mixture.behaviour import BehaviourParams, Structure
+
         try:
             structure = Structure.from_json(payload["structure"])
             arrays = {
