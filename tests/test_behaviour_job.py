@@ -91,3 +91,17 @@ def test_impute_mean_with_behaviour_exits_2_naming_the_keys(tmp_path, data_root,
     assert "model.family: behaviour" in err
     assert "input.missing" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_declared_kind_the_values_cannot_take_is_refused_before_the_fit(tmp_path, data_root):
+    from gmm_dask.app import pipeline
+    from gmm_dask.app.config import load_config
+    from gmm_dask.errors import DataError
+
+    specs = [{**f, "kind": "binary"} if f["name"] == "sessions_30d" else f for f in FEATURE_SPECS]
+    cfg = load_config(make_config(tmp_path, data_root, model=BEHAVIOUR, input={"features": specs}))
+    snap = pipeline.open_job_snapshot(cfg, DATES[0])
+    with pytest.raises(
+        DataError, match="feature 'sessions_30d' is declared kind: binary, which needs only 0 and 1"
+    ):
+        pipeline.profile_snapshot(cfg, snap)
