@@ -129,10 +129,35 @@ class InputConfig(_Model):
         return [f.name for f in self.features]
 
 
+Family = Literal["gaussian", "behaviour"]
+
+FAMILY_DESCRIPTION = (
+    "Mixture family. gaussian: Gaussians on the transformed, standardised features. behaviour: "
+    "per-feature components by kind (count histogram, amount hurdle + log-normal, continuous "
+    "Gaussian, binary Bernoulli) fitted on the RAW values after the missing-value policy, so a "
+    "feature's transform and model.standardize only shape the moment-matched Gaussian summary "
+    "that names and describes each component; covariance_type, init_params and "
+    "degenerate.atoms are ignored (the summary is full). Every kind works, declared or "
+    "inferred; a declared kind's values must fit it (counts whole ≥ 0, amounts ≥ 0, binaries "
+    "0/1). Refused with it: input.missing: impute_mean (a mean is no count)."
+)
+
+
+def family_problem(cfg: JobConfig) -> str | None:
+    """Why the config's model family cannot run on its input, or None."""
+    if cfg.model.family == "behaviour" and cfg.input.missing == "impute_mean":
+        return (
+            "model.family: behaviour fits raw counts and amounts, which have no mean to impute; set "
+            "input.missing to 'drop' or 'error', or use model.family: gaussian"
+        )
+    return None
+
+
 class ModelConfig(_Model):
     """Mixture settings (scikit-learn's names)."""
 
     n_components: int = Field(4, ge=MIN_N_COMPONENTS, le=MAX_N_COMPONENTS)
+    family: Family = Field("gaussian", description=FAMILY_DESCRIPTION)
     covariance_type: CovarianceType = DEFAULT_COVARIANCE_TYPE
     init_params: InitMethod = DEFAULT_INIT_METHOD
     n_init: int = Field(1, ge=MIN_N_INIT, le=MAX_N_INIT)
@@ -370,7 +395,10 @@ class JobConfig(_Model):
         """Stable hash of the settings that change a fit (not where outputs go)."""
         payload = {
             "input": self.input.model_dump(mode="json", exclude={"format"}),  # same rows either way
-            "model": self.model.model_dump(mode="json"),
+            # the default family leaves the hash of a config written before families unchanged
+            "model": self.model.model_dump(
+                mode="json", exclude={"family"} if self.model.family == "gaussian" else None
+            ),
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -423,6 +451,9 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
         cfg = JobConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
+    problem = family_problem(cfg)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
     if base_dir is not None:
         cfg = cfg.model_copy(
             update={

@@ -5,6 +5,8 @@ about them (log, raise, or prune and refit from the kept components), and the pa
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,13 +14,14 @@ import numpy as np
 
 from gmm_dask.errors import FitError
 from gmm_dask.mixture.options import CovarianceType
-from gmm_dask.segmentation.features import FeaturePlan
+from gmm_dask.segmentation.features import FeaturePlan, Profile
+from gmm_dask.segmentation.fit_record import FitRecord
 from gmm_dask.segmentation.model import SegmentationModel
 
 if TYPE_CHECKING:
     import dask.array as da
 
-    from gmm_dask.app.config import DegenerateConfig
+    from gmm_dask.app.config import DegenerateConfig, JobConfig
     from gmm_dask.mixture.em import FitResult
     from gmm_dask.mixture.gaussian import MixtureParams
 
@@ -77,6 +80,14 @@ def hard_weight(
     return counts
 
 
+def small_components(res: FitResult, hard_weight: np.ndarray, min_share: float) -> dict[int, float]:
+    """Components holding less than ``min_share`` of the rows, by soft weight or by
+    ``hard_weight`` (the rows they win): component -> its smaller share."""
+    assert res.soft_weight is not None  # fit_family always sums them
+    share = np.minimum(res.soft_weight, hard_weight) / res.weight
+    return {int(i): float(share[i]) for i in np.flatnonzero(share < min_share)}
+
+
 def degenerate_components(
     res: FitResult,
     hard_weight: np.ndarray,
@@ -91,9 +102,7 @@ def degenerate_components(
     from gmm_dask.mixture.suffstats import variance_at_floor
 
     p = res.params
-    assert res.soft_weight is not None  # fit_mixture always sums them
-    share = np.minimum(res.soft_weight, hard_weight) / res.weight
-    small = {int(i): float(share[i]) for i in np.flatnonzero(share < min_share)}
+    small = small_components(res, hard_weight, min_share)
     atoms: dict[int, list[int]] = {}
     values: dict[int, list[float]] = {}
     step = plan.resolution  # set where the plan has a floor
@@ -128,6 +137,29 @@ def enforce(
                     f"or set model.degenerate.{kind} to 'prune' or 'warn'."
                 )
             logger.warning("Snapshot %s: component %r is degenerate: %s (%s)", date, names[i], why, action)
+
+
+def to_keep(
+    found: Degenerate,
+    policy: DegenerateConfig,
+    names: list[str],
+    date: str,
+    features: list[str],
+    pruned: list[dict],
+) -> list[int] | None:
+    """Enforce ``policy`` on the components ``found``: the components to refit with (the pruned
+    ones appended to ``pruned``, with their reasons), or None when nothing is to be pruned (or
+    everything would be)."""
+    enforce(found, policy, names, date, features)
+    drop = found.to_prune(policy)
+    if not drop or len(drop) >= len(names):
+        return None
+    keep = [i for i in range(len(names)) if i not in drop]
+    pruned += [{"name": names[i], "reason": found.reason(i, features, policy.min_share)} for i in drop]
+    logger.warning(
+        "Snapshot %s: pruning %s and refitting with %d components", date, [names[i] for i in drop], len(keep)
+    )
+    return keep
 
 
 def subset(params: MixtureParams, keep: list[int], covariance_type: CovarianceType) -> MixtureParams:
@@ -190,3 +222,60 @@ def warm_params(
             return None
         cov = c * ratio[0] ** 2
     return MixtureParams(warm.weights, means, cov, compute_precision_cholesky(cov, covariance_type))
+
+
+@dataclass
+class Fitted:
+    """The last fit, every fit made (refits after pruning included), the components' names, the
+    degenerate components of the last fit and the pruned ones."""
+
+    res: FitResult
+    fits: list[FitResult]
+    names: list[str]
+    found: Degenerate
+    pruned: list[dict]
+
+
+def fit_record(
+    cfg: JobConfig,
+    snapshot: str,
+    prof: Profile,
+    n_rows: int,
+    plan: FeaturePlan,
+    fitted: Fitted,
+    covariance_type: CovarianceType,
+    requested: int,
+    t0: float,
+    warm_start: SegmentationModel | None,
+    n_params: int,
+    family: str | None = None,
+) -> FitRecord:
+    """What a fitted model records of its data (``n_rows`` used) and its fit (``requested``
+    components, started at ``t0``, ``n_params`` free parameters)."""
+    m, res = cfg.model, fitted.res
+    degenerate = fitted.found.as_metadata(fitted.names, plan.names, m.degenerate.min_share)
+    return FitRecord(
+        snapshot=snapshot,
+        rows_read=prof.n_rows,
+        rows_used=n_rows,
+        rows_dropped=prof.n_rows - n_rows,
+        rows_imputed=prof.rows_with_missing if cfg.input.missing == "impute_mean" else 0,
+        lower_bound=res.lower_bound,
+        log_likelihood=res.final_loglik / res.weight,
+        bic=-2 * res.final_loglik + n_params * math.log(res.weight),
+        aic=-2 * res.final_loglik + 2 * n_params,
+        n_iter=res.n_iter,
+        converged=bool(res.converged),
+        seed=m.random_state,
+        n_components=len(fitted.names),
+        n_components_requested=requested,
+        covariance_type=covariance_type,
+        family=family,
+        config_hash=cfg.config_hash(),
+        feature_kinds=dict(zip(plan.names, plan.kinds, strict=True)),
+        reseeded_components=[list(r) for r in res.reseeded],
+        degenerate=degenerate | {"pruned": fitted.pruned},
+        fit_seconds=round(time.perf_counter() - t0, 3),
+        passes=pass_counts(fitted.fits),
+        warm_started_from=warm_start.version if warm_start is not None else None,
+    )

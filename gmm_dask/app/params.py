@@ -15,7 +15,14 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gmm_dask.app.config import JobConfig, ModelConfig, format_validation_error
+from gmm_dask.app.config import (
+    FAMILY_DESCRIPTION,
+    Family,
+    JobConfig,
+    ModelConfig,
+    family_problem,
+    format_validation_error,
+)
 from gmm_dask.errors import ConfigError
 from gmm_dask.mixture.options import (
     MAX_MAX_ITER,
@@ -59,6 +66,7 @@ class ModelOverride(_Params):
             description="Number of mixture components K.",
         ),
     ] = None
+    family: Annotated[Family | None, Field(description=FAMILY_DESCRIPTION)] = None
     covariance_type: Annotated[
         CovarianceType | None, Field(description="Covariance structure of each component.")
     ] = None
@@ -90,7 +98,11 @@ class ModelOverride(_Params):
             model = ModelConfig.model_validate({**cfg.model.model_dump(), **changes})
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, "model override")) from None
-        return cfg.model_copy(update={"model": model})
+        out = cfg.model_copy(update={"model": model})
+        problem = family_problem(out)
+        if problem:
+            raise ConfigError(f"model override: {problem}")
+        return out
 
     @property
     def is_empty(self) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,17 +20,19 @@ import numpy as np
 
 from gmm_dask.app.config import JobConfig
 from gmm_dask.app.fitting import (
-    Degenerate,
+    Fitted,
     degenerate_components,
-    enforce,
+    fit_record,
     hard_weight,
-    pass_counts,
     subset,
+    to_keep,
     warm_params,
 )
-from gmm_dask.app.steps import fit_piece_arrays, profile_piece, score_piece, tree_reduce
+from gmm_dask.app.steps import fit_piece_arrays, profile_piece, raw_piece_arrays, score_piece, tree_reduce
 from gmm_dask.errors import DataError
+from gmm_dask.mixture.gaussian import n_parameters
 from gmm_dask.mixture.options import CovarianceType
+from gmm_dask.segmentation.behaviour import check_kinds
 from gmm_dask.segmentation.features import (
     FeaturePlan,
     Profile,
@@ -40,10 +41,10 @@ from gmm_dask.segmentation.features import (
     columns_to_read,
     duplicate_hashes,
     finish_profile,
+    infer_kinds,
     merge_duplicates,
     merge_profiles,
 )
-from gmm_dask.segmentation.fit_record import FitRecord
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage.io import Snapshot, TableStore, open_snapshot, resolve_snapshot
 from gmm_dask.storage.registry import ModelRegistry
@@ -113,6 +114,8 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
         cfg, snap, *dups
     )
     check_profile(prof, cfg.input, snap.date, standardize=cfg.model.standardize)
+    if cfg.model.family == "behaviour":
+        check_kinds(prof, cfg.input, infer_kinds(prof, cfg.input)[0], snap.date)
     if prof.rows_with_missing:
         logger.warning(
             "Snapshot %s: %d row(s) with missing features (%s)",
@@ -192,7 +195,8 @@ def prepare_data(
     parameters stay comparable across dates); with ``persist`` they are read once and held by
     the workers (for several fits on the same data, e.g. model selection). Counts and amounts
     are dequantised (see :func:`~gmm_dask.segmentation.features.fit_arrays`) unless ``dequantize`` is
-    False, which gives the inputs exactly as scoring sees them."""
+    False, which gives the inputs exactly as scoring sees them. Under ``model.family: behaviour``
+    the inputs are the raw features after the missing-value policy (what that family fits)."""
     import dask
     import dask.array as da
 
@@ -201,9 +205,12 @@ def prepare_data(
     xs, ws = [], []
     for p in snap.pieces:
         n = prof.complete_per_piece[p.index] if cfg.input.missing == "drop" else p.n_rows
-        t = dask.delayed(fit_piece_arrays, nout=2, pure=False)(
-            p, cfg.input, plan, snap.storage_options, cfg.model.random_state if dequantize else None
-        )
+        if cfg.model.family == "behaviour":  # the raw features, as the family fits them
+            t = dask.delayed(raw_piece_arrays, nout=2, pure=False)(p, cfg.input, plan, snap.storage_options)
+        else:
+            t = dask.delayed(fit_piece_arrays, nout=2, pure=False)(
+                p, cfg.input, plan, snap.storage_options, cfg.model.random_state if dequantize else None
+            )
         xs.append(da.from_delayed(t[0], shape=(n, d), dtype=np.float64))
         ws.append(da.from_delayed(t[1], shape=(n,), dtype=np.float64))
     X = da.concatenate(xs)
@@ -248,9 +255,18 @@ def fit_model(
             f"Snapshot {snap.date}: {data.n_rows} usable row(s) for {k} components; use fewer components "
             "(model.n_components) or more data."
         )
-    init = warm_params(warm_start, data.plan, k, ct)
     t0 = time.perf_counter()
-    fitted = _fit_and_prune(cfg, snap, prof, data, score_data, k, ct, init, callback)
+    part = None
+    if m.family == "behaviour":  # the summaries are full; covariance_type does not apply
+        from gmm_dask.app.behaviour_fit import fit_behaviour
+
+        fitted, part, p = fit_behaviour(cfg, snap, data.plan, data.X, data.w, k, warm_start, callback)
+        ct, n_params = "full", part.family.n_parameters(part.params)
+    else:
+        init = warm_params(warm_start, data.plan, k, ct)
+        fitted = _fit_and_prune(cfg, snap, prof, data, score_data, k, ct, init, callback)
+        p = fitted.res.params
+        n_params = n_parameters(len(fitted.names), len(data.plan.names), ct)
     res, names = fitted.res, fitted.names
     if not res.converged:
         logger.warning(
@@ -258,7 +274,7 @@ def fit_model(
             snap.date,
             res.n_iter,
             len(names),
-            ct,
+            ct if part is None else m.family,
         )
     if res.reseeded:
         logger.warning(
@@ -266,11 +282,11 @@ def fit_model(
             snap.date,
             res.reseeded,
         )
-    p = res.params
     assert p.covariances is not None  # a fit's parameters always have their covariances
-    metadata = _fit_metadata(
-        cfg, snap, prof, data, fitted, ct, n_components or m.n_components, t0, warm_start
-    )
+    metadata = fit_record(
+        cfg, snap.date, prof, data.n_rows, data.plan, fitted, ct, n_components or m.n_components, t0,
+        warm_start, n_params, None if part is None else m.family,
+    )  # fmt: skip
     return SegmentationModel(
         data.plan,
         ct,
@@ -282,19 +298,8 @@ def fit_model(
         cfg.input.id_column,
         cfg.input.weight_column,
         metadata,
+        behaviour=part,
     )
-
-
-@dataclass
-class _Fitted:
-    """The last fit, every fit made (refits after pruning included), the components' names, the
-    degenerate components of the last fit and the pruned ones."""
-
-    res: FitResult
-    fits: list[FitResult]
-    names: list[str]
-    found: Degenerate
-    pruned: list[dict]
 
 
 def _fit_and_prune(
@@ -307,7 +312,7 @@ def _fit_and_prune(
     ct: CovarianceType,
     init: MixtureParams | None,
     callback: Callable[[IterationInfo], None] | None,
-) -> _Fitted:
+) -> Fitted:
     """EM from ``init``; then, while the policy prunes degenerate components, EM again from the
     components kept."""
     from gmm_dask.mixture.em import fit_mixture, seed_from
@@ -355,72 +360,15 @@ def _fit_and_prune(
                 assert res.hard_weight is not None  # fit_mixture always counts them
                 hard = res.hard_weight
             found = degenerate_components(res, hard, data.plan, ct, m.reg_covar, m.degenerate.min_share)
-            enforce(found, m.degenerate, names, snap.date, data.plan.names)
-            drop = found.to_prune(m.degenerate)
-            if not drop or len(drop) >= res.params.means.shape[0]:
+            keep = to_keep(found, m.degenerate, names, snap.date, data.plan.names, pruned)
+            if keep is None:
                 break
-            keep = [i for i in range(res.params.means.shape[0]) if i not in drop]
-            pruned += [
-                {"name": names[i], "reason": found.reason(i, data.plan.names, m.degenerate.min_share)}
-                for i in drop
-            ]
-            logger.warning(
-                "Snapshot %s: pruning %s and refitting with %d components",
-                snap.date,
-                [names[i] for i in drop],
-                len(keep),
-            )
             names = [names[i] for i in keep]
             res = fit(len(keep), subset(res.params, keep, ct))
             fits.append(res)
     finally:
         runner.close()
-    return _Fitted(res, fits, names, found, pruned)
-
-
-def _fit_metadata(
-    cfg: JobConfig,
-    snap: Snapshot,
-    prof: Profile,
-    data: FitData,
-    fitted: _Fitted,
-    ct: CovarianceType,
-    requested: int,
-    t0: float,
-    warm_start: SegmentationModel | None,
-) -> FitRecord:
-    """What a fitted model records of its data and its fit (``requested`` components, started at
-    ``t0``)."""
-    from gmm_dask.mixture.gaussian import n_parameters
-
-    m, res = cfg.model, fitted.res
-    k, d = res.params.means.shape
-    n_params = n_parameters(k, d, ct)
-    degenerate = fitted.found.as_metadata(fitted.names, data.plan.names, m.degenerate.min_share)
-    return FitRecord(
-        snapshot=snap.date,
-        rows_read=prof.n_rows,
-        rows_used=data.n_rows,
-        rows_dropped=prof.n_rows - data.n_rows,
-        rows_imputed=prof.rows_with_missing if cfg.input.missing == "impute_mean" else 0,
-        lower_bound=res.lower_bound,
-        log_likelihood=res.final_loglik / res.weight,
-        bic=-2 * res.final_loglik + n_params * math.log(res.weight),
-        aic=-2 * res.final_loglik + 2 * n_params,
-        n_iter=res.n_iter,
-        converged=bool(res.converged),
-        seed=m.random_state,
-        n_components=k,
-        n_components_requested=requested,
-        covariance_type=ct,
-        config_hash=cfg.config_hash(),
-        feature_kinds=dict(zip(data.plan.names, data.plan.kinds, strict=True)),
-        reseeded_components=[list(r) for r in res.reseeded],
-        degenerate=degenerate | {"pruned": fitted.pruned},
-        fit_seconds=round(time.perf_counter() - t0, 3),
-        passes=pass_counts(fitted.fits),
-        warm_started_from=warm_start.version if warm_start is not None else None,
-    )
+    return Fitted(res, fits, names, found, pruned)
 
 
 def registry(cfg: JobConfig) -> ModelRegistry:
@@ -530,15 +478,15 @@ def _co_membership_piece(piece, cfg_input, old, new, storage_options):
 
     table = read_piece(piece, columns_to_read(cfg_input), storage_options)
     old_plan = dataclasses.replace(old.plan, missing=new.plan.missing)  # today's rows, today's policy
-    ids_old, _, Z_old, _, _, _ = prepare_piece(table, cfg_input, old_plan, piece.path)
-    ids_new, _, Z_new, w, _, _ = prepare_piece(table, cfg_input, new.plan, piece.path)
+    ids_old, X_old, Z_old, _, _, _ = prepare_piece(table, cfg_input, old_plan, piece.path)
+    ids_new, X_new, Z_new, w, _, _ = prepare_piece(table, cfg_input, new.plan, piece.path)
     a, b = ids_old.to_numpy(zero_copy_only=False), ids_new.to_numpy(zero_copy_only=False)
     if len(a) != len(b) or not np.array_equal(a, b):  # the plans kept different rows: the users both kept
         keep_a, keep_b = np.isin(a, b), np.isin(b, a)
-        Z_old, Z_new = Z_old[keep_a], Z_new[keep_b]
+        Z_old, Z_new, X_old, X_new = Z_old[keep_a], Z_new[keep_b], X_old[keep_a], X_new[keep_b]
         w = None if w is None else w[keep_b]
-    g_old = old.memberships(Z_old)["gamma"]
-    g_new = new.memberships(Z_new)["gamma"]
+    g_old = old.memberships(Z_old, X_raw=X_old)["gamma"]
+    g_new = new.memberships(Z_new, X_raw=X_new)["gamma"]
     if w is not None:
         g_new = g_new * w[:, None]
     return g_old.T @ g_new

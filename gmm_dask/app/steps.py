@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gmm_dask.mixture.suffstats import SuffStats
 from gmm_dask.segmentation.audiences import (
     MEMBERSHIP_COLUMNS,
     AudienceResult,
@@ -26,7 +27,15 @@ from gmm_dask.segmentation.audiences import (
     forecast_piece,
     lowest,
 )
-from gmm_dask.segmentation.features import FeaturePlan, Profile, columns_to_read, fit_arrays, profile_table
+from gmm_dask.segmentation.behaviour import BehaviourPart, summary_stats
+from gmm_dask.segmentation.features import (
+    FeaturePlan,
+    Profile,
+    columns_to_read,
+    fit_arrays,
+    prepare_piece,
+    profile_table,
+)
 from gmm_dask.segmentation.fluidity import FluidityResult, fluidity_between
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.segmentation.specs import EntropyBands, InputColumns
@@ -70,6 +79,30 @@ def fit_piece_arrays(
     (:func:`~gmm_dask.segmentation.features.fit_arrays`, dequantised unless ``seed`` is None)."""
     table = io.read_piece(piece, columns_to_read(cfg), storage_options)
     return fit_arrays(table, piece.path, piece.index, cfg, plan, seed)
+
+
+def raw_piece_arrays(
+    piece: Piece, cfg: InputColumns, plan: FeaturePlan, storage_options: dict | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one piece: its (raw features after the missing-value policy, weights), what the
+    behaviour family fits (no transform, no scaling, no dequantisation)."""
+    table = io.read_piece(piece, columns_to_read(cfg), storage_options)
+    _, X_raw, _, w, _, _ = prepare_piece(table, cfg, plan, piece.path)
+    return np.ascontiguousarray(X_raw), (np.ones(len(X_raw)) if w is None else w)
+
+
+def summary_piece(
+    piece: Piece,
+    cfg: InputColumns,
+    plan: FeaturePlan,
+    part: BehaviourPart,
+    storage_options: dict | None = None,
+) -> SuffStats:
+    """Read one piece: its share of the behaviour components' Gaussian summary
+    (:func:`~gmm_dask.segmentation.behaviour.summary_stats`)."""
+    table = io.read_piece(piece, columns_to_read(cfg), storage_options)
+    _, X_raw, Z, w, _, _ = prepare_piece(table, cfg, plan, piece.path)
+    return summary_stats(X_raw, Z, w, part)
 
 
 def score_piece(

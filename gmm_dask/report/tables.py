@@ -161,7 +161,9 @@ def fit_rows(d: ReportData) -> list[list[str]]:
     ):
         if key in f:
             rows.append([label, fmt_num(f.get(key), fmt)])
-    if f.get("covariance_type"):
+    if f.get("family"):  # set for the behaviour family: its covariances are the summaries'
+        rows.append(["family", f"{f['family']} (components summarised as full-covariance Gaussians)"])
+    elif f.get("covariance_type"):
         rows.append(["covariance type", str(f["covariance_type"])])
     if f.get("reseeded_components"):
         rows.append(["re-seeded during the fit (iteration, component)", str(f["reseeded_components"])])

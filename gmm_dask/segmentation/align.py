@@ -139,6 +139,7 @@ def apply(old: SegmentationModel, new: SegmentationModel, al: Alignment) -> Segm
         segment_names=names,
         segment_ids=ids,
         metadata=meta,
+        behaviour=None if new.behaviour is None else new.behaviour.take(order),
     )
 
 

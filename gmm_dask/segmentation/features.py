@@ -53,7 +53,7 @@ class FeaturePlan:
     mean: FloatArray  # (D,) in transformed space
     scale: FloatArray  # (D,)
     impute_values: FloatArray  # (D,) transformed-space means of observed values
-    kinds: tuple[str, ...] = ()  # per feature: count | amount | continuous ('' for old models)
+    kinds: tuple[str, ...] = ()  # per feature: count | amount | continuous | binary ('' for old models)
     resolution: FloatArray | None = None  # (D,) raw-unit step of counts/amounts, NaN for continuous
     low: FloatArray | None = None  # (D,) smallest raw value seen in training
 
@@ -509,7 +509,7 @@ def build_plan(p: Profile, cfg: InputColumns, standardize: bool) -> FeaturePlan:
 
 
 #: Default resolution by kind: one unit of a count, one currency (or time) unit of an amount.
-DEFAULT_RESOLUTION = {"count": 1.0, "amount": 1.0, "continuous": np.nan}
+DEFAULT_RESOLUTION = {"count": 1.0, "amount": 1.0, "continuous": np.nan, "binary": 1.0}
 
 
 def infer_kinds(p: Profile, cfg: InputColumns) -> tuple[tuple[str, ...], FloatArray]:

@@ -31,8 +31,11 @@ class FitRecord:
         EM iterations of the kept run; whether it met ``tol``.
     seed, n_components, n_components_requested, covariance_type, config_hash
         The fit's settings (``n_components`` after pruning degenerate components).
+    family : str
+        ``behaviour`` for a fit of the behaviour family (its ``covariance_type`` is its
+        summaries', ``full``); unset for the Gaussian family.
     feature_kinds : dict
-        Feature name -> count | amount | continuous.
+        Feature name -> count | amount | continuous | binary.
     reseeded_components : list of [iteration, component]
     degenerate : dict
         The degenerate-component report (``components``, ``pruned``, ...).
@@ -68,6 +71,7 @@ class FitRecord:
     n_components: int | None = None
     n_components_requested: int | None = None
     covariance_type: str | None = None
+    family: str | None = None
     config_hash: str | None = None
     feature_kinds: dict[str, str] = field(default_factory=dict)
     reseeded_components: list[list[int]] = field(default_factory=list)

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 from gmm_dask.errors import DataError, RegistryError
 from gmm_dask.mixture.arrays import BoolArray, FloatArray, IntArray
 from gmm_dask.mixture.options import COVARIANCE_TYPES, CovarianceType, is_covariance_type
+from gmm_dask.segmentation.behaviour import FAMILY, BehaviourPart, stored_part
 from gmm_dask.segmentation.features import _DOMAIN, FeaturePlan, _domain_bad, apply_transforms
 from gmm_dask.segmentation.fit_record import FitRecord
 from gmm_dask.segmentation.specs import EntropyBands, FeatureSpec
@@ -72,6 +73,10 @@ class SegmentationModel:
         Snapshot, row counts, lower bound, BIC/AIC, seed, config hash, alignment, ...
     version : str or None
         Registry version (``vNNNN``) once registered.
+    behaviour : BehaviourPart or None
+        For a model of the behaviour family: its structure and parameters, which score users on
+        their raw features; ``weights`` … ``precisions_cholesky`` are then each component's
+        moment-matched Gaussian summary in model space (full covariances), which describes it.
     """
 
     plan: FeaturePlan
@@ -86,6 +91,7 @@ class SegmentationModel:
     metadata: FitRecord = field(default_factory=FitRecord)
     version: str | None = None
     segment_ids: list[int] | None = None  # stable ids across refits (default 0..K-1)
+    behaviour: BehaviourPart | None = None
 
     @property
     def n_components(self) -> int:
@@ -130,14 +136,22 @@ class SegmentationModel:
 
     # --- scoring --------------------------------------------------------------------------
 
-    def memberships(self, Z: FloatArray, bands: EntropyBands | None = None) -> Memberships:
-        """γ, hard segment, entropies, band and log p(x) for model inputs ``Z`` of shape (n, D)."""
+    def memberships(
+        self, Z: FloatArray, bands: EntropyBands | None = None, X_raw: FloatArray | None = None
+    ) -> Memberships:
+        """γ, hard segment, entropies, band and log p(x) for model inputs ``Z`` of shape (n, D);
+        a behaviour model scores the same rows' raw features ``X_raw`` (n, D) instead."""
         from gmm_dask.mixture import gaussian
 
         bands = bands or EntropyBands()
-        wlp = gaussian.estimate_weighted_log_prob(
-            Z, self.weights, self.means, self.precisions_cholesky, self.covariance_type
-        )
+        if self.behaviour is not None:
+            if X_raw is None:
+                raise DataError("A behaviour-family model scores raw features: pass X_raw.")
+            wlp = self.behaviour.weighted_log_prob(X_raw)
+        else:
+            wlp = gaussian.estimate_weighted_log_prob(
+                Z, self.weights, self.means, self.precisions_cholesky, self.covariance_type
+            )
         lpn, log_resp = gaussian.log_responsibilities(wlp)
         gamma = np.exp(log_resp)
         ent = gaussian.entropy_bits(log_resp, gamma)
@@ -200,7 +214,7 @@ class SegmentationModel:
             raise DataError(f"Feature column(s) {sorted(set(bad_types))} must be numeric (not bool/text).")
         X_raw = frame[self.feature_names].to_numpy(dtype=np.float64, na_value=np.nan)
         Z, keep = self.prepare(X_raw, where="the DataFrame")
-        m = self.memberships(Z, bands)
+        m = self.memberships(Z, bands, X_raw[keep])
         index = frame.index[keep]
         out = pd.DataFrame(index=index)
         if self.id_column in cols:
@@ -250,6 +264,9 @@ class SegmentationModel:
     # --- serialisation (plain JSON values; storage is the registry's) ------------------------
 
     def to_payload(self) -> Payload:
+        family = (
+            {} if self.behaviour is None else {"family": FAMILY, "behaviour": self.behaviour.to_payload()}
+        )
         return {
             "covariance_type": self.covariance_type,
             "weights": self.weights.tolist(),
@@ -271,6 +288,7 @@ class SegmentationModel:
             else None,
             "low": self.plan.low.tolist() if self.plan.low is not None else None,
             "metadata": self.metadata.to_json(),
+            **family,
         }
 
 
@@ -318,7 +336,7 @@ def model_from_payload(payload: Payload, where: str, version: str | None = None)
         features = tuple(FeatureSpec.model_validate(f) for f in payload["features"])
         names = [str(n) for n in payload["segment_names"]]
         kinds = tuple(str(k) for k in payload.get("kinds") or ())
-        if any(k not in ("count", "amount", "continuous") for k in kinds):
+        if any(k not in ("count", "amount", "continuous", "binary") for k in kinds):
             raise ValueError(f"unknown feature kind in {kinds}")
         res = payload.get("resolution")
         resolution = None if res is None else np.array([np.nan if r is None else float(r) for r in res])
@@ -346,6 +364,7 @@ def model_from_payload(payload: Payload, where: str, version: str | None = None)
         len(ids) != k or len(set(ids)) != k or not all(isinstance(i, int) and i >= 0 for i in ids)
     ):
         raise RegistryError(f"{where}: segment_ids must be {k} distinct non-negative integers.")
+    part = stored_part(payload, where, k, plan.names)
     return SegmentationModel(
         plan,
         ct,
@@ -359,6 +378,7 @@ def model_from_payload(payload: Payload, where: str, version: str | None = None)
         FitRecord.from_json(dict(payload.get("metadata", {}))),
         version,
         None if ids is None else [int(i) for i in ids],
+        part,
     )
 
 

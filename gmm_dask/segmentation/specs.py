@@ -60,13 +60,14 @@ class FeatureSpec(Spec):
         default="none",
         description="log1p/sqrt for non-negative heavy-tailed counts, asinh for signed amounts.",
     )
-    kind: Literal["count", "amount", "continuous"] | None = Field(
+    kind: Literal["count", "amount", "continuous", "binary"] | None = Field(
         default=None,
-        description="count (integers), amount (money, durations: often exactly 0) or continuous. "
-        "Counts and amounts are not resolved finer than `resolution`, which floors every component's "
-        "variance in this feature (Sheppard's Δ²/12 through the transform and scaling). Empty: "
-        "inferred from the data (all values whole numbers: count; non-negative with exact zeros: "
-        "amount; else continuous).",
+        description="count (integers), amount (money, durations: often exactly 0), continuous, or "
+        "binary (0/1). Counts and amounts are not resolved finer than `resolution`, which floors every "
+        "component's variance in this feature (Sheppard's Δ²/12 through the transform and scaling); "
+        "the Gaussian family treats a binary as a count of resolution 1, the behaviour family fits it "
+        "as a Bernoulli. Empty: inferred from the data (all values whole numbers: count; "
+        "non-negative with exact zeros: amount; else continuous).",
     )
     resolution: float | None = Field(
         default=None,
@@ -77,7 +78,7 @@ class FeatureSpec(Spec):
 
     @model_validator(mode="after")
     def _resolution_needs_discrete(self) -> Self:
-        if self.resolution is not None and self.kind == "continuous":
+        if self.resolution is not None and self.kind in ("continuous", "binary"):
             raise ValueError("resolution applies to counts and amounts; remove it or set kind: count/amount")
         return self
 

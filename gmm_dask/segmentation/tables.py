@@ -112,7 +112,7 @@ def score_table(
 ) -> tuple[pa.Table | None, PieceResult]:
     """Score one piece's table: its memberships rows (when ``rows``) and its aggregates."""
     ids, X_raw, Z, _w, n_dropped, n_imputed = prepare_piece(table, cfg, model.plan, path)
-    m = model.memberships(Z, bands)
+    m = model.memberships(Z, bands, X_raw)
     gamma = m["gamma"]
     n, k = gamma.shape
     version = model.version or "unregistered"

@@ -135,7 +135,7 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
             # the inputs as the tables will score them (segment sizes), also held once for every fit
             scored = (
                 steps.prepare_data(cfg, snap, prof, persist=True, dequantize=False)
-                if data.plan.has_floor
+                if data.plan.has_floor and cfg.model.family == "gaussian"
                 else None
             )
 

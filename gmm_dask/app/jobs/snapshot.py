@@ -150,7 +150,11 @@ def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> R
         reference
         if reference is not None
         and reference.n_components == m.n_components
-        and reference.covariance_type == m.covariance_type
+        and (
+            reference.covariance_type == m.covariance_type
+            if m.family == "gaussian"
+            else reference.behaviour is not None  # its part starts the fit (see pipeline.fit_model)
+        )
         and reference.feature_names == plan.cfg.input.feature_names
         else None
     )
