@@ -131,6 +131,14 @@ PublishParam = Annotated[
     ),
 ]
 
+ForceParam = Annotated[
+    bool,
+    Field(
+        description="Write the tables even when the published ones were written for the same data, config "
+        "and model settings (without it such a re-run writes nothing and says the date is unchanged)."
+    ),
+]
+
 
 class TrainParams(JobParams):
     """Fit a model on a snapshot, register it and write the tables."""
@@ -140,6 +148,7 @@ class TrainParams(JobParams):
     snapshot: SnapshotDate = None
     model: ModelOverrideParam = None
     publish: PublishParam = None
+    force: ForceParam = False
 
 
 class ScoreParams(JobParams):
@@ -152,6 +161,7 @@ class ScoreParams(JobParams):
         str, Field(min_length=1, description="Registered model to apply: a version vNNNN or an alias.")
     ] = "latest"
     publish: PublishParam = None
+    force: ForceParam = False
 
 
 class SegmentParams(JobParams):
@@ -166,6 +176,7 @@ class SegmentParams(JobParams):
     ] = None
     model: ModelOverrideParam = None
     publish: PublishParam = None
+    force: ForceParam = False
 
     @model_validator(mode="after")
     def _pinned_or_override(self):
