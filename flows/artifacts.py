@@ -22,6 +22,11 @@ def publish_run(res, kind: str = "segment") -> None:
     forecast) as markdown, the segments and audiences as tables, and where the report lives."""
     data = res.report
     md = markdown_summary(data) if data is not None else f"# {kind} {res.snapshot}"
+    if getattr(res, "unchanged", False):
+        md += (
+            f"\n\nUnchanged, nothing written: the published tables (model `{res.model_version}`) were "
+            "written for the same data, config and model settings (`force` writes them again)."
+        )
     if res.report_path:
         md += (
             f"\n\n## Report\n\nThe full report with charts is next to the tables: `{res.report_path}` "

@@ -323,7 +323,8 @@ def write_demo_dataset(root: str | Path, spec: DemoSpec = DemoSpec(), *, overwri
                 tmp = target.with_name(f".{target.name}.tmp")
                 pq.write_table(table, tmp, row_group_size=spec.row_group_rows)
                 tmp.replace(target)
-    stamp.write_text(wanted)
+    if not stamp.exists() or stamp.read_text() != wanted:  # a second run changes no file
+        stamp.write_text(wanted)
     logger.info("demo data written: %d users x %d snapshots", spec.n_users, spec.n_snapshots)
     return root / "snapshots"
 

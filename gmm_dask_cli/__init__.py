@@ -99,7 +99,10 @@ def _run_flow(name: str, p, verbose: int):
     from gmm_dask.app import jobs, progress
 
     # every check that needs no cluster, before Prefect starts; the flow's job takes this plan
-    with jobs.plan_ahead(p):
+    with jobs.plan_ahead(p) as plan:
+        if getattr(plan, "nothing_to_do", False):  # nothing to write: the job alone, no Prefect, no Dask
+            res = getattr(jobs, name)(p)
+            return res.dates if isinstance(res, jobs.BackfillResult) else res
         import flows
 
         _quiet_prefect(verbose)
@@ -243,7 +246,12 @@ def _commands():
             cmd_vacuum,
         ),
         ("serve", params.ServeParams, "serve the deployments from this process (Ctrl-C to stop)", cmd_serve),
-        ("demo", DemoParams, "generate demo data if absent, backfill its history and segment the latest day", cmd_demo),
+        (
+            "demo",
+            DemoParams,
+            "generate demo data if absent, backfill its history and segment the latest day",
+            cmd_demo,
+        ),
     ]
 
 

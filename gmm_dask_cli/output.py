@@ -20,6 +20,13 @@ def print_result(res, stream=None) -> None:
     import pandas as pd
 
     w = _w(stream)
+    if getattr(res, "unchanged", False):
+        w(
+            f"\nSnapshot {res.snapshot}: unchanged, nothing written: its published tables (model "
+            f"{res.model_version}) were written for the same data, config and model settings "
+            "(--force writes them again).\n"
+        )
+        return
     verb = "trained and registered" if res.trained else "scored with"
     w(
         f"\nSnapshot {res.snapshot}: model {res.model_version} {verb}; "

@@ -143,6 +143,14 @@ PublishParam = Annotated[
     ),
 ]
 
+ForceParam = Annotated[
+    bool,
+    Field(
+        description="Write the tables even when the published ones were written for the same data, config "
+        "and model settings (without it such a re-run writes nothing and says the date is unchanged)."
+    ),
+]
+
 
 class TrainParams(JobParams):
     """Fit a model on a snapshot, register it and write the tables."""
@@ -152,6 +160,7 @@ class TrainParams(JobParams):
     snapshot: SnapshotDate = None
     model: ModelOverrideParam = None
     publish: PublishParam = None
+    force: ForceParam = False
 
 
 class ScoreParams(JobParams):
@@ -164,6 +173,7 @@ class ScoreParams(JobParams):
         str, Field(min_length=1, description="Registered model to apply: a version vNNNN or an alias.")
     ] = "latest"
     publish: PublishParam = None
+    force: ForceParam = False
 
 
 class SegmentParams(JobParams):
@@ -178,6 +188,7 @@ class SegmentParams(JobParams):
     ] = None
     model: ModelOverrideParam = None
     publish: PublishParam = None
+    force: ForceParam = False
 
     @model_validator(mode="after")
     def _pinned_or_override(self):

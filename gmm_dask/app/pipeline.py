@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TABLES = ("memberships", "segments", "overlaps")
+#: The table metadata key of the inputs fingerprint a run's tables were written for.
+INPUTS_KEY = "gmm_dask.inputs"
 
 
 @contextlib.contextmanager
@@ -429,10 +431,13 @@ def write_tables(
     *,
     extra: dict[str, tuple[pd.DataFrame, dict]] | None = None,
     store: TableStore | None = None,
+    inputs: str | None = None,
 ) -> Written:
     """Score every piece (each worker writes its pieces' memberships files into the staging
     area) and commit the memberships, segments and overlaps partitions — plus any ``extra``
-    tables, ``{name: (frame, metadata)}`` — together, each atomically."""
+    tables, ``{name: (frame, metadata)}`` — together, each atomically. ``inputs``, the run's
+    inputs fingerprint (:mod:`gmm_dask.app.jobs.reruns`), goes into the segments' and overlaps'
+    metadata."""
     import dask
 
     from gmm_dask.segmentation.tables import overlaps_table, segments_table
@@ -459,8 +464,9 @@ def write_tables(
         agg = dask.compute(tree_reduce(parts, lambda a, b: a + b))[0]
         seg = segments_table(model, agg)
         ov = overlaps_table(model, agg, thr)
-        st.write("segments", _with_metadata(seg, "segments", version))
-        st.write("overlaps", _with_metadata(ov, "overlaps", version))
+        stamp = {INPUTS_KEY: inputs} if inputs else None
+        st.write("segments", _with_metadata(seg, "segments", version, stamp))
+        st.write("overlaps", _with_metadata(ov, "overlaps", version, stamp))
         for name, (df, meta) in (extra or {}).items():
             st.write(name, _with_metadata(df, name, version, meta))
     return Written(st.paths, agg, seg, ov)

@@ -50,6 +50,11 @@ class BackfillPlan:
     def todo(self) -> list[str]:
         return [d for d in self.dates if d not in self.done]
 
+    @property
+    def nothing_to_do(self) -> bool:
+        """Whether every date is done (the job starts no cluster; the CLI, not even Prefect)."""
+        return not self.todo
+
 
 @dataclass
 class BackfillResult:

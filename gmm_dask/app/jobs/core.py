@@ -92,6 +92,7 @@ class WriteTablesStep(Protocol):
         *,
         extra: dict[str, tuple[pd.DataFrame, dict]] | None = None,
         store: TableStore | None = None,
+        inputs: str | None = None,
     ) -> pipeline.Written: ...
 
 
@@ -195,6 +196,12 @@ class SnapshotPlan:
     cfg: JobConfig
     snapshot: Snapshot  # footers checked
     model: SegmentationModel | None = None  # pinned model (score), checked against the input
+    unchanged: str | None = None  # the model version of published tables written for these inputs
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """Whether the job writes nothing (decided without Prefect or Dask)."""
+        return self.unchanged is not None
 
 
 def new_run_id() -> str:

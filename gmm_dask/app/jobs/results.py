@@ -45,6 +45,7 @@ class RunResult:
     run_id: str = ""
     analysis: Analysis | None = field(default=None, repr=False)
     report: ReportData | None = field(default=None, repr=False)  # what the report and UI show
+    unchanged: bool = False  # the published tables were written for the same inputs: nothing written
 
     def summary(self) -> dict:
         """JSON-friendly digest (what flows return)."""
@@ -62,6 +63,7 @@ class RunResult:
             "phases": {k: round(v.seconds, 3) for k, v in self.timings.items()},
             "segments": self.segments[["segment", "name", "weight", "size"]].to_dict("records"),
             **({"analysis": self.analysis.summary()} if self.analysis is not None else {}),
+            **({"unchanged": True} if self.unchanged else {}),
         }
 
 

@@ -28,6 +28,7 @@ from .core import (
     planner,
     write_manifest,
 )
+from .reruns import inputs_fingerprint, published_for, run_kind, unchanged_result
 from .results import RunResult, report_data, run_result
 
 
@@ -35,7 +36,10 @@ from .results import RunResult, report_data, run_result
 def plan_train(p: TrainParams, steps: Steps = STEPS) -> SnapshotPlan:
     cfg = load_job(p.config, p.model)
     check_job(cfg)
-    return SnapshotPlan(cfg, steps.open_snapshot(cfg, date_str(p.snapshot)))
+    plan = SnapshotPlan(cfg, steps.open_snapshot(cfg, date_str(p.snapshot)))
+    if p.publishes() and not p.force:
+        plan.unchanged = published_for(cfg, plan.snapshot, None, False, steps)
+    return plan
 
 
 @planner(ScoreParams, SegmentParams)
@@ -43,7 +47,11 @@ def plan_score(p: ScoreParams | SegmentParams, steps: Steps = STEPS) -> Snapshot
     cfg = load_job(p.config, getattr(p, "model", None))
     check_job(cfg)
     model = steps.load_model(cfg, p.model_version) if p.model_version else None
-    return SnapshotPlan(cfg, steps.open_snapshot(cfg, date_str(p.snapshot)), model)
+    plan = SnapshotPlan(cfg, steps.open_snapshot(cfg, date_str(p.snapshot)), model)
+    if p.publishes() and not p.force:
+        analyse = isinstance(p, SegmentParams)
+        plan.unchanged = published_for(cfg, plan.snapshot, model, analyse, steps)
+    return plan
 
 
 def run_snapshot(
@@ -58,9 +66,10 @@ def run_snapshot(
     analyse: bool = False,
 ) -> RunResult:
     """Segment one opened snapshot: profile → (fit → align to ``reference`` → register | the
-    given model) → tables (→ fluidity, forecast and audiences when ``analyse``). A publishing
-    run holds the date's publish lock throughout."""
+    given model) → tables (→ fluidity, forecast and audiences when ``analyse``), stamped with the
+    fingerprint of their inputs. A publishing run holds the date's publish lock throughout."""
     target = target or Target(True, new_run_id())
+    inputs = inputs_fingerprint(cfg, snap, run_kind(model, analyse))
     t0 = time.perf_counter()
     timings: dict[str, progress.Phase] = {}
     with target.lock(cfg, snap.date), pipeline.cluster(cfg):
@@ -70,7 +79,7 @@ def run_snapshot(
         if model is None:
             model = _fit(cfg, snap, prof, warm_start, reference, timings, steps)
         with progress.phase("write", timings, rows=snap.n_rows):
-            written = steps.write_tables(cfg, snap, model, store=target.store(cfg))
+            written = steps.write_tables(cfg, snap, model, store=target.store(cfg), inputs=inputs)
         analysis = None
         if analyse:
             with progress.phase("analyse", timings, rows=snap.n_rows) as ph:
@@ -117,8 +126,11 @@ def _fit(
 
 
 def train(p: TrainParams, *, steps: Steps = STEPS) -> RunResult:
-    """Fit on a snapshot (latest by default), register the model, write the tables."""
+    """Fit on a snapshot (latest by default), register the model, write the tables (nothing when
+    the published tables were written for the same inputs, unless ``force``)."""
     plan = made_ahead(p, SnapshotPlan) or plan_train(p, steps)
+    if plan.unchanged is not None:
+        return unchanged_result(plan.cfg, plan.snapshot, plan.unchanged, steps)
     target = Target(p.publishes(), new_run_id())
     # aligned to the published model even as a candidate: its ids stay true if it is promoted
     reference = steps.published_model(plan.cfg)
@@ -128,8 +140,11 @@ def train(p: TrainParams, *, steps: Steps = STEPS) -> RunResult:
 
 
 def score(p: ScoreParams, *, steps: Steps = STEPS) -> RunResult:
-    """Apply a registered model (default ``latest``) to a snapshot and write the tables."""
+    """Apply a registered model (default ``latest``) to a snapshot and write the tables (nothing
+    when the published tables were written for the same inputs, unless ``force``)."""
     plan = made_ahead(p, SnapshotPlan) or plan_score(p, steps)
+    if plan.unchanged is not None:
+        return unchanged_result(plan.cfg, plan.snapshot, plan.unchanged, steps)
     res = run_snapshot(
         plan.cfg, plan.snapshot, model=plan.model, target=Target(p.publishes(), new_run_id()), steps=steps
     )
@@ -141,8 +156,11 @@ def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> R
     """The daily job: fit the snapshot (or score it with a pinned model), write the tables and
     the HTML report. A publishing fit starts from the published model when that has the
     configured K and covariance type (today's segments stay yesterday's unless the data moved
-    them), and is aligned to it either way."""
+    them), and is aligned to it either way. A published date whose tables were written for the
+    same inputs is left as it is unless ``force``: the result says it is unchanged."""
     plan = made_ahead(p, SnapshotPlan) or plan_score(p, steps)
+    if plan.unchanged is not None:
+        return unchanged_result(plan.cfg, plan.snapshot, plan.unchanged, steps)
     target = Target(p.publishes(), new_run_id())
     reference = steps.published_model(plan.cfg) if plan.model is None else None
     m = plan.cfg.model

@@ -9,6 +9,8 @@ columns, so data larger than memory stream through the workers.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +66,9 @@ class Snapshot:
     pieces: tuple[Piece, ...]
     id_type: pa.DataType
     storage_options: StorageOptions
+    #: a digest of every file's name (under the partition) and footer: row counts, sizes and
+    #: column statistics; equal digests mean the same data, short of a rewrite that keeps them all
+    fingerprint: str = ""
 
     @property
     def n_rows(self) -> int:
@@ -255,7 +260,20 @@ def open_snapshot(cfg: SnapshotSource, date: str, piece_rows: int = PIECE_ROWS) 
         pieces = [Piece(p.index, fs.unstrip_protocol(p.path), p.row_groups, p.n_rows) for p in pieces]
     if not pieces:
         raise DataError(f"Snapshot {date} at {part!r} is empty (its Parquet files hold no rows).")
-    return Snapshot(date, part, tuple(pieces), id_type, dict(cfg.storage_options))
+    fp = _fingerprint(part, files, footers)
+    return Snapshot(date, part, tuple(pieces), id_type, dict(cfg.storage_options), fp)
+
+
+def _fingerprint(part: str, files: Sequence[str], footers: Sequence[pq.FileMetaData]) -> str:
+    """The digest of the snapshot's files: each name relative to the partition, with its footer
+    (row groups, their sizes and offsets, every column chunk's statistics)."""
+    prefix = part.rstrip("/") + "/"
+    digest = hashlib.sha256()
+    for path, meta in zip(files, footers, strict=True):
+        name = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
+        doc = json.dumps([name, meta.to_dict()], sort_keys=True, default=str)
+        digest.update(doc.encode())
+    return digest.hexdigest()[:32]
 
 
 def read_piece(
