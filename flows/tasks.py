@@ -10,14 +10,15 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from gmm_dask.app.jobs import STEPS, Steps
-from gmm_dask.errors import GMMDaskInputError, PublishConflictError
+from gmm_dask.errors import GMMDaskInputError, PublishConflictError, StorageUnavailableError
 
 
 def _retry_unless_bad_input(task, task_run, state) -> bool:
     """Retry transient failures (network, storage); never retry bad input or config, nor a
-    lost race for a date (another run published it first: retrying would overwrite it)."""
+    lost race for a date (another run published it first: retrying would overwrite it), nor a
+    store whose retries (GMM_DASK_STORAGE_RETRY_SECONDS) are spent already."""
     exc = state.data if isinstance(state.data, BaseException) else None
-    return not isinstance(exc, GMMDaskInputError | PublishConflictError)
+    return not isinstance(exc, GMMDaskInputError | PublishConflictError | StorageUnavailableError)
 
 
 def _fit_name() -> str:

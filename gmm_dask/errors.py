@@ -3,8 +3,8 @@
 Every error a user can fix by changing their input, parameters or configuration derives from
 :class:`GMMDaskInputError`, which is also a :class:`ValueError` so that code written for
 scikit-learn's ``GaussianMixture`` keeps catching it. The CLI maps exception *classes* to exit
-codes (``gmm_dask_cli.EXIT_CODES``): input errors 2, :class:`PublishConflictError` 75, anything
-else 1. Every class gmm-dask raises is defined here.
+codes (``gmm_dask_cli.EXIT_CODES``): input errors 2, :class:`PublishConflictError` and
+:class:`StorageUnavailableError` 75, anything else 1. Every class gmm-dask raises is defined here.
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ class BackfillError(DataError):
 
 class PublishConflictError(GMMDaskError):
     """Another run is publishing the same snapshot date right now (not bad input: retry later)."""
+
+
+class StorageUnavailableError(GMMDaskError):
+    """The store kept failing with transient errors (connection refused, timeouts, 5xx) for the
+    whole of ``GMM_DASK_STORAGE_RETRY_SECONDS``: the message names the operation and the URL
+    (not bad input: retry later)."""
 
 
 class ConcurrentCommitError(GMMDaskError):

@@ -5,7 +5,9 @@ Prefect form. Every command checks its arguments, config, paths, snapshots and m
 before it starts Prefect or Dask: bad input exits 2 within seconds, with one message and no
 traceback (``-v`` adds it). ``train`` and ``score`` run without Prefect; ``segment``,
 ``backfill``, ``select-k``, ``fluidity`` and ``audience`` run their flows (Prefect's temporary local API when
-PREFECT_API_URL is unset). Exit codes: 0 done, 2 bad input or configuration, 1 internal failure.
+PREFECT_API_URL is unset). Exit codes: 0 done, 2 bad input or configuration, 75 retry later
+(another run is publishing the date, or the store did not answer for
+GMM_DASK_STORAGE_RETRY_SECONDS), 1 internal failure.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CONFLICT = 75  # another run is publishing the same date: retry later (EX_TEMPFAIL)
+EXIT_UNAVAILABLE = 75  # the store did not answer for GMM_DASK_STORAGE_RETRY_SECONDS: retry later
 DEFAULT_DEMO_CONFIG = "configs/demo.yaml"
 
 
@@ -62,11 +65,12 @@ def cmd_score(p, args) -> int:
 
 
 class _NoInputTracebacks(logging.Filter):
-    """Drop log records that carry a bad-input error: the CLI prints it once, as one message."""
+    """Drop log records that carry a bad-input error or a store that did not answer: the CLI
+    prints it once, as one message."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is not None and _exit_code(exc)[0] == EXIT_BAD_INPUT:
+        if exc is not None and _exit_code(exc)[1] in ("error", "storage unavailable"):
             return False
         if record.name.startswith("prefect"):  # "Finished in state Failed('DataError: ...')"
             msg = record.getMessage()
@@ -75,9 +79,9 @@ class _NoInputTracebacks(logging.Filter):
 
 
 def _input_error_names() -> set[str]:
-    from gmm_dask.errors import GMMDaskInputError
+    from gmm_dask.errors import GMMDaskInputError, StorageUnavailableError
 
-    names, todo = set(), [GMMDaskInputError]
+    names, todo = set(), [GMMDaskInputError, StorageUnavailableError]
     while todo:
         cls = todo.pop()
         names.add(cls.__name__)
@@ -277,8 +281,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbose: int) -> None:
-    # Before Dask is imported: distributed configures its loggers from this at import time.
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose >= 2 else "warning")
+    # Before Dask is imported: distributed configures its loggers from this at import time, in
+    # this process and in the worker processes it starts. Below -vv, a task's error is not
+    # logged by the worker ("Compute Failed" and its traceback): the CLI prints it once.
+    if not any(k == "DASK_LOGGING" or k.startswith("DASK_LOGGING__") for k in os.environ):
+        dask_levels = (
+            {"distributed": "info"}
+            if verbose >= 2
+            else {"distributed": "warning", "distributed.worker": "critical"}
+        )
+        os.environ["DASK_LOGGING"] = repr(dask_levels)
     # the project sends no usage data (pyproject.toml turns the server's off; this, the client's notice)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     level = logging.WARNING - 10 * min(verbose, 2)
@@ -291,6 +303,7 @@ def _configure_logging(verbose: int) -> None:
             h.addFilter(_NoInputTracebacks())
     for noisy in ("distributed", "tornado", "bokeh", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.INFO if verbose >= 2 else logging.WARNING)
+    logging.getLogger("distributed.worker").setLevel(logging.INFO if verbose >= 2 else logging.CRITICAL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -335,7 +348,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 traceback.print_exc()
         else:
-            print(f"gmm-dask: {label}: {err}", file=sys.stderr)
+            if args.verbose and label == "storage unavailable":
+                import traceback
+
+                traceback.print_exc()
+            print(f"gmm-dask: {label}: {err}", file=sys.stderr)  # the last line
         return code
 
 
@@ -348,11 +365,12 @@ def _parameter_type_error() -> type[BaseException] | None:
 def _exit_code(err: BaseException) -> tuple[int, str]:
     """The exit code of an exception, by its class (:data:`EXIT_CODES`), and the word the
     message starts with."""
-    from gmm_dask.errors import GMMDaskInputError, PublishConflictError
+    from gmm_dask.errors import GMMDaskInputError, PublishConflictError, StorageUnavailableError
 
     classes: list[tuple[type[BaseException], int, str]] = [
         (GMMDaskInputError, EXIT_BAD_INPUT, "error"),
         (PublishConflictError, EXIT_CONFLICT, "conflict"),
+        (StorageUnavailableError, EXIT_UNAVAILABLE, "storage unavailable"),
     ]
     prefect_bad_parameter = _parameter_type_error()
     if prefect_bad_parameter is not None:

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gmm_dask.mixture.suffstats import SuffStats
 from gmm_dask.segmentation.audiences import (
@@ -192,9 +191,7 @@ def compute_fluidity(
 
 
 def _piece_lowest(path: str, k: int, storage_options: dict | None) -> np.ndarray:
-    fs, inner = io.filesystem(path, storage_options)
-    with fs.open(inner, "rb") as f:
-        ll = pq.read_table(f, columns=["log_likelihood"]).column("log_likelihood").to_numpy()
+    ll = io.read_table_file(path, ["log_likelihood"], storage_options).column("log_likelihood").to_numpy()
     return lowest(np.asarray(ll, dtype=np.float64), k)
 
 
@@ -229,9 +226,7 @@ def audience_piece(
     storage_options: dict | None = None,
 ) -> Counter:
     """Audiences (and the forecast) of one memberships file; returns users per audience key."""
-    fs, inner = io.filesystem(path, storage_options)
-    with fs.open(inner, "rb") as f:
-        t = pq.read_table(f, columns=[id_column, *MEMBERSHIP_COLUMNS])
+    t = io.read_table_file(path, [id_column, *MEMBERSHIP_COLUMNS], storage_options)
     counts, parts, out, g = audience_rows(t, path, id_column, snapshot, ids, names, rules, movers)
     for key, part in parts:
         io.write_csv_file(part, f"{out_csv_dir}/{key}-part-{index:05d}.csv", storage_options)

@@ -25,8 +25,9 @@ neither. Publishing (:mod:`.publishing`): one writer per published date, candida
 later.
 
 Storage errors (:mod:`.fs`): a connection refused, a timeout, a 5xx answer are *transient* and
-retried with backoff for up to ``GMM_DASK_STORAGE_RETRY_SECONDS`` (default 60) at the I/O edges
-here; a missing bucket or refused credentials are *permanent*: a ConfigError naming the URL
+retried with backoff for up to ``GMM_DASK_STORAGE_RETRY_SECONDS`` (default 60) at every I/O
+edge here, data files included, then a :class:`StorageUnavailableError` naming the operation and
+the URL (exit 75); a missing bucket or refused credentials are *permanent*: a ConfigError naming the URL
 (exit 2), never with the credentials.
 """
 
@@ -74,6 +75,7 @@ from gmm_dask.storage.io.writers import (
     partition_metadata,
     partition_path,
     read_partition,
+    read_table_file,
     write_csv_file,
     write_partition,
     write_table_file,
@@ -117,6 +119,7 @@ __all__ = [
     "publish_lock",
     "read_partition",
     "read_piece",
+    "read_table_file",
     "read_text",
     "resolve_snapshot",
     "retry_transient",

@@ -1,8 +1,9 @@
 """Filesystems and URLs, and storage errors: transient ones retried, permanent ones a ConfigError.
 
 Storage errors: a connection refused, a timeout, a 5xx answer are *transient* and retried
-with backoff for up to ``GMM_DASK_STORAGE_RETRY_SECONDS`` (default 60) at the I/O edges here;
-a missing bucket or refused credentials are *permanent*: a ConfigError naming the URL (exit 2),
+with backoff for up to ``GMM_DASK_STORAGE_RETRY_SECONDS`` (default 60) by
+:func:`retry_transient`, which wraps every I/O edge of :mod:`gmm_dask.storage.io`, then a
+:class:`StorageUnavailableError` naming the operation and the URL (exit 75); a missing bucket or refused credentials are *permanent*: a ConfigError naming the URL (exit 2),
 never with the credentials.
 """
 
@@ -18,8 +19,8 @@ from typing import Any, Protocol, TypeAlias, TypeVar
 import fsspec
 from fsspec import AbstractFileSystem
 
-from gmm_dask.errors import ConfigError
-from gmm_dask.storage import delta
+from gmm_dask.errors import ConfigError, StorageUnavailableError
+from gmm_dask.storage import _faults, delta
 
 logger = logging.getLogger("gmm_dask.storage.io")  # the name its log lines have always carried
 
@@ -107,7 +108,10 @@ _TRANSIENT_ERRNOS = {
 
 
 def is_transient(err: BaseException) -> bool:
-    """Whether a storage error may go away by itself (network, timeouts, 5xx): worth a retry."""
+    """Whether a storage error may go away by itself (network, timeouts, 5xx): worth a retry.
+    A :class:`StorageUnavailableError` is not: the retries behind it are spent."""
+    if isinstance(err, StorageUnavailableError):
+        return False
     if isinstance(err, FileNotFoundError | PermissionError | FileExistsError | IsADirectoryError):
         return False
     if isinstance(err, ConnectionError | TimeoutError):
@@ -128,29 +132,48 @@ def _retry_seconds() -> float:
 _REMOTE = ("s3://", "s3a://", "gs://", "gcs://", "abfs://", "abfss://", "az://", "adl://")
 
 
+def _retried(err: BaseException, url: str) -> bool:
+    """A transient error on a remote store (or an injected outage, see :mod:`gmm_dask.storage._faults`)."""
+    return is_transient(err) and (str(url).startswith(_REMOTE) or isinstance(err, _faults.InjectedOutage))
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0][:200] if str(err) else ""
+
+
 def retry_transient(fn: Callable[[], T], what: str, url: str, seconds: float | None = None) -> T:
     """``fn()``, retried with backoff while it fails with a transient storage error, for up to
-    ``seconds`` (default ``GMM_DASK_STORAGE_RETRY_SECONDS``, 60); other errors, and any error
-    on a local or custom filesystem, pass at once."""
-    if not str(url).startswith(_REMOTE):
-        return fn()
-    deadline = time.monotonic() + (_retry_seconds() if seconds is None else seconds)
+    ``seconds`` (default ``GMM_DASK_STORAGE_RETRY_SECONDS``, 60) from the first try, counting
+    the time fsspec/s3fs spends in its own retries: an outage shorter than that is bridged.
+    Then :class:`StorageUnavailableError` naming ``what`` and ``url``. Other errors, and any
+    error on a local or custom filesystem, pass at once."""
+    budget = _retry_seconds() if seconds is None else seconds
+    start = time.monotonic()
     delay = 0.5
     while True:
         try:
             return fn()
         except Exception as err:
-            if not is_transient(err) or time.monotonic() + delay > deadline:
+            if not _retried(err, url):
                 raise
+            elapsed = time.monotonic() - start
+            if elapsed >= budget:
+                raise StorageUnavailableError(
+                    f"{what} {url!r} failed: the store did not answer for {elapsed:.0f} s "
+                    f"({type(err).__name__}: {_first_line(err)}); gave up after "
+                    f"GMM_DASK_STORAGE_RETRY_SECONDS={budget:g}. Check the endpoint and the network, "
+                    "then rerun."
+                ) from err
+            wait = min(delay, budget - elapsed)
             logger.warning(
                 "%s %s: transient storage error (%s: %s); retrying in %.1f s",
                 what,
                 url,
                 type(err).__name__,
-                str(err).splitlines()[0][:200] if str(err) else "",
-                delay,
+                _first_line(err),
+                wait,
             )
-            time.sleep(delay)
+            time.sleep(wait)
             delay = min(delay * 2, 8.0)
 
 
@@ -193,13 +216,14 @@ def check_store(url: str, storage_options: StorageOptions | None, key: str) -> N
         raise ConfigError(
             f"{key} {url!r}: access denied ({_error_code(err)}). {creds}; credentials are never printed."
         ) from None
+    except StorageUnavailableError as err:
+        cause = err.__cause__ or err
+        raise StorageUnavailableError(
+            f"{key} {url!r}: the store did not answer ({type(cause).__name__}) for "
+            f"{_retry_seconds():.0f} s (GMM_DASK_STORAGE_RETRY_SECONDS). Check the endpoint and "
+            "the network, then retry."
+        ) from None
     except Exception as err:
-        if is_transient(err):
-            raise OSError(
-                f"{key} {url!r}: the store did not answer ({type(err).__name__}) for "
-                f"{_retry_seconds():.0f} s (GMM_DASK_STORAGE_RETRY_SECONDS). Check the endpoint and "
-                "the network, then retry."
-            ) from None
         raise ConfigError(
             f"{key} {url!r}: the store refused the request ({_error_code(err)}). Check {key} and "
             "storage_options (e.g. endpoint_url). " + creds + "."

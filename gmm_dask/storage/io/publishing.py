@@ -11,10 +11,19 @@ import time
 from collections.abc import Iterator, Sequence
 from functools import partial
 
+from fsspec import AbstractFileSystem
+
 from gmm_dask.errors import DataError, ExclusiveWriteUnsupported, PublishConflictError
 from gmm_dask.storage import delta
 from gmm_dask.storage.io.documents import create_exclusive, exists, list_names, read_text, write_text_atomic
-from gmm_dask.storage.io.fs import StorageOptions, _is_local, _url, filesystem, retry_transient
+from gmm_dask.storage.io.fs import (
+    StorageOptions,
+    _first_line,
+    _is_local,
+    _url,
+    filesystem,
+    retry_transient,
+)
 from gmm_dask.storage.io.writers import (
     EXPORT_TABLES,
     StagedPartitions,
@@ -86,8 +95,7 @@ def publish_lock(
         except (OSError, ValueError):
             held = {}
         if held.get("host") == me["host"] and held.get("pid") and not _alive(int(held["pid"])):
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(path)
+            _release(fs, path, url)
             logger.warning("Took over the publish lock of %s left by dead process %s", date, held.get("pid"))
             continue
         raise PublishConflictError(
@@ -101,9 +109,23 @@ def publish_lock(
         )
     try:
         yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            retry_transient(lambda: fs.rm(path), "Releasing", url)
+    except BaseException:
+        try:
+            _release(fs, path, url)
+        except Exception as err:  # the error that got us here is the one to report
+            logger.warning(
+                "Could not release the publish lock %s (%s); remove it once the store answers "
+                "(a run on this host takes it over by itself)",
+                url,
+                _first_line(err),
+            )
+        raise
+    _release(fs, path, url)
+
+
+def _release(fs: AbstractFileSystem, path: str, url: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        retry_transient(lambda: fs.rm(path), "Releasing", url)
 
 
 def _alive(pid: int) -> bool:
@@ -135,8 +157,10 @@ def copy_partitions(
     sources: dict[str, list[tuple[str, str]]] = {}
     for t in tables:
         part = partition_path(src, t, date)
-        if t in EXPORT_TABLES or not _is_delta(fs, f"{src.rstrip('/')}/{t}"):
-            found = sorted(fs.find(part)) if fs.exists(part) else []
+        if t in EXPORT_TABLES or not retry_transient(
+            partial(_is_delta, fs, f"{src.rstrip('/')}/{t}"), "Listing", src_root
+        ):
+            found = retry_transient(partial(_find, fs, part), "Listing", partition_path(src_root, t, date))
             sources[t] = [(f, f[len(part) :].lstrip("/")) for f in found]
         else:
             _, _, files = _partition_files(src_root, t, date, storage_options)
@@ -154,9 +178,17 @@ def copy_partitions(
                     os.makedirs(os.path.dirname(dst), exist_ok=True)
                     shutil.copyfile(f, dst)
                 else:
-                    with fs.open(f, "rb") as a, fs_dst.open(dst, "wb") as b:
-                        shutil.copyfileobj(a, b)
+                    retry_transient(partial(_copy, fs, f, fs_dst, dst), "Writing", st.file(t, name))
     return st.paths
+
+
+def _find(fs: AbstractFileSystem, path: str) -> list[str]:
+    return sorted(fs.find(path)) if fs.exists(path) else []
+
+
+def _copy(fs: AbstractFileSystem, src: str, fs_dst: AbstractFileSystem, dst: str) -> None:
+    with fs.open(src, "rb") as a, fs_dst.open(dst, "wb") as b:
+        shutil.copyfileobj(a, b)
 
 
 def delta_vacuum(
@@ -168,4 +200,6 @@ def delta_vacuum(
     """Delete the files of a Delta output table that no version within ``retention_hours``
     references (replaced partitions, files of killed writers); returns them. Versions older
     than the retention are no longer readable afterwards."""
-    return delta.vacuum(table_url, storage_options, retention_hours, dry_run)
+    return retry_transient(
+        lambda: delta.vacuum(table_url, storage_options, retention_hours, dry_run), "Vacuuming", table_url
+    )

@@ -129,8 +129,12 @@ class PartitionWriter:
                 "(it has a _delta_log/). Set output.format: delta, or point output.root elsewhere."
             )
         self._recover()
-        self.fs.makedirs(self.staged, exist_ok=True)
-        self.fs.makedirs(f"{base}/{table}", exist_ok=True)
+
+        def makedirs() -> None:
+            self.fs.makedirs(self.staged, exist_ok=True)
+            self.fs.makedirs(f"{base}/{table}", exist_ok=True)
+
+        retry_transient(makedirs, "Staging", self.directory)
 
     def file(self, name: str) -> str:
         """Path to write a staged file to (local path or URL inside the staging area)."""
@@ -327,23 +331,47 @@ def _parquet_options(schema: pa.Schema) -> dict[str, Any]:
 
 
 def write_table_file(table: pa.Table, path: str, storage_options: StorageOptions | None = None) -> None:
-    """Write one Parquet file (see :func:`_parquet_options`) to a local path or URL."""
+    """Write one Parquet file (see :func:`_parquet_options`) to a local path or URL; a whole
+    rewrite on each retry of a transient error (:func:`retry_transient`)."""
     options = _parquet_options(table.schema)
-    if "://" in path:
-        fs, inner = filesystem(path, storage_options)
-        with fs.open(inner, "wb") as f:
-            pq.write_table(table, f, **options)
-    else:
-        pq.write_table(table, path, **options)
+
+    def write() -> None:
+        _faults.outage("write_file", path)
+        if "://" in path:
+            fs, inner = filesystem(path, storage_options)
+            with fs.open(inner, "wb") as f:
+                pq.write_table(table, f, **options)
+        else:
+            pq.write_table(table, path, **options)
+
+    retry_transient(write, "Writing", path)
+
+
+def read_table_file(
+    path: str, columns: Sequence[str], storage_options: StorageOptions | None = None
+) -> pa.Table:
+    """The ``columns`` of one Parquet file (a local path or URL), e.g. a memberships file."""
+    fs, inner = filesystem(path, storage_options)
+
+    def read() -> pa.Table:
+        with fs.open(inner, "rb") as f:
+            return pq.read_table(f, columns=list(columns))
+
+    return retry_transient(read, "Reading", path)
 
 
 def write_csv_file(table: pa.Table, path: str, storage_options: StorageOptions | None = None) -> None:
-    """One CSV file with a header (list columns are not allowed)."""
+    """One CSV file with a header (list columns are not allowed), retried as a whole."""
     import pyarrow.csv as pacsv
 
     fs, inner = filesystem(path, storage_options)
-    with fs.open(inner, "wb") as f:
-        pacsv.write_csv(table, f)
+
+    def write() -> None:
+        _faults.outage("write_file", path)
+        with fs.open(inner, "wb") as f:
+            pacsv.write_csv(table, f)
+
+    retry_transient(write, "Writing", path)
 
 
 class StagedPartitions:
@@ -480,10 +508,9 @@ def partition_dates(root: str, table: str, storage_options: StorageOptions | Non
     """The dates that have a committed partition of ``table`` under ``root``, in order."""
     fs, base = filesystem(root, storage_options)
     table_dir = f"{base.rstrip('/')}/{table}"
-    if table not in EXPORT_TABLES and retry_transient(
-        lambda: _is_delta(fs, table_dir), "Listing", _url(fs, table_dir)
-    ):
-        t = delta.open_table(_url(fs, table_dir), storage_options)
+    url = _url(fs, table_dir)
+    if table not in EXPORT_TABLES and retry_transient(lambda: _is_delta(fs, table_dir), "Listing", url):
+        t = retry_transient(lambda: delta.open_table(url, storage_options), "Opening", url)
         return delta.partition_values(t, "dt")
     return sorted(
         n.split("=", 1)[1]
@@ -523,6 +550,10 @@ def partition_metadata(
     fs, _, files = _partition_files(root, table, date, storage_options)
     if not files:
         return None
-    with fs.open(files[0], "rb") as f:
-        meta = pq.read_schema(f).metadata or {}
+
+    def read() -> dict[bytes, bytes]:
+        with fs.open(files[0], "rb") as f:
+            return pq.read_schema(f).metadata or {}
+
+    meta = retry_transient(read, "Reading", _url(fs, files[0]))
     return {k.decode(): v.decode() for k, v in meta.items() if k.startswith(b"gmm_dask.")}
