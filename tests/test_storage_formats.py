@@ -88,7 +88,7 @@ def test_vacuum_command_deletes_replaced_files_and_keeps_the_current_tables(data
     cfg = make_config(tmp_path, data, output={"root": str(tmp_path / "out"), "format": "delta"})
     d = SPEC.dates[0]
     jobs.train(TrainParams(config=str(cfg), snapshot=d))
-    jobs.train(TrainParams(config=str(cfg), snapshot=d, publish=True))
+    jobs.train(TrainParams(config=str(cfg), snapshot=d, publish=True, force=True))  # replaces the date
     table = str(tmp_path / "out" / "memberships")
     files = sorted(p for p in (tmp_path / "out").rglob("*.parquet"))
     current = DeltaTable(table).to_pandas().sort_values("user_id", ignore_index=True)
