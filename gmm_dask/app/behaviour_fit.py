@@ -82,7 +82,7 @@ def fit_behaviour(
     part and the components' Gaussian summary."""
     from gmm_dask.mixture.em import fit_family
     from gmm_dask.mixture.runner import ChunkedData, make_runner
-    from gmm_dask.segmentation.naming import generate_names
+    from gmm_dask.segmentation.behaviour_names import behaviour_names
 
     m = cfg.model
     configured = m.segment_names is not None and len(m.segment_names) == k
@@ -102,9 +102,11 @@ def fit_behaviour(
         while True:
             part = BehaviourPart(family.structure, res.params)
             summary = summarise(cfg, snap, plan, part)
-            if not configured:  # named from the components' summaries (configured names win)
+            if not configured:  # named in the family's terms (configured names win)
                 assert summary.covariances is not None  # a summary has its covariances
-                names = generate_names(plan, summary.weights, summary.means, summary.covariances, "full")
+                names = behaviour_names(
+                    family.structure, res.params, summary.weights, summary.means, summary.covariances
+                )
             assert res.hard_weight is not None  # fit_family always counts them
             found = Degenerate(small_components(res, res.hard_weight, m.degenerate.min_share), {}, {})
             keep = to_keep(found, m.degenerate, names, snap.date, plan.names, pruned)
