@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from gmm_dask.segmentation.fit_record import promotion_like
+
 
 def _w(stream=None):
     return (stream or sys.stdout).write
@@ -39,6 +41,9 @@ def print_result(res, stream=None) -> None:
             f"EM: {f.get('n_iter')} iterations, converged={f.get('converged')}, "
             f"log-likelihood {f.get('log_likelihood', float('nan')):.6f}, BIC {f.get('bic', float('nan')):,.1f}\n"
         )
+        shift = promotion_like(f)
+        if shift is not None:
+            w(f"WARNING: {shift}\n")
     print_phases(res.timings, stream)
     seg = res.segments
     cols = ["segment", "name", "weight", "size", "mean_entropy_bits", "high_entropy_share"]

@@ -52,19 +52,20 @@ def summarise(cfg: JobConfig, snap: Snapshot, plan: FeaturePlan, part: Behaviour
 
 def _start(
     cfg: JobConfig, runner: Runner, plan: FeaturePlan, k: int, warm_start: SegmentationModel | None
-) -> tuple[BehaviourFamily, BehaviourParams]:
-    """The family and first parameters: the published model's when they fit this plan and K,
-    else a structure and an initialisation from one sampling pass."""
+) -> tuple[BehaviourFamily, BehaviourParams, bool]:
+    """The family and first parameters: the published model's when they fit this plan and K
+    (then True), else a structure and an initialisation from one sampling pass."""
     from gmm_dask.mixture.behaviour import fit_structure_and_init
     from gmm_dask.mixture.em import seed_from
 
     warm = warm_start.behaviour if warm_start is not None else None
     if warm is not None and warm.starts(plan, k):
-        return warm.family, warm.params
+        return warm.family, warm.params, True
     m = cfg.model
-    return fit_structure_and_init(
+    family, params = fit_structure_and_init(
         runner, list(plan.kinds), plan.names, k, seed_from(m.random_state), m.n_init
     )
+    return family, params, False
 
 
 def fit_behaviour(
@@ -82,14 +83,14 @@ def fit_behaviour(
     part and the components' Gaussian summary."""
     from gmm_dask.mixture.em import fit_family
     from gmm_dask.mixture.runner import ChunkedData, make_runner
-    from gmm_dask.segmentation.naming import generate_names
+    from gmm_dask.segmentation.behaviour_names import behaviour_names
 
     m = cfg.model
     configured = m.segment_names is not None and len(m.segment_names) == k
     names = list(m.segment_names or []) if configured else [f"segment_{i}" for i in range(k)]
     runner = make_runner(ChunkedData(X, w), persist=m.persist)
     try:
-        family, init = _start(cfg, runner, plan, k, warm_start)
+        family, init, warm = _start(cfg, runner, plan, k, warm_start)
 
         def fit(start: BehaviourParams) -> FitResult[BehaviourParams]:
             return fit_family(
@@ -98,13 +99,18 @@ def fit_behaviour(
 
         res = fit(init)
         fits: list[FitResult] = [res]
+        published = None  # the first E-step's objective less the prior: the published model's fit
+        if warm and res.lower_bounds:
+            published = res.lower_bounds[0] - family.log_prior(init) / res.weight
         pruned: list[dict] = []
         while True:
             part = BehaviourPart(family.structure, res.params)
             summary = summarise(cfg, snap, plan, part)
-            if not configured:  # named from the components' summaries (configured names win)
+            if not configured:  # named in the family's terms (configured names win)
                 assert summary.covariances is not None  # a summary has its covariances
-                names = generate_names(plan, summary.weights, summary.means, summary.covariances, "full")
+                names = behaviour_names(
+                    family.structure, res.params, summary.weights, summary.means, summary.covariances
+                )
             assert res.hard_weight is not None  # fit_family always counts them
             found = Degenerate(small_components(res, res.hard_weight, m.degenerate.min_share), {}, {})
             keep = to_keep(found, m.degenerate, names, snap.date, plan.names, pruned)
@@ -115,4 +121,4 @@ def fit_behaviour(
             fits.append(res)
     finally:
         runner.close()
-    return Fitted(res, fits, names, found, pruned), part, summary
+    return Fitted(res, fits, names, found, pruned, published), part, summary

@@ -15,7 +15,7 @@ import numpy as np
 from gmm_dask.errors import FitError
 from gmm_dask.mixture.options import CovarianceType
 from gmm_dask.segmentation.features import FeaturePlan, Profile
-from gmm_dask.segmentation.fit_record import FitRecord
+from gmm_dask.segmentation.fit_record import FitRecord, drift_record
 from gmm_dask.segmentation.model import SegmentationModel
 
 if TYPE_CHECKING:
@@ -227,13 +227,15 @@ def warm_params(
 @dataclass
 class Fitted:
     """The last fit, every fit made (refits after pruning included), the components' names, the
-    degenerate components of the last fit and the pruned ones."""
+    degenerate components of the last fit and the pruned ones; for a fit started from the
+    published model, the mean log-likelihood of the data under that model (its first pass)."""
 
     res: FitResult
     fits: list[FitResult]
     names: list[str]
     found: Degenerate
     pruned: list[dict]
+    published_loglik: float | None = None  # today's data under the published model (warm starts)
 
 
 def fit_record(
@@ -278,4 +280,7 @@ def fit_record(
         fit_seconds=round(time.perf_counter() - t0, 3),
         passes=pass_counts(fitted.fits),
         warm_started_from=warm_start.version if warm_start is not None else None,
+        drift=None
+        if fitted.published_loglik is None
+        else drift_record(fitted.published_loglik, res.final_loglik / res.weight),
     )

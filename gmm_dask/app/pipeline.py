@@ -45,6 +45,7 @@ from gmm_dask.segmentation.features import (
     merge_duplicates,
     merge_profiles,
 )
+from gmm_dask.segmentation.fit_record import promotion_like
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage.io import Snapshot, TableStore, open_snapshot, resolve_snapshot
 from gmm_dask.storage.registry import ModelRegistry
@@ -289,6 +290,9 @@ def fit_model(
         cfg, snap.date, prof, data.n_rows, data.plan, fitted, ct, n_components or m.n_components, t0,
         warm_start, n_params, None if part is None else m.family,
     )  # fmt: skip
+    shift = promotion_like(metadata.to_json())
+    if shift is not None:
+        logger.warning("Snapshot %s: %s.", snap.date, shift)
     return SegmentationModel(
         data.plan,
         ct,
@@ -370,7 +374,9 @@ def _fit_and_prune(
             fits.append(res)
     finally:
         runner.close()
-    return Fitted(res, fits, names, found, pruned)
+    # a warm start's first E-step is the published model's mean log-likelihood on today's data
+    published = fits[0].lower_bounds[0] if init is not None and fits[0].lower_bounds else None
+    return Fitted(res, fits, names, found, pruned, published)
 
 
 def registry(cfg: JobConfig) -> ModelRegistry:

@@ -21,6 +21,7 @@ from gmm_dask.report.data import (
     pruned_text,
 )
 from gmm_dask.report.text import DASH, fmt_compact, fmt_gamma_pair, fmt_int, fmt_num, fmt_pct, is_finite
+from gmm_dask.segmentation.fit_record import promotion_like
 
 
 def _md_escape(v: Any) -> str:
@@ -52,6 +53,9 @@ def _md_header(d: ReportData) -> list[str]:
             f"EM: {fmt_int(f.get('n_iter'))} iterations, converged: {conv}, mean log-likelihood "
             f"{fmt_num(f.get('log_likelihood'), '.6f')}, BIC {fmt_num(f.get('bic'), ',.1f')}, AIC {fmt_num(f.get('aic'), ',.1f')}."
         )
+    shift = promotion_like(f)
+    if shift is not None:
+        lines.append(f"**Warning: {shift}.**")
     return lines
 
 

@@ -18,6 +18,7 @@ id (:mod:`gmm_dask.segmentation.align` carries it); only new segments get new na
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 
 import numpy as np
@@ -36,6 +37,21 @@ def feature_label(name: str) -> str:
     """A feature's name as words: ``items_created_30d`` -> ``items created`` (the window goes)."""
     base = _WINDOW.sub("", name) or name
     return re.sub(r"[_\s]+", " ", base).strip() or name
+
+
+def feature_labels(names: Sequence[str]) -> list[str]:
+    """Each feature's :func:`feature_label`, kept apart where two would print the same: a label
+    shared by several features keeps its window (``orders`` and ``orders_90d`` read ``orders``
+    and ``orders (90d)``), and any still shared falls back to the whole name in words."""
+    base = [feature_label(n) for n in names]
+    labels = []
+    for n, lab in zip(names, base, strict=True):
+        window = _WINDOW.search(n)
+        shared = base.count(lab) > 1 and window is not None
+        labels.append(f"{lab} ({window.group(1)}{window.group(2)})" if shared and window else lab)
+    words = [re.sub(r"[_\s]+", " ", n).strip() or n for n in names]
+    labels = [w if labels.count(lab) > 1 else lab for lab, w in zip(labels, words, strict=True)]
+    return [n if labels.count(lab) > 1 else lab for lab, n in zip(labels, names, strict=True)]
 
 
 def component_variances(
@@ -91,7 +107,7 @@ def _is_zero(plan: FeaturePlan, j: int, value: float) -> bool:
 
 
 def _term(plan: FeaturePlan, j: int, z: float, value: float) -> str:
-    label = feature_label(plan.names[j])
+    label = feature_labels(plan.names)[j]
     if _is_zero(plan, j, value) and z < 0:
         return f"no {label}"
     if z >= 1.5:
@@ -170,4 +186,12 @@ def is_placeholder(name: str) -> bool:
     return re.fullmatch(r"segment_\d+( \(\d+\))?", name) is not None
 
 
-__all__ = ["DORMANT", "describe", "feature_label", "generate_names", "is_placeholder", "profile_z"]
+__all__ = [
+    "DORMANT",
+    "describe",
+    "feature_label",
+    "feature_labels",
+    "generate_names",
+    "is_placeholder",
+    "profile_z",
+]
