@@ -13,14 +13,16 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from gmm_dask.app import progress
+from gmm_dask.app.forms import FormProperty
 from gmm_dask.app.params import parse_params
 
 
 def signature_of(params_cls) -> inspect.Signature:
-    """A keyword-only signature with one parameter per field of ``params_cls``."""
+    """A keyword-only signature with one parameter per field of ``params_cls``; an optional
+    field's form reads as :func:`gmm_dask.app.forms.FormProperty` makes it."""
     parameters = []
     for name, f in params_cls.model_fields.items():
-        meta = [*f.metadata, Field(description=f.description)]
+        meta = [*f.metadata, Field(description=f.description), FormProperty(f.title)]
         annotation = operator.getitem(Annotated, (f.annotation, *meta))  # a type built at run time
         default = inspect.Parameter.empty if f.is_required() else Field(f.default, description=f.description)
         parameters.append(

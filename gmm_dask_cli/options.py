@@ -9,7 +9,9 @@ import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
+from gmm_dask.app.forms import field_range
 from gmm_dask.errors import ConfigError
 
 
@@ -68,6 +70,21 @@ def add_options(parser: argparse.ArgumentParser, params_cls: type[BaseModel]) ->
             _add_field(parser, name, f, name)
 
 
+_RANGE_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+
+
+def _field_info(params_cls: type[BaseModel], loc: list[str]) -> FieldInfo | None:
+    """The field at ``loc`` (a nested model's field too), if there is one."""
+    cls: Any = params_cls
+    info = None
+    for part in loc:
+        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
+            return None
+        info = cls.model_fields[part]
+        cls = _unwrap_optional(info.annotation)
+    return info
+
+
 def params_from_args(params_cls: type[BaseModel], args: argparse.Namespace, command: str):
     """Validate the parsed options into ``params_cls``; errors name the options."""
     values: dict[str, Any] = {}
@@ -86,7 +103,12 @@ def params_from_args(params_cls: type[BaseModel], args: argparse.Namespace, comm
         for e in err.errors():
             loc = [str(p) for p in e["loc"] if not isinstance(p, int)]
             where = option_name(loc[-1]) if loc else "options"
+            if len(loc) > 1:  # a nested model's field: say which (model.n_components)
+                where += f" ({'.'.join(loc)})"
             msg = e["msg"].removeprefix("Value error, ")
+            info = _field_info(params_cls, loc)
+            rng = field_range(info) if info is not None and e["type"] in _RANGE_ERRORS else ""
+            msg += f" (range {rng})" if rng else ""
             got = e.get("input")
             got_s = f" (got {got!r})" if loc and not isinstance(got, dict | list) else ""
             lines.append(f"gmm-dask {command}: {where}: {msg}{got_s}")

@@ -439,7 +439,8 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             got = e.get("input")
             got_s = "" if isinstance(got, dict | list) else f" (got {got!r})"
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {loc}: {msg}{got_s}")
+            where = f"{loc}: " if loc else ""  # a model's own rule (k_min <= k_max) has no key
+            lines.append(f"{source}: {where}{msg}{got_s}")
     return "\n".join(lines)
 
 

@@ -23,6 +23,7 @@ from gmm_dask.app.config import (
     family_problem,
     format_validation_error,
 )
+from gmm_dask.app.forms import form_schema, param
 from gmm_dask.errors import ConfigError
 from gmm_dask.mixture.options import (
     MAX_MAX_ITER,
@@ -46,47 +47,76 @@ ConfigPath = Annotated[
 ]
 SnapshotDate = Annotated[
     dt.date | None,
-    Field(description="Date partition to process, YYYY-MM-DD. Empty: the latest snapshot under input.path."),
+    param("Date partition to process, YYYY-MM-DD.", empty="the latest snapshot under input.path"),
 ]
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=form_schema)
+
+
+#: What an empty field of the model override or the audience settings means.
+CONFIGS = "the config's value"
 
 
 class ModelOverride(_Params):
     """Changes to the config's `model` section for this run. Empty fields keep the config's values."""
 
+    model_config = ConfigDict(title="Model override")
+
     n_components: Annotated[
         int | None,
-        Field(
+        param(
+            "Number of mixture components K.",
             ge=MIN_N_COMPONENTS,
             le=MAX_N_COMPONENTS,
+            empty=CONFIGS,
             strict=True,
-            description="Number of mixture components K.",
+            title="Number of components",
         ),
     ] = None
-    family: Annotated[Family | None, Field(description=FAMILY_DESCRIPTION)] = None
+    family: Annotated[Family | None, param(FAMILY_DESCRIPTION, empty=CONFIGS, title="Family")] = None
     covariance_type: Annotated[
-        CovarianceType | None, Field(description="Covariance structure of each component.")
+        CovarianceType | None,
+        param("Covariance structure of each component.", empty=CONFIGS, title="Covariance type"),
     ] = None
-    init_params: Annotated[InitMethod | None, Field(description="Initialisation method.")] = None
+    init_params: Annotated[
+        InitMethod | None, param("Initialisation method.", empty=CONFIGS, title="Initialisation")
+    ] = None
     n_init: Annotated[
         int | None,
-        Field(ge=MIN_N_INIT, le=MAX_N_INIT, strict=True, description="Initialisations; the best is kept."),
+        param(
+            "Initialisations; the best is kept.",
+            ge=MIN_N_INIT,
+            le=MAX_N_INIT,
+            empty=CONFIGS,
+            strict=True,
+            title="Initialisations",
+        ),
     ] = None
     tol: Annotated[
-        float | None, Field(ge=MIN_TOL, description="Convergence threshold on the lower bound.")
+        float | None,
+        param("Convergence threshold on the lower bound.", ge=MIN_TOL, empty=CONFIGS, title="Tolerance"),
     ] = None
     max_iter: Annotated[
         int | None,
-        Field(ge=1, le=MAX_MAX_ITER, strict=True, description="Most EM iterations per initialisation."),
+        param(
+            "Most EM iterations per initialisation.",
+            ge=1,
+            le=MAX_MAX_ITER,
+            empty=CONFIGS,
+            strict=True,
+            title="Most iterations",
+        ),
     ] = None
     reg_covar: Annotated[
-        float | None, Field(ge=MIN_REG_COVAR, description="Added to every covariance's diagonal.")
+        float | None,
+        param(
+            "Added to every covariance's diagonal.", ge=MIN_REG_COVAR, empty=CONFIGS, title="Covariance floor"
+        ),
     ] = None
     random_state: Annotated[
-        int | None, Field(ge=0, strict=True, description="Seed of the initialisation.")
+        int | None, param("Seed of the initialisation.", ge=0, empty=CONFIGS, strict=True, title="Seed")
     ] = None
 
     def apply(self, cfg: JobConfig) -> JobConfig:
@@ -111,7 +141,11 @@ class ModelOverride(_Params):
 
 ModelOverrideParam = Annotated[
     ModelOverride | None,
-    Field(description="Override parts of the config's model section for this run (empty: the config's)."),
+    param(
+        "Override parts of the config's model section for this run.",
+        empty="the config's model section",
+        title="Model override",
+    ),
 ]
 
 
@@ -139,7 +173,7 @@ PublishParam = Annotated[
     Field(
         description="Write the published tables (and move the `latest` alias for a fitted model). Empty: "
         "yes for a plain train, score or segment run; no for select-k, backfills and runs with a model "
-        "override, which write candidates under <output.root>/_candidates/<run id>/ (see `promote`)."
+        "override, which write candidates under output.root/_candidates/RUN_ID/ (see `promote`)."
     ),
 ]
 
@@ -184,7 +218,7 @@ class SegmentParams(JobParams):
     snapshot: SnapshotDate = None
     model_version: Annotated[
         str | None,
-        Field(description="Score with this registered version or alias instead of fitting. Empty: fit."),
+        param("Score with this registered version or alias instead of fitting.", empty="fit"),
     ] = None
     model: ModelOverrideParam = None
     publish: PublishParam = None
@@ -213,13 +247,14 @@ class BackfillParams(JobParams):
     ] = "score"
     model_version: Annotated[
         str | None,
-        Field(
-            description="Model to score with (score mode; default 'latest') or to start from (refit mode)."
+        param(
+            "Model to score with (score mode) or to start from (refit mode).",
+            empty="'latest' in score mode; in refit mode, the published model if any",
         ),
     ] = None
     force: Annotated[bool, Field(description="Redo dates whose tables already exist.")] = False
     max_concurrency: Annotated[
-        int, Field(ge=1, le=32, strict=True, description="Dates scored at the same time (score mode).")
+        int, param("Dates scored at the same time (score mode).", ge=1, le=32, strict=True)
     ] = 2
     analyse: Annotated[
         bool,
@@ -240,8 +275,8 @@ class BackfillParams(JobParams):
 class SelectKParams(JobParams):
     """Fit a grid of component counts and covariance types on one snapshot; pick by BIC or AIC."""
 
-    k_min: Annotated[int, Field(ge=1, le=64, strict=True, description="Smallest number of components.")] = 2
-    k_max: Annotated[int, Field(ge=1, le=64, strict=True, description="Largest number of components.")] = 8
+    k_min: Annotated[int, param("Smallest number of components.", ge=1, le=64, strict=True)] = 2
+    k_max: Annotated[int, param("Largest number of components.", ge=1, le=64, strict=True)] = 8
     covariance_types: Annotated[
         list[CovarianceType], Field(min_length=1, description="Covariance types to try.")
     ] = ["full"]
@@ -250,7 +285,7 @@ class SelectKParams(JobParams):
     )
     snapshot: SnapshotDate = None
     max_concurrency: Annotated[
-        int, Field(ge=1, le=64, strict=True, description="Candidate models fitted at the same time.")
+        int, param("Candidate models fitted at the same time.", ge=1, le=64, strict=True)
     ] = 4
     publish: PublishParam = None
 
@@ -267,7 +302,7 @@ class FluidityParams(JobParams):
     from_date: Annotated[dt.date, Field(description="Earlier snapshot (already segmented), YYYY-MM-DD.")]
     to_date: Annotated[dt.date, Field(description="Later snapshot (already segmented), YYYY-MM-DD.")]
     top_n: Annotated[
-        int, Field(ge=1, le=100_000, strict=True, description="Users who moved most, listed in the summary.")
+        int, param("Users who moved most, listed in the summary.", ge=1, le=100_000, strict=True)
     ] = 100
 
     @model_validator(mode="after")
@@ -283,27 +318,40 @@ class AudienceParams(JobParams):
 
     snapshot: Annotated[
         dt.date | None,
-        Field(description="Segmented snapshot, YYYY-MM-DD. Empty: the latest with published memberships."),
+        param("Segmented snapshot, YYYY-MM-DD.", empty="the latest with published memberships"),
     ] = None
     blend_threshold: Annotated[
         float | None,
-        Field(gt=0, le=0.5, description="γ needed on both segments of a pair. Empty: the config's."),
+        param(
+            "γ needed on both segments of a pair.",
+            gt=0,
+            le=0.5,
+            empty="the config's audiences.blend_threshold",
+        ),
     ] = None
     atypical_quantile: Annotated[
         float | None,
-        Field(
-            gt=0, lt=0.5, description="Share of users with the lowest log-likelihood. Empty: the config's."
+        param(
+            "Share of users with the lowest log-likelihood.",
+            gt=0,
+            lt=0.5,
+            empty="the config's audiences.atypical_quantile",
         ),
     ] = None
     mover_min_tv: Annotated[
         float | None,
-        Field(gt=0, le=1, description="Total variation since the previous snapshot. Empty: the config's."),
+        param(
+            "Total variation since the previous snapshot.",
+            gt=0,
+            le=1,
+            empty="the config's audiences.mover_min_tv",
+        ),
     ] = None
     publish: Annotated[
         bool,
         Field(
             description="Replace the published audiences; otherwise write a candidate under "
-            "<output.root>/_candidates/<run id>/ (see `promote`)."
+            "output.root/_candidates/RUN_ID/ (see `promote`)."
         ),
     ] = False
 
@@ -351,7 +399,7 @@ class PromoteParams(JobParams):
         str,
         Field(
             min_length=1,
-            description="The candidate run to publish (its folder under <output.root>/_candidates/).",
+            description="The candidate run to publish (its folder under output.root/_candidates/).",
         ),
     ]
 
@@ -363,11 +411,11 @@ class VacuumParams(JobParams):
 
     retention_hours: Annotated[
         int,
-        Field(
-            ge=0,
-            description="Keep what every version younger than this many hours needs. Under 24 the job "
+        param(
+            "Keep what every version younger than this many hours needs. Under 24 the job "
             "refuses while any date's publish lock is held: a run still writing has files no commit "
             "references yet.",
+            ge=0,
         ),
     ] = 168
     dry_run: Annotated[bool, Field(description="List the files that would be deleted; delete nothing.")] = (
