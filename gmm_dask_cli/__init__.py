@@ -99,7 +99,9 @@ def _quiet_prefect(verbose: int) -> None:
         h.addFilter(_NoInputTracebacks())
 
 
-def _run_flow(name: str, p, verbose: int):
+def _run_flow(name: str, p, verbose: int, announce: str | None = None):
+    """Run a job's flow; ``announce`` is printed first when the flow runs (not when the plan
+    finds nothing to write and the job runs alone, without Prefect or Dask)."""
     from gmm_dask.app import jobs, progress
 
     # every check that needs no cluster, before Prefect starts; the flow's job takes this plan
@@ -107,6 +109,8 @@ def _run_flow(name: str, p, verbose: int):
         if getattr(plan, "nothing_to_do", False):  # nothing to write: the job alone, no Prefect, no Dask
             res = getattr(jobs, name)(p)
             return res.dates if isinstance(res, jobs.BackfillResult) else res
+        if announce:
+            print(announce)
         import flows
 
         _quiet_prefect(verbose)
@@ -196,15 +200,14 @@ def cmd_demo(p, args) -> int:
     latest = (p.snapshot.isoformat() if p.snapshot else None) or spec.dates[-1]
     history = [d for d in spec.dates if d < latest]
     if history:  # the history the fluidity, forecast and report compare with (done dates are skipped)
-        print(
+        announce = (
             f"Running the `backfill` flow over the history {history[0]}..{history[-1]} (refit, published; "
             "Prefect starts a temporary local API if PREFECT_API_URL is unset) ..."
         )
         bf = BackfillParams(config=p.config, start=history[0], end=history[-1], mode="refit", publish=True)
-        print_backfill(_run_flow("backfill", bf, args.verbose))
-    print(f"Running the daily `segment` flow on {latest} ...")
+        print_backfill(_run_flow("backfill", bf, args.verbose, announce))
     seg = SegmentParams(config=p.config, snapshot=latest)
-    print_result(_run_flow("segment", seg, args.verbose))
+    print_result(_run_flow("segment", seg, args.verbose, f"Running the daily `segment` flow on {latest} ..."))
     return EXIT_OK
 
 

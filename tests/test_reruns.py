@@ -118,5 +118,6 @@ def test_backfill_over_done_dates_and_demo_again_start_nothing(tmp_path, monkeyp
     printed = capsys.readouterr().out
     assert "0 date(s) run, 1 skipped, 0 failed" in printed
     assert f"Snapshot {new}: unchanged, nothing written" in printed
+    assert "Running the" not in printed  # it does not announce flows it does not run
     assert manifest(tmp_path) == before
     assert latest(out) == alias
