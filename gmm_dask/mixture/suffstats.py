@@ -190,9 +190,26 @@ def merge_moments(
     return w, mean, m2a + m2b + coef * outer
 
 
-def combine(a: SuffStats, b: SuffStats) -> SuffStats:
-    """Merge the statistics of two disjoint sets of rows (:func:`merge_moments`)."""
-    n, means, m2 = merge_moments(a.nk, a.means, a.m2, b.nk, b.means, b.m2)
+class RowTracking(Protocol):
+    """What every family's statistics keep of individual rows: the invalid ones, and the worst
+    explained (to re-seed collapsed components)."""
+
+    @property
+    def nk(self) -> FloatArray: ...
+    @property
+    def first_bad(self) -> int: ...
+    @property
+    def worst_scores(self) -> FloatArray: ...
+    @property
+    def worst_rows(self) -> FloatArray: ...
+    @property
+    def worst_index(self) -> Int64Array: ...
+
+
+def merge_row_tracking(a: RowTracking, b: RowTracking) -> tuple[int, FloatArray, FloatArray, Int64Array]:
+    """The first invalid row and the worst-explained rows of the union of two disjoint sets:
+    (first_bad, worst_scores, worst_rows, worst_index), at most max(K, kept) rows, ties broken by
+    the lower global index."""
     m = max(len(a.worst_scores), len(b.worst_scores), a.nk.shape[0])
     ws, wr, wi = _keep_worst(
         np.concatenate([a.worst_scores, b.worst_scores]),
@@ -201,6 +218,13 @@ def combine(a: SuffStats, b: SuffStats) -> SuffStats:
         m,
     )
     firsts = [f for f in (a.first_bad, b.first_bad) if f >= 0]
+    return (min(firsts) if firsts else -1), ws, wr, wi
+
+
+def combine(a: SuffStats, b: SuffStats) -> SuffStats:
+    """Merge the statistics of two disjoint sets of rows (:func:`merge_moments`)."""
+    n, means, m2 = merge_moments(a.nk, a.means, a.m2, b.nk, b.means, b.m2)
+    first_bad, ws, wr, wi = merge_row_tracking(a, b)
     return SuffStats(
         nk=n,
         means=means,
@@ -209,7 +233,7 @@ def combine(a: SuffStats, b: SuffStats) -> SuffStats:
         weight=a.weight + b.weight,
         n_rows=a.n_rows + b.n_rows,
         n_bad=a.n_bad + b.n_bad,
-        first_bad=min(firsts) if firsts else -1,
+        first_bad=first_bad,
         worst_scores=ws,
         worst_rows=wr,
         worst_index=wi,

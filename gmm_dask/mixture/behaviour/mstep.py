@@ -8,31 +8,18 @@ from numpy.typing import NDArray
 from gmm_dask.mixture.behaviour.estep import merge_terms, resp_stats
 from gmm_dask.mixture.behaviour.structure import Structure, layout_of
 from gmm_dask.mixture.behaviour.values import BehaviourParams, BehaviourStats, Prior
+from gmm_dask.mixture.suffstats import merge_row_tracking
 
 F64 = NDArray[np.float64]
-
-
-def _keep_worst(
-    scores: F64, rows: F64, index: NDArray[np.int64], m: int
-) -> tuple[F64, F64, NDArray[np.int64]]:
-    order = np.lexsort((index, scores))[:m]
-    return scores[order], rows[order], index[order]
 
 
 def combine(a: BehaviourStats, b: BehaviourStats) -> BehaviourStats:
     """Statistics of the union of two disjoint sets of rows (exact; Chan et al. for moments)."""
     n, mean, m2 = merge_terms(a.term_n, a.term_mean, a.term_m2, b.term_n, b.term_mean, b.term_m2)
-    m = max(len(a.worst_scores), len(b.worst_scores), a.nk.shape[0])
-    ws, wr, wi = _keep_worst(
-        np.concatenate([a.worst_scores, b.worst_scores]),
-        np.concatenate([a.worst_rows, b.worst_rows]),
-        np.concatenate([a.worst_index, b.worst_index]),
-        m,
-    )
-    firsts = [f for f in (a.first_bad, b.first_bad) if f >= 0]
+    first_bad, ws, wr, wi = merge_row_tracking(a, b)
     return BehaviourStats(
         nk=a.nk + b.nk, loglik=a.loglik + b.loglik, weight=a.weight + b.weight, n_rows=a.n_rows + b.n_rows,
-        n_bad=a.n_bad + b.n_bad, first_bad=min(firsts) if firsts else -1,
+        n_bad=a.n_bad + b.n_bad, first_bad=first_bad,
         worst_scores=ws, worst_rows=wr, worst_index=wi,
         hard_nk=a.hard_nk + b.hard_nk if a.hard_nk is not None and b.hard_nk is not None else None,
         table=a.table + b.table, excess=a.excess + b.excess, term_n=n, term_mean=mean, term_m2=m2,
