@@ -57,3 +57,23 @@ def tree_digest(path: Path) -> dict[str, str]:
 
 def gamma_matrix(table) -> np.ndarray:
     return np.asarray(table.column("gamma").to_pylist(), dtype=float)
+
+
+def flow_schema(flow_name: str) -> tuple[dict, type]:
+    """The Prefect parameter schema of a flow (what its UI form is built from) and the job's
+    parameter model it is generated from."""
+    from prefect.utilities.callables import parameter_schema
+
+    import flows
+    from gmm_dask.app import params
+
+    models = {
+        "segment": params.SegmentParams,
+        "train": params.TrainParams,
+        "score": params.ScoreParams,
+        "backfill": params.BackfillParams,
+        "select_k": params.SelectKParams,
+        "fluidity": params.FluidityParams,
+        "audience": params.AudienceParams,
+    }
+    return parameter_schema(getattr(flows, flow_name).fn).model_dump_for_openapi(), models[flow_name]

@@ -16,7 +16,7 @@ from gmm_dask.app import params
 from gmm_dask.demo import DemoSpec, write_demo_dataset
 from gmm_dask_cli import build_parser
 
-from .pipeline_helpers import make_config
+from .pipeline_helpers import flow_schema, make_config
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = DemoSpec(n_users=1500, n_snapshots=2, seed=5, block_users=1500)
@@ -99,20 +99,7 @@ def test_every_parameter_is_an_option_with_its_help_and_default(command, model):
 
 @pytest.mark.parametrize("flow_name", ["segment", "train", "score", "backfill", "select_k", "fluidity"])
 def test_every_flow_parameter_is_described_bounded_and_defaulted(flow_name):
-    from prefect.utilities.callables import parameter_schema
-
-    import flows
-
-    flow = getattr(flows, flow_name)
-    schema = parameter_schema(flow.fn).model_dump_for_openapi()
-    model = {
-        "segment": params.SegmentParams,
-        "train": params.TrainParams,
-        "score": params.ScoreParams,
-        "backfill": params.BackfillParams,
-        "select_k": params.SelectKParams,
-        "fluidity": params.FluidityParams,
-    }[flow_name]
+    schema, model = flow_schema(flow_name)
     props = schema["properties"]
     assert list(props) == list(model.model_fields)
     for name, f in model.model_fields.items():

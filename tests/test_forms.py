@@ -16,6 +16,8 @@ from gmm_dask.app.forms import bounds, field_range, range_text
 from gmm_dask.errors import ConfigError
 from gmm_dask_cli import main
 
+from .pipeline_helpers import flow_schema
+
 MODELS = [
     params.TrainParams,
     params.ScoreParams,
@@ -98,21 +100,7 @@ def test_model_schemas_keep_bounds_at_the_property(model):
 
 @pytest.mark.parametrize("flow_name", FLOWS)
 def test_flow_parameter_schemas_keep_bounds_at_the_property(flow_name):
-    from prefect.utilities.callables import parameter_schema
-
-    import flows
-
-    flow = getattr(flows, flow_name)
-    schema = parameter_schema(flow.fn).model_dump_for_openapi()
-    model = {
-        "segment": params.SegmentParams,
-        "train": params.TrainParams,
-        "score": params.ScoreParams,
-        "backfill": params.BackfillParams,
-        "select_k": params.SelectKParams,
-        "fluidity": params.FluidityParams,
-        "audience": params.AudienceParams,
-    }[flow_name]
+    schema, model = flow_schema(flow_name)
     _check_schema_properties(schema["properties"], model)
     if "ModelOverride" in schema.get("definitions", {}):
         nested = schema["definitions"]["ModelOverride"]["properties"]
