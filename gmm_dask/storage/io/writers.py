@@ -94,7 +94,23 @@ class PartitionStage(Protocol):
     def abort(self) -> None: ...
 
 
-class PartitionWriter:
+class _StagedFiles:
+    """Where a partition writer's files go before its commit (both writers stage the same way)."""
+
+    fs: AbstractFileSystem
+    staged: str  # the staged partition directory, inside the writer's filesystem
+
+    def file(self, name: str) -> str:
+        """Path to write a staged file to (local path or URL inside the staging area)."""
+        return _url(self.fs, f"{self.staged}/{name}")
+
+    @property
+    def directory(self) -> str:
+        """The staged partition directory (local path or URL): files written under it are committed."""
+        return _url(self.fs, self.staged)
+
+
+class PartitionWriter(_StagedFiles):
     """Stage the files of one table partition, then commit them atomically.
 
     >>> w = PartitionWriter(root, "memberships", "2026-01-31")    # doctest: +SKIP
@@ -135,15 +151,6 @@ class PartitionWriter:
             self.fs.makedirs(f"{base}/{table}", exist_ok=True)
 
         retry_transient(makedirs, "Staging", self.directory)
-
-    def file(self, name: str) -> str:
-        """Path to write a staged file to (local path or URL inside the staging area)."""
-        return _url(self.fs, f"{self.staged}/{name}")
-
-    @property
-    def directory(self) -> str:
-        """The staged partition directory (local path or URL): files written under it are committed."""
-        return _url(self.fs, self.staged)
 
     def _recover(self) -> None:
         """Restore a partition left in the trash by a process that died mid-commit; drop stale staging."""
@@ -206,7 +213,7 @@ class PartitionWriter:
                 self.fs.rm(run_dir, recursive=True)
 
 
-class DeltaPartitionWriter:
+class DeltaPartitionWriter(_StagedFiles):
     """Write one partition of a Delta table: the files go straight into the table directory,
     under ``<table>/<key>=<date>/run-<id>/`` (invisible to every reader until committed), and
     :meth:`commit` replaces the partition with them in one Delta commit (see :mod:`gmm_dask.storage.delta`).
@@ -256,13 +263,6 @@ class DeltaPartitionWriter:
     @property
     def local(self) -> bool:
         return _is_local(self.fs)
-
-    def file(self, name: str) -> str:
-        return _url(self.fs, f"{self.staged}/{name}")
-
-    @property
-    def directory(self) -> str:
-        return _url(self.fs, self.staged)
 
     def commit(self) -> str:
         def files() -> list[str]:
