@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -129,17 +130,19 @@ class InputConfig(_Model):
         return [f.name for f in self.features]
 
 
-Family = Literal["gaussian", "behaviour"]
+Family = Literal["auto", "gaussian", "behaviour"]
 
 FAMILY_DESCRIPTION = (
-    "Mixture family. gaussian: Gaussians on the transformed, standardised features. behaviour: "
-    "per-feature components by kind (count histogram, amount hurdle + log-normal, continuous "
-    "Gaussian, binary Bernoulli) fitted on the RAW values after the missing-value policy, so a "
-    "feature's transform and model.standardize only shape the moment-matched Gaussian summary "
-    "that names and describes each component; covariance_type, init_params and "
-    "degenerate.atoms are ignored (the summary is full). Every kind works, declared or "
-    "inferred; a declared kind's values must fit it (counts whole ≥ 0, amounts ≥ 0, binaries "
-    "0/1). Refused with it: input.missing: impute_mean (a mean is no count)."
+    "Mixture family. auto (default): behaviour when any feature is a count or an amount "
+    "(declared or inferred) and input.missing is not impute_mean, else gaussian. gaussian: "
+    "Gaussians on the transformed, standardised features. behaviour: per-feature components by "
+    "kind (count histogram, amount hurdle + log-normal, continuous Gaussian, binary Bernoulli) "
+    "fitted on the RAW values after the missing-value policy, so a feature's transform and "
+    "model.standardize only shape the moment-matched Gaussian summary that names and describes "
+    "each component; covariance_type, init_params and degenerate.atoms are ignored (the summary "
+    "is full). Every kind works, declared or inferred; a declared kind's values must fit it "
+    "(counts whole ≥ 0, amounts ≥ 0, binaries 0/1). Refused with it: input.missing: "
+    "impute_mean (a mean is no count)."
 )
 
 
@@ -153,11 +156,33 @@ def family_problem(cfg: JobConfig) -> str | None:
     return None
 
 
+def auto_family(cfg: JobConfig, kinds: Sequence[str]) -> tuple[Family, str]:
+    """The family ``model.family: auto`` stands for, given each feature's kind (declared or
+    inferred), and why; a concrete family stands for itself."""
+    fam = cfg.model.family
+    if fam != "auto":
+        return fam, "configured"
+    discrete = [f.name for f, k in zip(cfg.input.features, kinds, strict=True) if k in ("count", "amount")]
+    if not discrete:
+        return "gaussian", "every feature is continuous"
+    if cfg.input.missing == "impute_mean":
+        return "gaussian", "input.missing is impute_mean (the behaviour family fits raw values)"
+    return "behaviour", f"counts/amounts: {', '.join(discrete)}"
+
+
+def with_family(cfg: JobConfig, kinds: Sequence[str]) -> JobConfig:
+    """``cfg`` with ``model.family: auto`` replaced by the family it stands for (:func:`auto_family`)."""
+    fam, _ = auto_family(cfg, kinds)
+    if fam == cfg.model.family:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"family": fam})})
+
+
 class ModelConfig(_Model):
     """Mixture settings (scikit-learn's names)."""
 
     n_components: int = Field(4, ge=MIN_N_COMPONENTS, le=MAX_N_COMPONENTS)
-    family: Family = Field("gaussian", description=FAMILY_DESCRIPTION)
+    family: Family = Field("auto", description=FAMILY_DESCRIPTION)
     covariance_type: CovarianceType = DEFAULT_COVARIANCE_TYPE
     init_params: InitMethod = DEFAULT_INIT_METHOD
     n_init: int = Field(1, ge=MIN_N_INIT, le=MAX_N_INIT)

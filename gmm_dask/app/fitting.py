@@ -200,6 +200,7 @@ def warm_params(
 
     if (
         warm is None
+        or warm.behaviour is not None  # a behaviour model's Gaussian is a summary, not a fit
         or warm.n_components != k
         or warm.covariance_type != covariance_type
         or [(f.name, f.transform) for f in warm.plan.features]

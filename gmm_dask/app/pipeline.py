@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gmm_dask.app.config import JobConfig
+from gmm_dask.app.config import JobConfig, auto_family, with_family
 from gmm_dask.app.fitting import (
     Fitted,
     degenerate_components,
@@ -93,6 +93,16 @@ def _profile_and_ids(piece, cfg_input, storage_options, n_buckets):
     return prof, buckets
 
 
+def resolve_family(cfg: JobConfig, prof: Profile) -> JobConfig:
+    """``cfg`` with ``model.family: auto`` replaced by the family it stands for on this
+    snapshot's features (their declared or inferred kinds); logged when auto chose."""
+    kinds = infer_kinds(prof, cfg.input)[0]
+    fam, why = auto_family(cfg, kinds)
+    if cfg.model.family == "auto":
+        logger.info("model.family auto: %s (%s)", fam, why)
+    return with_family(cfg, kinds)
+
+
 def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
     """The one validating pass: ids, weights, missing values, domains, magnitudes, and the
     scaler statistics; raises the clear error for bad data before anything is fitted or written.
@@ -117,8 +127,9 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
         cfg, snap, *dups
     )
     check_profile(prof, cfg.input, snap.date, standardize=cfg.model.standardize)
-    if cfg.model.family == "behaviour":
-        check_kinds(prof, cfg.input, infer_kinds(prof, cfg.input)[0], snap.date)
+    kinds = infer_kinds(prof, cfg.input)[0]
+    if with_family(cfg, kinds).model.family == "behaviour":
+        check_kinds(prof, cfg.input, kinds, snap.date)
     if prof.rows_with_missing:
         logger.warning(
             "Snapshot %s: %d row(s) with missing features (%s)",

@@ -75,6 +75,7 @@ def run_snapshot(
     with target.lock(cfg, snap.date), pipeline.cluster(cfg):
         with progress.phase("profile", timings, rows=snap.n_rows):
             prof = steps.profile(cfg, snap)
+        cfg = pipeline.resolve_family(cfg, prof)
         trained = model is None
         if model is None:
             model = _fit(cfg, snap, prof, warm_start, reference, timings, steps)
@@ -125,6 +126,20 @@ def _fit(
     return steps.register(cfg, model, alias=None)
 
 
+def starts_fit(reference: SegmentationModel, cfg: JobConfig) -> bool:
+    """Whether the published ``reference`` can start this config's fit: same features and K,
+    and a start for its family — a behaviour part for the behaviour family, the covariance type
+    for the Gaussian one (either under ``auto``, which resolves to the family of the data's
+    kinds; :func:`~gmm_dask.app.pipeline.fit_model` ignores a start of the other family)."""
+    m = cfg.model
+    if reference.n_components != m.n_components or reference.feature_names != cfg.input.feature_names:
+        return False
+    gaussian_start = reference.behaviour is None and reference.covariance_type == m.covariance_type
+    if m.family == "gaussian":
+        return gaussian_start
+    return reference.behaviour is not None or (m.family == "auto" and gaussian_start)
+
+
 def train(p: TrainParams, *, steps: Steps = STEPS) -> RunResult:
     """Fit on a snapshot (latest by default), register the model, write the tables (nothing when
     the published tables were written for the same inputs, unless ``force``)."""
@@ -163,19 +178,7 @@ def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> R
         return unchanged_result(plan.cfg, plan.snapshot, plan.unchanged, steps)
     target = Target(p.publishes(), new_run_id())
     reference = steps.published_model(plan.cfg) if plan.model is None else None
-    m = plan.cfg.model
-    warm = (
-        reference
-        if reference is not None
-        and reference.n_components == m.n_components
-        and (
-            reference.covariance_type == m.covariance_type
-            if m.family == "gaussian"
-            else reference.behaviour is not None  # its part starts the fit (see pipeline.fit_model)
-        )
-        and reference.feature_names == plan.cfg.input.feature_names
-        else None
-    )
+    warm = reference if reference is not None and starts_fit(reference, plan.cfg) else None
     res = run_snapshot(
         plan.cfg,
         plan.snapshot,
