@@ -29,12 +29,18 @@ def print_result(res, stream=None) -> None:
             "(--force writes them again).\n"
         )
         return
-    verb = "trained and registered" if res.trained else "scored with"
+    what = (
+        f"model {res.model_version} trained and registered"
+        if res.trained
+        else f"scored with model {res.model_version}"
+    )
     w(
-        f"\nSnapshot {res.snapshot}: model {res.model_version} {verb}; "
+        f"\nSnapshot {res.snapshot}: {what}; "
         f"{res.counts['rows_written']:,} users written ({res.counts['rows_dropped']:,} dropped, "
         f"{res.counts['rows_imputed']:,} imputed) in {res.seconds:.1f} s\n"
     )
+    if getattr(res, "kept", None):
+        w(f"Refit not needed: {res.kept}\n")
     if res.trained:
         f = res.fit
         w(

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from gmm_dask.app.config import (
     FAMILY_DESCRIPTION,
+    MAX_REFIT_MIN_GAIN,
+    REFIT_MIN_GAIN_DESCRIPTION,
     Family,
     JobConfig,
     ModelConfig,
@@ -76,6 +78,16 @@ class ModelOverride(_Params):
         ),
     ] = None
     family: Annotated[Family | None, param(FAMILY_DESCRIPTION, empty=CONFIGS, title="Family")] = None
+    refit_min_gain: Annotated[
+        float | None,
+        param(
+            REFIT_MIN_GAIN_DESCRIPTION,
+            ge=0.0,
+            le=MAX_REFIT_MIN_GAIN,
+            empty=CONFIGS,
+            title="Least gain of a refit (nats/user)",
+        ),
+    ] = None
     covariance_type: Annotated[
         CovarianceType | None,
         param("Covariance structure of each component.", empty=CONFIGS, title="Covariance type"),

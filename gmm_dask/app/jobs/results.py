@@ -46,6 +46,7 @@ class RunResult:
     analysis: Analysis | None = field(default=None, repr=False)
     report: ReportData | None = field(default=None, repr=False)  # what the report and UI show
     unchanged: bool = False  # the published tables were written for the same inputs: nothing written
+    kept: str | None = None  # why the model before was kept instead of today's refit (scored with it)
 
     def summary(self) -> dict:
         """JSON-friendly digest (what flows return)."""
@@ -64,6 +65,7 @@ class RunResult:
             "segments": self.segments[["segment", "name", "weight", "size"]].to_dict("records"),
             **({"analysis": self.analysis.summary()} if self.analysis is not None else {}),
             **({"unchanged": True} if self.unchanged else {}),
+            **({"kept": self.kept} if self.kept else {}),
         }
 
 

@@ -77,8 +77,10 @@ def run_snapshot(
             prof = steps.profile(cfg, snap)
         cfg = pipeline.resolve_family(cfg, prof)
         trained = model is None
+        kept = None
         if model is None:
-            model = _fit(cfg, snap, prof, warm_start, reference, timings, steps)
+            model, kept = _fit(cfg, snap, prof, warm_start, reference, timings, steps)
+            trained = kept is None
         with progress.phase("write", timings, rows=snap.n_rows):
             written = steps.write_tables(cfg, snap, model, store=target.store(cfg), inputs=inputs)
         analysis = None
@@ -90,7 +92,7 @@ def run_snapshot(
         if trained and target.publish:  # only once its tables are committed
             move_latest(cfg, model, steps)
     res = run_result(snap, model, trained, written, t0, timings)
-    res.analysis = analysis
+    res.kept, res.analysis = kept, analysis
     res.published, res.run_id = target.publish, target.run_id
     logger.info(
         "Snapshot %s %s with model %s in %.1f s (%s)",
@@ -113,17 +115,39 @@ def _fit(
     reference: SegmentationModel | None,
     timings: dict[str, progress.Phase],
     steps: Steps,
-) -> SegmentationModel:
-    """Fit → align to ``reference`` → register (unaliased)."""
+) -> tuple[SegmentationModel, str | None]:
+    """Fit → align to ``reference`` → register (unaliased); or, when the fit started from
+    ``warm_start`` and gains less than ``model.refit_min_gain`` over it, ``warm_start`` itself
+    with the reason it was kept."""
     with progress.phase("fit", timings, rows=pipeline.rows_used(cfg, prof)) as ph:
         model = steps.fit(cfg, snap, prof, warm_start=warm_start, callback=progress.em_callback)
         ph.detail = f"{model.metadata.n_iter} EM iterations, converged: {model.metadata.converged}"
+    kept = keeps(warm_start, model, cfg.model.refit_min_gain)
+    if warm_start is not None and kept is not None:
+        logger.info("Snapshot %s: %s", snap.date, kept)
+        return warm_start, kept
     if reference is not None:
         with progress.phase("align", timings, rows=snap.n_rows) as ph:
             model = align_to(reference, model, steps.co_membership(cfg, snap, reference, model))
             a = model.metadata.alignment or {}
             ph.detail = f"to {reference.version}: births {a['births']}, deaths {a['deaths']}"
-    return steps.register(cfg, model, alias=None)
+    return steps.register(cfg, model, alias=None), None
+
+
+def keeps(warm_start: SegmentationModel | None, fit: SegmentationModel, min_gain: float) -> str | None:
+    """Why ``warm_start`` (the model before) stays in use instead of ``fit``, its refit on this
+    snapshot — the refit's mean log-likelihood per user gains less than ``min_gain`` nats over
+    it, with the same components — or None when the refit replaces it (or did not start from it)."""
+    drift = fit.metadata.drift
+    if warm_start is None or drift is None or min_gain <= 0 or fit.n_components != warm_start.n_components:
+        return None
+    gain = drift["delta"]
+    if not gain < min_gain:
+        return None
+    return (
+        f"kept model {warm_start.version}: a refit explains this snapshot only {gain:.4f} nats/user "
+        f"better (< model.refit_min_gain {min_gain:g})"
+    )
 
 
 def starts_fit(reference: SegmentationModel, cfg: JobConfig) -> bool:
