@@ -152,7 +152,15 @@ def _zeros_job(tmp: Path, n=6000, seed=0, **model) -> Path:
             "id_column": "user_id",
             "features": [{"name": f, "transform": "log1p"} for f in ("purchases", "spend", "sessions")],
         },
-        "model": {"n_components": 4, "random_state": 0, "max_iter": 200, "tol": 1e-4, **model},
+        # the Gaussian family's floors and atoms are what these tests are about
+        "model": {
+            "family": "gaussian",
+            "n_components": 4,
+            "random_state": 0,
+            "max_iter": 200,
+            "tol": 1e-4,
+            **model,
+        },
         "output": {"root": str(tmp / "out")},
         "cluster": {"type": "local", "n_workers": 1, "processes": False},
     }

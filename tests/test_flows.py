@@ -82,7 +82,11 @@ def test_model_parameter_override_patches_the_config(tmp_path, data_root):
     cfg = _cfg(
         tmp_path, data_root, model={"n_components": 5, "random_state": 17, "tol": 1e-4, "max_iter": 200}
     )
-    res = train(config=cfg, snapshot=DATES[1], model=ModelOverride(n_components=3, covariance_type="diag"))
+    res = train(
+        config=cfg,
+        snapshot=DATES[1],
+        model=ModelOverride(n_components=3, covariance_type="diag", family="gaussian"),
+    )
     assert len(res.segments) == 3
     assert res.fit["covariance_type"] == "diag"
     assert res.fit["seed"] == 17  # not reset to the class default

@@ -108,7 +108,7 @@ def test_refit_backfill_through_a_promotion_keeps_ids_for_unchanged_users(tmp_pa
 
 
 def test_consecutive_daily_segment_runs_keep_ids_and_record_the_alignment(tmp_path, data):
-    cfg = str(make_config(tmp_path, data))
+    cfg = str(make_config(tmp_path, data, model={"n_components": 5, "random_state": 0, "refit_min_gain": 0}))
     first = jobs.segment(SegmentParams(config=cfg, snapshot=SPEC.dates[0]), report=False)
     second = jobs.segment(SegmentParams(config=cfg, snapshot=SPEC.dates[1]), report=False)
     shares = _unchanged_keep_ids(tmp_path / "out", data, SPEC.dates[:2], tmp_path / "out")

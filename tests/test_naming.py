@@ -82,7 +82,8 @@ def demo_fit(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("naming")
     spec = DemoSpec(n_users=8000, n_snapshots=1, seed=21, block_users=4000)
     write_demo_dataset(tmp / "data", spec)
-    cfg = make_config(tmp, tmp / "data", model={"n_components": 5, "random_state": 0, "n_init": 2})
+    model = {"family": "gaussian", "n_components": 5, "random_state": 0, "n_init": 2}  # Gaussian names
+    cfg = make_config(tmp, tmp / "data", model=model)
     res = jobs.train(TrainParams(config=str(cfg), publish=True))
     m = pd.read_parquet(res.tables["memberships"], columns=["user_id", "segment", "segment_name"])
     return res, m.merge(read_truth(tmp / "data", spec.dates[0]), on="user_id")

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,6 +27,15 @@ from pydantic import (
     model_validator,
 )
 
+from gmm_dask.app.families import (
+    DEFAULT_REFIT_MIN_GAIN,
+    FAMILY_DESCRIPTION,
+    MAX_REFIT_MIN_GAIN,
+    REFIT_MIN_GAIN_DESCRIPTION,
+    Family,
+    auto_family,
+    family_problem,
+)
 from gmm_dask.errors import ConfigError
 from gmm_dask.mixture.options import (
     DEFAULT_COVARIANCE_TYPE,
@@ -128,65 +137,6 @@ class InputConfig(_Model):
     @property
     def feature_names(self) -> list[str]:
         return [f.name for f in self.features]
-
-
-Family = Literal["auto", "gaussian", "behaviour"]
-
-#: Nats per user a warm refit must gain over the model before it to replace it (model.refit_min_gain).
-DEFAULT_REFIT_MIN_GAIN: Final = 0.05
-MAX_REFIT_MIN_GAIN: Final = 100.0
-REFIT_MIN_GAIN_DESCRIPTION = (
-    "The daily job and refit backfills start each fit from the model before; they keep that "
-    "model (and score the snapshot with it) unless the new fit explains the snapshot better by "
-    "at least this mean log-likelihood per user, in nats (0.05: the average user's data about "
-    "5 % more likely). Unchanged users keep their segment while the model still explains the "
-    "data. 0 refits every date; train always refits."
-)
-
-FAMILY_DESCRIPTION = (
-    "Mixture family. auto (default): behaviour when any feature is a count or an amount "
-    "(declared or inferred) and input.missing is not impute_mean, else gaussian. gaussian: "
-    "Gaussians on the transformed, standardised features. behaviour: per-feature components by "
-    "kind (count histogram, amount hurdle + log-normal, continuous Gaussian, binary Bernoulli) "
-    "fitted on the RAW values after the missing-value policy, so a feature's transform and "
-    "model.standardize only shape the moment-matched Gaussian summary that names and describes "
-    "each component; covariance_type, init_params and degenerate.atoms are ignored (the summary "
-    "is full). Every kind works, declared or inferred; a declared kind's values must fit it "
-    "(counts whole ≥ 0, amounts ≥ 0, binaries 0/1). Refused with it: input.missing: "
-    "impute_mean (a mean is no count)."
-)
-
-
-def family_problem(cfg: JobConfig) -> str | None:
-    """Why the config's model family cannot run on its input, or None."""
-    if cfg.model.family == "behaviour" and cfg.input.missing == "impute_mean":
-        return (
-            "model.family: behaviour fits raw counts and amounts, which have no mean to impute; set "
-            "input.missing to 'drop' or 'error', or use model.family: gaussian"
-        )
-    return None
-
-
-def auto_family(cfg: JobConfig, kinds: Sequence[str]) -> tuple[Family, str]:
-    """The family ``model.family: auto`` stands for, given each feature's kind (declared or
-    inferred), and why; a concrete family stands for itself."""
-    fam = cfg.model.family
-    if fam != "auto":
-        return fam, "configured"
-    discrete = [f.name for f, k in zip(cfg.input.features, kinds, strict=True) if k in ("count", "amount")]
-    if not discrete:
-        return "gaussian", "every feature is continuous"
-    if cfg.input.missing == "impute_mean":
-        return "gaussian", "input.missing is impute_mean (the behaviour family fits raw values)"
-    return "behaviour", f"counts/amounts: {', '.join(discrete)}"
-
-
-def with_family(cfg: JobConfig, kinds: Sequence[str]) -> JobConfig:
-    """``cfg`` with ``model.family: auto`` replaced by the family it stands for (:func:`auto_family`)."""
-    fam, _ = auto_family(cfg, kinds)
-    if fam == cfg.model.family:
-        return cfg
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"family": fam})})
 
 
 class ModelConfig(_Model):
@@ -433,6 +383,14 @@ class JobConfig(_Model):
         ``output.format`` (candidates: ``outputs().candidates(run_id)``)."""
         return TableStore(self.output.root, dict(self.input.storage_options), self.output.format)
 
+    def with_family(self, kinds: Sequence[str]) -> JobConfig:
+        """This config with ``model.family: auto`` replaced by the family it stands for, given
+        each feature's kind (:func:`~gmm_dask.app.families.auto_family`)."""
+        fam, _ = auto_family(self.model.family, self.input.missing, self.input.feature_names, kinds)
+        if fam == self.model.family:
+            return self
+        return self.model_copy(update={"model": self.model.model_copy(update={"family": fam})})
+
     def config_hash(self) -> str:
         """Stable hash of the settings that change a fit (not where outputs go)."""
         payload = {
@@ -494,7 +452,7 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
         cfg = JobConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
-    problem = family_problem(cfg)
+    problem = family_problem(cfg.model.family, cfg.input.missing)
     if problem:
         raise ConfigError(f"{source}: {problem}")
     if base_dir is not None:

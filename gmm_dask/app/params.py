@@ -15,15 +15,13 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gmm_dask.app.config import (
+from gmm_dask.app.config import JobConfig, ModelConfig, format_validation_error
+from gmm_dask.app.families import (
     FAMILY_DESCRIPTION,
     MAX_REFIT_MIN_GAIN,
     REFIT_MIN_GAIN_DESCRIPTION,
     Family,
-    JobConfig,
-    ModelConfig,
     family_problem,
-    format_validation_error,
 )
 from gmm_dask.app.forms import form_schema, param
 from gmm_dask.errors import ConfigError
@@ -141,7 +139,7 @@ class ModelOverride(_Params):
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, "model override")) from None
         out = cfg.model_copy(update={"model": model})
-        problem = family_problem(out)
+        problem = family_problem(out.model.family, out.input.missing)
         if problem:
             raise ConfigError(f"model override: {problem}")
         return out

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gmm_dask.app.config import JobConfig, auto_family, with_family
+from gmm_dask.app.config import JobConfig
+from gmm_dask.app.families import auto_family
 from gmm_dask.app.fitting import (
     Fitted,
     degenerate_components,
@@ -97,10 +98,10 @@ def resolve_family(cfg: JobConfig, prof: Profile) -> JobConfig:
     """``cfg`` with ``model.family: auto`` replaced by the family it stands for on this
     snapshot's features (their declared or inferred kinds); logged when auto chose."""
     kinds = infer_kinds(prof, cfg.input)[0]
-    fam, why = auto_family(cfg, kinds)
+    fam, why = auto_family(cfg.model.family, cfg.input.missing, cfg.input.feature_names, kinds)
     if cfg.model.family == "auto":
         logger.info("model.family auto: %s (%s)", fam, why)
-    return with_family(cfg, kinds)
+    return cfg.with_family(kinds)
 
 
 def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
@@ -128,7 +129,7 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
     )
     check_profile(prof, cfg.input, snap.date, standardize=cfg.model.standardize)
     kinds = infer_kinds(prof, cfg.input)[0]
-    if with_family(cfg, kinds).model.family == "behaviour":
+    if cfg.with_family(kinds).model.family == "behaviour":
         check_kinds(prof, cfg.input, kinds, snap.date)
     if prof.rows_with_missing:
         logger.warning(
