@@ -26,7 +26,11 @@ def _fit_name() -> str:
 
     p = task_run.parameters
     k, ct = p.get("n_components"), p.get("covariance_type")
-    return f"fit-K{k}-{ct}" if k else "fit-model"
+    cfg = p.get("cfg")
+    family = getattr(getattr(cfg, "model", None), "family", "gaussian")
+    if not k:
+        return "fit-model"
+    return f"fit-{family}-K{k}" if family != "gaussian" or ct is None else f"fit-K{k}-{ct}"
 
 
 P = ParamSpec("P")

@@ -161,17 +161,23 @@ def print_backfill(dates: list[dict], stream=None) -> None:
 def print_selection(out: dict, stream=None) -> None:
     w = _w(stream)
     crit = out["criterion"]
-    w(f"{'K':>3} {'covariance':<10} {crit.upper():>14} {'iter':>5}\n")
-    for r in sorted(out["table"], key=lambda r: (r["covariance_type"], r["n_components"])):
+    w(f"{'family':<10} {'K':>3} {'covariance':<10} {crit.upper():>14} {'loglik/user':>12} {'iter':>5}\n")
+    rows = sorted(out["table"], key=lambda r: (r.get("family", ""), r["covariance_type"], r["n_components"]))
+    for r in rows:
         mark = "  <- selected" if r["selected"] else ""
-        w(f"{r['n_components']:>3} {r['covariance_type']:<10} {r[crit]:>14,.1f} {r['n_iter']:>5}{mark}\n")
+        w(
+            f"{r.get('family', 'gaussian'):<10} {r['n_components']:>3} {r['covariance_type']:<10} "
+            f"{r[crit]:>14,.1f} {r['log_likelihood']:>12.4f} {r['n_iter']:>5}{mark}\n"
+        )
     if not out.get("published", True):
         w(
             f"Written as candidate run {out['run_id']}; `gmm-dask promote --run-id {out['run_id']}` publishes it.\n"
         )
     sel = out["selected"]
+    family = sel.get("family", "gaussian")
+    ct = "" if family == "behaviour" else f" ({sel['covariance_type']})"
     w(
-        f"Selected K={sel['n_components']} ({sel['covariance_type']}), registered as {sel['model_version']}; "
+        f"Selected {family} K={sel['n_components']}{ct}, registered as {sel['model_version']}; "
         f"report: {out['report']}\n"
     )
     if out.get("warning"):

@@ -119,6 +119,8 @@ def test_every_flow_parameter_is_described_bounded_and_defaulted(flow_name):
 def _bad_inputs(tmp: Path, cfg: Path) -> list[tuple[list[str], list[str]]]:
     bad_cfg = tmp / "bad.yaml"
     bad_cfg.write_text(cfg.read_text().replace("n_components: 5", "n_components: yes"))
+    imputing = tmp / "imputing.yaml"
+    imputing.write_text(cfg.read_text().replace("missing: error", "missing: impute_mean"))
     d = SPEC.dates
     return [
         (["train", "--config", str(bad_cfg)], ["model.n_components", "boolean"]),
@@ -143,6 +145,10 @@ def _bad_inputs(tmp: Path, cfg: Path) -> list[tuple[list[str], list[str]]]:
             ["k_min (5) must be <= k_max (3)"],
         ),
         (["select-k", "--config", str(cfg), "--k-min", "0"], ["--k-min"]),
+        (
+            ["select-k", "--config", str(imputing), "--families", "gaussian", "behaviour"],
+            ["families: 'behaviour' cannot run", "input.missing"],
+        ),
         (
             ["fluidity", "--config", str(cfg), "--from-date", d[0], "--to-date", d[1]],
             ["from_date", "no memberships"],

@@ -130,7 +130,7 @@ def test_backfill_writes_one_partition_per_date_and_skips_done(tmp_path, data_ro
 
 
 def test_select_k_fits_the_grid_and_selects_the_minimum(tmp_path_factory):
-    """Every (K, covariance type) is fitted once and the minimum of the criterion is selected,
+    """Every (family, K, covariance type) is fitted once and the minimum of the criterion is selected,
     registered and written. (Whether BIC recovers the generator's number of archetypes on the
     zero-inflated demo is measured by benchmarks/calibration.py, not asserted here.)"""
     from flows import select_k
@@ -143,13 +143,20 @@ def test_select_k_fits_the_grid_and_selects_the_minimum(tmp_path_factory):
     assert out["published"] is False  # select-k writes a candidate
     cand = tmp / "out" / "_candidates" / out["run_id"]
     table = pd.read_parquet(cand / "model_selection")
-    assert sorted(zip(table.n_components, table.covariance_type, strict=True)) == sorted(
-        (k, ct) for k in range(2, 6) for ct in ("full", "diag")
+    # by default both families: the behaviour family takes no covariance type
+    assert sorted(zip(table.family, table.n_components, table.covariance_type, strict=True)) == sorted(
+        [("gaussian", k, ct) for k in range(2, 6) for ct in ("full", "diag")]
+        + [("behaviour", k, "—") for k in range(2, 6)]
     )
     best = table.loc[table.bic.idxmin()]
     assert table.selected.sum() == 1
     assert bool(table.loc[table.bic.idxmin(), "selected"])
-    assert (out["selected"]["n_components"], out["selected"]["covariance_type"]) == (
+    assert (
+        out["selected"]["family"],
+        out["selected"]["n_components"],
+        out["selected"]["covariance_type"],
+    ) == (
+        best.family,
         best.n_components,
         best.covariance_type,
     )

@@ -282,13 +282,29 @@ class BackfillParams(JobParams):
         return self
 
 
+#: The families select-k compares.
+SelectFamily = Literal["gaussian", "behaviour"]
+FAMILIES: tuple[SelectFamily, ...] = ("gaussian", "behaviour")
+
+
 class SelectKParams(JobParams):
-    """Fit a grid of component counts and covariance types on one snapshot; pick by BIC or AIC."""
+    """Fit a grid of families, component counts and covariance types on one snapshot; pick by BIC
+    or AIC on one likelihood scale."""
 
     k_min: Annotated[int, param("Smallest number of components.", ge=1, le=64, strict=True)] = 2
     k_max: Annotated[int, param("Largest number of components.", ge=1, le=64, strict=True)] = 8
+    families: Annotated[
+        list[SelectFamily] | None,
+        param(
+            "Mixture families to compare, on one likelihood scale (see the README's select-k part): "
+            "gaussian, behaviour. The behaviour family needs input.missing 'drop' or 'error'.",
+            empty="both where the data allows (gaussian alone under input.missing: impute_mean)",
+            min_length=1,
+        ),
+    ] = None
     covariance_types: Annotated[
-        list[CovarianceType], Field(min_length=1, description="Covariance types to try.")
+        list[CovarianceType],
+        Field(min_length=1, description="Covariance types to try (the Gaussian family's)."),
     ] = ["full"]
     criterion: Annotated[Literal["bic", "aic"], Field(description="Information criterion to minimise.")] = (
         "bic"
@@ -304,6 +320,24 @@ class SelectKParams(JobParams):
         if self.k_min > self.k_max:
             raise ValueError(f"k_min ({self.k_min}) must be <= k_max ({self.k_max})")
         return self
+
+    def family_configs(self, cfg: JobConfig) -> dict[str, JobConfig]:
+        """The config each family's candidates are fitted with (its ``model.family`` set), in the
+        order given; by default every family the data allows. A family given here that the
+        config's input cannot use is a :class:`ConfigError` naming ``families``."""
+        wanted = list(dict.fromkeys(self.families or FAMILIES))
+        out: dict[str, JobConfig] = {}
+        for family in wanted:
+            fam_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"family": family})})
+            problem = family_problem(fam_cfg)
+            if problem is None:
+                out[family] = fam_cfg
+            elif self.families is not None:
+                raise ConfigError(
+                    f"families: {family!r} cannot run on this input ({problem}). Remove it from families, "
+                    "or leave families empty to compare every family the data allows."
+                )
+        return out
 
 
 class FluidityParams(JobParams):

@@ -235,6 +235,26 @@ def prepare_data(
     return FitData(plan, X, w, rows_used(cfg, prof), _model_space_variance(cfg, prof, plan))
 
 
+def behaviour_scale_sum(data: FitData) -> float:
+    """Σ w·adj over the Gaussian family's model inputs ``data``, adj each row's change of the
+    Gaussian log-density to the behaviour family's units
+    (:func:`~gmm_dask.segmentation.comparable.behaviour_scale`): one pass over the (persisted)
+    inputs, the same for every Gaussian candidate fitted on them."""
+    import functools
+
+    import dask.array as da
+
+    from gmm_dask.segmentation.comparable import behaviour_scale
+
+    adj = da.map_blocks(functools.partial(behaviour_scale, data.plan), data.X, drop_axis=1, dtype=np.float64)
+    return float((adj if data.w is None else adj * data.w).sum().compute())
+
+
+def total_weight(data: FitData) -> float:
+    """Σ w over the rows of ``data`` (the number of rows without a weight column)."""
+    return float(data.n_rows) if data.w is None else float(data.w.sum().compute())
+
+
 def _model_space_variance(cfg: JobConfig, prof: Profile, plan: FeaturePlan) -> float:
     if cfg.input.missing == "impute_mean":
         m2, w = prof.col_m2, prof.total_w

@@ -21,6 +21,15 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def _candidate_line(tab: pd.DataFrame) -> list[str]:
+    """Each candidate's line in the chart: its covariance type (Gaussian family) or its family."""
+    families = tab["family"] if "family" in tab.columns else ["gaussian"] * len(tab)
+    return [
+        f"gaussian {ct}" if fam == "gaussian" else str(fam)
+        for fam, ct in zip(families, tab["covariance_type"], strict=True)
+    ]
+
+
 def chart_bic(d: ReportData) -> Chart | None:
     """The selection criterion by K, one line per covariance type, the chosen model circled; ``None``
     without candidates with a finite criterion."""
@@ -31,6 +40,7 @@ def chart_bic(d: ReportData) -> Chart | None:
     tab = tab[np.isfinite(pd.to_numeric(tab[crit], errors="coerce").astype(float))]
     if not len(tab):
         return None
+    tab = tab.assign(line=_candidate_line(tab))
     label = crit.upper()
 
     def draw() -> Figure:
@@ -38,7 +48,7 @@ def chart_bic(d: ReportData) -> Chart | None:
 
         fig = new_figure(8.6, 3.8)
         ax = fig.add_subplot()
-        for i, (ct, grp) in enumerate(tab.groupby("covariance_type", sort=True)):
+        for i, (ct, grp) in enumerate(tab.groupby("line", sort=True)):
             grp = grp.sort_values("n_components")
             ax.plot(
                 grp["n_components"],
@@ -57,7 +67,7 @@ def chart_bic(d: ReportData) -> Chart | None:
                     x, yv, marker="o", markersize=13, markerfacecolor="none", markeredgecolor=INK, mew=1.6
                 )
                 ax.annotate(
-                    f"selected: K={x}, {row.covariance_type}\n{label} {yv:,.0f}",
+                    f"selected: K={x}, {row.line}\n{label} {yv:,.0f}",
                     (x, yv),
                     xytext=(14, -16),
                     textcoords="offset points",
@@ -73,12 +83,13 @@ def chart_bic(d: ReportData) -> Chart | None:
         ax.set_axisbelow(True)
         ax.set_xlabel("number of components K")
         ax.set_ylabel(f"{label} (lower is better)")
-        ax.set_title(f"Model selection: {label} by K and covariance type")
-        ax.legend(title="covariance", loc="upper right", title_fontsize=8)
+        ax.set_title(f"Model selection: {label} by K, family and covariance type")
+        ax.legend(title="candidates", loc="upper right", title_fontsize=8)
         return fig
 
     cap = (
-        f"{label} of each candidate fit (one line per covariance type); the circled point is the model chosen. "
+        f"{label} of each candidate fit (one line per family and covariance type, on one likelihood "
+        "scale); the circled point is the model chosen. "
         + ("BIC" if crit == "bic" else "AIC")
         + " trades the log-likelihood against the number of parameters; lower is better."
     )

@@ -196,17 +196,16 @@ def markdown_summary(data: ReportData) -> str:
 def bic_markdown(table: pd.DataFrame, chosen: dict[str, Any]) -> str:
     """The model-selection candidates as a markdown table; the chosen row is marked with an arrow."""
     lines = [
-        "| K | covariance | BIC | AIC | log-likelihood | iterations | converged |",
-        "|---|---|---|---|---|---|---|",
+        "| family | K | covariance | BIC | AIC | log-likelihood | iterations | converged |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in table.sort_values(["covariance_type", "n_components"]).itertuples(index=False):
-        mark = (
-            " **←**"
-            if (r.n_components, r.covariance_type) == (chosen["n_components"], chosen["covariance_type"])
-            else ""
-        )
+    if "family" not in table.columns:
+        table = table.assign(family="gaussian")
+    key = (chosen.get("family", "gaussian"), chosen["n_components"], chosen["covariance_type"])
+    for r in table.sort_values(["family", "covariance_type", "n_components"]).itertuples(index=False):
+        mark = " **←**" if (r.family, r.n_components, r.covariance_type) == key else ""
         lines.append(
-            f"| {r.n_components} | {r.covariance_type} | {fmt_num(r.bic, ',.1f')}{mark} | {fmt_num(r.aic, ',.1f')} | "
-            f"{fmt_num(r.log_likelihood, '.5f')} | {r.n_iter} | {r.converged} |"
+            f"| {r.family} | {r.n_components} | {r.covariance_type} | {fmt_num(r.bic, ',.1f')}{mark} | "
+            f"{fmt_num(r.aic, ',.1f')} | {fmt_num(r.log_likelihood, '.5f')} | {r.n_iter} | {r.converged} |"
         )
     return "\n".join(lines)

@@ -201,10 +201,22 @@ def bic_candidates_table(d: ReportData) -> str:
         return ""
     cols = [
         c
-        for c in ("n_components", "covariance_type", "bic", "aic", "log_likelihood", "n_iter", "converged")
+        for c in (
+            "family",
+            "n_components",
+            "covariance_type",
+            "n_parameters",
+            "bic",
+            "aic",
+            "log_likelihood",
+            "n_iter",
+            "converged",
+        )
         if c in tab.columns
     ]
     labels = {
+        "family": "family",
+        "n_parameters": "parameters",
         "n_components": "K",
         "covariance_type": "covariance",
         "bic": "BIC",
@@ -214,7 +226,7 @@ def bic_candidates_table(d: ReportData) -> str:
         "converged": "converged",
     }
     fmts = {"bic": ",.1f", "aic": ",.1f", "log_likelihood": ".5f"}
-    srt = tab.sort_values(["covariance_type", "n_components"])
+    srt = tab.sort_values([c for c in ("family", "covariance_type", "n_components") if c in tab.columns])
     rows, classes = [], []
     for _, r in srt.iterrows():
         row = []
@@ -228,7 +240,7 @@ def bic_candidates_table(d: ReportData) -> str:
                 row.append(str(v))
         rows.append(row)
         classes.append("selected" if "selected" in tab.columns and bool(r["selected"]) else "")
-    numeric = [i for i, c in enumerate(cols) if c not in ("covariance_type", "converged")]
+    numeric = [i for i, c in enumerate(cols) if c not in ("family", "covariance_type", "converged")]
     return html_table(
         [labels[c] for c in cols],
         rows,
