@@ -39,7 +39,7 @@ DOCUMENTED = [
 def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("audiences")
     write_demo_dataset(tmp / "data", SPEC)
-    cfg = make_config(tmp, tmp / "data", audiences={"atypical_quantile": 0.02})
+    cfg = make_config(tmp, tmp / "data", audiences={"atypical_quantile": 0.02, "mover_snapshots": 2})
     jobs.backfill(
         BackfillParams(config=str(cfg), start=SPEC.dates[0], end=SPEC.dates[-2], mode="refit", publish=True)
     )
@@ -105,8 +105,27 @@ def test_audience_sizes_match_sql_over_the_memberships(run):
     assert _sql(f"SELECT count(*) FROM m WHERE log_likelihood <= {kth}", m=m) == sizes["atypical"]
     assert sizes["atypical"] >= k
     assert rules.atypical_threshold == pytest.approx(_sql(kth[1:-1], m=m))
-    f = out / "fluidity" / f"dt={date}"
-    assert _sql("SELECT count(*) FROM f WHERE tv_distance >= 0.5", f=f) == sizes["mover"]
+    assert rules.mover_snapshots == 2
+    assert rules.from_date == SPEC.dates[-3]
+    assert _steady_movers(out, SPEC.dates[-3:]) == sizes["mover"]
+
+
+def _steady_movers(out: Path, dates: list[str]) -> int:
+    """Users whose γ got further from the first date's at each later date, by TV ≥ 0.5 in the end
+    (γ laid out over every date's segment ids)."""
+    frames = []
+    for d in dates:
+        ids = pd.read_parquet(out / "segments" / f"dt={d}")["segment"].tolist()
+        mem = pd.read_parquet(out / "memberships" / f"dt={d}", columns=["user_id", "gamma"]).set_index(
+            "user_id"
+        )
+        frames.append(pd.DataFrame(np.stack(mem["gamma"].to_numpy()), index=mem.index, columns=ids))
+    users = sorted(set.intersection(*(set(f.index) for f in frames)))
+    cols = sorted(set().union(*(f.columns for f in frames)))
+    g = [f.reindex(index=users, columns=cols, fill_value=0.0).to_numpy() for f in frames]
+    far = [0.5 * np.abs(x - g[0]).sum(axis=1) for x in g[1:]]
+    steady = np.all(np.diff(np.column_stack([np.zeros(len(users)), *far]), axis=1) > 0, axis=1)
+    return int((steady & (far[-1] >= 0.5)).sum())
 
 
 def test_transitions_and_the_per_user_forecast_are_written_and_consistent(run):

@@ -95,7 +95,7 @@ def analyse_snapshot(
 ) -> Analysis:
     """Fluidity/transitions vs the previous snapshot, forecast + backtest, audiences of ``date``,
     whose memberships are in ``source`` (default ``out``); writes into ``out``."""
-    from gmm_dask.app.steps import compute_fluidity
+    from gmm_dask.app.steps import compute_fluidity, compute_movers
 
     source = source or out
     published = cfg.outputs()
@@ -113,16 +113,22 @@ def analyse_snapshot(
         tables.update(fl.paths or {})
         prev_segments = read(previous)[["segment", "name", "size", "share"]]
     forecast, bt, transition = _forecast(cfg, date, segments, _transition_history(cfg, stores, date), read)
-    rules = _audience_rules(cfg, date, segments, source, previous)
+    span = cfg.audiences.mover_snapshots
+    since = earlier[-span] if len(earlier) >= span else None
+    movers = fl.movers if fl is not None and span == 1 else None
+    if since is not None and span > 1:
+        chain = [(segmented[d], d) for d in earlier[-span:]] + [(source, date)]
+        movers = compute_movers(chain, cfg.input.id_column)
+    elif since is None and earlier:
+        logger.info(
+            "Snapshot %s: no mover audience: it needs %d earlier snapshots, %d exist",
+            date,
+            span,
+            len(earlier),
+        )
+    rules = _audience_rules(cfg, date, segments, source, since)
     aud = write_audiences(
-        source,
-        out,
-        date,
-        cfg.input.id_column,
-        segments,
-        rules,
-        movers=fl.movers if fl is not None else None,
-        transition=transition,
+        source, out, date, cfg.input.id_column, segments, rules, movers=movers, transition=transition
     )
     tables.update(aud.paths)
     logger.info("Snapshot %s: audiences: %s", date, aud.brief())
@@ -200,7 +206,7 @@ def _forecast(
 
 
 def _audience_rules(
-    cfg: JobConfig, date: str, segments: pd.DataFrame, source: TableStore, previous: str | None
+    cfg: JobConfig, date: str, segments: pd.DataFrame, source: TableStore, since: str | None
 ) -> AudienceRules:
     a = cfg.audiences
     ids = [int(s) for s in segments["segment"]]
@@ -213,7 +219,8 @@ def _audience_rules(
         atypical_threshold=atypical_threshold(files, n_rows, a.atypical_quantile, source.storage_options),
         mover_min_tv=a.mover_min_tv,
         high_min=cfg.entropy_bands.moderate_max,
-        from_date=previous,
+        from_date=since,
+        mover_snapshots=a.mover_snapshots,
     )
 
 

@@ -222,8 +222,10 @@ class AudienceConfig(_Model):
         0.5,
         gt=0,
         le=1,
-        description="Total variation ½‖γ_prev − γ‖₁ since the previous snapshot from which a user is a mover.",
+        description="Total variation ½‖γ_then − γ‖₁ since mover_snapshots ago from which a user is a mover.",
     )
+    mover_snapshots: int = Field(1, ge=1, le=30, description="Snapshots over which a mover moved steadily, further at "
+        "each (a lasting change, not one jump that stays or comes back); 1: since the previous snapshot.")  # fmt: skip
 
 
 class ForecastConfig(_Model):

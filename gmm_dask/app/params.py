@@ -385,10 +385,20 @@ class AudienceParams(JobParams):
     mover_min_tv: Annotated[
         float | None,
         param(
-            "Total variation since the previous snapshot.",
+            "Total variation from the membership mover_snapshots snapshots ago.",
             gt=0,
             le=1,
             empty="the config's audiences.mover_min_tv",
+        ),
+    ] = None
+    mover_snapshots: Annotated[
+        int | None,
+        param(
+            "Snapshots over which a mover moved steadily (1: since the previous snapshot).",
+            ge=1,
+            le=30,
+            strict=True,
+            empty="the config's audiences.mover_snapshots",
         ),
     ] = None
     publish: Annotated[
@@ -402,7 +412,8 @@ class AudienceParams(JobParams):
     def apply(self, cfg: JobConfig) -> JobConfig:
         """The config with this run's audience settings patched in."""
         changes = self.model_dump(
-            include={"blend_threshold", "atypical_quantile", "mover_min_tv"}, exclude_none=True
+            include={"blend_threshold", "atypical_quantile", "mover_min_tv", "mover_snapshots"},
+            exclude_none=True,
         )
         if not changes:
             return cfg

@@ -35,7 +35,7 @@ from gmm_dask.segmentation.features import (
     prepare_piece,
     profile_table,
 )
-from gmm_dask.segmentation.fluidity import FluidityResult, fluidity_between
+from gmm_dask.segmentation.fluidity import FluidityResult, fluidity_between, steady_movers
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.segmentation.specs import EntropyBands, InputColumns
 from gmm_dask.segmentation.tables import PieceResult, score_table, table_metadata
@@ -141,6 +141,13 @@ def _read_memberships(store: TableStore, date: str, id_column: str) -> pa.Table:
 
 def _segment_ids(store: TableStore, date: str) -> list[int]:
     return [int(x) for x in store.read("segments", date, ["segment"]).column("segment").to_pylist()]
+
+
+def compute_movers(snapshots: Sequence[tuple[TableStore, str]], id_column: str) -> pa.Table:
+    """The steady movers over consecutive segmented ``snapshots`` ((store, date), oldest first):
+    see :func:`~gmm_dask.segmentation.fluidity.steady_movers`."""
+    tables = [store.read("memberships", d, [id_column, "segment", "gamma"]) for store, d in snapshots]
+    return steady_movers(tables, [_segment_ids(store, d) for store, d in snapshots], id_column)
 
 
 def compute_fluidity(

@@ -13,8 +13,10 @@ snapshot), one row per (user, audience):
     users in the lowest ``atypical_quantile`` of log-likelihood under the model (the threshold is
     the exact k-th smallest log-likelihood of the snapshot, k = ⌈q·N⌉; ties at it are included);
 ``mover``
-    users whose membership moved by a total variation ½‖γ_prev − γ‖₁ ≥ ``mover_min_tv`` since the
-    previous snapshot.
+    users whose membership moved by a total variation ½‖γ_then − γ‖₁ ≥ ``mover_min_tv`` since
+    ``mover_snapshots`` snapshots ago, steadily: further from where it was then at every one of
+    those snapshots (:func:`gmm_dask.segmentation.fluidity.steady_move`); with
+    ``mover_snapshots = 1``, any such move since the previous snapshot.
 
 Columns: the id column, ``audience``, ``audience_key``, ``reason`` (why this user is in it, in
 words), ``segment``, ``segment_name``, ``max_gamma``, ``entropy_bits``, ``entropy_band``,
@@ -68,7 +70,8 @@ class AudienceRules:
     atypical_threshold: float | None  # log-likelihood at or below which a user is atypical
     mover_min_tv: float
     high_min: float  # normalised entropy from which a user is in the high band
-    from_date: str | None = None  # the previous snapshot (movers)
+    from_date: str | None = None  # the snapshot movers are measured from
+    mover_snapshots: int = 1  # snapshots over which a mover moved steadily
 
     def definitions(self, names: dict[int, str]) -> dict[str, tuple[str, str]]:
         """audience_key -> (audience, definition in words)."""
@@ -90,9 +93,11 @@ class AudienceRules:
                 "of the snapshot",
             )
         if self.from_date is not None:
+            steadily = f" steadily (further at each of {self.mover_snapshots} snapshots)"
             out["mover"] = (
                 "mover",
-                f"membership moved by total variation ≥ {self.mover_min_tv:g} since {self.from_date}",
+                f"membership moved{steadily if self.mover_snapshots > 1 else ''} by total variation "
+                f"≥ {self.mover_min_tv:g} since {self.from_date}",
             )
         return out
 
@@ -158,9 +163,10 @@ def _movers(
     at = hit[rows].astype(np.int64)
     s_from = moved.column("segment_from").to_numpy()[at]
     tv = moved.column("tv_distance").to_numpy()[at]
+    how = f" over {rules.mover_snapshots} snapshots, further at each" if rules.mover_snapshots > 1 else ""
     reasons = [
-        f"moved from {_fmt_name(names, int(a))} on {rules.from_date} to {_fmt_name(names, int(seg[r]))}: "
-        f"total variation {d:.2f} ≥ {rules.mover_min_tv:g}"
+        f"moved from {_fmt_name(names, int(a))} on {rules.from_date} to {_fmt_name(names, int(seg[r]))}"
+        f"{how}: total variation {d:.2f} ≥ {rules.mover_min_tv:g}"
         for r, a, d in zip(rows, s_from, tv, strict=True)
     ]
     return _Selection("mover", "mover", rows, reasons)

@@ -5,10 +5,15 @@ For users present in both snapshots: total variation ½‖γ₁ − γ₂‖₁ 
 matrix, and the users who moved most. Joins run in pyarrow on the flow's machine: fine for tens
 of millions of users; beyond that, partition the dates' memberships by id hash first. Reading the
 two dates and committing the tables is :func:`gmm_dask.app.steps.compute_fluidity`'s.
+
+Movers over several snapshots (:func:`steady_move`, :func:`steady_movers`): a user whose membership
+moved away from where it was ``s`` snapshots ago and got further from there at every one of the
+``s`` snapshots — a lasting change of behaviour, not one redrawn window that stays or comes back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -16,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from gmm_dask.mixture.arrays import FloatArray, Int64Array
+from gmm_dask.mixture.arrays import BoolArray, FloatArray, Int64Array
 from gmm_dask.segmentation.tables import gamma_matrix
 
 
@@ -115,6 +120,63 @@ def _summary(s_from: Int64Array, s_to: Int64Array, tv: FloatArray, js: FloatArra
         "p95_tv": float(np.quantile(tv, 0.95)) if n else 0.0,
         "mean_js": float(js.mean()) if n else 0.0,
     }
+
+
+def steady_move(gammas: Sequence[FloatArray]) -> tuple[FloatArray, BoolArray]:
+    """How far each user moved from the first membership to the last, and whether the move was steady.
+
+    Parameters
+    ----------
+    gammas : sequence of s + 1 arrays of shape (n, K)
+        The memberships of the same n users at s + 1 consecutive snapshots, oldest first, their
+        columns over the same segments.
+
+    Returns
+    -------
+    tv : ndarray of shape (n,)
+        Total variation ½‖γ_first − γ_last‖₁.
+    steady : ndarray of shape (n,), bool
+        True where the distance from the first membership grew strictly at every snapshot: a jump
+        that stays put (or comes back) at a later snapshot is not steady. With s = 1 every user
+        who moved at all is steady.
+    """
+    if len(gammas) < 2:
+        msg = f"steady_move needs the memberships of at least 2 snapshots, got {len(gammas)}"
+        raise ValueError(msg)
+    first = gammas[0]
+    steady = np.ones(len(first), dtype=bool)
+    previous = np.zeros(len(first))
+    for g in gammas[1:]:
+        distance = 0.5 * np.abs(g - first).sum(axis=1)
+        steady &= distance > previous
+        previous = distance
+    return previous, steady
+
+
+def steady_movers(tables: Sequence[pa.Table], ids: Sequence[list[int]], id_column: str) -> pa.Table:
+    """The users present in every memberships table of ``tables`` (consecutive snapshots, oldest
+    first, γ ordered by each snapshot's segment ids ``ids``) whose move was steady
+    (:func:`steady_move`): id, ``segment_from`` (at the first snapshot), ``segment_to`` (at the
+    last) and ``tv_distance`` from the first to the last, sorted by id."""
+    union = sorted(set().union(*ids))
+    frame = pd.DataFrame({"id": tables[0].column(id_column).to_pandas(), "i0": np.arange(tables[0].num_rows)})
+    for j, t in enumerate(tables[1:], start=1):
+        right = pd.DataFrame({"id": t.column(id_column).to_pandas(), f"i{j}": np.arange(t.num_rows)})
+        frame = frame.merge(right, on="id", how="inner", sort=True)
+    rows = [t.take(pa.array(frame[f"i{j}"].to_numpy(), pa.int64())) for j, t in enumerate(tables)]
+    if len(frame):
+        tv, steady = steady_move([_expand(gamma_matrix(r), i, union) for r, i in zip(rows, ids, strict=True)])
+    else:
+        tv, steady = np.zeros(0), np.zeros(0, dtype=bool)
+    keep = pa.array(np.flatnonzero(steady), pa.int64())
+    return pa.table(
+        {
+            id_column: rows[-1].column(id_column).take(keep),
+            "segment_from": rows[0].column("segment").take(keep),
+            "segment_to": rows[-1].column("segment").take(keep),
+            "tv_distance": pa.array(tv[steady], pa.float64()),
+        }
+    )
 
 
 def fluidity_between(
