@@ -20,6 +20,7 @@ from gmm_dask.app.families import (
     FAMILY_DESCRIPTION,
     MAX_REFIT_MIN_GAIN,
     REFIT_MIN_GAIN_DESCRIPTION,
+    ConcreteFamily,
     Family,
     family_problem,
 )
@@ -283,7 +284,7 @@ class BackfillParams(JobParams):
 
 
 #: The families select-k compares.
-SelectFamily = Literal["gaussian", "behaviour"]
+SelectFamily = ConcreteFamily
 FAMILIES: tuple[SelectFamily, ...] = ("gaussian", "behaviour")
 
 
@@ -329,7 +330,7 @@ class SelectKParams(JobParams):
         out: dict[str, JobConfig] = {}
         for family in wanted:
             fam_cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"family": family})})
-            problem = family_problem(fam_cfg)
+            problem = family_problem(family, cfg.input.missing)
             if problem is None:
                 out[family] = fam_cfg
             elif self.families is not None:
