@@ -19,7 +19,15 @@ from .pipeline_helpers import demo_data, gamma_matrix, make_config, read_partiti
 
 SPEC = DemoSpec(n_users=10_000, n_snapshots=2, seed=5, block_users=5000, row_group_rows=2500)
 DATES = SPEC.dates
-BEHAVIOUR = {"family": "behaviour", "n_components": 5, "n_init": 4, "random_state": 0, "tol": 1e-6}
+# refit_min_gain 0: the second day refits (warm-started) instead of keeping the first day's model
+BEHAVIOUR = {
+    "family": "behaviour",
+    "n_components": 5,
+    "n_init": 4,
+    "random_state": 0,
+    "tol": 1e-6,
+    "refit_min_gain": 0,
+}
 FEATURE_SPECS = [{"name": f, "kind": FEATURE_KINDS[f]} for f in FEATURES]  # no transforms
 
 

@@ -35,6 +35,12 @@ if TYPE_CHECKING:
     from gmm_dask.mixture.runner import Runner
 
 
+#: Fewest initialisations of the behaviour family: each is EM on the one-pass sample (5,000 rows),
+#: not a pass over the data, so ``model.n_init`` below this buys robustness for seconds (on the
+#: demo one or two starts can settle in a basin that merges two archetypes).
+MIN_SAMPLE_STARTS = 4
+
+
 def summarise(cfg: JobConfig, snap: Snapshot, plan: FeaturePlan, part: BehaviourPart) -> MixtureParams:
     """One pass over the snapshot: each behaviour component's moment-matched Gaussian in model
     space (full covariances, ``model.reg_covar`` on the diagonal)."""
@@ -62,8 +68,9 @@ def _start(
     if warm is not None and warm.starts(plan, k):
         return warm.family, warm.params, True
     m = cfg.model
+    starts = max(m.n_init, MIN_SAMPLE_STARTS)
     family, params = fit_structure_and_init(
-        runner, list(plan.kinds), plan.names, k, seed_from(m.random_state), m.n_init
+        runner, list(plan.kinds), plan.names, k, seed_from(m.random_state), starts
     )
     return family, params, False
 

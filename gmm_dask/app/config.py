@@ -36,6 +36,7 @@ from gmm_dask.app.families import (
     auto_family,
     family_problem,
 )
+from gmm_dask.app.yaml_safe import DuplicateKeyError, read_yaml
 from gmm_dask.errors import ConfigError
 from gmm_dask.mixture.options import (
     DEFAULT_COVARIANCE_TYPE,
@@ -224,8 +225,13 @@ class AudienceConfig(_Model):
         le=1,
         description="Total variation ½‖γ_then − γ‖₁ since mover_snapshots ago from which a user is a mover.",
     )
-    mover_snapshots: int = Field(1, ge=1, le=30, description="Snapshots over which a mover moved steadily, further at "
-        "each (a lasting change, not one jump that stays or comes back); 1: since the previous snapshot.")  # fmt: skip
+    mover_snapshots: int = Field(
+        2,
+        ge=1,
+        le=30,
+        description="Snapshots over which a mover moved steadily, further at each (a lasting "
+        "change, not one jump that stays or comes back); 1: since the previous snapshot.",
+    )
 
 
 class ForecastConfig(_Model):
@@ -474,61 +480,6 @@ def parse_config(data: Any, source: str = "<config>", base_dir: Path | None = No
     return cfg
 
 
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping in a YAML document repeats a key (YAML loaders silently keep the last one)."""
-
-    def __init__(self, key: str, first_line: int, second_line: int):
-        super().__init__(f"duplicate key {key!r} (lines {first_line} and {second_line})")
-        self.key, self.first_line, self.second_line = key, first_line, second_line
-
-
-_MERGE_TAG = "tag:yaml.org,2002:merge"
-
-
-class UniqueKeySafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` (plain data only, never code) that refuses a key repeated in a mapping.
-
-    Keys brought in by a ``<<: *anchor`` merge may still be overridden, as YAML intends.
-    """
-
-    def construct_document(self, node):
-        self._check_unique_keys(node, (), set())
-        return super().construct_document(node)
-
-    def _check_unique_keys(self, node, path: tuple, seen: set) -> None:
-        if id(node) in seen:  # aliases may make the node graph cyclic
-            return
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            lines: dict = {}
-            for key_node, value_node in node.value:
-                name = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                if name is not None and key_node.tag != _MERGE_TAG:
-                    key = self.construct_object(key_node)
-                    try:
-                        first = lines.setdefault(key, key_node.start_mark.line + 1)
-                    except TypeError:  # an unhashable key is refused by the constructor itself
-                        first = None
-                    if first is not None and first != key_node.start_mark.line + 1:
-                        raise DuplicateKeyError(
-                            ".".join([*path, str(key)]), first, key_node.start_mark.line + 1
-                        )
-                self._check_unique_keys(value_node, (*path, str(name)), seen)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                where = (*path[:-1], f"{path[-1]}[{i}]") if path else (f"[{i}]",)
-                self._check_unique_keys(item, where, seen)
-
-
-def _read_yaml(text: str):
-    """Like ``yaml.safe_load``, with :class:`UniqueKeySafeLoader`."""
-    loader = UniqueKeySafeLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
 def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> JobConfig:
     """Read and validate a YAML config file (safe loader only; a repeated key is an error).
 
@@ -538,7 +489,7 @@ def load_config(path: str | os.PathLike, overrides: dict[str, Any] | None = None
     if not p.is_file():
         raise ConfigError(f"Config file {str(p)!r} does not exist.")
     try:
-        data = _read_yaml(p.read_text())
+        data = read_yaml(p.read_text())
     except DuplicateKeyError as err:
         raise ConfigError(
             f"{p}: key '{err.key}' appears twice (lines {err.first_line} and {err.second_line}); "

@@ -28,9 +28,9 @@ FAMILY_DESCRIPTION = (
     "fitted on the RAW values after the missing-value policy, so a feature's transform and "
     "model.standardize only shape the moment-matched Gaussian summary that names and describes "
     "each component; covariance_type, init_params and degenerate.atoms are ignored (the summary "
-    "is full). Every kind works, declared or inferred; a declared kind's values must fit it "
-    "(counts whole ≥ 0, amounts ≥ 0, binaries 0/1). Refused with it: input.missing: "
-    "impute_mean (a mean is no count)."
+    "is full), and n_init counts starts on a 5,000-row sample (at least 4). Every kind works, "
+    "declared or inferred; a declared kind's values must fit it (counts whole ≥ 0, amounts ≥ 0, "
+    "binaries 0/1). Refused with it: input.missing: impute_mean (a mean is no count)."
 )
 
 
