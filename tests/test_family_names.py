@@ -49,7 +49,8 @@ SPEC = DemoSpec(
     row_group_rows=2000,
 )
 DATES = SPEC.dates
-BEHAVIOUR = {"family": "behaviour", "n_components": 5, "n_init": 2, "random_state": 0}
+# refit_min_gain 0: every day refits, so each records its drift (a kept day records none)
+BEHAVIOUR = {"family": "behaviour", "n_components": 5, "n_init": 2, "random_state": 0, "refit_min_gain": 0}
 TERM = re.compile(r"^(very high|high|low|no) (.+?)(?: \((.+)\))?$")
 SHIFT = "promotion-like shift: the data moved far from yesterday's model"
 

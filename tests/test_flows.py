@@ -96,7 +96,9 @@ def test_model_parameter_override_patches_the_config(tmp_path, data_root):
 def test_backfill_writes_one_partition_per_date_and_skips_done(tmp_path, data_root, mode):
     from flows import backfill, train
 
-    cfg = _cfg(tmp_path, data_root)
+    # refit_min_gain 0: a refit backfill fits every date (the default keeps a model that still
+    # explains the data: tests/test_refit_policy.py)
+    cfg = _cfg(tmp_path, data_root, model={"n_components": 5, "random_state": 0, "refit_min_gain": 0})
     if mode == "score":
         train(config=cfg, snapshot=DATES[0])
     out = backfill(start=DATES[0], end=DATES[-1], mode=mode, config=cfg, max_concurrency=2, publish=True)

@@ -53,7 +53,9 @@ def forbid_starts(monkeypatch) -> None:
 
 def test_segment_again_writes_nothing_and_force_writes(tmp_path, capsys, monkeypatch):
     data = demo_data(tmp_path / "data")
-    cfg = str(make_config(tmp_path, data))
+    # refit_min_gain 0: the forced run refits (by default it would keep the published model,
+    # fitted on this very date, and write the same tables again)
+    cfg = str(make_config(tmp_path, data, model={"n_components": 5, "random_state": 0, "refit_min_gain": 0}))
     out, d = tmp_path / "out", DATES[-1]
     first = jobs.segment(SegmentParams(config=cfg, snapshot=d))
     before, alias = manifest(out), latest(out)
