@@ -180,12 +180,14 @@ def _encode_term(
             ok[i] &= valid
             U[i], V[i], pos[i] = 0.0, x if valid else 0.0, 1.0
         return
+    for i in range(n):  # copies first: the loop below then reads and writes contiguous rows
+        V[i] = X[start + i, j]
+        U[i] = X[start + i, p] if p >= 0 else 1.0
     for i in range(n):
-        x = X[start + i, j]
+        x, pv = V[i], U[i]
         valid = (x >= 0.0) & (x < np.inf)
         ok[i] &= valid
         xpos = valid & (x > 0.0)
-        pv = X[start + i, p] if p >= 0 else 1.0
         ppos = (pv > 0.0) & (pv < np.inf)
         zrow[i] = zoff + (0 if pv > 0.0 else 2) + (1 if x == 0.0 else 0)
         pos[i] = 1.0 if xpos else 0.0
