@@ -158,10 +158,11 @@ def _encode_count(
 def _encode_link(X: F64, start: int, n: int, lay: Lay, c: int, row: I64, zrow: I64) -> None:
     """Count c's zero-link lookup (after its own row, which reads link cell 0 when x = 0 and
     its parent is 0)."""
-    p, zo = lay[14][c], lay[15][c]
+    p, zo, j = lay[14][c], lay[15][c], lay[0][c]
+    for i in range(n):  # zrow: whether the parent is 0, until the loop below
+        zrow[i] = 1 if X[start + i, p] == 0.0 else 0
     for i in range(n):
-        pz = X[start + i, p] == 0.0
-        xz = X[start + i, lay[0][c]] == 0.0
+        pz, xz = zrow[i] == 1, X[start + i, j] == 0.0
         row[i] = zo if pz & xz else row[i]
         zrow[i] = (zo + 1 if xz else zo + 2) if pz else zo
 
