@@ -13,16 +13,17 @@ Gaussian terms' few FMAs; (3) a max-shifted softmax with the Gaussian kernel's v
 into the table rows row by row (component axis contiguous), tail excesses and the Gaussian
 terms' moments summed over rows.
 
-A count with a zero parent takes a second lookup into its three link cells (parent > 0:
-log 1; parent = 0 and x = 0: log P(x = 0 | parent = 0), the first lookup then reads the first
-link cell, log 1, instead of the zero bin; parent = 0 and x > 0: log P(x > 0 | parent = 0) −
-log(1 − θ₀), the histogram's positive part renormalised), after the amounts' zero lookups.
+A count with a zero parent has a copy of its bins in the extended table, each the bin's value
+plus log P(x > 0 | parent = 0) − log(1 − θ₀) (the histogram's positive part renormalised):
+where the parent is 0 its one lookup reads link cell 1, log P(x = 0 | parent = 0), if x = 0,
+else its bin in the copy; where the parent is > 0, its bin (link cell 0 is log 1). ``estep.py``
+folds the copy's sums back into the bins and the three link cells.
 
 The extended table has ``n_table`` cells (count bins, binary cells, amount zero cells, count
-zero-link cells), then
-``n_cens`` censoring values (P(Y ≥ v) of capped counts, v below the open edge), then one
-censored-tail row per count (log θ of the open bin; the excess adds (x − open)·log q). So every
-lookup is ``T[idx, k] + excess·log q``, and its statistic is one scatter and one sum.
+zero-link cells), then ``n_cens`` censoring values (P(Y ≥ v) of capped counts, v below the
+open edge), then one censored-tail row per count (log θ of the open bin; the excess adds
+(x − open)·log q), then the zero-parented counts' copies. So every lookup is
+``T[idx, k] + excess·log q``, and its statistic is one scatter and one sum.
 
 Gaussian-term moments are summed about a per-block shift (the block's first value) and centred
 per block afterwards (``estep.py``), then merged exactly. All arithmetic is float64.
@@ -30,8 +31,9 @@ per block afterwards (``estep.py``), then merged exactly. All arithmetic is floa
 ``lay`` (int64): counts, count_off, count_nbins, count_open, count_cap, count_cens (extended
 row of v = 0, −1), count_tail (extended row), bin_of, bin_of_off, binaries, binary_off, terms,
 term_parent, term_zero_off, count_zpar (zero parent's feature, −1), count_zoff (first link
-cell, −1). ``par``: logw (K,), T (rows, K) log values, lq (C, K) log q, ta, tb, tinv,
-tconst (G, K): a + b·u is a term's mean, 1/var, −½ log(2π var).
+cell, −1), count_zcopy (extended row of its copy's first bin, −1). ``par``: logw (K,), T (rows,
+K) log values, lq (C, K) log q, ta, tb, tinv, tconst (G, K): a + b·u is a term's mean, 1/var,
+−½ log(2π var).
 """
 
 from __future__ import annotations
@@ -101,12 +103,10 @@ def _encode(
     nc, nb = counts.shape[0], binaries.shape[0]
     for i in range(n):
         ok[i] = True
-    z = nc + nb + _n_amounts(lay)
     for c in range(nc):
         _encode_count(X, start, n, lay, c, censor, idx[c], exc[c], ok)
         if lay[15][c] >= 0:
-            _encode_link(X, start, n, lay, c, idx[c], idx[z])
-            z += 1
+            _encode_link(X, start, n, lay, c, idx[c])
     for b in range(nb):
         j, o, row = binaries[b], binary_off[b], idx[nc + b]
         for i in range(n):
@@ -115,15 +115,6 @@ def _encode(
             row[i] = o + (1 if x > 0.5 else 0)
     for g in range(lay[11].shape[0]):
         _encode_term(X, start, n, lay, g, idx[nc + nb + g], U[g], V[g], pos[g], ok)
-
-
-@_jit()
-def _n_amounts(lay: Lay) -> int:
-    m = 0
-    for g in range(lay[13].shape[0]):
-        if lay[13][g] >= 0:
-            m += 1
-    return m
 
 
 @_jit()
@@ -155,16 +146,13 @@ def _encode_count(
 
 
 @_jit()
-def _encode_link(X: F64, start: int, n: int, lay: Lay, c: int, row: I64, zrow: I64) -> None:
-    """Count c's zero-link lookup (after its own row, which reads link cell 0 when x = 0 and
-    its parent is 0)."""
-    p, zo, j = lay[14][c], lay[15][c], lay[0][c]
-    for i in range(n):  # zrow: whether the parent is 0, until the loop below
-        zrow[i] = 1 if X[start + i, p] == 0.0 else 0
-    for i in range(n):
-        pz, xz = zrow[i] == 1, X[start + i, j] == 0.0
-        row[i] = zo if pz & xz else row[i]
-        zrow[i] = (zo + 1 if xz else zo + 2) if pz else zo
+def _encode_link(X: F64, start: int, n: int, lay: Lay, c: int, row: I64) -> None:
+    """Count c with a zero parent: where the parent is 0, its row becomes link cell 1 (x = 0) or
+    the same bin in its parent-zero copy (x > 0)."""
+    p, zo, j, shift = lay[14][c], lay[15][c], lay[0][c], lay[16][c] - lay[1][c]
+    for i in range(n):  # a zero-parented count is never capped: its row is one of its bins
+        pz, xz = X[start + i, p] == 0.0, X[start + i, j] == 0.0
+        row[i] = (zo + 1 if xz else row[i] + shift) if pz else row[i]
 
 
 @_jit()
@@ -402,7 +390,7 @@ def estep(
     rows have no finite score and the first of them (−1).
     """
     n_total = X.shape[0]
-    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0) + np.sum(lay[15] >= 0)
+    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
     nc, ng = lay[0].shape[0], lay[11].shape[0]
     idx = np.zeros((nlook, TILE), np.int64)
     exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))
@@ -444,7 +432,7 @@ def estep(
 def log_prob(X: F64, lay: Lay, par: Par, k: int, out: F64) -> None:
     """out[i, :k] = log w + log p(x_i | component); NaN rows where a value is invalid."""
     n_total = X.shape[0]
-    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0) + np.sum(lay[15] >= 0)
+    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
     nc, ng = lay[0].shape[0], lay[11].shape[0]
     idx = np.zeros((nlook, TILE), np.int64)
     exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))

@@ -41,6 +41,19 @@ def merge_terms(na: F64, ma: F64, m2a: F64, nb: F64, mb: F64, m2b: F64) -> tuple
     return n, mean, m2
 
 
+def _copies(layout: Layout) -> tuple[NDArray[np.int64], int]:
+    """Per count, the extended-table row of the first bin of its parent-zero copy (−1 without
+    a zero parent), and the extended table's size (cells, censoring values, tails, copies)."""
+    linked = layout.count_zoff >= 0
+    size = np.where(linked, layout.count_nbins, 0)
+    base = layout.n_table + layout.n_cens + len(layout.counts)
+    return np.where(linked, base + np.cumsum(size) - size, -1).astype(np.int64), base + int(size.sum())
+
+
+def _n_rows(layout: Layout) -> int:
+    return _copies(layout)[1]
+
+
 def _lay(layout: Layout) -> tuple[NDArray[np.int64], ...]:
     """The ``lay`` tuple of :mod:`._kernel` (censoring rows offset into the extended table)."""
     cens = np.where(layout.count_cens_off >= 0, layout.count_cens_off + layout.n_table, -1)
@@ -49,8 +62,26 @@ def _lay(layout: Layout) -> tuple[NDArray[np.int64], ...]:
         layout.counts, layout.count_off, layout.count_nbins, layout.count_open, layout.count_cap, cens, tail,
         layout.bin_of, layout.bin_of_off, layout.binaries, layout.binary_off,
         layout.terms, layout.term_parent, layout.term_zero_off, layout.count_zpar, layout.count_zoff,
+        _copies(layout)[0],
     )  # fmt: skip
     return tuple(np.ascontiguousarray(a, dtype=np.int64) for a in arrays)
+
+
+def _fold_copies(layout: Layout, S: F64) -> F64:
+    """The kernel's sums (extended rows, K) → the table's: a zero-parented count's rows with
+    parent 0 and x > 0 sit in its copy; they belong to its bins and to link cell 2, its rows
+    with parent > 0 (in its bins) to link cell 0, which also counts the rows with parent 0 and
+    x = 0 (link cell 1), as the statistics have it (see :class:`Layout`)."""
+    copies, _ = _copies(layout)
+    out = S[: layout.n_table + layout.n_cens + len(layout.counts)]
+    for c, sl in enumerate(_count_slices(layout)):
+        if copies[c] < 0:
+            continue
+        zo, copy = int(layout.count_zoff[c]), S[copies[c] : copies[c] + sl.stop - sl.start]
+        out[zo] = out[zo + 1] + out[sl].sum(axis=0)
+        out[zo + 2] = copy.sum(axis=0)
+        out[sl] += copy
+    return out
 
 
 def _count_slices(layout: Layout) -> list[slice]:
@@ -80,8 +111,8 @@ def kernel_params(structure: Structure, params: BehaviourParams) -> tuple[F64, .
     Gaussian terms' coefficients."""
     layout = layout_of(structure)
     k = params.n_components
-    nc = len(layout.counts)
-    tab = np.zeros((layout.n_table + layout.n_cens + nc, k))
+    tab = np.zeros((_n_rows(layout), k))
+    copies, _ = _copies(layout)
     z = 0
     for c, sl in enumerate(_count_slices(layout)):
         lt = params.count_log_theta[sl]
@@ -92,6 +123,8 @@ def kernel_params(structure: Structure, params: BehaviourParams) -> tuple[F64, .
             tab[o + 2] = params.count_zero_log_p[z, 1] - np.log(-np.expm1(lt[0]))
             z += 1
         tab[sl.stop - 1] = lt[-1] + np.log(-np.expm1(params.count_log_q[c]))
+        if copies[c] >= 0:  # parent 0, x > 0: a bin's value and link cell 2's in one lookup
+            tab[copies[c] : copies[c] + sl.stop - sl.start] = tab[sl] + tab[int(layout.count_zoff[c]) + 2]
         tab[layout.n_table + layout.n_cens + c] = lt[-1]
         if layout.count_cens_off[c] >= 0:
             logs, _, _ = censoring(structure.edges[int(layout.counts[c])], lt, params.count_log_q[c])
@@ -162,7 +195,7 @@ def _run(
     n = X.shape[0]
     blocks = max(1, -(-n // BLOCK_ROWS))
     nc, ng = len(layout.counts), len(layout.terms)
-    S = np.zeros((layout.n_table + layout.n_cens + nc, k))
+    S = np.zeros((_n_rows(layout), k))
     EX = np.zeros((nc, k))
     mom = np.zeros((blocks, ng, 6, k))
     shift = np.zeros((blocks, ng, 2))
@@ -173,7 +206,7 @@ def _run(
         X, wv, w is not None, rv, resp is not None, censor, _lay(layout), par, k, BLOCK_ROWS, hard_counts,
         scores, S, EX, mom, shift, nk, hard_nk, bad,
     )  # fmt: skip
-    table, cens, tail = np.split(S, [layout.n_table, layout.n_table + layout.n_cens])
+    table, cens, tail = np.split(_fold_copies(layout, S), [layout.n_table, layout.n_table + layout.n_cens])
     acc = (table, cens, EX, tail)
     return Run(
         float(loglik), scores, int(bad[0]), int(bad[1]), nk, hard_nk if hard_counts else None, acc, mom, shift
@@ -265,7 +298,7 @@ def resp_stats(
 def _dummy_par(structure: Structure, k: int) -> tuple[F64, ...]:
     layout = layout_of(structure)
     nc, ng = len(layout.counts), len(layout.terms)
-    shapes = [(k,), (layout.n_table + layout.n_cens + nc, k), (nc, k)] + [(ng, k)] * 4
+    shapes = [(k,), (_n_rows(layout), k), (nc, k)] + [(ng, k)] * 4
     return tuple(np.zeros(s) for s in shapes)
 
 
