@@ -361,3 +361,32 @@ def test_gaussian_as_mass_adds_bin_width_and_jacobian():
     )
     expected = np.log(np.log((X[:, 0] + 2) / (X[:, 0] + 1))) - np.log1p(X[:, 1]) - np.log(2.0)
     np.testing.assert_allclose(out, expected)
+
+
+def test_vectorised_log_is_within_two_ulp_of_numpy():
+    from gmm_dask.mixture.behaviour import _kernel
+
+    rng = np.random.default_rng(5)
+    edges = [
+        5e-324,
+        1e-310,
+        2.2250738585072014e-308,
+        1.0,
+        np.nextafter(1.0, 2.0),
+        np.nextafter(1.0, 0.0),
+        1.7e308,
+    ]
+    x = np.concatenate(
+        [
+            np.exp(rng.uniform(-740, 709, 200_000)),  # every binade, subnormals included
+            1.0 + rng.uniform(-1e-6, 1e-6, 10_000),  # near log 1 = 0
+            np.arange(1.0, 10_001.0),  # counts (a parent's log)
+            np.round(np.exp(rng.normal(3, 2, 10_000)), 2) + 0.01,  # amounts
+            edges,
+        ]
+    )
+    got = x.copy()
+    _kernel._log_inplace(got, len(got))
+    want = np.log(x)
+    assert np.max(np.abs(got - want) / np.spacing(np.abs(want) + np.spacing(1.0))) <= 2.0
+    assert got[-4] == 0.0

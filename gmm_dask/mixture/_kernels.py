@@ -115,6 +115,38 @@ def _exp_reduced(x: float) -> float:
     return p * scale
 
 
+_LG1, _LG2, _LG3 = 6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01
+_LG4, _LG5 = 2.222219843214978396e-01, 1.818357216161805012e-01
+_LG6, _LG7 = 1.531383769920937332e-01, 1.479819860511658591e-01
+_TWO54 = 18014398509481984.0
+_DBL_MIN = 2.2250738585072014e-308
+
+
+@_jit()
+def _log_reduced(x: float) -> float:
+    """log(x) for finite x > 0 (subnormals included), branch-free and vectorisable (callers
+    select another value elsewhere: there the result is meaningless); within 1 ulp of libm's
+    log, measured over 10⁷ arguments (musl's log, on the 64-bit word).
+
+    x = 2ᵏ·m with m in [√2/2, √2); log m = f − ½f² + s·(½f² + R(s²)), f = m − 1, s = f/(2 + f),
+    R the minimax polynomial of degree 7 in s² (fdlibm's Lg1 … Lg7).
+    """
+    sub = x < _DBL_MIN
+    x = x * _TWO54 if sub else x
+    hx = np.float64(x).view(np.int64) + np.int64(0x95F6200000000)  # (0x3ff00000 − 0x3fe6a09e) << 32
+    k = ((hx & np.int64(0x7FF0000000000000)) >> 52) - (1077 if sub else 1023)
+    m = np.int64((hx & np.int64(0x000FFFFFFFFFFFFF)) + np.int64(0x3FE6A09E00000000)).view(np.float64)
+    f = m - 1.0
+    hfsq = 0.5 * f * f
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
+    t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
+    dk = np.float64(k)
+    return s * (hfsq + t2 + t1) + dk * _LN2_LO - hfsq + f + dk * _LN2_HI
+
+
 @_jit()
 def exp_into(x: FloatArray, out: FloatArray) -> int:
     """out[:] = exp(x[:]) as the softmax computes it: vectorised within [_EXP_LO, 0], 0 below

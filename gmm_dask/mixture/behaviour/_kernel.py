@@ -3,22 +3,27 @@
 Per tile of rows: (1) encode each row once — every count, binary and amount-zero cell becomes
 one row index into a single log-value table (a count's closed bin, its open bin, its censoring
 value or its censored tail; see below), plus a count's excess over its open edge and each
-Gaussian term's (u, v, x > 0); (2) every component's log-density, one component at a time with
-rows innermost (a gather per table lookup, a few FMAs per Gaussian term — loops LLVM
-vectorises); (3) a max-shifted softmax with the Gaussian kernel's vectorisable ``exp``;
-(4) the statistics: responsibilities scattered into the table rows (component axis
-contiguous), tail excesses and the Gaussian terms' moments summed over rows.
+Gaussian term's (u, v, x > 0) — one feature at a time, rows innermost, the logs of amounts and
+their parents in loops of their own (:func:`~gmm_dask.mixture._kernels._log_reduced`, which
+LLVM vectorises; libm's log is a call per value); (2) the log-densities: the table lookups row
+by row, each adding a short run of adjacent values (the table's component axis is contiguous),
+the rare tail excess only where it is non-zero, then per component with rows innermost the
+Gaussian terms' few FMAs; (3) a max-shifted softmax with the Gaussian kernel's vectorisable
+``exp`` (and the vectorised log for log Σ); (4) the statistics: responsibilities scattered
+into the table rows row by row (component axis contiguous), tail excesses and the Gaussian
+terms' moments summed over rows.
 
-A count with a zero parent takes a second lookup into its three link cells (parent > 0:
-log 1; parent = 0 and x = 0: log P(x = 0 | parent = 0), the first lookup then reads the first
-link cell, log 1, instead of the zero bin; parent = 0 and x > 0: log P(x > 0 | parent = 0) −
-log(1 − θ₀), the histogram's positive part renormalised), after the amounts' zero lookups.
+A count with a zero parent has a copy of its bins in the extended table, each the bin's value
+plus log P(x > 0 | parent = 0) − log(1 − θ₀) (the histogram's positive part renormalised):
+where the parent is 0 its one lookup reads link cell 1, log P(x = 0 | parent = 0), if x = 0,
+else its bin in the copy; where the parent is > 0, its bin (link cell 0 is log 1). ``estep.py``
+folds the copy's sums back into the bins and the three link cells.
 
 The extended table has ``n_table`` cells (count bins, binary cells, amount zero cells, count
-zero-link cells), then
-``n_cens`` censoring values (P(Y ≥ v) of capped counts, v below the open edge), then one
-censored-tail row per count (log θ of the open bin; the excess adds (x − open)·log q). So every
-lookup is ``T[k, idx] + excess·log q``, and its statistic is one scatter and one sum.
+zero-link cells), then ``n_cens`` censoring values (P(Y ≥ v) of capped counts, v below the
+open edge), then one censored-tail row per count (log θ of the open bin; the excess adds
+(x − open)·log q), then the zero-parented counts' copies. So every lookup is
+``T[idx, k] + excess·log q``, and its statistic is one scatter and one sum.
 
 Gaussian-term moments are summed about a per-block shift (the block's first value) and centred
 per block afterwards (``estep.py``), then merged exactly. All arithmetic is float64.
@@ -26,14 +31,14 @@ per block afterwards (``estep.py``), then merged exactly. All arithmetic is floa
 ``lay`` (int64): counts, count_off, count_nbins, count_open, count_cap, count_cens (extended
 row of v = 0, −1), count_tail (extended row), bin_of, bin_of_off, binaries, binary_off, terms,
 term_parent, term_zero_off, count_zpar (zero parent's feature, −1), count_zoff (first link
-cell, −1). ``par``: logw (K,), T (K, rows) log values, lq (C, K) log q, ta, tb,
-tinv, tconst (G, K): a + b·u is a term's mean, 1/var, −½ log(2π var).
+cell, −1), count_zcopy (extended row of its copy's first bin, −1). ``par``: logw (K,), T (rows,
+K) log values, lq (C, K) log q, ta, tb, tinv, tconst (G, K): a + b·u is a term's mean, 1/var,
+−½ log(2π var).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
@@ -41,7 +46,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from gmm_dask.mixture._kernels import _exp_reduced
+from gmm_dask.mixture._kernels import _exp_reduced, _log_reduced
 
 if TYPE_CHECKING:
     from numba.core.dispatcher import Dispatcher
@@ -91,89 +96,130 @@ def _encode(
     ok: Bools,
 ) -> None:
     """Encode rows start … start + n − 1 (see the module docstring); ok[i] False where a value
-    is invalid (NaN, inf, a negative count or amount), whose other outputs are then harmless."""
-    counts, count_off, count_nbins, count_open, count_cap, count_cens, count_tail = lay[:7]
-    bin_of, bin_of_off, binaries, binary_off, terms, term_parent, term_zero_off = lay[7:14]
-    count_zpar, count_zoff = lay[14], lay[15]
+    is invalid (NaN, inf, a negative count or amount), whose other outputs are then harmless
+    (in-range rows, finite values). One feature at a time, rows innermost, with selects
+    rather than branches, so that the loops vectorise."""
+    counts, binaries, binary_off = lay[0], lay[9], lay[10]
     nc, nb = counts.shape[0], binaries.shape[0]
-    zbase = nc + nb
-    for g in range(terms.shape[0]):
-        if term_zero_off[g] >= 0:
-            zbase += 1
     for i in range(n):
-        r = start + i
-        good = True
-        z = zbase
-        for c in range(nc):
-            x = X[r, counts[c]]
-            e, row = 0.0, count_off[c]
-            if not (x >= 0.0 and x < np.inf):
-                good = False
-            elif censor and count_cap[c] >= 0 and x >= X[r, count_cap[c]]:
-                if x < count_open[c]:
-                    row = count_cens[c] + np.int64(x)
-                else:
-                    row, e = count_tail[c], x - count_open[c]
-            elif x < count_open[c]:
-                row = count_off[c] + bin_of[bin_of_off[c] + np.int64(x)]
-            else:
-                row, e = count_off[c] + count_nbins[c] - 1, x - count_open[c]
-            zo = count_zoff[c]
-            if zo >= 0:
-                zrow = zo
-                if X[r, count_zpar[c]] == 0.0:
-                    if x == 0.0:
-                        row, zrow = zo, zo + 1
-                    else:
-                        zrow = zo + 2
-                idx[z, i] = zrow
-                z += 1
-            idx[c, i], exc[c, i] = row, e
-        for b in range(nb):
-            x = X[r, binaries[b]]
-            good &= x == x
-            idx[nc + b, i] = binary_off[b] + (1 if x > 0.5 else 0)
-        for g in range(terms.shape[0]):
-            x = X[r, terms[g]]
-            if not (abs(x) < np.inf):
-                good, x = False, 0.0
-            if term_zero_off[g] < 0:  # continuous
-                U[g, i], V[g, i], pos[g, i] = 0.0, x, 1.0
-                continue
-            if x < 0.0:
-                good, x = False, 0.0
-            p = term_parent[g]
-            pv = X[r, p] if p >= 0 else 1.0
-            pzero = 0 if pv > 0.0 else 1
-            idx[nc + nb + g, i] = term_zero_off[g] + 2 * pzero + (1 if x == 0.0 else 0)
-            pos[g, i] = 1.0 if x > 0.0 else 0.0
-            V[g, i] = math.log(x) if x > 0.0 else 0.0
-            U[g, i] = math.log(pv) if pzero == 0 else 0.0
-        ok[i] = good
+        ok[i] = True
+    for c in range(nc):
+        _encode_count(X, start, n, lay, c, censor, idx[c], exc[c], ok)
+        if lay[15][c] >= 0:
+            _encode_link(X, start, n, lay, c, idx[c])
+    for b in range(nb):
+        j, o, row = binaries[b], binary_off[b], idx[nc + b]
+        for i in range(n):
+            x = X[start + i, j]
+            ok[i] &= x == x
+            row[i] = o + (1 if x > 0.5 else 0)
+    for g in range(lay[11].shape[0]):
+        _encode_term(X, start, n, lay, g, idx[nc + nb + g], U[g], V[g], pos[g], ok)
+
+
+@_jit()
+def _encode_count(
+    X: F64, start: int, n: int, lay: Lay, c: int, censor: bool, row: I64, exc: F64, ok: Bools
+) -> None:
+    """Count c: its table row (closed bin, open bin, censoring value, censored tail) and excess."""
+    j, off, top = lay[0][c], lay[1][c], lay[1][c] + lay[2][c] - 1
+    opn, cap, cens, tail = lay[3][c], lay[4][c], lay[5][c], lay[6][c]
+    bin_of = lay[7][lay[8][c] :]
+    capped = censor and cap >= 0
+    fopen = np.float64(opn)
+    for i in range(n):
+        exc[i] = X[start + i, j]  # x, until the last loop
+    if capped:
+        for i in range(n):
+            row[i] = 1 if exc[i] >= X[start + i, cap] else 0  # at its cap, until the last loop
+    for i in range(n):
+        x = exc[i]
+        valid = (x >= 0.0) & (x < np.inf)
+        ok[i] &= valid
+        below = valid & (x < fopen)
+        xi = np.int64(x if below else 0.0)  # a select, then the conversion: no branch
+        e = x - fopen if valid & ~below else 0.0
+        r = off + bin_of[xi] if below else (top if valid else off)
+        if capped:
+            r = (cens + xi if below else tail) if valid & (row[i] == 1) else r
+        row[i], exc[i] = r, e
+
+
+@_jit()
+def _encode_link(X: F64, start: int, n: int, lay: Lay, c: int, row: I64) -> None:
+    """Count c with a zero parent: where the parent is 0, its row becomes link cell 1 (x = 0) or
+    the same bin in its parent-zero copy (x > 0)."""
+    p, zo, j, shift = lay[14][c], lay[15][c], lay[0][c], lay[16][c] - lay[1][c]
+    for i in range(n):  # a zero-parented count is never capped: its row is one of its bins
+        pz, xz = X[start + i, p] == 0.0, X[start + i, j] == 0.0
+        row[i] = (zo + 1 if xz else row[i] + shift) if pz else row[i]
+
+
+@_jit()
+def _encode_term(
+    X: F64, start: int, n: int, lay: Lay, g: int, zrow: I64, U: F64, V: F64, pos: F64, ok: Bools
+) -> None:
+    """Gaussian term g: an amount's zero cell, (log parent, log x, x > 0); a continuous
+    feature's (0, x, 1)."""
+    j, p, zoff = lay[11][g], lay[12][g], lay[13][g]
+    if zoff < 0:  # continuous
+        for i in range(n):
+            x = X[start + i, j]
+            valid = abs(x) < np.inf
+            ok[i] &= valid
+            U[i], V[i], pos[i] = 0.0, x if valid else 0.0, 1.0
+        return
+    for i in range(n):  # copies first: the loop below then reads and writes contiguous rows
+        V[i] = X[start + i, j]
+        U[i] = X[start + i, p] if p >= 0 else 1.0
+    for i in range(n):
+        x, pv = V[i], U[i]
+        valid = (x >= 0.0) & (x < np.inf)
+        ok[i] &= valid
+        xpos = valid & (x > 0.0)
+        ppos = (pv > 0.0) & (pv < np.inf)
+        zrow[i] = zoff + (0 if pv > 0.0 else 2) + (1 if x == 0.0 else 0)
+        pos[i] = 1.0 if xpos else 0.0
+        V[i] = x if xpos else 1.0
+        U[i] = pv if ppos else 1.0
+    _log_inplace(V, n)
+    _log_inplace(U, n)
+
+
+@_jit()
+def _log_inplace(a: F64, n: int) -> None:
+    """a[:n] = log a[:n] (finite, > 0) — a loop of its own, which LLVM vectorises."""
+    for i in range(n):
+        a[i] = _log_reduced(a[i])
 
 
 @_jit()
 def _densities(
-    k: int, n: int, par: Par, lay: Lay, idx: I64, exc: F64, U: F64, V: F64, pos: F64, L: F64
+    k: int, n: int, par: Par, lay: Lay, idx: I64, exc: F64, U: F64, V: F64, pos: F64, L: F64, Lt: F64
 ) -> None:
-    """L[c, :n] = log w_c + Σ features' log p(x | c)."""
+    """L[c, :n] = log w_c + Σ features' log p(x | c). The table lookups row by row into Lt
+    (rows, components): each reads a short run of adjacent values (the table's component
+    axis is contiguous); then per component, rows innermost, the Gaussian terms."""
     logw, tab, lq, ta, tb, tinv, tconst = par
     nc, ng = lay[0].shape[0], lay[11].shape[0]
     nlook = idx.shape[0]
     jac = lay[13]
-    for c in range(k):
-        Lc, tc = L[c], tab[c]
-        for i in range(n):
-            Lc[i] = logw[c]
+    for i in range(n):
+        for c in range(k):
+            Lt[i, c] = logw[c]
         for f in range(nlook):
-            row = idx[f]
-            if f < nc:
-                q, e = lq[f, c], exc[f]
-                for i in range(n):
-                    Lc[i] += tc[row[i]] + e[i] * q
-            else:
-                for i in range(n):
-                    Lc[i] += tc[row[i]]
+            t = idx[f, i]
+            for c in range(k):
+                Lt[i, c] += tab[t, c]
+        for f in range(nc):
+            e = exc[f, i]
+            if e != 0.0:  # rare: only counts in their open bin have an excess
+                for c in range(k):
+                    Lt[i, c] += e * lq[f, c]
+    for c in range(k):
+        Lc = L[c]
+        for i in range(n):
+            Lc[i] = Lt[i, c]
         for g in range(ng):
             a, b, s, h = ta[g, c], tb[g, c], tinv[g, c], tconst[g, c]
             u, v, m = U[g], V[g], pos[g]
@@ -204,7 +250,8 @@ def _softmax(L: F64, R: F64, k: int, n: int, amax: F64, tot: F64, lpn: F64) -> N
             rc[i] = e if v >= _EXP_LO else 0.0
             tot[i] += rc[i]
     for i in range(n):
-        lpn[i] = amax[i] + math.log(tot[i])
+        t = tot[i]
+        lpn[i] = amax[i] + _log_reduced(t if t >= 1.0 else 1.0)  # t ≥ 1 unless amax is NaN
         tot[i] = 1.0 / tot[i]
     for c in range(k):
         rc = R[c]
@@ -214,17 +261,16 @@ def _softmax(L: F64, R: F64, k: int, n: int, amax: F64, tot: F64, lpn: F64) -> N
 
 @_jit()
 def _scatter(R: F64, k: int, n: int, idx: I64, S: F64, Rt: F64) -> None:
-    """S[idx[f, i], :] += R[:, i] for every lookup f (component axis contiguous in S)."""
+    """S[idx[f, i], :] += R[:, i] for every lookup f (component axis contiguous in S), row by
+    row (a row's lookups hit different table rows, so their updates overlap)."""
     for c in range(k):
-        rc = R[c]
         for i in range(n):
-            Rt[i, c] = rc[i]
-    for f in range(idx.shape[0]):
-        row = idx[f]
-        for i in range(n):
-            s, r = S[row[i]], Rt[i]
+            Rt[i, c] = R[c, i]
+    for i in range(n):
+        for f in range(idx.shape[0]):
+            t = idx[f, i]
             for c in range(k):
-                s[c] += r[c]
+                S[t, c] += Rt[i, c]
 
 
 @_jit(sums=True)
@@ -279,27 +325,86 @@ def _set_shift(n: int, U: F64, V: F64, pos: F64, sh: F64, done: Bools) -> None:
 
 
 @_jit()
+def _weigh(
+    R: F64,
+    k: int,
+    n: int,
+    start: int,
+    w: F64,
+    weighted: bool,
+    ok: Bools,
+    lpn: F64,
+    scores: F64,
+    wv: F64,
+    bad: I64,
+) -> float:
+    """Scores of the tile's rows, their weights wv (0 where the score is not finite: the row
+    contributes nothing), R weighted; returns Σ w·score; counts the bad rows into ``bad``."""
+    t = 0.0
+    nbad = 0
+    for i in range(n):
+        v = lpn[i] if ok[i] else np.nan
+        scores[start + i] = v
+        fin = abs(v) < np.inf
+        wi = w[start + i] if weighted else 1.0
+        wv[i] = wi if fin else 0.0
+        t += wi * v if fin else 0.0
+        nbad += 0 if fin else 1
+    if nbad:
+        if bad[1] < 0:
+            for i in range(n):
+                if wv[i] == 0.0 and not (abs(scores[start + i]) < np.inf):
+                    bad[1] = start + i
+                    break
+        bad[0] += nbad
+    if weighted or nbad:
+        for c in range(k):
+            for i in range(n):
+                R[c, i] = R[c, i] * wv[i] if wv[i] != 0.0 else 0.0
+    return t
+
+
+@_jit()
+def _hard(R: F64, k: int, n: int, wv: F64, hard_nk: F64) -> None:
+    """hard_nk[most probable component of each row] += its weight (rows with weight 0 add 0)."""
+    for i in range(n):
+        best = 0
+        for c in range(1, k):
+            if R[c, i] > R[best, i]:
+                best = c
+        hard_nk[best] += wv[i]
+
+
+@_jit()
 def estep(
     X: F64, w: F64, weighted: bool, resp: F64, given: bool, censor: bool, lay: Lay, par: Par, k: int,
     block_rows: int, hard: bool, scores: F64, S: F64, EX: F64, MOM: F64, shift: F64, nk: F64, hard_nk: F64,
+    bad: I64,
 ) -> float:  # fmt: skip
     """E-step statistics of one partition; returns Σ w·log p(x) over rows with a finite score.
 
     With ``given`` the responsibilities are ``resp`` (n, k) instead (scores 0). Without
     ``censor`` a capped count is read as observed at its value. ``block_rows`` must be a
     multiple of :data:`TILE`. Outputs (zeroed): scores (n,), S (rows, K), EX (C, K),
-    MOM (blocks, G, 6, K), shift (blocks, G, 2), nk (K,), hard_nk (K,).
+    MOM (blocks, G, 6, K), shift (blocks, G, 2), nk (K,), hard_nk (K,), bad (2,): how many
+    rows have no finite score and the first of them (−1).
     """
     n_total = X.shape[0]
-    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0) + np.sum(lay[15] >= 0)
+    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
     nc, ng = lay[0].shape[0], lay[11].shape[0]
     idx = np.zeros((nlook, TILE), np.int64)
     exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))
     ok = np.ones(TILE, np.bool_)
-    L, R, Rt = np.zeros((k, TILE)), np.zeros((k, TILE)), np.zeros((TILE, k))
-    amax, tot, lpn = np.zeros(TILE), np.zeros(TILE), np.zeros(TILE)
+    L, R, Rt, Lt = (
+        np.zeros((k, TILE)),
+        np.zeros((k, TILE)),
+        np.zeros((TILE, k)),
+        np.zeros((TILE, k)),
+    )
+    amax, tot, lpn, wv = np.zeros(TILE), np.zeros(TILE), np.zeros(TILE), np.zeros(TILE)
     done = np.zeros(ng, np.bool_)
     loglik = 0.0
+    bad[0], bad[1] = 0, -1
     for start in range(0, n_total, TILE):
         n = min(TILE, n_total - start)
         blk = start // block_rows
@@ -312,25 +417,11 @@ def estep(
                     R[c, i] = resp[start + i, c]
                     lpn[i] = 0.0
         else:
-            _densities(k, n, par, lay, idx, exc, U, V, pos, L)
+            _densities(k, n, par, lay, idx, exc, U, V, pos, L, Lt)
             _softmax(L, R, k, n, amax, tot, lpn)
-        for i in range(n):
-            wi = w[start + i] if weighted else 1.0
-            v = lpn[i] if ok[i] else np.nan
-            scores[start + i] = v
-            if not (abs(v) < np.inf):
-                for c in range(k):
-                    R[c, i] = 0.0  # the row contributes nothing
-                continue
-            loglik += wi * v
-            if hard:
-                best = 0
-                for c in range(1, k):
-                    if R[c, i] > R[best, i]:
-                        best = c
-                hard_nk[best] += wi
-            for c in range(k):
-                R[c, i] *= wi
+        loglik += _weigh(R, k, n, start, w, weighted, ok, lpn, scores, wv, bad)
+        if hard:
+            _hard(R, k, n, wv, hard_nk)
         _set_shift(n, U, V, pos, shift[blk], done)
         _scatter(R, k, n, idx, S, Rt)
         _sums(R, k, n, exc, EX, U, V, pos, shift[blk], MOM[blk], nk)
@@ -341,16 +432,16 @@ def estep(
 def log_prob(X: F64, lay: Lay, par: Par, k: int, out: F64) -> None:
     """out[i, :k] = log w + log p(x_i | component); NaN rows where a value is invalid."""
     n_total = X.shape[0]
-    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0) + np.sum(lay[15] >= 0)
+    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
     nc, ng = lay[0].shape[0], lay[11].shape[0]
     idx = np.zeros((nlook, TILE), np.int64)
     exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))
     ok = np.ones(TILE, np.bool_)
-    L = np.zeros((k, TILE))
+    L, Lt = np.zeros((k, TILE)), np.zeros((TILE, k))
     for start in range(0, n_total, TILE):
         n = min(TILE, n_total - start)
         _encode(X, start, n, lay, True, idx, exc, U, V, pos, ok)
-        _densities(k, n, par, lay, idx, exc, U, V, pos, L)
+        _densities(k, n, par, lay, idx, exc, U, V, pos, L, Lt)
         for i in range(n):
             for c in range(k):
                 out[start + i, c] = L[c, i] if ok[i] else np.nan

@@ -9,6 +9,7 @@ expected bin occupancies here, under the current parameters, so the statistics s
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,7 +17,7 @@ from numpy.typing import NDArray
 from gmm_dask.mixture.behaviour import _kernel
 from gmm_dask.mixture.behaviour.structure import Layout, Structure, layout_of
 from gmm_dask.mixture.behaviour.values import BehaviourParams, BehaviourStats
-from gmm_dask.mixture.suffstats import merge_moments
+from gmm_dask.mixture.suffstats import _worst_rows, merge_moments
 
 F64 = NDArray[np.float64]
 LOG_2PI = float(np.log(2 * np.pi))
@@ -40,6 +41,19 @@ def merge_terms(na: F64, ma: F64, m2a: F64, nb: F64, mb: F64, m2b: F64) -> tuple
     return n, mean, m2
 
 
+def _copies(layout: Layout) -> tuple[NDArray[np.int64], int]:
+    """Per count, the extended-table row of the first bin of its parent-zero copy (−1 without
+    a zero parent), and the extended table's size (cells, censoring values, tails, copies)."""
+    linked = layout.count_zoff >= 0
+    size = np.where(linked, layout.count_nbins, 0)
+    base = layout.n_table + layout.n_cens + len(layout.counts)
+    return np.where(linked, base + np.cumsum(size) - size, -1).astype(np.int64), base + int(size.sum())
+
+
+def _n_rows(layout: Layout) -> int:
+    return _copies(layout)[1]
+
+
 def _lay(layout: Layout) -> tuple[NDArray[np.int64], ...]:
     """The ``lay`` tuple of :mod:`._kernel` (censoring rows offset into the extended table)."""
     cens = np.where(layout.count_cens_off >= 0, layout.count_cens_off + layout.n_table, -1)
@@ -48,8 +62,26 @@ def _lay(layout: Layout) -> tuple[NDArray[np.int64], ...]:
         layout.counts, layout.count_off, layout.count_nbins, layout.count_open, layout.count_cap, cens, tail,
         layout.bin_of, layout.bin_of_off, layout.binaries, layout.binary_off,
         layout.terms, layout.term_parent, layout.term_zero_off, layout.count_zpar, layout.count_zoff,
+        _copies(layout)[0],
     )  # fmt: skip
     return tuple(np.ascontiguousarray(a, dtype=np.int64) for a in arrays)
+
+
+def _fold_copies(layout: Layout, S: F64) -> F64:
+    """The kernel's sums (extended rows, K) → the table's: a zero-parented count's rows with
+    parent 0 and x > 0 sit in its copy; they belong to its bins and to link cell 2, its rows
+    with parent > 0 (in its bins) to link cell 0, which also counts the rows with parent 0 and
+    x = 0 (link cell 1), as the statistics have it (see :class:`Layout`)."""
+    copies, _ = _copies(layout)
+    out = S[: layout.n_table + layout.n_cens + len(layout.counts)]
+    for c, sl in enumerate(_count_slices(layout)):
+        if copies[c] < 0:
+            continue
+        zo, copy = int(layout.count_zoff[c]), S[copies[c] : copies[c] + sl.stop - sl.start]
+        out[zo] = out[zo + 1] + out[sl].sum(axis=0)
+        out[zo + 2] = copy.sum(axis=0)
+        out[sl] += copy
+    return out
 
 
 def _count_slices(layout: Layout) -> list[slice]:
@@ -75,12 +107,12 @@ def censoring(edges: tuple[int, ...], log_theta: F64, log_q: F64) -> tuple[F64, 
 
 
 def kernel_params(structure: Structure, params: BehaviourParams) -> tuple[F64, ...]:
-    """The ``par`` tuple of :mod:`._kernel`: the extended log-value table (K, rows) and the
+    """The ``par`` tuple of :mod:`._kernel`: the extended log-value table (rows, K) and the
     Gaussian terms' coefficients."""
     layout = layout_of(structure)
     k = params.n_components
-    nc = len(layout.counts)
-    tab = np.zeros((layout.n_table + layout.n_cens + nc, k))
+    tab = np.zeros((_n_rows(layout), k))
+    copies, _ = _copies(layout)
     z = 0
     for c, sl in enumerate(_count_slices(layout)):
         lt = params.count_log_theta[sl]
@@ -91,6 +123,8 @@ def kernel_params(structure: Structure, params: BehaviourParams) -> tuple[F64, .
             tab[o + 2] = params.count_zero_log_p[z, 1] - np.log(-np.expm1(lt[0]))
             z += 1
         tab[sl.stop - 1] = lt[-1] + np.log(-np.expm1(params.count_log_q[c]))
+        if copies[c] >= 0:  # parent 0, x > 0: a bin's value and link cell 2's in one lookup
+            tab[copies[c] : copies[c] + sl.stop - sl.start] = tab[sl] + tab[int(layout.count_zoff[c]) + 2]
         tab[layout.n_table + layout.n_cens + c] = lt[-1]
         if layout.count_cens_off[c] >= 0:
             logs, _, _ = censoring(structure.edges[int(layout.counts[c])], lt, params.count_log_q[c])
@@ -108,18 +142,8 @@ def kernel_params(structure: Structure, params: BehaviourParams) -> tuple[F64, .
     var = np.concatenate([params.amount_var, params.continuous_var])
     with np.errstate(divide="ignore"):
         logw = np.log(params.weights)
-    par = (logw, tab.T, params.count_log_q, ta, tb, 1.0 / var, -0.5 * (np.log(var) + LOG_2PI))
+    par = (logw, tab, params.count_log_q, ta, tb, 1.0 / var, -0.5 * (np.log(var) + LOG_2PI))
     return tuple(np.ascontiguousarray(a, dtype=np.float64) for a in par)
-
-
-def _worst(scores: F64, X: F64, w: F64 | None, row_offset: int, m: int) -> tuple[F64, F64, NDArray[np.int64]]:
-    """The m rows with positive weight and the lowest finite score (ties: lower index)."""
-    ok = np.isfinite(scores) if w is None else np.isfinite(scores) & (w > 0)
-    idx = np.flatnonzero(ok)
-    if idx.size > m:
-        idx = idx[np.argpartition(scores[idx], m - 1)[:m]]
-    idx = idx[np.lexsort((idx, scores[idx]))][:m]
-    return scores[idx].copy(), np.array(X[idx], dtype=np.float64), (idx + row_offset).astype(np.int64)
 
 
 def _centre_terms(mom: F64, shift: F64) -> tuple[F64, F64, F64]:
@@ -142,6 +166,20 @@ def _centre_terms(mom: F64, shift: F64) -> tuple[F64, F64, F64]:
     return n[0], means[0], m2[0]
 
 
+class Run(NamedTuple):
+    """What the kernel returns for one partition."""
+
+    loglik: float
+    scores: F64  # (n,) log p(x), NaN where a row has no finite score
+    n_bad: int
+    first_bad: int  # within the partition, −1
+    nk: F64
+    hard_nk: F64 | None
+    acc: tuple[F64, ...]  # (table, censoring values, excess, censored tails) sums
+    mom: F64  # Gaussian-term moments per block, about the block's shift
+    shift: F64
+
+
 def _run(
     structure: Structure,
     X: F64,
@@ -151,26 +189,28 @@ def _run(
     resp: F64 | None,
     censor: bool,
     hard_counts: bool,
-) -> tuple[float, F64, F64, F64 | None, tuple[F64, ...], F64, F64]:
-    """Run the kernel; returns loglik, scores, nk, hard_nk, (table, cens, excess, cens tail),
-    term moments per block and their shifts."""
+) -> Run:
+    """Run the kernel over one partition."""
     layout = layout_of(structure)
     n = X.shape[0]
     blocks = max(1, -(-n // BLOCK_ROWS))
     nc, ng = len(layout.counts), len(layout.terms)
-    S = np.zeros((layout.n_table + layout.n_cens + nc, k))
+    S = np.zeros((_n_rows(layout), k))
     EX = np.zeros((nc, k))
     mom = np.zeros((blocks, ng, 6, k))
     shift = np.zeros((blocks, ng, 2))
-    scores, nk, hard_nk = np.empty(n), np.zeros(k), np.zeros(k)
+    scores, nk, hard_nk, bad = np.empty(n), np.zeros(k), np.zeros(k), np.zeros(2, np.int64)
     wv = np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
     rv = np.empty((0, k)) if resp is None else np.ascontiguousarray(resp, dtype=np.float64)
     loglik = _kernel.estep(
         X, wv, w is not None, rv, resp is not None, censor, _lay(layout), par, k, BLOCK_ROWS, hard_counts,
-        scores, S, EX, mom, shift, nk, hard_nk,
+        scores, S, EX, mom, shift, nk, hard_nk, bad,
     )  # fmt: skip
-    table, cens, tail = np.split(S, [layout.n_table, layout.n_table + layout.n_cens])
-    return float(loglik), scores, nk, (hard_nk if hard_counts else None), (table, cens, EX, tail), mom, shift
+    table, cens, tail = np.split(_fold_copies(layout, S), [layout.n_table, layout.n_table + layout.n_cens])
+    acc = (table, cens, EX, tail)
+    return Run(
+        float(loglik), scores, int(bad[0]), int(bad[1]), nk, hard_nk if hard_counts else None, acc, mom, shift
+    )
 
 
 def _expected_censored(
@@ -199,22 +239,21 @@ def _stats(
     X: F64,
     w: F64 | None,
     k: int,
-    run: tuple[float, F64, F64, F64 | None, tuple[F64, ...], F64, F64],
+    run: Run,
     params: BehaviourParams | None,
     row_offset: int,
 ) -> BehaviourStats:
-    loglik, scores, nk, hard_nk, acc, mom, shift = run
+    acc = run.acc
     table, excess = _expected_censored(structure, params, acc) if params is not None else (acc[0], acc[2])
     if params is None and acc[1].size + acc[3].size and (acc[1].any() or acc[3].any()):  # pragma: no cover
         raise AssertionError("censored rows without parameters")
-    term_n, term_mean, term_m2 = _centre_terms(mom, shift)
-    finite = np.isfinite(scores)
-    n_bad = int(X.shape[0] - finite.sum())
-    ws, wr, wi = _worst(scores, X, w, row_offset, k)
+    term_n, term_mean, term_m2 = _centre_terms(run.mom, run.shift)
+    eligible = np.isfinite(run.scores) if run.n_bad else np.ones(X.shape[0], dtype=bool)
+    ws, wr, wi = _worst_rows(run.scores, X, eligible if w is None else eligible & (w > 0), row_offset, k)
     return BehaviourStats(
-        nk=nk, loglik=loglik, weight=float(X.shape[0] if w is None else np.sum(w)), n_rows=X.shape[0],
-        n_bad=n_bad, first_bad=row_offset + int(np.flatnonzero(~finite)[0]) if n_bad else -1,
-        worst_scores=ws, worst_rows=wr, worst_index=wi, hard_nk=hard_nk,
+        nk=run.nk, loglik=run.loglik, weight=float(X.shape[0] if w is None else np.sum(w)), n_rows=X.shape[0],
+        n_bad=run.n_bad, first_bad=row_offset + run.first_bad if run.n_bad else -1,
+        worst_scores=ws, worst_rows=wr, worst_index=wi, hard_nk=run.hard_nk,
         table=table, excess=excess, term_n=term_n, term_mean=term_mean, term_m2=term_m2,
     )  # fmt: skip
 
@@ -259,7 +298,7 @@ def resp_stats(
 def _dummy_par(structure: Structure, k: int) -> tuple[F64, ...]:
     layout = layout_of(structure)
     nc, ng = len(layout.counts), len(layout.terms)
-    shapes = [(k,), (k, layout.n_table + layout.n_cens + nc), (nc, k)] + [(ng, k)] * 4
+    shapes = [(k,), (_n_rows(layout), k), (nc, k)] + [(ng, k)] * 4
     return tuple(np.zeros(s) for s in shapes)
 
 
