@@ -33,8 +33,8 @@ from gmm_dask.segmentation.fluidity import steady_move
 HERE = Path(__file__).resolve().parent
 RULES = {
     "TV since the previous snapshot (mover_snapshots=1)": 1,
-    "steady over 2 (default)": 2,
-    "steady over 3": 3,
+    "steady over 2": 2,
+    "steady over 3 (default)": 3,
 }
 
 

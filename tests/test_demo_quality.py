@@ -88,7 +88,7 @@ def test_the_mover_audience_is_mostly_true_drifters(chain):
     audience), with the default mover rule and the default refit rule."""
     out, data = chain
     flagged = hits = 0
-    for date in SPEC.dates[2:]:  # the default rule needs two earlier snapshots
+    for date in SPEC.dates[3:]:  # the default rule needs three earlier snapshots
         aud = read_partition(out, "audiences", date).to_pandas()
         movers = aud.loc[aud["audience"] == "mover", "user_id"]
         truth = read_truth(data, date).set_index("user_id")
@@ -98,4 +98,4 @@ def test_the_mover_audience_is_mostly_true_drifters(chain):
             assert len(movers) > 0
             assert np.mean(drifter) >= 0.5, (date, len(movers), float(np.mean(drifter)))
     assert flagged > 0
-    print(f"mover precision pooled over {SPEC.dates[2]}…: {hits / flagged:.2f} ({hits}/{flagged})")
+    print(f"mover precision pooled over {SPEC.dates[3]}…: {hits / flagged:.2f} ({hits}/{flagged})")

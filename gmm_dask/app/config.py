@@ -226,7 +226,7 @@ class AudienceConfig(_Model):
         description="Total variation ½‖γ_then − γ‖₁ since mover_snapshots ago from which a user is a mover.",
     )
     mover_snapshots: int = Field(
-        2,
+        3,
         ge=1,
         le=30,
         description="Snapshots over which a mover moved steadily, further at each (a lasting "

@@ -71,7 +71,7 @@ class AudienceRules:
     mover_min_tv: float
     high_min: float  # normalised entropy from which a user is in the high band
     from_date: str | None = None  # the snapshot movers are measured from
-    mover_snapshots: int = 2  # snapshots over which a mover moved steadily
+    mover_snapshots: int = 3  # snapshots over which a mover moved steadily
 
     def definitions(self, names: dict[int, str]) -> dict[str, tuple[str, str]]:
         """audience_key -> (audience, definition in words)."""
