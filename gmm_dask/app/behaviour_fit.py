@@ -13,6 +13,7 @@ resolution floor) does not apply: a count's histogram is meant to put mass on ex
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -96,8 +97,11 @@ def fit_behaviour(
     configured = m.segment_names is not None and len(m.segment_names) == k
     names = list(m.segment_names or []) if configured else [f"segment_{i}" for i in range(k)]
     runner = make_runner(ChunkedData(X, w), persist=m.persist)
+    t0, p0 = time.perf_counter(), runner.passes
+    summary_passes, summary_seconds = 0, 0.0
     try:
         family, init, warm = _start(cfg, runner, plan, k, warm_start)
+        setup = (runner.passes - p0, time.perf_counter() - t0)  # the sampling pass (cold starts)
 
         def fit(start: BehaviourParams) -> FitResult[BehaviourParams]:
             return fit_family(
@@ -112,7 +116,9 @@ def fit_behaviour(
         pruned: list[dict] = []
         while True:
             part = BehaviourPart(family.structure, res.params)
+            t1 = time.perf_counter()
             summary = summarise(cfg, snap, plan, part)
+            summary_passes, summary_seconds = summary_passes + 1, summary_seconds + time.perf_counter() - t1
             if not configured:  # named in the family's terms (configured names win)
                 assert summary.covariances is not None  # a summary has its covariances
                 names = behaviour_names(
@@ -128,4 +134,5 @@ def fit_behaviour(
             fits.append(res)
     finally:
         runner.close()
-    return Fitted(res, fits, names, found, pruned, published), part, summary
+    other = {"init": setup, "summary": (summary_passes, summary_seconds)}
+    return Fitted(res, fits, names, found, pruned, published, other), part, summary

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -177,18 +177,25 @@ def subset(params: MixtureParams, keep: list[int], covariance_type: CovarianceTy
     )
 
 
-def pass_counts(fits: list[FitResult]) -> dict:
-    """Passes over the data the fit(s) made, and their time (refits after pruning included)."""
-    init = sum(f.init_passes for f in fits)
+def pass_counts(fits: list[FitResult], other: dict[str, tuple[int, float]] | None = None) -> dict:
+    """Passes over the data the fit(s) made, and their time (refits after pruning included);
+    ``other`` adds passes made outside EM: ``init`` (a sampling pass that initialises) counts
+    with the initialisation, anything else under its own name (e.g. ``summary``)."""
+    other = dict(other or {})
+    init_extra = other.pop("init", (0, 0.0))
+    init = sum(f.init_passes for f in fits) + init_extra[0]
     em = sum(f.em_passes for f in fits)
     em_s = sum(f.em_seconds for f in fits)
-    return {
+    out = {
         "init": init,
-        "init_seconds": round(sum(f.init_seconds for f in fits), 3),
+        "init_seconds": round(sum(f.init_seconds for f in fits) + init_extra[1], 3),
         "em": em,
         "em_seconds": round(em_s, 3),
         "seconds_per_em_pass": round(em_s / em, 4) if em else None,
     }
+    for name, (n, s) in other.items():
+        out[name], out[f"{name}_seconds"] = n, round(s, 3)
+    return out
 
 
 def warm_params(
@@ -237,6 +244,8 @@ class Fitted:
     found: Degenerate
     pruned: list[dict]
     published_loglik: float | None = None  # today's data under the published model (warm starts)
+    # passes outside EM (the behaviour family's sampling pass, its summary passes): name -> (passes, s)
+    other_passes: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 def fit_record(
@@ -279,7 +288,7 @@ def fit_record(
         reseeded_components=[list(r) for r in res.reseeded],
         degenerate=degenerate | {"pruned": fitted.pruned},
         fit_seconds=round(time.perf_counter() - t0, 3),
-        passes=pass_counts(fitted.fits),
+        passes=pass_counts(fitted.fits, fitted.other_passes),
         warm_started_from=warm_start.version if warm_start is not None else None,
         drift=None
         if fitted.published_loglik is None
