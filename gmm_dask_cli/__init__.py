@@ -13,6 +13,7 @@ GMM_DASK_STORAGE_RETRY_SECONDS), 1 internal failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -39,28 +40,45 @@ def _display():
     return make_display()
 
 
-def _run_job(fn, params):
-    from gmm_dask.app import progress
+def _load_config(path: str):
+    """The job config, read before the jobs are imported: a bad config fails (exit 2) having
+    imported only pydantic and YAML, not pandas, pyarrow, the domain modules, Dask or Prefect."""
+    from gmm_dask.app.config import load_config
 
-    with _display() as sink, progress.use(sink):
-        return fn(params)
+    return load_config(path)
+
+
+@contextlib.contextmanager
+def _plan_ahead(p):
+    """``jobs.plan_ahead(p)`` (every check that needs no cluster; the job run inside takes this
+    plan), after the config is read (the planner reads it again: milliseconds)."""
+    _load_config(p.config)
+    from gmm_dask.app import jobs
+
+    with jobs.plan_ahead(p) as plan:
+        yield plan
+
+
+def _run_job(name: str, params):
+    """Run the job ``name`` without Prefect, after its plan."""
+    with _plan_ahead(params):
+        from gmm_dask.app import jobs, progress
+
+        with _display() as sink, progress.use(sink):
+            return getattr(jobs, name)(params)
 
 
 def cmd_train(p, args) -> int:
-    from gmm_dask.app import jobs
-
     from .output import print_result
 
-    print_result(_run_job(jobs.train, p))
+    print_result(_run_job("train", p))
     return EXIT_OK
 
 
 def cmd_score(p, args) -> int:
-    from gmm_dask.app import jobs
-
     from .output import print_result
 
-    print_result(_run_job(jobs.score, p))
+    print_result(_run_job("score", p))
     return EXIT_OK
 
 
@@ -102,10 +120,10 @@ def _quiet_prefect(verbose: int) -> None:
 def _run_flow(name: str, p, verbose: int, announce: str | None = None):
     """Run a job's flow; ``announce`` is printed first when the flow runs (not when the plan
     finds nothing to write and the job runs alone, without Prefect or Dask)."""
-    from gmm_dask.app import jobs, progress
-
     # every check that needs no cluster, before Prefect starts; the flow's job takes this plan
-    with jobs.plan_ahead(p) as plan:
+    with _plan_ahead(p) as plan:
+        from gmm_dask.app import jobs, progress
+
         if getattr(plan, "nothing_to_do", False):  # nothing to write: the job alone, no Prefect, no Dask
             res = getattr(jobs, name)(p)
             return res.dates if isinstance(res, jobs.BackfillResult) else res
@@ -139,9 +157,10 @@ cmd_audience = _flow_command("audience", "print_audience")
 
 
 def cmd_promote(p, args) -> int:
-    from gmm_dask.app import jobs
+    with _plan_ahead(p):
+        from gmm_dask.app import jobs
 
-    out = jobs.promote(p)
+        out = jobs.promote(p)
     for date in out.dates:
         print(f"  {date}: published " + ", ".join(sorted(out.tables[date])))
     print(f"Promoted candidate {out.run_id}: {len(out.dates)} date(s); latest -> {out.latest or 'unchanged'}")
@@ -149,9 +168,10 @@ def cmd_promote(p, args) -> int:
 
 
 def cmd_vacuum(p, args) -> int:
-    from gmm_dask.app import jobs
+    with _plan_ahead(p):
+        from gmm_dask.app import jobs
 
-    out = jobs.vacuum(p)
+        out = jobs.vacuum(p)
     verb = "would delete" if out.dry_run else "deleted"
     for table, files in out.tables.items():
         print(f"  {table}: {verb} {len(files)} file(s)")
@@ -164,9 +184,10 @@ def cmd_vacuum(p, args) -> int:
 
 
 def cmd_serve(p, args) -> int:
+    cfg = _load_config(p.config)
     from gmm_dask.app import jobs
 
-    jobs.check_job(jobs.load_job(p.config))
+    jobs.check_job(cfg)
     from flows.serve import serve
 
     serve(p)
@@ -176,13 +197,12 @@ def cmd_serve(p, args) -> int:
 def cmd_demo(p, args) -> int:
     import time
 
-    from gmm_dask.app import jobs
+    cfg = _load_config(p.config)
     from gmm_dask.app.params import BackfillParams, SegmentParams
     from gmm_dask.demo import DemoSpec, write_demo_dataset
 
     from .output import print_backfill, print_result
 
-    cfg = jobs.load_job(p.config)
     # a two-day promotion (most users' activity jumps, then returns) in the middle of the history
     promo = (p.snapshots // 2, 2) if p.snapshots >= 5 else (None, 0)
     spec = DemoSpec(

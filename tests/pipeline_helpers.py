@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as ds
 import yaml
 
+from gmm_dask.app import cluster, pipeline
 from gmm_dask.demo import FEATURES, DemoSpec, write_demo_dataset
 
 SMALL = DemoSpec(n_users=6000, n_snapshots=3, seed=11, block_users=2500, row_group_rows=1000)
@@ -77,3 +79,19 @@ def flow_schema(flow_name: str) -> tuple[dict, type]:
         "audience": params.AudienceParams,
     }
     return parameter_schema(getattr(flows, flow_name).fn).model_dump_for_openapi(), models[flow_name]
+
+
+def forbid_starts(monkeypatch) -> None:
+    """Fail on any attempt to start Prefect (import ``flows``) or a Dask cluster or client."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setitem(sys.modules, "flows", None)  # `import flows` raises ImportError
+    monkeypatch.setattr(pipeline, "cluster", refuse)
+    monkeypatch.setattr(cluster, "dask_client", refuse)
+    import distributed
+
+    # the classes themselves stay (Dask asks ``Client.current()`` whether one is active)
+    monkeypatch.setattr(distributed.Client, "__init__", refuse)
+    monkeypatch.setattr(distributed.LocalCluster, "__init__", refuse)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import gmm_dask_cli
 from gmm_dask.app import params
 from gmm_dask.demo import DemoSpec, write_demo_dataset
 from gmm_dask_cli import build_parser
@@ -21,6 +22,9 @@ from .pipeline_helpers import flow_schema, make_config
 REPO = Path(__file__).resolve().parents[1]
 SPEC = DemoSpec(n_users=1500, n_snapshots=2, seed=5, block_users=1500)
 HEAVY = ("dask", "distributed", "prefect")
+#: What neither ``--help`` nor a config error may import: arguments, parameter models and the
+#: config need only pydantic and YAML.
+NOT_FOR_CONFIG = ("pandas", "pyarrow", "fsspec", "scipy", "numba", "matplotlib", *HEAVY)
 
 _PROBE = r"""
 import sys, time
@@ -33,7 +37,7 @@ except SystemExit as e:  # argparse: --help, usage errors
 loaded = sorted(m for m in %r if m in sys.modules)
 print(f"PROBE rc={rc} loaded={','.join(loaded)} seconds={time.perf_counter() - t:.3f}", file=sys.stderr)
 sys.exit(rc)
-""".replace("%r", repr(HEAVY))
+""".replace("%r", repr(NOT_FOR_CONFIG))
 
 
 def _probe(*argv: str, env=None) -> tuple[int, str, str, float]:
@@ -51,11 +55,11 @@ def job(tmp_path_factory):
     return tmp, make_config(tmp, tmp / "data")
 
 
-def test_version_and_help_load_neither_dask_nor_prefect():
+def test_version_and_help_load_neither_dask_nor_prefect_nor_the_data_libraries():
     for argv in (["--version"], ["--help"], ["select-k", "--help"], ["segment", "--help"]):
         rc, _, err, seconds = _probe(*argv)
         assert rc == 0, err
-        assert "PROBE rc=0 loaded= " in err, err  # nothing heavy imported
+        assert "PROBE rc=0 loaded= " in err, err  # none of NOT_FOR_CONFIG imported
         print(f"{' '.join(argv)}: {seconds:.2f} s")
     assert "gmm-dask " in _probe("--version")[1]
 
@@ -170,29 +174,35 @@ for argv in json.loads(sys.argv[1]):
             rc = main(argv)
         except SystemExit as e:
             rc = e.code
-    heavy = sorted(m for m in ("dask", "distributed", "prefect", "scipy.optimize") if m in sys.modules)
+    heavy = sorted(m for m in json.loads(sys.argv[2]) if m in sys.modules)
     results.append({"argv": argv, "rc": rc, "err": err.getvalue(), "heavy": heavy})
 print(json.dumps(results))
 """
 
 
-def test_bad_input_of_every_command_exits_2_fast_before_prefect_or_dask(job):
-    """One fresh process runs every bad call in turn: each exits 2 with its message and no
-    traceback, and none has imported Dask, Prefect or scipy's optimizer (how long it takes is
-    measured by the benchmarks, not asserted here)."""
+def _batch(argvs: list[list[str]], modules: list[str]) -> list[dict]:
+    """Run every ``argv`` in turn in one fresh process: its exit code, stderr and which of
+    ``modules`` had been imported by then."""
     import json
 
-    tmp, cfg = job
-    cases = _bad_inputs(tmp, cfg)
     out = subprocess.run(
-        [sys.executable, "-c", _BATCH, json.dumps([argv for argv, _ in cases])],
+        [sys.executable, "-c", _BATCH, json.dumps(argvs), json.dumps(modules)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert out.returncode == 0, out.stderr
-    results = json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_bad_input_of_every_command_exits_2_fast_before_prefect_or_dask(job):
+    """One fresh process runs every bad call in turn: each exits 2 with its message and no
+    traceback, and none has imported Dask, Prefect or scipy's optimizer (how long it takes is
+    measured by the benchmarks, not asserted here)."""
+    tmp, cfg = job
+    cases = _bad_inputs(tmp, cfg)
+    results = _batch([argv for argv, _ in cases], [*HEAVY, "scipy.optimize"])
     for (argv, needles), r in zip(cases, results, strict=True):
         assert r["rc"] == 2, (argv, r["err"])
         assert r["heavy"] == [], (argv, r["heavy"])  # neither Dask nor Prefect was imported
@@ -211,6 +221,37 @@ def test_bad_input_of_every_command_exits_2_fast_before_prefect_or_dask(job):
         "promote",
     }
     assert not (tmp / "out").exists()  # nothing written
+
+
+def test_a_config_error_of_every_command_exits_2_before_the_data_libraries_are_imported(tmp_path):
+    """A config missing required keys fails in every command with exit 2 and a message naming
+    each key, having imported only what reading the config needs: none of pandas, pyarrow,
+    fsspec, scipy, numba, matplotlib, Dask or Prefect."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("input:\n  path: data\n  features: [sessions]\n")  # no input.id_column, no output
+    d = SPEC.dates
+    argvs = [
+        ["train"],
+        ["score", "--model-version", "v0001"],
+        ["segment"],
+        ["backfill", "--start", d[0], "--end", d[1]],
+        ["select-k"],
+        ["fluidity", "--from-date", d[0], "--to-date", d[1]],
+        ["audience"],
+        ["promote", "--run-id", "r1"],
+        ["vacuum"],
+        ["serve"],
+        ["demo"],
+    ]
+    argvs = [[*argv, "--config", str(bad)] for argv in argvs]
+    assert {argv[0] for argv in argvs} == {name for name, *_ in gmm_dask_cli._commands()}
+    for argv, r in zip(argvs, _batch(argvs, list(NOT_FOR_CONFIG)), strict=True):
+        assert r["rc"] == 2, (argv, r["err"])
+        assert r["heavy"] == [], (argv, r["heavy"])
+        assert "Traceback" not in r["err"], (argv, r["err"])
+        for key in ("missing required key 'input.id_column'", "missing required key 'output'"):
+            assert key in r["err"], (argv, key, r["err"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_successful_train_prints_progress_lines_and_no_dask_logs(job, tmp_path):

@@ -10,7 +10,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from gmm_dask.app import pipeline
+from gmm_dask.app.steps import profile_piece
 from gmm_dask_cli import main
+
+from .pipeline_helpers import forbid_starts
 
 DATE = "2026-02-01"
 
@@ -99,6 +103,41 @@ def test_missing_values_under_policy_error(tmp_path, capsys, bad):
         "input.missing",
     )
     assert _written(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", [["train"], ["segment"], ["select-k", "--k-min", "2", "--k-max", "3"]])
+def test_a_nan_in_a_small_snapshot_exits_2_before_a_cluster_or_prefect_starts(
+    tmp_path, capsys, monkeypatch, command
+):
+    """A small snapshot is profiled while planning: its bad row is named (file, column, row)
+    with neither a Dask client nor Prefect started."""
+    df = _frame(3000)
+    df.loc[1234, "sessions"] = np.nan
+    cfg = _write(tmp_path, df)
+    forbid_starts(monkeypatch)
+    _fails(
+        capsys,
+        [*command, "--config", str(cfg)],
+        "part-0.parquet",
+        "row 1234",
+        "column 'sessions'",
+        "input.missing",
+    )
+    assert _written(tmp_path) == []
+
+
+def test_a_small_snapshot_is_profiled_once_for_the_plan_and_the_run(tmp_path, capsys, monkeypatch):
+    cfg = _write(tmp_path, _frame(3000))
+    pieces: list[int] = []
+
+    def counting(piece, *args, **kwargs):
+        pieces.append(piece.index)
+        return profile_piece(piece, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "profile_piece", counting)  # the cluster is in-process (threads)
+    assert main(["train", "--config", str(cfg)]) == 0
+    assert pieces == [0]  # one piece, profiled once
+    assert "profile: 3,000 rows in" in capsys.readouterr().err
 
 
 def test_missing_values_drop_and_impute_report_counts(tmp_path, capsys):

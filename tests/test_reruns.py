@@ -4,18 +4,17 @@ settings writes nothing unless ``--force``, decided before Prefect or Dask start
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
 
-from gmm_dask.app import cluster, jobs, pipeline
+from gmm_dask.app import jobs
 from gmm_dask.app.params import BackfillParams, SegmentParams, TrainParams
 from gmm_dask.demo import DemoSpec
 from gmm_dask_cli import main
 
-from .pipeline_helpers import SMALL, demo_data, make_config
+from .pipeline_helpers import SMALL, demo_data, forbid_starts, make_config
 
 DATES = SMALL.dates
 
@@ -35,20 +34,6 @@ def manifest(root: Path) -> dict[str, tuple[int, int, str]]:
 
 def latest(out: Path) -> str:
     return (out / "registry" / "aliases" / "latest.json").read_text()
-
-
-def forbid_starts(monkeypatch) -> None:
-    """Fail on any attempt to start Prefect (import ``flows``) or a Dask cluster or client."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a cluster was started")
-
-    monkeypatch.setitem(sys.modules, "flows", None)  # `import flows` raises ImportError
-    monkeypatch.setattr(pipeline, "cluster", refuse)
-    monkeypatch.setattr(cluster, "dask_client", refuse)
-    import distributed
-
-    monkeypatch.setattr(distributed, "Client", refuse)
 
 
 def test_segment_again_writes_nothing_and_force_writes(tmp_path, capsys, monkeypatch):

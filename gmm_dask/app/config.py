@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -55,7 +55,9 @@ from gmm_dask.mixture.options import (
 )
 from gmm_dask.segmentation.specs import EntropyBands, FeatureSpec
 from gmm_dask.segmentation.specs import Spec as _Model
-from gmm_dask.storage.io import TableStore
+
+if TYPE_CHECKING:
+    from gmm_dask.storage.io import TableStore
 
 _SECRET_KEYS = re.compile(
     r"(secret|password|token|credential|private|^key$|access_key|account_key|sas)", re.I
@@ -389,6 +391,8 @@ class JobConfig(_Model):
     def outputs(self) -> TableStore:
         """The published output tables: ``output.root`` with the storage options and
         ``output.format`` (candidates: ``outputs().candidates(run_id)``)."""
+        from gmm_dask.storage.io import TableStore  # pyarrow and fsspec: not to load a config
+
         return TableStore(self.output.root, dict(self.input.storage_options), self.output.format)
 
     def with_family(self, kinds: Sequence[str]) -> JobConfig:

@@ -104,13 +104,14 @@ def resolve_family(cfg: JobConfig, prof: Profile) -> JobConfig:
     return cfg.with_family(kinds)
 
 
-def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
+def profile_snapshot(cfg: JobConfig, snap: Snapshot, scheduler: str | None = None) -> Profile:
     """The one validating pass: ids, weights, missing values, domains, magnitudes, and the
     scaler statistics; raises the clear error for bad data before anything is fitted or written.
 
     Duplicate ids are found at any size without gathering them: every piece splits its ids'
     hashes into buckets, and each bucket (one slice of every piece) is checked by its own task;
-    the few examples found are confirmed against the real ids.
+    the few examples found are confirmed against the real ids. ``scheduler``: Dask's (default:
+    the active client's, else local threads).
     """
     import dask
 
@@ -123,9 +124,11 @@ def profile_snapshot(cfg: JobConfig, snap: Snapshot) -> Profile:
     prof, dups = dask.compute(
         dask.delayed(finish_profile)(tree_reduce([o[0] for o in outs], merge_profiles)),
         tree_reduce(checks, merge_duplicates),
+        scheduler=scheduler,
     )
+    n_extra, hashes = dups
     prof.n_duplicate_ids, prof.duplicate_examples, prof.duplicate_where = _confirm_duplicates(
-        cfg, snap, *dups
+        cfg, snap, n_extra, hashes, scheduler=scheduler
     )
     check_profile(prof, cfg.input, snap.date, standardize=cfg.model.standardize)
     kinds = infer_kinds(prof, cfg.input)[0]
@@ -150,7 +153,9 @@ def _hash_rows(piece, cfg_input, storage_options, hashes):
     return [(h, piece.index, r, ids[r].as_py()) for h, r in rows_with_hashes(ids, null, hashes)]
 
 
-def _confirm_duplicates(cfg: JobConfig, snap: Snapshot, n_extra: int, hashes: list) -> tuple[int, list, str]:
+def _confirm_duplicates(
+    cfg: JobConfig, snap: Snapshot, n_extra: int, hashes: list, scheduler: str | None = None
+) -> tuple[int, list, str]:
     """Find the rows behind the duplicated hashes (one more pass over the id column, only when
     there are some) and keep the groups whose ids are really equal: (count, examples, where)."""
     import dask
@@ -161,7 +166,8 @@ def _confirm_duplicates(cfg: JobConfig, snap: Snapshot, n_extra: int, hashes: li
         *[
             dask.delayed(_hash_rows, pure=False)(p, cfg.input, snap.storage_options, hashes)
             for p in snap.pieces
-        ]
+        ],
+        scheduler=scheduler,
     )
     groups: dict[int, list] = {}
     for part in found:

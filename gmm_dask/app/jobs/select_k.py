@@ -41,6 +41,8 @@ from .core import (
     move_latest,
     new_run_id,
     planner,
+    profile,
+    profile_ahead,
     write_manifest,
 )
 from .results import RunResult, report_data, run_result
@@ -163,8 +165,10 @@ def selection_table(
 def plan_select_k(p: SelectKParams, steps: Steps = STEPS) -> SnapshotPlan:
     cfg = load_job(p.config)
     check_job(cfg)
-    p.family_configs(cfg)  # a family the input cannot use is refused before anything starts
-    return SnapshotPlan(cfg, steps.open_snapshot(cfg, date_str(p.snapshot)))
+    cfgs = p.family_configs(cfg)  # a family the input cannot use is refused before anything starts
+    snap = steps.open_snapshot(cfg, date_str(p.snapshot))
+    # under the behaviour family the profile also checks each feature's kind
+    return SnapshotPlan(cfg, snap, profiled=profile_ahead(cfgs.get("behaviour", cfg), snap))
 
 
 @dataclass
@@ -207,9 +211,8 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
     t0 = time.perf_counter()
     timings: dict[str, progress.Phase] = {}
     with target.lock(cfg, snap.date), pipeline.cluster(cfg):
-        with progress.phase("profile", timings, rows=snap.n_rows):
-            # under the behaviour family the profile also checks each feature's kind
-            prof = steps.profile(cfgs.get("behaviour", cfg), snap)
+        # under the behaviour family the profile also checks each feature's kind
+        prof = profile(cfgs.get("behaviour", cfg), snap, plan.profiled, timings, steps)
         with progress.phase("read", timings, rows=pipeline.rows_used(cfg, prof)):
             read = _read(cfgs, snap, prof, steps)  # read once, shared by every fit
 

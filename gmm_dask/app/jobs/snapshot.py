@@ -16,6 +16,7 @@ from gmm_dask.storage.io import Snapshot
 
 from .core import (
     STEPS,
+    Profiled,
     SnapshotPlan,
     Steps,
     Target,
@@ -26,6 +27,8 @@ from .core import (
     move_latest,
     new_run_id,
     planner,
+    profile,
+    profile_ahead,
     write_manifest,
 )
 from .reruns import inputs_fingerprint, published_for, run_kind, unchanged_result
@@ -39,6 +42,8 @@ def plan_train(p: TrainParams, steps: Steps = STEPS) -> SnapshotPlan:
     plan = SnapshotPlan(cfg, steps.open_snapshot(cfg, date_str(p.snapshot)))
     if p.publishes() and not p.force:
         plan.unchanged = published_for(cfg, plan.snapshot, None, False, steps)
+    if plan.unchanged is None:
+        plan.profiled = profile_ahead(cfg, plan.snapshot)
     return plan
 
 
@@ -51,6 +56,8 @@ def plan_score(p: ScoreParams | SegmentParams, steps: Steps = STEPS) -> Snapshot
     if p.publishes() and not p.force:
         analyse = isinstance(p, SegmentParams)
         plan.unchanged = published_for(cfg, plan.snapshot, model, analyse, steps)
+    if plan.unchanged is None:
+        plan.profiled = profile_ahead(cfg, plan.snapshot)
     return plan
 
 
@@ -64,17 +71,18 @@ def run_snapshot(
     target: Target | None = None,
     steps: Steps = STEPS,
     analyse: bool = False,
+    profiled: Profiled | None = None,
 ) -> RunResult:
     """Segment one opened snapshot: profile → (fit → align to ``reference`` → register | the
     given model) → tables (→ fluidity, forecast and audiences when ``analyse``), stamped with the
-    fingerprint of their inputs. A publishing run holds the date's publish lock throughout."""
+    fingerprint of their inputs. A publishing run holds the date's publish lock throughout.
+    ``profiled``: the snapshot's profile made while planning (not profiled again)."""
     target = target or Target(True, new_run_id())
     inputs = inputs_fingerprint(cfg, snap, run_kind(model, analyse))
     t0 = time.perf_counter()
     timings: dict[str, progress.Phase] = {}
     with target.lock(cfg, snap.date), pipeline.cluster(cfg):
-        with progress.phase("profile", timings, rows=snap.n_rows):
-            prof = steps.profile(cfg, snap)
+        prof = profile(cfg, snap, profiled, timings, steps)
         cfg = pipeline.resolve_family(cfg, prof)
         trained = model is None
         kept = None
@@ -173,7 +181,9 @@ def train(p: TrainParams, *, steps: Steps = STEPS) -> RunResult:
     target = Target(p.publishes(), new_run_id())
     # aligned to the published model even as a candidate: its ids stay true if it is promoted
     reference = steps.published_model(plan.cfg)
-    res = run_snapshot(plan.cfg, plan.snapshot, reference=reference, target=target, steps=steps)
+    res = run_snapshot(
+        plan.cfg, plan.snapshot, reference=reference, target=target, steps=steps, profiled=plan.profiled
+    )
     res.report = report_data(plan.cfg, res, "train")
     return res
 
@@ -185,7 +195,12 @@ def score(p: ScoreParams, *, steps: Steps = STEPS) -> RunResult:
     if plan.unchanged is not None:
         return unchanged_result(plan.cfg, plan.snapshot, plan.unchanged, steps)
     res = run_snapshot(
-        plan.cfg, plan.snapshot, model=plan.model, target=Target(p.publishes(), new_run_id()), steps=steps
+        plan.cfg,
+        plan.snapshot,
+        model=plan.model,
+        target=Target(p.publishes(), new_run_id()),
+        steps=steps,
+        profiled=plan.profiled,
     )
     res.report = report_data(plan.cfg, res, "score")
     return res
@@ -212,6 +227,7 @@ def segment(p: SegmentParams, *, steps: Steps = STEPS, report: bool = True) -> R
         target=target,
         steps=steps,
         analyse=True,
+        profiled=plan.profiled,
     )
     res.report = report_data(plan.cfg, res, "segment")
     if report:
