@@ -40,9 +40,9 @@ def publish_run(res, kind: str = "segment") -> None:
         )
         create_link_artifact(
             link,
-            link_text=f"{kind} report {res.snapshot} (HTML)",
+            link_text=res.report_path,  # the UI's V2 drops hrefs but http(s): the text says where
             key=_key(f"{kind}-report"),
-            description=_where(link),
+            description=f"{kind} report {res.snapshot} (HTML). " + _where(link),
         )
     create_markdown_artifact(md, key=_key(f"{kind}-summary"), description=f"{kind} {res.snapshot}")
     cols = [

@@ -64,6 +64,13 @@ def _post(base: str, path: str, body: dict) -> list[dict]:
         return json.loads(r.read())
 
 
+def _open_artifact(tab, run_page: str, key: str) -> None:
+    """From the run's page, its Artifacts tab, then the artifact ``key``'s own page."""
+    tab.goto(run_page, wait_until="networkidle")
+    tab.get_by_text("Artifacts", exact=True).first.click()
+    tab.get_by_text(key, exact=True).first.click()
+
+
 def _images(tab) -> list[dict]:
     tab.locator('img[alt="Segment sizes"]').wait_for()
     tab.wait_for_function("document.images.length >= 3 && [...document.images].every(i => i.complete)")
@@ -104,11 +111,8 @@ def test_segment_run_page_shows_the_key_charts_and_links_the_report(ui_server, c
             tab = browser.new_page(viewport={"width": 1400, "height": 1000})
             tab.on("pageerror", lambda exc: errors.append(str(exc)))
             for ui in ("", "/v2"):  # the run's "View at" link opens the first
-                tab.goto(f"{base}{ui}/runs/flow-run/{run['id']}", wait_until="networkidle")
-                tab.get_by_text("Artifacts", exact=True).first.click()
                 # the run's artifacts: the summary (with the charts) and the link to the report
-                tab.get_by_text("segment-report", exact=True).first.wait_for()
-                tab.get_by_text("segment-summary", exact=True).first.click()
+                _open_artifact(tab, f"{base}{ui}/runs/flow-run/{run['id']}", "segment-summary")
                 imgs = _images(tab)
                 alts = [i["alt"] for i in imgs]
                 assert len(imgs) == 3, (ui, alts)
@@ -128,6 +132,9 @@ def test_segment_run_page_shows_the_key_charts_and_links_the_report(ui_server, c
                 assert link.inner_text() == str(report.resolve()), ui
                 if ui == "":
                     assert link.get_attribute("href") == report.resolve().as_uri()
+                # the link artifact's own page says where the report is, in both front ends
+                _open_artifact(tab, f"{base}{ui}/runs/flow-run/{run['id']}", "segment-report")
+                tab.get_by_text(str(report.resolve()), exact=True).first.wait_for()
         finally:
             browser.close()
     assert errors == []
