@@ -80,7 +80,7 @@ def _images(tab) -> list[dict]:
     )
 
 
-def test_segment_run_page_shows_the_key_charts_and_links_the_report(ui_server, chromium):
+def test_segment_run_page_shows_the_key_charts_and_links_the_report(chromium, ui_server):
     from playwright.sync_api import sync_playwright
 
     base, env, tmp = ui_server
