@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from pathlib import Path
 
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+from gmm_dask.report.images import charts_markdown
 from gmm_dask.report.markdown import bic_markdown, markdown_summary
 
 
@@ -27,10 +30,19 @@ def publish_run(res, kind: str = "segment") -> None:
             f"\n\nUnchanged, nothing written: the published tables (model `{res.model_version}`) were "
             "written for the same data, config and model settings (`force` writes them again)."
         )
+    if data is not None:
+        md = _with_charts(md, charts_markdown(data)[0])
     if res.report_path:
+        link = report_link(res.report_path)
         md += (
-            f"\n\n## Report\n\nThe full report with charts is next to the tables: `{res.report_path}` "
-            "(a self-contained HTML file: open it from where the output lives, or copy it anywhere)."
+            f"\n\n## Report\n\nThe full report with every chart is next to the tables: [{res.report_path}]({link}) "
+            "(one self-contained HTML file). " + _where(link)
+        )
+        create_link_artifact(
+            link,
+            link_text=res.report_path,  # the UI's V2 drops hrefs but http(s): the text says where
+            key=_key(f"{kind}-report"),
+            description=f"{kind} report {res.snapshot} (HTML). " + _where(link),
         )
     create_markdown_artifact(md, key=_key(f"{kind}-summary"), description=f"{kind} {res.snapshot}")
     cols = [
@@ -43,6 +55,30 @@ def publish_run(res, kind: str = "segment") -> None:
     )
     if res.analysis is not None:
         publish_audience_sizes(res.analysis, kind)
+
+
+def _with_charts(md: str, charts: str) -> str:
+    """The key charts after the summary's header, before its first section."""
+    if not charts:
+        return md
+    head, sep, rest = md.partition("\n## ")
+    return f"{head}\n\n## Charts\n\n{charts}\n{sep}{rest}" if sep else f"{md}\n\n## Charts\n\n{charts}"
+
+
+def report_link(path: str) -> str:
+    """Where a browser finds the report: the store's URL as written, or a local file's ``file://`` URI."""
+    return path if "://" in path else Path(path).resolve().as_uri()
+
+
+def _where(link: str) -> str:
+    if link.startswith(("http://", "https://")):
+        return "Open it in the browser."
+    if link.startswith("file:"):
+        return (
+            "A file on the machine that ran the flow: browsers do not follow `file://` links from a web "
+            "page, so copy the link into the address bar there (or copy the file anywhere)."
+        )
+    return "It lives in the object store: open or download it with the store's console or tools."
 
 
 def publish_audience_sizes(analysis, kind: str) -> None:

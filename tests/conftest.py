@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +17,37 @@ settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("GMM_DASK_HYPOTHESIS", "repeatable"))
 # retried I/O steps wait 0.5 s instead of 5 s in the tests (read when flows/tasks.py is imported)
 os.environ.setdefault("GMM_DASK_RETRY_DELAY", "0.5")
+
+
+CHROMIUM = os.environ.get("GMM_DASK_CHROMIUM", "/usr/bin/chromium")
+#: Chromium's switches for the browser tests: headless, no sandbox, nothing fetched but the page.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Debian's Chromium (Playwright drives it; its own browser builds are never downloaded)."""
+    path = shutil.which(CHROMIUM) or (CHROMIUM if Path(CHROMIUM).is_file() else None)
+    why = f"no Chromium at {CHROMIUM} (./dev test installs Debian's chromium when it can: apt-get, as root)"
+    if path:
+        try:
+            import playwright.sync_api  # noqa: F401
+        except ImportError:
+            path, why = None, "Playwright's Python package is not installed"
+    if path:
+        return path
+    if os.environ.get("GMM_DASK_REQUIRE_BROWSER") == "1":
+        pytest.fail(why + "; GMM_DASK_REQUIRE_BROWSER=1 makes it required")
+    pytest.skip(why)
 
 
 def rel_err(a, b) -> float:

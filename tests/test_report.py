@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import html
 import io
-import os
 import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,9 +19,10 @@ from gmm_dask.report.html import html_report
 from gmm_dask.report.markdown import markdown_summary
 from gmm_dask.segmentation.distance import bhattacharyya_distance
 
+from .conftest import CHROMIUM_ARGS
+
 FEATURES = list(DEMO_FEATURES)
 CHARTS = {"sizes", "profile", "entropy", "transitions", "bic", "projection", "family-tree", "forecast"}
-CHROMIUM = os.environ.get("GMM_DASK_CHROMIUM", "/usr/bin/chromium")
 
 
 def _spd(rng: np.random.Generator, d: int, scale: float = 0.3) -> np.ndarray:
@@ -445,18 +443,6 @@ def _screenshot(target) -> bytes:
         return target.screenshot()
 
 
-@pytest.fixture
-def chromium() -> str:
-    """Debian's Chromium (Playwright drives it; its own browser builds are never downloaded)."""
-    path = shutil.which(CHROMIUM) or (CHROMIUM if Path(CHROMIUM).is_file() else None)
-    if path:
-        return path
-    why = f"no Chromium at {CHROMIUM} (./dev test installs Debian's chromium when it can: apt-get, as root)"
-    if os.environ.get("GMM_DASK_REQUIRE_BROWSER") == "1":
-        pytest.fail(why + "; GMM_DASK_REQUIRE_BROWSER=1 makes it required")
-    pytest.skip(why)
-
-
 def test_report_renders_in_headless_chromium_and_every_chart_draws(chromium, page, tmp_path):
     from playwright.sync_api import sync_playwright
 
@@ -466,16 +452,7 @@ def test_report_renders_in_headless_chromium_and_every_chart_draws(chromium, pag
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=chromium,
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
+            args=CHROMIUM_ARGS,
         )
         try:
             tab = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -509,3 +486,65 @@ def test_report_renders_in_headless_chromium_and_every_chart_draws(chromium, pag
     (tmp_path / "report.png").write_bytes(png)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 100_000
+
+
+# --- the key charts as markdown images (the Prefect UI's summary) ---------------------------------
+
+
+def _md_images(md: str) -> list[tuple[str, bytes]]:
+    import base64
+
+    found = re.findall(r"!\[([^\]]*)\]\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", md)
+    return [(alt, base64.b64decode(b64, validate=True)) for alt, b64 in found]
+
+
+def test_key_charts_are_standalone_svg_images_within_the_budget():
+    from gmm_dask.report.images import charts_markdown
+
+    d = make_data(k=8)
+    md, ids = charts_markdown(d)
+    images = _md_images(md)
+    assert ids == ["sizes", "profile", "bic"]  # a run that chose its K: the BIC curve is third
+    assert [alt for alt, _ in images] == ["Segment sizes", "Segment profiles", "Model selection"]
+    for _, svg in images:
+        text = svg.decode("utf-8")
+        assert text.startswith("<svg ")
+        assert 'xmlns="http://www.w3.org/2000/svg"' in text
+        assert "<path" in text
+        assert text.count("<text") > 3
+    assert sum(len(m) for m in re.findall(r"base64,[^)]*", md)) <= 300_000
+    assert "&#x27;" not in md
+    assert "<" not in re.sub(r"\(data:[^)]*\)", "", md)
+    _no_nan(md)
+
+
+def test_key_charts_fall_back_in_order_and_leave_out_what_passes_the_budget():
+    from dataclasses import replace
+
+    from gmm_dask.report.images import charts_markdown
+
+    d = make_data(k=8)
+    assert charts_markdown(d, max_charts=5)[1] == ["sizes", "profile", "bic", "forecast", "entropy"]
+    assert charts_markdown(replace(d, bic_table=None))[1] == ["sizes", "profile", "forecast"]
+    assert charts_markdown(replace(d, bic_table=None, backtest=None, forecast=None))[1] == [
+        "sizes",
+        "profile",
+        "entropy",
+    ]
+    sizes_only, small = charts_markdown(d, max_charts=1)
+    assert small == ["sizes"]
+    budget = len(_md_images(sizes_only)[0][1]) * 4 // 3 + 100  # room for the sizes chart only
+    md, ids = charts_markdown(d, max_bytes=budget)
+    assert "sizes" in ids
+    assert len(ids) < 3
+    assert sum(len(m) for m in re.findall(r"base64,[^)]*", md)) <= budget
+    assert charts_markdown(d, max_bytes=10) == ("", [])
+
+
+def test_report_link_is_a_file_uri_for_local_paths_and_the_store_url_otherwise(tmp_path):
+    from flows.artifacts import report_link
+
+    local = tmp_path / "_reports" / "segment-2026-01-07-v0008.html"
+    assert report_link(str(local)) == local.resolve().as_uri()
+    url = "s3://bucket/out/_reports/segment-2026-01-07-v0008.html"
+    assert report_link(url) == url
