@@ -38,20 +38,18 @@ K) log values, lq (C, K) log q, ta, tb, tinv, tconst (G, K): a + b·u is a term'
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
-import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from gmm_dask.mixture._kernels import _exp_reduced, _log_reduced
+from gmm_dask.mixture._kernels import _FLAGS, _SUM_FLAGS, _exp_reduced, _log_reduced
+from gmm_dask.mixture._kernels import _jit as _kernel_jit
 
 if TYPE_CHECKING:
     from numba.core.dispatcher import Dispatcher
 
-logger = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -66,19 +64,10 @@ TILE = 256
 
 
 def _jit(sums: bool = False) -> Callable[[Callable[P, T]], Dispatcher[Callable[P, T]]]:
-    """numba.njit with cached machine code, the GIL released and NumPy's float semantics (in
-    memory where no cache directory is writable); ``sums`` lets LLVM reassociate (lane-wise
-    partial sums). numba ignores the annotations."""
-    flags = {"contract", "reassoc"} if sums else {"contract"}
-
-    def decorate(fn: Callable[P, T]) -> Dispatcher[Callable[P, T]]:
-        try:
-            return numba.njit(cache=True, nogil=True, fastmath=flags, error_model="numpy")(fn)
-        except RuntimeError as exc:  # "cannot cache function ...: no locator available"
-            logger.debug("numba cache unavailable (%s); compiling %s in memory", exc, fn.__name__)
-            return numba.njit(cache=False, nogil=True, fastmath=flags, error_model="numpy")(fn)
-
-    return decorate
+    """The engine's kernel decorator (:func:`gmm_dask.mixture._kernels._jit`: cached machine
+    code, the GIL released, NumPy's float semantics); ``sums`` lets LLVM reassociate (lane-wise
+    partial sums)."""
+    return _kernel_jit(_SUM_FLAGS if sums else _FLAGS)
 
 
 @_jit()
