@@ -28,6 +28,7 @@ from gmm_dask.mixture.behaviour.structure import (
     invalid_rows,
 )
 from gmm_dask.mixture.behaviour.values import DEFAULT_PRIOR, BehaviourParams, Prior
+from gmm_dask.mixture.gaussian import logsumexp_rows
 from gmm_dask.mixture.init import row_uniforms
 from gmm_dask.mixture.runner import Runner
 
@@ -148,8 +149,7 @@ def _log_resp(structure: Structure, X: F64, params: BehaviourParams) -> F64:
     from gmm_dask.mixture.behaviour.estep import log_prob
 
     L = log_prob(structure, X, params)
-    m = L.max(axis=1, keepdims=True)
-    return np.asarray(L - (m + np.log(np.exp(L - m).sum(axis=1, keepdims=True))), dtype=np.float64)
+    return np.asarray(L - logsumexp_rows(L)[:, None], dtype=np.float64)
 
 
 def initialize_from_sample(
