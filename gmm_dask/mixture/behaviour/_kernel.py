@@ -71,6 +71,18 @@ def _jit(sums: bool = False) -> Callable[[Callable[P, T]], Dispatcher[Callable[P
 
 
 @_jit()
+def _tile_buffers(lay: Lay) -> tuple[I64, F64, F64, F64, F64, Bools]:
+    """The buffers :func:`_encode` fills for one tile of :data:`TILE` rows: table lookups (as it
+    lays them out), count excesses, the Gaussian terms' two coordinates and positions, and each
+    row's validity."""
+    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
+    nc, ng = lay[0].shape[0], lay[11].shape[0]
+    idx = np.zeros((nlook, TILE), np.int64)
+    exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))
+    return idx, exc, U, V, pos, np.ones(TILE, np.bool_)
+
+
+@_jit()
 def _encode(
     X: F64,
     start: int,
@@ -379,11 +391,7 @@ def estep(
     rows have no finite score and the first of them (−1).
     """
     n_total = X.shape[0]
-    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
-    nc, ng = lay[0].shape[0], lay[11].shape[0]
-    idx = np.zeros((nlook, TILE), np.int64)
-    exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))
-    ok = np.ones(TILE, np.bool_)
+    idx, exc, U, V, pos, ok = _tile_buffers(lay)
     L, R, Rt, Lt = (
         np.zeros((k, TILE)),
         np.zeros((k, TILE)),
@@ -391,7 +399,7 @@ def estep(
         np.zeros((TILE, k)),
     )
     amax, tot, lpn, wv = np.zeros(TILE), np.zeros(TILE), np.zeros(TILE), np.zeros(TILE)
-    done = np.zeros(ng, np.bool_)
+    done = np.zeros(lay[11].shape[0], np.bool_)
     loglik = 0.0
     bad[0], bad[1] = 0, -1
     for start in range(0, n_total, TILE):
@@ -421,11 +429,7 @@ def estep(
 def log_prob(X: F64, lay: Lay, par: Par, k: int, out: F64) -> None:
     """out[i, :k] = log w + log p(x_i | component); NaN rows where a value is invalid."""
     n_total = X.shape[0]
-    nlook = lay[0].shape[0] + lay[9].shape[0] + lay[11].shape[0] - np.sum(lay[13] < 0)
-    nc, ng = lay[0].shape[0], lay[11].shape[0]
-    idx = np.zeros((nlook, TILE), np.int64)
-    exc, U, V, pos = np.zeros((nc, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE)), np.zeros((ng, TILE))
-    ok = np.ones(TILE, np.bool_)
+    idx, exc, U, V, pos, ok = _tile_buffers(lay)
     L, Lt = np.zeros((k, TILE)), np.zeros((TILE, k))
     for start in range(0, n_total, TILE):
         n = min(TILE, n_total - start)
