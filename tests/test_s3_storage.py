@@ -291,6 +291,64 @@ def test_writer_killed_mid_commit_leaves_the_previous_delta_partition_whole(s3, 
     assert _delta(s3, root, "memberships").to_pyarrow_table().num_rows == SPEC.n_users
 
 
+def _models(store: io.TableStore, date: str, tables) -> dict[str, set[str]]:
+    return {
+        t: set(store.read(t, date, ["model_version"]).column("model_version").to_pylist()) for t in tables
+    }
+
+
+def test_a_run_killed_between_two_table_commits_leaves_the_date_whole_on_s3(s3, tmp_path):
+    """kill -9 after each of a date's table commits (Delta on S3): gmm-dask's readers and a
+    reader following the date's record both read one model across the tables; the next run of
+    the date puts the previous partitions back and publishes whole."""
+    import json
+
+    tables = ("segments", "overlaps", "memberships")  # in commit order
+    cfg = _config(tmp_path, s3, fmt="delta")
+    root = yaml.safe_load(cfg.read_text())["output"]["root"]
+    store = io.TableStore(root, s3.storage_options(), "delta")
+    record_key = root.removeprefix("s3://") + f"/_published/dt={D[0]}.json"
+
+    def from_record() -> dict[str, set[str]]:
+        record = json.loads(s3.fs.cat(record_key))
+        return {
+            t: set(
+                _delta(s3, root, t, record["tables"][t]["version"])
+                .to_pyarrow_table(filters=[("dt", "=", D[0])], columns=["model_version"])
+                .column("model_version")
+                .to_pylist()
+            )
+            for t in tables
+        }
+
+    jobs.train(TrainParams(config=str(cfg), snapshot=D[0]))
+    for t in tables:
+        before = _models(store, D[0], tables)
+        assert len(set.union(*before.values())) == 1
+        p = _cli(
+            "train",
+            "--force",
+            "--config",
+            str(cfg),
+            "--snapshot",
+            D[0],
+            env={"GMM_DASK_FAULT": f"committed_{t}:120"},
+        )
+        _wait_for(p, f"GMM_DASK_FAULT reached committed_{t}")
+        p.kill()
+        p.communicate(timeout=30)
+        assert store.pending(D[0])
+        assert _models(store, D[0], tables) == before, t
+        assert from_record() == before, t
+        jobs.train(TrainParams(config=str(cfg), snapshot=D[0], force=True))  # takes over the lock, repairs
+        after = _models(store, D[0], tables)
+        assert len(set.union(*after.values())) == 1, (t, after)
+        assert after != before
+        assert from_record() == after
+        assert not store.pending(D[0])
+        assert store.read("memberships", D[0], ["user_id"]).num_rows == SPEC.n_users
+
+
 def test_two_writers_of_one_date_exactly_one_commits_whole(s3, tmp_path):
     """Two writers of one Delta partition that overlap in time: the first commit wins whole, the
     other fails with a clear conflict (its files never become visible); writers of other dates

@@ -53,7 +53,7 @@ def published_for(
     else scoring with it) would write them again from the same inputs: they carry this run's
     fingerprint, they are whole (memberships, and audiences when ``analyse``, of the same model),
     and after a fit ``latest`` is that model or of a later snapshot. None: the run writes."""
-    if not snap.fingerprint:
+    if not snap.fingerprint or cfg.outputs().pending(snap.date):  # a torn date is written again
         return None
     meta = cfg.outputs().metadata("segments", snap.date) or {}
     if meta.get(INPUTS_KEY) != inputs_fingerprint(cfg, snap, run_kind(model, analyse)):

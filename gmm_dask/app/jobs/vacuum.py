@@ -49,6 +49,14 @@ def vacuum(p: VacuumParams, *, steps: Steps = STEPS) -> VacuumResult:
                 f"{', '.join(held)} under {store.locks_dir}: its files are not committed yet and "
                 "would be deleted. Vacuum when it has finished (or remove a lock its dead run left)."
             )
+    torn = store.pending_dates()
+    if torn:
+        raise PublishConflictError(
+            f"Snapshot(s) {', '.join(torn)} under {root} are being published, or a run died while "
+            "publishing them: readers read them at the table versions before that run, which a vacuum "
+            "could delete. Vacuum when the run has finished, or re-run those dates first (the next "
+            "publishing run of a date puts its previous tables back)."
+        )
     tables = {}
     for name in store.delta_tables():
         tables[name] = store.vacuum(name, p.retention_hours, p.dry_run)

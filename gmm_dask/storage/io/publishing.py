@@ -24,6 +24,7 @@ from gmm_dask.storage.io.fs import (
     filesystem,
     retry_transient,
 )
+from gmm_dask.storage.io.publication import Publication
 from gmm_dask.storage.io.writers import (
     EXPORT_TABLES,
     StagedPartitions,
@@ -68,7 +69,8 @@ def publish_lock(
     ``date``. Created exclusively (``O_EXCL`` on local disks); a lock left by a process that no
     longer exists on this host is taken over; a live one raises :class:`PublishConflictError`,
     so two runs never interleave their writes of one date. On S3 the lock is a conditional
-    ``PUT``, exclusive too."""
+    ``PUT``, exclusive too. The tables committed under the lock are one :class:`Publication`:
+    visible together when the lock is released cleanly, put back as they were otherwise."""
     import socket
 
     fs, base = filesystem(root, storage_options)
@@ -107,9 +109,13 @@ def publish_lock(
         raise PublishConflictError(
             f"Snapshot {date} is being published by another run (lock {url}); this run wrote nothing."
         )
+    publication = Publication(root, date, owner, storage_options)
     try:
+        publication.begin()
         yield
+        publication.finish()
     except BaseException:
+        publication.abandon()
         try:
             _release(fs, path, url)
         except Exception as err:  # the error that got us here is the one to report
@@ -120,6 +126,8 @@ def publish_lock(
                 _first_line(err),
             )
         raise
+    finally:
+        publication.close()
     _release(fs, path, url)
 
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from gmm_dask.storage.io import records
 from gmm_dask.storage.io.documents import exists, list_names, read_text, write_text_atomic
-from gmm_dask.storage.io.fs import StorageOptions
+from gmm_dask.storage.io.fs import StorageOptions, filesystem
 from gmm_dask.storage.io.publishing import (
     LOCKS_DIR,
     candidates_root,
@@ -86,6 +87,16 @@ class TableStore:
         return copy_partitions(source.root, self.root, tables, date, self.storage_options, self.format)
 
     # --- publishing -----------------------------------------------------------------------------
+
+    def pending(self, date: str) -> bool:
+        """Whether another run's publication of ``date`` is pending (in progress, or killed
+        half-way: readers read the date as before it; its next publishing run puts it back)."""
+        return records.is_torn(self.root, date, self.storage_options)
+
+    def pending_dates(self) -> list[str]:
+        """Dates whose publication by some run is pending (see :meth:`pending`), sorted."""
+        fs, base = filesystem(self.root, self.storage_options)
+        return [d for d in records.pending_dates(fs, base) if self.pending(d)]
 
     def lock(self, date: str, *, owner: str = "") -> AbstractContextManager[None]:
         """Hold the publish lock of ``date`` (see :func:`~gmm_dask.storage.io.publish_lock`)."""

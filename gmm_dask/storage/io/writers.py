@@ -34,6 +34,7 @@ from fsspec import AbstractFileSystem
 
 from gmm_dask.errors import ConcurrentCommitError, ConfigError, DataError, PublishConflictError
 from gmm_dask.storage import _faults, delta
+from gmm_dask.storage.io import records
 from gmm_dask.storage.io.documents import list_names
 from gmm_dask.storage.io.fs import StorageOptions, _is_local, _url, filesystem, retry_transient
 
@@ -237,6 +238,7 @@ class DeltaPartitionWriter(_StagedFiles):
         self.staged = f"{self.table_dir}/{partition_key}={date}/run-{self.run}"
         self.partition = f"{self.table_dir}/{partition_key}={date}"
         self.committed = False
+        self.version: int | None = None  # the table version this writer committed
 
         def check() -> None:
             if (
@@ -297,7 +299,7 @@ class DeltaPartitionWriter(_StagedFiles):
                 f"time and its commit won ({err}); this run's partition was not committed, the other "
                 f"one stands whole in {self.table_uri!r}. Re-run if this run's result should replace it."
             ) from None
-        self.committed = True
+        self.committed, self.version = True, version
         logger.info("Committed %s %s=%s as Delta version %s", self.table_uri, self.key, self.date, version)
         return f"{self.table_uri}/{self.key}={self.date}"
 
@@ -442,8 +444,10 @@ class StagedPartitions:
             return
         try:
             _faults.point("before_commit")
+            publication = records.active(self.root, self.date, self.storage_options)
             for t in self.tables:
-                self.paths[t] = self.writers[t].commit()
+                w = self.writers[t]
+                self.paths[t] = publication.commit(t, w) if publication is not None else w.commit()
         except BaseException:
             self._abort()
             raise
@@ -477,19 +481,25 @@ def _partition_files(
     """(fs, partition path, its Parquet files as paths in fs, or None if there is no partition).
 
     A Delta table (``<root>/<table>/_delta_log``) gives the files of its current version; the
-    Parquet layout gives the files under the partition directory."""
+    Parquet layout gives the files under the partition directory. While another run's publication
+    of ``date`` is pending, the partition as it was before that run (:mod:`.records`)."""
     fs, base = filesystem(root, storage_options)
     path = partition_path(base, table, date)
     table_dir = f"{base.rstrip('/')}/{table}"
 
     def find() -> tuple[AbstractFileSystem, str, list[str] | None]:
-        if table not in EXPORT_TABLES and _is_delta(fs, table_dir):
-            t = delta.open_table(_url(fs, table_dir), storage_options)
-            files = [fs._strip_protocol(u) for u in delta.partition_file_uris(t, "dt", date)]
-            return fs, path, files or None
-        if not fs.exists(path):
+        view = records.pending_view(fs, base, table, date, storage_options)
+        if view is not None and view.absent:
             return fs, path, None
-        return fs, path, sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+        where = view.directory if view is not None and view.directory else path
+        if table not in EXPORT_TABLES and _is_delta(fs, table_dir):
+            version = view.version if view is not None else None
+            t = delta.open_table(_url(fs, table_dir), storage_options, version)
+            files = [fs._strip_protocol(u) for u in delta.partition_file_uris(t, "dt", date)]
+            return fs, where, files or None
+        if not fs.exists(where):
+            return fs, where, None
+        return fs, where, sorted(f for f in fs.find(where) if f.endswith(".parquet"))
 
     return retry_transient(find, "Listing", _url(fs, table_dir))
 
@@ -511,12 +521,23 @@ def partition_dates(root: str, table: str, storage_options: StorageOptions | Non
     url = _url(fs, table_dir)
     if table not in EXPORT_TABLES and retry_transient(lambda: _is_delta(fs, table_dir), "Listing", url):
         t = retry_transient(lambda: delta.open_table(url, storage_options), "Opening", url)
-        return delta.partition_values(t, "dt")
-    return sorted(
-        n.split("=", 1)[1]
-        for n in list_names(f"{root.rstrip('/')}/{table}", storage_options)
-        if n.startswith("dt=")
-    )
+        found = set(delta.partition_values(t, "dt"))
+    else:
+        names = list_names(f"{root.rstrip('/')}/{table}", storage_options)
+        found = {n.split("=", 1)[1] for n in names if n.startswith("dt=")}
+    for date in records.pending_dates(fs, base):  # read as before another run's publication
+        view = records.pending_view(fs, base, table, date, storage_options)
+        if view is None:
+            continue
+        if view.absent:
+            found.discard(date)
+        elif view.directory is not None or date in delta.partition_values(
+            delta.open_table(url, storage_options, view.version), "dt"
+        ):
+            found.add(date)
+        else:
+            found.discard(date)
+    return sorted(found)
 
 
 def read_partition(
