@@ -14,6 +14,7 @@ from pydantic import Field
 
 from gmm_dask.app import progress
 from gmm_dask.app.forms import FormProperty
+from gmm_dask.app.jobs import run_label
 from gmm_dask.app.params import parse_params
 
 
@@ -29,6 +30,15 @@ def signature_of(params_cls) -> inspect.Signature:
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
         )
     return inspect.Signature(parameters)
+
+
+def flow_run_label() -> str:
+    """This flow run as the UI shows it: "Prefect flow run 'name' (id, URL)" (URL where the UI's
+    address is known) — what a lock message names so the analyst can click through."""
+    from prefect.runtime import flow_run
+
+    url = flow_run.ui_url
+    return f"Prefect flow run {flow_run.name!r} ({flow_run.id}{', ' + url if url else ''})"
 
 
 class _FlowFunction(Protocol):
@@ -48,7 +58,10 @@ def job_flow(params_cls, *, name: str, description: str) -> Callable:
         @functools.wraps(body)
         def run(**kwargs):
             params = parse_params(params_cls, kwargs, f"flow {name!r} parameters")
-            with progress.use(progress.RunLogProgress(get_run_logger()), add=True):
+            with (
+                progress.use(progress.RunLogProgress(get_run_logger()), add=True),
+                run_label(flow_run_label()),
+            ):
                 return body(params)
 
         del run.__wrapped__  # the signature below, not the body's, is the flow's

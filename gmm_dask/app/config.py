@@ -197,6 +197,13 @@ class OutputConfig(_Model):
     overlap_threshold: float = Field(
         0.25, gt=0, le=0.5, description="γ on both components to count as overlap."
     )
+    lock_wait_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=86400,
+        description="How long a publishing run waits for a date that another run is publishing "
+        "(its publish lock) before it gives up with exit code 75. 0: give up at once.",
+    )
 
     @property
     def registry_path(self) -> str:

@@ -17,7 +17,7 @@ is a new module here (plus its parameter model, flow and CLI entry), with no tab
 
 from .audience import AudienceRunResult, audience
 from .backfill import BackfillResult, backfill
-from .core import STEPS, Steps, check_job, load_job, plan, plan_ahead
+from .core import STEPS, Steps, check_job, load_job, plan, plan_ahead, run_label
 from .fluidity import fluidity
 from .promote import PromoteResult, promote
 from .results import RunResult
@@ -42,6 +42,7 @@ __all__ = [
     "plan",
     "plan_ahead",
     "promote",
+    "run_label",
     "score",
     "segment",
     "select_k",

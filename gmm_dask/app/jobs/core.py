@@ -324,7 +324,30 @@ class Target:
         """The date's publish lock for a publishing run (a candidate writes only its own namespace)."""
         if not self.publish:
             return contextlib.nullcontext()
-        return cfg.outputs().lock(date, owner=self.run_id)
+        return cfg.outputs().lock(
+            date, owner=run_owner(self.run_id), wait_seconds=cfg.output.lock_wait_seconds
+        )
+
+
+#: Who is running the job, as people find it: the flows set it to the Prefect flow run (name, id,
+#: URL), so that a run waiting for, or refused, a date's publish lock names the run holding it.
+RUN_LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("gmm_dask_run_label", default="")
+
+
+@contextlib.contextmanager
+def run_label(label: str) -> Iterator[None]:
+    """Label the jobs run inside (see :data:`RUN_LABEL`)."""
+    token = RUN_LABEL.set(label)
+    try:
+        yield
+    finally:
+        RUN_LABEL.reset(token)
+
+
+def run_owner(run_id: str) -> str:
+    """The publish lock's owner: the run id, and the label where there is one."""
+    label = RUN_LABEL.get()
+    return f"{label}, run {run_id}" if label else f"run {run_id}"
 
 
 def move_latest(cfg: JobConfig, model: SegmentationModel, steps: Steps = STEPS) -> bool:

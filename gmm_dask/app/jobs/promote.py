@@ -10,7 +10,18 @@ from gmm_dask.app.params import PromoteParams
 from gmm_dask.errors import DataError
 from gmm_dask.storage import io
 
-from .core import MANIFEST, STEPS, Steps, Target, load_job, logger, made_ahead, move_latest, planner
+from .core import (
+    MANIFEST,
+    STEPS,
+    Steps,
+    Target,
+    load_job,
+    logger,
+    made_ahead,
+    move_latest,
+    planner,
+    run_owner,
+)
 
 
 @dataclass
@@ -54,7 +65,8 @@ def promote(p: PromoteParams, *, steps: Steps = STEPS) -> PromoteResult:
     published = cfg.outputs()
     out: dict[str, dict[str, str]] = {}
     for date, info in sorted(manifest["dates"].items()):
-        with published.lock(date, owner=f"promote {p.run_id}"):
+        owner = run_owner(f"promote {p.run_id}")
+        with published.lock(date, owner=owner, wait_seconds=cfg.output.lock_wait_seconds):
             out[date] = published.copy_from(target.store(cfg), info["tables"], date)
     trained = [info["model_version"] for _, info in sorted(manifest["dates"].items()) if info.get("trained")]
     latest = trained[-1] if trained else None

@@ -35,7 +35,8 @@ def inputs_fingerprint(cfg: JobConfig, snap: Snapshot, kind: str) -> str:
     snapshot's files, the run's kind (:func:`run_kind`) and the tables' schema version."""
     payload = {
         "schema": SCHEMA_VERSION,
-        "config": cfg.model_dump(mode="json", exclude={"cluster"}),
+        # all but where it runs and how long it waits: neither changes a table
+        "config": cfg.model_dump(mode="json", exclude={"cluster": True, "output": {"lock_wait_seconds"}}),
         "snapshot": snap.fingerprint,
         "run": kind,
     }

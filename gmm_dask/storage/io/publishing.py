@@ -63,13 +63,19 @@ def delta_tables(root: str, storage_options: StorageOptions | None = None) -> li
 
 @contextlib.contextmanager
 def publish_lock(
-    root: str, date: str, storage_options: StorageOptions | None = None, *, owner: str = ""
+    root: str,
+    date: str,
+    storage_options: StorageOptions | None = None,
+    *,
+    owner: str = "",
+    wait_seconds: float = 0.0,
 ) -> Iterator[None]:
     """Hold ``<root>/_locks/dt=<date>.lock`` while this run writes the published partitions of
     ``date``. Created exclusively (``O_EXCL`` on local disks); a lock left by a process that no
     longer exists on this host is taken over; a live one raises :class:`PublishConflictError`,
     so two runs never interleave their writes of one date. On S3 the lock is a conditional
-    ``PUT``, exclusive too. The tables committed under the lock are one :class:`Publication`:
+    ``PUT``, exclusive too. A run that finds the lock held waits for it up to ``wait_seconds``
+    (polling) before it gives up. The tables committed under the lock are one :class:`Publication`:
     visible together when the lock is released cleanly, put back as they were otherwise."""
     import socket
 
@@ -82,33 +88,37 @@ def publish_lock(
         "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "run": owner,
     }
-    for _ in range(2):
-        try:
-            created = create_exclusive(url, json.dumps(me), storage_options)
-        except ExclusiveWriteUnsupported:  # best effort there: check, then write (see the README)
-            logger.warning("No exclusive create on %s: the publish lock is best effort", url)
-            created = not exists(url, storage_options)
-            if created:
-                write_text_atomic(url, json.dumps(me), storage_options)
-        if created:
-            break
-        try:
-            held = json.loads(read_text(url, storage_options))
-        except (OSError, ValueError):
-            held = {}
-        if held.get("host") == me["host"] and held.get("pid") and not _alive(int(held["pid"])):
+    deadline = time.monotonic() + max(0.0, wait_seconds)
+    pause, takeovers, held = 1.0, 0, {}
+    while not _take(url, me, storage_options):
+        held = _holder(url, storage_options)
+        if (
+            held.get("host") == me["host"]
+            and held.get("pid")
+            and not _alive(int(held["pid"]))
+            and takeovers < 2
+        ):
             _release(fs, path, url)
             logger.warning("Took over the publish lock of %s left by dead process %s", date, held.get("pid"))
+            takeovers += 1
             continue
-        raise PublishConflictError(
-            f"Snapshot {date} is being published by another run (pid {held.get('pid')} on "
-            f"{held.get('host')}, run {held.get('run') or '?'}, since {held.get('since')}); this run "
-            f"wrote nothing for {date}. Retry when that run has finished (lock: {url})."
-        )
-    else:  # the takeover lost a race: someone else holds it now
-        raise PublishConflictError(
-            f"Snapshot {date} is being published by another run (lock {url}); this run wrote nothing."
-        )
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waited = f" after waiting {wait_seconds:g} s" if wait_seconds > 0 else ""
+            raise PublishConflictError(
+                f"Snapshot {date} is being published by another run ({describe_holder(held)}); this "
+                f"run wrote nothing for {date}{waited}. Retry when that run has finished, or let runs "
+                f"wait longer for the lock (output.lock_wait_seconds) (lock: {url})."
+            )
+        if pause == 1.0:
+            logger.info(
+                "Snapshot %s is being published by another run (%s): waiting up to %g s for it",
+                date,
+                describe_holder(held),
+                wait_seconds,
+            )
+        time.sleep(min(pause, left))
+        pause = min(pause * 1.5, 10.0)
     publication = Publication(root, date, owner, storage_options)
     try:
         publication.begin()
@@ -129,6 +139,35 @@ def publish_lock(
     finally:
         publication.close()
     _release(fs, path, url)
+
+
+def _take(url: str, me: dict[str, object], storage_options: StorageOptions | None) -> bool:
+    """Create the lock file; False where it exists."""
+    try:
+        return create_exclusive(url, json.dumps(me), storage_options)
+    except ExclusiveWriteUnsupported:  # best effort there: check, then write (see the README)
+        logger.warning("No exclusive create on %s: the publish lock is best effort", url)
+        if exists(url, storage_options):
+            return False
+        write_text_atomic(url, json.dumps(me), storage_options)
+        return True
+
+
+def _holder(url: str, storage_options: StorageOptions | None) -> dict[str, str]:
+    """What a held lock says of its run ({} if it cannot be read: it was just released)."""
+    try:
+        doc = json.loads(read_text(url, storage_options))
+    except (OSError, ValueError):
+        return {}
+    return {k: str(v) for k, v in doc.items()} if isinstance(doc, dict) else {}
+
+
+def describe_holder(held: dict[str, str]) -> str:
+    """The run holding a lock, as people identify it: its label first (a Prefect flow run's
+    name, id and URL, where the run is one), then the process."""
+    if not held:
+        return "its lock was released meanwhile"
+    return f"{held.get('run') or 'run ?'}; pid {held.get('pid')} on {held.get('host')}, since {held.get('since')}"
 
 
 def _release(fs: AbstractFileSystem, path: str, url: str) -> None:

@@ -98,9 +98,10 @@ class TableStore:
         fs, base = filesystem(self.root, self.storage_options)
         return [d for d in records.pending_dates(fs, base) if self.pending(d)]
 
-    def lock(self, date: str, *, owner: str = "") -> AbstractContextManager[None]:
-        """Hold the publish lock of ``date`` (see :func:`~gmm_dask.storage.io.publish_lock`)."""
-        return publish_lock(self.root, date, self.storage_options, owner=owner)
+    def lock(self, date: str, *, owner: str = "", wait_seconds: float = 0.0) -> AbstractContextManager[None]:
+        """Hold the publish lock of ``date``, waiting up to ``wait_seconds`` for a run holding it
+        (see :func:`~gmm_dask.storage.io.publish_lock`)."""
+        return publish_lock(self.root, date, self.storage_options, owner=owner, wait_seconds=wait_seconds)
 
     def held_locks(self) -> list[str]:
         """Dates whose publish lock is held now."""
