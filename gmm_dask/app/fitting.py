@@ -43,7 +43,7 @@ class Degenerate:
             parts.append(f"small: {self.small[k]:.2%} of rows < min_share {min_share:.2%}")
         if k in self.atoms:
             at = ", ".join(
-                f"{features[j]}={v:g}" for j, v in zip(self.atoms[k], self.atom_values[k], strict=True)
+                f"{features[j]}={v + 0.0:g}" for j, v in zip(self.atoms[k], self.atom_values[k], strict=True)
             )
             parts.append(f"atom at {at} (variance at the resolution floor)")
         return "; ".join(parts) or None
@@ -115,11 +115,15 @@ def degenerate_components(
         for i in np.flatnonzero(at.any(axis=1)):
             js = [int(j) for j in np.flatnonzero(at[i])]
             atoms[int(i)] = js
-            # the step the component sits on (fitted values are spread over [x, x + Δ))
-            values[int(i)] = [
-                float(np.round(np.round((raw[i, j] - step[j] / 2) / step[j]) * step[j], 6)) for j in js
-            ]
+            values[int(i)] = [atom_value(float(raw[i, j]), float(step[j])) for j in js]
     return Degenerate(small, atoms, values)
+
+
+def atom_value(mean: float, step: float) -> float:
+    """The value on the resolution grid a component at the floor sits on, from its fitted
+    ``mean`` in original units (fitted values are spread over [x, x + ``step``)); never -0, which
+    would print as ``purchases_90d=-0``."""
+    return float(np.round(np.round((mean - step / 2) / step) * step, 6)) + 0.0
 
 
 def enforce(
