@@ -17,7 +17,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CONFLICT = 75  # another run is publishing the same date: retry later (EX_TEMPFAIL)
@@ -303,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def no_usage_data(environ: MutableMapping[str, str]) -> None:
+    """The project sends no usage data, wherever it runs from (pyproject.toml's setting holds only
+    in the repository root): Prefect's temporary local API sends no telemetry — off the network
+    it logged "Failed to send telemetry" as an ERROR — and the client shows no notice. A value
+    the user set wins."""
+    environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    environ.setdefault("DO_NOT_TRACK", "1")
+
+
 def _configure_logging(verbose: int) -> None:
     # Before Dask is imported: distributed configures its loggers from this at import time, in
     # this process and in the worker processes it starts. Below -vv, a task's error is not
@@ -314,8 +323,7 @@ def _configure_logging(verbose: int) -> None:
             else {"distributed": "warning", "distributed.worker": "critical"}
         )
         os.environ["DASK_LOGGING"] = repr(dask_levels)
-    # the project sends no usage data (pyproject.toml turns the server's off; this, the client's notice)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+    no_usage_data(os.environ)
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr

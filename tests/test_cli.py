@@ -4,6 +4,7 @@ quietly (exit 2, one message, nothing started, nothing written); success is quie
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 import time
@@ -284,3 +285,31 @@ def test_dev_without_a_command_prints_its_usage_not_its_code():
     assert "./dev test" in out.stdout
     assert "./dev demo" in out.stdout
     assert "set -euo" not in out.stdout
+
+
+_ANALYTICS_PROBE = """
+from gmm_dask_cli import main
+main(["train", "--config", "missing.yaml"])  # exits 2: the settings are made before any check
+from prefect.settings import get_current_settings
+print("analytics", get_current_settings().server.analytics_enabled)
+"""
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "False"), ("true", "True"), ("false", "False")])
+def test_the_cli_turns_prefects_server_telemetry_off_outside_the_repo_unless_the_user_set_it(
+    tmp_path, given, seen
+):
+    # outside the repository root pyproject.toml's [tool.prefect.server] does not apply: Prefect's
+    # temporary local API logged "Failed to send telemetry" as an ERROR off the network
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    if given is not None:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = given
+    out = subprocess.run(
+        [sys.executable, "-c", _ANALYTICS_PROBE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"analytics {seen}" in out.stdout, out.stdout + out.stderr
