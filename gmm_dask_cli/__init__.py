@@ -23,6 +23,11 @@ EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CONFLICT = 75  # another run is publishing the same date: retry later (EX_TEMPFAIL)
 EXIT_UNAVAILABLE = 75  # the store did not answer for GMM_DASK_STORAGE_RETRY_SECONDS: retry later
 DEFAULT_DEMO_CONFIG = "configs/demo.yaml"
+EXIT_CODES_HELP = (
+    f"Exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} bad input or configuration (nothing written); "
+    f"{EXIT_CONFLICT} retry later (another run is publishing the same date, or the store did not "
+    f"answer for GMM_DASK_STORAGE_RETRY_SECONDS); {EXIT_FAILURE} internal failure."
+)
 
 
 def _version() -> str:
@@ -285,7 +290,9 @@ def _commands():
 def build_parser() -> argparse.ArgumentParser:
     from .options import add_options
 
-    p = argparse.ArgumentParser(prog="gmm-dask", description="Gaussian mixture user segmentation on Dask.")
+    p = argparse.ArgumentParser(
+        prog="gmm-dask", description="Gaussian mixture user segmentation on Dask.", epilog=EXIT_CODES_HELP
+    )
     p.add_argument("--version", action="version", version=f"gmm-dask {_version()}")
     p.add_argument(
         "-v",
@@ -296,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, model, help_text, handler in _commands():
-        sp = sub.add_parser(name, help=help_text, description=(model.__doc__ or help_text).strip())
+        sp = sub.add_parser(
+            name, help=help_text, description=(model.__doc__ or help_text).strip(), epilog=EXIT_CODES_HELP
+        )
         add_options(sp, model)
         sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sp.set_defaults(func=handler, _params=model)

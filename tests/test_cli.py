@@ -313,3 +313,30 @@ def test_the_cli_turns_prefects_server_telemetry_off_outside_the_repo_unless_the
         timeout=120,
     )
     assert f"analytics {seen}" in out.stdout, out.stdout + out.stderr
+
+
+def test_demo_help_says_it_backfills_the_history_then_segments_the_latest_day():
+    text = " ".join(_help(["demo", "--help"]).split())
+    assert "the `backfill` flow (refit, published) over every date before the one segmented" in text
+    assert "the first --snapshots - 1" in text
+    assert "the daily `segment` flow on --snapshot, by default the latest" in text
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["segment", "--help"], ["demo", "--help"], ["vacuum", "--help"]]
+)
+def test_help_lists_every_exit_code_with_what_it_means(argv):
+    text = " ".join(_help(argv).split())
+    for code, meaning in ((0, "done"), (2, "bad input"), (75, "retry later"), (1, "internal failure")):
+        assert f"{code} {meaning}" in text, text
+    assert "store did not answer" in text
+    assert "publishing the same date" in text
+
+
+def _help(argv: list[str]) -> str:
+    """What ``gmm-dask ARGV`` (a ``--help``) prints, as a user sees it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gmm_dask_cli", *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
