@@ -334,8 +334,14 @@ def _configure_logging(verbose: int) -> None:
         os.environ["DASK_LOGGING"] = repr(dask_levels)
     no_usage_data(os.environ)
     level = logging.WARNING - 10 * min(verbose, 2)
+    from .display import CLOCK
+
+    # the progress lines' clock: one time format on stderr
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt=CLOCK,
+        stream=sys.stderr,
     )
     for h in logging.getLogger().handlers:  # also gets Prefect's records, which propagate here
         h.setLevel(level)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 import time
@@ -340,3 +341,20 @@ def _help(argv: list[str]) -> str:
     )
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def test_progress_lines_and_warnings_share_one_time_format(job, tmp_path):
+    tmp, _ = job
+    cfg = make_config(tmp_path, tmp / "data")
+    argv = ["train", "--config", str(cfg), "--family", "gaussian", "--max-iter", "2"]  # warns: not converged
+    out = subprocess.run(
+        [sys.executable, "-m", "gmm_dask_cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    warning = next(line for line in lines if "EM did not converge" in line)
+    progress = next(line for line in lines if f"fit: {SPEC.n_users:,} rows in" in line)
+    clock = r"\d\d:\d\d:\d\d "
+    assert re.match(clock + r"WARNING gmm_dask\.", warning), warning
+    assert re.match(clock + "fit: ", progress), progress
+    assert not any(re.match(r"\d{4}-\d\d-\d\d", line) for line in lines), out.stderr
