@@ -129,18 +129,16 @@ def atom_value(mean: float, step: float) -> float:
 def enforce(
     found: Degenerate, policy: DegenerateConfig, names: list[str], date: str, features: list[str]
 ) -> None:
-    """Log what was found; raise where the policy says error."""
+    """Raise where the policy says error. The components a model keeps are logged once it has
+    the names its tables show (:func:`warn_degenerate`), the pruned ones as they are pruned."""
     for kind, comps in (("small", found.small), ("atoms", found.atoms)):
         for i in comps:
-            why = found.reason(i, features, policy.min_share)
-            action = getattr(policy, kind)
-            if action == "error":
+            if getattr(policy, kind) == "error":
                 raise FitError(
-                    f"Snapshot {date}: component {names[i]!r} is degenerate ({why}) and "
-                    f"model.degenerate.{kind} is 'error'. Use fewer components (model.n_components), "
+                    f"Snapshot {date}: component {names[i]!r} is degenerate ({found.reason(i, features, policy.min_share)}) "
+                    f"and model.degenerate.{kind} is 'error'. Use fewer components (model.n_components), "
                     f"or set model.degenerate.{kind} to 'prune' or 'warn'."
                 )
-            logger.warning("Snapshot %s: component %r is degenerate: %s (%s)", date, names[i], why, action)
 
 
 def to_keep(
@@ -159,11 +157,31 @@ def to_keep(
     if not drop or len(drop) >= len(names):
         return None
     keep = [i for i in range(len(names)) if i not in drop]
-    pruned += [{"name": names[i], "reason": found.reason(i, features, policy.min_share)} for i in drop]
+    gone = [{"name": names[i], "reason": found.reason(i, features, policy.min_share)} for i in drop]
+    pruned += gone
     logger.warning(
-        "Snapshot %s: pruning %s and refitting with %d components", date, [names[i] for i in drop], len(keep)
+        "Snapshot %s: pruning degenerate %s and refitting with %d components",
+        date,
+        "; ".join(f"{g['name']!r} ({g['reason']})" for g in gone),
+        len(keep),
     )
     return keep
+
+
+def warn_degenerate(model: SegmentationModel) -> None:
+    """Log each degenerate component ``model`` keeps under the segment id and name its tables
+    show: after alignment to the published model, which may renumber and rename them (a warning
+    from the fit itself would name a segment no table has)."""
+    reasons = model.metadata.degenerate.get("components") or {}
+    for segment, name in zip(model.ids, model.segment_names, strict=True):
+        if reasons.get(name):
+            logger.warning(
+                "Snapshot %s: segment %d %r is degenerate: %s",
+                model.metadata.snapshot,
+                segment,
+                name,
+                reasons[name],
+            )
 
 
 def subset(params: MixtureParams, keep: list[int], covariance_type: CovarianceType) -> MixtureParams:
