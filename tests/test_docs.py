@@ -25,7 +25,7 @@ def _section_tables(heading: str) -> dict[str, list[list[str]]]:
     tables: dict[str, list[list[str]]] = {}
     for block in re.findall(r"(?:^\|.*\n)+", body, flags=re.M):
         rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in block.splitlines()]
-        tables[rows[0][0]] = [r for r in rows[2:]]  # after the header and its --- line
+        tables[rows[0][0]] = rows[2:]  # after the header and its --- line
     return tables
 
 
