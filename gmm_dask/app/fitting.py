@@ -134,9 +134,10 @@ def enforce(
     for kind, comps in (("small", found.small), ("atoms", found.atoms)):
         for i in comps:
             if getattr(policy, kind) == "error":
+                why = found.reason(i, features, policy.min_share)
                 raise FitError(
-                    f"Snapshot {date}: component {names[i]!r} is degenerate ({found.reason(i, features, policy.min_share)}) "
-                    f"and model.degenerate.{kind} is 'error'. Use fewer components (model.n_components), "
+                    f"Snapshot {date}: component {names[i]!r} is degenerate ({why}) and "
+                    f"model.degenerate.{kind} is 'error'. Use fewer components (model.n_components), "
                     f"or set model.degenerate.{kind} to 'prune' or 'warn'."
                 )
 
