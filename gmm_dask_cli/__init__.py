@@ -17,12 +17,17 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_CONFLICT = 75  # another run is publishing the same date: retry later (EX_TEMPFAIL)
 EXIT_UNAVAILABLE = 75  # the store did not answer for GMM_DASK_STORAGE_RETRY_SECONDS: retry later
 DEFAULT_DEMO_CONFIG = "configs/demo.yaml"
+EXIT_CODES_HELP = (
+    f"Exit codes: {EXIT_OK} done; {EXIT_BAD_INPUT} bad input or configuration (nothing written); "
+    f"{EXIT_CONFLICT} retry later (another run is publishing the same date, or the store did not "
+    f"answer for GMM_DASK_STORAGE_RETRY_SECONDS); {EXIT_FAILURE} internal failure."
+)
 
 
 def _version() -> str:
@@ -285,7 +290,9 @@ def _commands():
 def build_parser() -> argparse.ArgumentParser:
     from .options import add_options
 
-    p = argparse.ArgumentParser(prog="gmm-dask", description="Gaussian mixture user segmentation on Dask.")
+    p = argparse.ArgumentParser(
+        prog="gmm-dask", description="Gaussian mixture user segmentation on Dask.", epilog=EXIT_CODES_HELP
+    )
     p.add_argument("--version", action="version", version=f"gmm-dask {_version()}")
     p.add_argument(
         "-v",
@@ -296,11 +303,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, model, help_text, handler in _commands():
-        sp = sub.add_parser(name, help=help_text, description=(model.__doc__ or help_text).strip())
+        sp = sub.add_parser(
+            name, help=help_text, description=(model.__doc__ or help_text).strip(), epilog=EXIT_CODES_HELP
+        )
         add_options(sp, model)
         sp.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sp.set_defaults(func=handler, _params=model)
     return p
+
+
+def no_usage_data(environ: MutableMapping[str, str]) -> None:
+    """The project sends no usage data, wherever it runs from (pyproject.toml's setting holds only
+    in the repository root): Prefect's temporary local API sends no telemetry — off the network
+    it logged "Failed to send telemetry" as an ERROR — and the client shows no notice. A value
+    the user set wins."""
+    environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    environ.setdefault("DO_NOT_TRACK", "1")
 
 
 def _configure_logging(verbose: int) -> None:
@@ -314,11 +332,16 @@ def _configure_logging(verbose: int) -> None:
             else {"distributed": "warning", "distributed.worker": "critical"}
         )
         os.environ["DASK_LOGGING"] = repr(dask_levels)
-    # the project sends no usage data (pyproject.toml turns the server's off; this, the client's notice)
-    os.environ.setdefault("DO_NOT_TRACK", "1")
+    no_usage_data(os.environ)
     level = logging.WARNING - 10 * min(verbose, 2)
+    from .display import CLOCK
+
+    # the progress lines' clock: one time format on stderr
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt=CLOCK,
+        stream=sys.stderr,
     )
     for h in logging.getLogger().handlers:  # also gets Prefect's records, which propagate here
         h.setLevel(level)

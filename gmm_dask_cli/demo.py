@@ -9,8 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class DemoParams(BaseModel):
-    """Generate the demo snapshots (kept if already there), run the `backfill` flow over all but the
-    latest (dates already done are skipped) and the daily `segment` flow on the latest."""
+    """Demo data, then the flows an analyst runs on it: generate --snapshots daily snapshots of
+    --users users (kept if already there) -> the `backfill` flow (refit, published) over every
+    date before the one segmented, by default the first --snapshots - 1 (dates already done are
+    skipped) -> the daily `segment` flow on --snapshot, by default the latest (tables, summary and
+    report under the config's output.root)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

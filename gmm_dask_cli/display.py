@@ -7,6 +7,9 @@ import time
 
 from gmm_dask.app.progress import Phase, Progress, em_line
 
+#: The time of day on every line the CLI prints on stderr, progress and log lines alike.
+CLOCK = "%H:%M:%S"
+
 
 class PlainProgress(Progress):
     """Timestamped lines on stderr: each phase's start and end, EM every 10 iterations."""
@@ -16,7 +19,7 @@ class PlainProgress(Progress):
         self.stream = stream or sys.stderr
 
     def _line(self, text: str) -> None:
-        self.stream.write(f"{time.strftime('%H:%M:%S')} {text}\n")
+        self.stream.write(f"{time.strftime(CLOCK)} {text}\n")
         self.stream.flush()
 
     def phase_started(self, phase: Phase) -> None:

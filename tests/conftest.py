@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+from gmm_dask_cli import no_usage_data
+
 # Property tests draw the same examples on every run of the default test command, so a CI run
 # is reproducible; GMM_DASK_HYPOTHESIS=explore draws fresh ones (a fuzzing session).
 settings.register_profile("repeatable", derandomize=True, print_blob=True)
@@ -17,6 +19,9 @@ settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("GMM_DASK_HYPOTHESIS", "repeatable"))
 # retried I/O steps wait 0.5 s instead of 5 s in the tests (read when flows/tasks.py is imported)
 os.environ.setdefault("GMM_DASK_RETRY_DELAY", "0.5")
+# the temporary Prefect APIs and servers the tests start send no telemetry, whatever the
+# directory pytest runs from (pyproject.toml's setting holds only in the repository root)
+no_usage_data(os.environ)
 
 
 CHROMIUM = os.environ.get("GMM_DASK_CHROMIUM", "/usr/bin/chromium")

@@ -4,6 +4,8 @@ quietly (exit 2, one message, nothing started, nothing written); success is quie
 from __future__ import annotations
 
 import inspect
+import os
+import re
 import subprocess
 import sys
 import time
@@ -284,3 +286,75 @@ def test_dev_without_a_command_prints_its_usage_not_its_code():
     assert "./dev test" in out.stdout
     assert "./dev demo" in out.stdout
     assert "set -euo" not in out.stdout
+
+
+_ANALYTICS_PROBE = """
+from gmm_dask_cli import main
+main(["train", "--config", "missing.yaml"])  # exits 2: the settings are made before any check
+from prefect.settings import get_current_settings
+print("analytics", get_current_settings().server.analytics_enabled)
+"""
+
+
+@pytest.mark.parametrize(("given", "seen"), [(None, "False"), ("true", "True"), ("false", "False")])
+def test_the_cli_turns_prefects_server_telemetry_off_outside_the_repo_unless_the_user_set_it(
+    tmp_path, given, seen
+):
+    # outside the repository root pyproject.toml's [tool.prefect.server] does not apply: Prefect's
+    # temporary local API logged "Failed to send telemetry" as an ERROR off the network
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    if given is not None:
+        env["PREFECT_SERVER_ANALYTICS_ENABLED"] = given
+    out = subprocess.run(
+        [sys.executable, "-c", _ANALYTICS_PROBE],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert f"analytics {seen}" in out.stdout, out.stdout + out.stderr
+
+
+def test_demo_help_says_it_backfills_the_history_then_segments_the_latest_day():
+    text = " ".join(_help(["demo", "--help"]).split())
+    assert "the `backfill` flow (refit, published) over every date before the one segmented" in text
+    assert "the first --snapshots - 1" in text
+    assert "the daily `segment` flow on --snapshot, by default the latest" in text
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["segment", "--help"], ["demo", "--help"], ["vacuum", "--help"]]
+)
+def test_help_lists_every_exit_code_with_what_it_means(argv):
+    text = " ".join(_help(argv).split())
+    for code, meaning in ((0, "done"), (2, "bad input"), (75, "retry later"), (1, "internal failure")):
+        assert f"{code} {meaning}" in text, text
+    assert "store did not answer" in text
+    assert "publishing the same date" in text
+
+
+def _help(argv: list[str]) -> str:
+    """What ``gmm-dask ARGV`` (a ``--help``) prints, as a user sees it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "gmm_dask_cli", *argv], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_progress_lines_and_warnings_share_one_time_format(job, tmp_path):
+    tmp, _ = job
+    cfg = make_config(tmp_path, tmp / "data")
+    argv = ["train", "--config", str(cfg), "--family", "gaussian", "--max-iter", "2"]  # warns: not converged
+    out = subprocess.run(
+        [sys.executable, "-m", "gmm_dask_cli", *argv], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    warning = next(line for line in lines if "EM did not converge" in line)
+    progress = next(line for line in lines if f"fit: {SPEC.n_users:,} rows in" in line)
+    clock = r"\d\d:\d\d:\d\d "
+    assert re.match(clock + r"WARNING gmm_dask\.", warning), warning
+    assert re.match(clock + "fit: ", progress), progress
+    assert not any(re.match(r"\d{4}-\d\d-\d\d", line) for line in lines), out.stderr

@@ -124,3 +124,29 @@ def test_out_of_range_override_names_the_field_and_its_range(capsys):
     assert "model.n_components" in err, err
     assert "1–256" in err, err
     assert "--n-components" in err
+
+
+def _descriptions(node: object) -> typing.Iterator[str]:
+    """Every description in a JSON schema, nested definitions and branches included."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                yield value
+            else:
+                yield from _descriptions(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _descriptions(value)
+
+
+def test_every_served_deployments_form_renders_its_descriptions_as_written():
+    # the UI renders descriptions as markdown/HTML: '<run id>' vanished as a tag
+    from flows.serve import deployments
+
+    served = deployments(params.ServeParams(config="configs/demo.yaml"))
+    for d in served:
+        schema = d._parameter_openapi_schema.model_dump_for_openapi()
+        texts = list(_descriptions(schema))
+        assert len(texts) >= len(schema["properties"]), d.name
+        for text in texts:
+            assert not re.search(r"<[A-Za-z/!]", text), (d.name, text)

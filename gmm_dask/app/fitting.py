@@ -43,7 +43,7 @@ class Degenerate:
             parts.append(f"small: {self.small[k]:.2%} of rows < min_share {min_share:.2%}")
         if k in self.atoms:
             at = ", ".join(
-                f"{features[j]}={v:g}" for j, v in zip(self.atoms[k], self.atom_values[k], strict=True)
+                f"{features[j]}={v + 0.0:g}" for j, v in zip(self.atoms[k], self.atom_values[k], strict=True)
             )
             parts.append(f"atom at {at} (variance at the resolution floor)")
         return "; ".join(parts) or None
@@ -115,28 +115,31 @@ def degenerate_components(
         for i in np.flatnonzero(at.any(axis=1)):
             js = [int(j) for j in np.flatnonzero(at[i])]
             atoms[int(i)] = js
-            # the step the component sits on (fitted values are spread over [x, x + Δ))
-            values[int(i)] = [
-                float(np.round(np.round((raw[i, j] - step[j] / 2) / step[j]) * step[j], 6)) for j in js
-            ]
+            values[int(i)] = [atom_value(float(raw[i, j]), float(step[j])) for j in js]
     return Degenerate(small, atoms, values)
+
+
+def atom_value(mean: float, step: float) -> float:
+    """The value on the resolution grid a component at the floor sits on, from its fitted
+    ``mean`` in original units (fitted values are spread over [x, x + ``step``)); never -0, which
+    would print as ``purchases_90d=-0``."""
+    return float(np.round(np.round((mean - step / 2) / step) * step, 6)) + 0.0
 
 
 def enforce(
     found: Degenerate, policy: DegenerateConfig, names: list[str], date: str, features: list[str]
 ) -> None:
-    """Log what was found; raise where the policy says error."""
+    """Raise where the policy says error. The components a model keeps are logged once it has
+    the names its tables show (:func:`warn_degenerate`), the pruned ones as they are pruned."""
     for kind, comps in (("small", found.small), ("atoms", found.atoms)):
         for i in comps:
-            why = found.reason(i, features, policy.min_share)
-            action = getattr(policy, kind)
-            if action == "error":
+            if getattr(policy, kind) == "error":
+                why = found.reason(i, features, policy.min_share)
                 raise FitError(
                     f"Snapshot {date}: component {names[i]!r} is degenerate ({why}) and "
                     f"model.degenerate.{kind} is 'error'. Use fewer components (model.n_components), "
                     f"or set model.degenerate.{kind} to 'prune' or 'warn'."
                 )
-            logger.warning("Snapshot %s: component %r is degenerate: %s (%s)", date, names[i], why, action)
 
 
 def to_keep(
@@ -155,11 +158,31 @@ def to_keep(
     if not drop or len(drop) >= len(names):
         return None
     keep = [i for i in range(len(names)) if i not in drop]
-    pruned += [{"name": names[i], "reason": found.reason(i, features, policy.min_share)} for i in drop]
+    gone = [{"name": names[i], "reason": found.reason(i, features, policy.min_share)} for i in drop]
+    pruned += gone
     logger.warning(
-        "Snapshot %s: pruning %s and refitting with %d components", date, [names[i] for i in drop], len(keep)
+        "Snapshot %s: pruning degenerate %s and refitting with %d components",
+        date,
+        "; ".join(f"{g['name']!r} ({g['reason']})" for g in gone),
+        len(keep),
     )
     return keep
+
+
+def warn_degenerate(model: SegmentationModel) -> None:
+    """Log each degenerate component ``model`` keeps under the segment id and name its tables
+    show: after alignment to the published model, which may renumber and rename them (a warning
+    from the fit itself would name a segment no table has)."""
+    reasons = model.metadata.degenerate.get("components") or {}
+    for segment, name in zip(model.ids, model.segment_names, strict=True):
+        if reasons.get(name):
+            logger.warning(
+                "Snapshot %s: segment %d %r is degenerate: %s",
+                model.metadata.snapshot,
+                segment,
+                name,
+                reasons[name],
+            )
 
 
 def subset(params: MixtureParams, keep: list[int], covariance_type: CovarianceType) -> MixtureParams:

@@ -28,6 +28,7 @@ from gmm_dask.app.fitting import (
     subset,
     to_keep,
     warm_params,
+    warn_degenerate,
 )
 from gmm_dask.app.steps import fit_piece_arrays, profile_piece, raw_piece_arrays, score_piece, tree_reduce
 from gmm_dask.errors import DataError
@@ -424,8 +425,12 @@ def registry(cfg: JobConfig) -> ModelRegistry:
 def register_model(
     cfg: JobConfig, model: SegmentationModel, *, alias: str | None = "latest"
 ) -> SegmentationModel:
-    """Store the model as a new registry version (moving ``alias``); returns it as stored."""
-    return registry(cfg).register(model, alias=alias)
+    """Store the model as a new registry version (moving ``alias``); returns it as stored. Its
+    degenerate components are logged here, once, under the ids and names its tables show (a
+    fit is registered after its alignment to the published model)."""
+    stored = registry(cfg).register(model, alias=alias)
+    warn_degenerate(stored)
+    return stored
 
 
 def set_alias(cfg: JobConfig, alias: str, version: str) -> None:
