@@ -112,7 +112,12 @@ def print_analysis(a, stream=None) -> None:
             f"{getattr(r, 'name', r.segment)} {r.now:.1%} -> {r.forecast:.1%}"
             for r in fc.shares.itertuples(index=False)
         )
-        w(f"Forecast of the next snapshot's shares (Markov on γ, {fc.n_steps} steps): {moves}\n")
+        what = (
+            f"Markov on γ, {fc.n_steps} steps" if fc.method == "markov" else "persistence: shares unchanged"
+        )
+        w(f"Forecast of the next snapshot's shares ({what}): {moves}\n")
+        if fc.method_reason:
+            w(f"  Chose {fc.method_reason}\n")
     elif fc is not None:
         w(f"Forecast: none ({fc.reason})\n")
     if bt is not None and bt.reason is None:

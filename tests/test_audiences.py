@@ -149,6 +149,14 @@ def test_transitions_and_the_per_user_forecast_are_written_and_consistent(run):
     bt = res.analysis.backtest.summary()
     assert bt["reason"] is None
     assert len(bt["held_out"]) == 2
+    # the run summary publishes the share forecast the backtest chose, and says why
+    fc_summary = res.summary()["analysis"]["forecast"]
+    beat = bt["markov"]["share_mae"] < bt["persistence"]["share_mae"]
+    assert fc_summary["method"] == ("markov" if beat else "persistence"), (fc_summary, bt)
+    assert fc_summary["method_reason"].startswith(f"{fc_summary['method']}: the Markov forecast's backtest")
+    now = res.analysis.forecast.shares.set_index("segment")["now"]
+    moved = {s: f for s, f in fc_summary["shares"].items() if abs(f - now[s]) > 1e-6}
+    assert (fc_summary["method"] == "persistence") == (not moved), moved
 
 
 def test_the_audience_command_writes_a_candidate_and_promote_publishes_it(run):
@@ -199,3 +207,5 @@ def test_the_forecast_beats_persistence_on_the_drifting_demo_through_the_whole_p
     figures = f"markov {bt['markov']} vs persistence {bt['persistence']}"
     assert imp["share_mae"] > 0.2, figures
     assert imp["user_brier"] > 0.05, figures
+    forecast = res.dates[-1]["analysis"]["forecast"]
+    assert forecast["method"] == "markov", forecast  # the chain earned its place

@@ -10,7 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gmm_dask.segmentation.forecast import backtest, expected_brier, forecast_next
+from gmm_dask.segmentation.forecast import (
+    backtest,
+    choose_forecast,
+    expected_brier,
+    forecast_method,
+    forecast_next,
+)
 from gmm_dask.segmentation.markov import (
     fit_transition_matrix,
     forecast_shares,
@@ -197,7 +203,10 @@ def test_forecast_next_reports_the_forecast_or_why_there_is_none():
     fc = forecast_next(last * 5_000, tr, names={3: "a", 5: "b", 8: "c", 13: "d"})  # sizes normalised
     assert fc.reason is None
     assert fc.n_steps == 3
-    assert list(fc.shares.columns) == ["segment", "name", "now", "forecast", "change"]
+    assert list(fc.shares.columns) == ["segment", "name", "now", "forecast", "change", "method"]
+    assert fc.method == "markov"
+    assert (fc.shares.method == "markov").all()
+    assert fc.method_reason is None  # not yet judged by a backtest
     np.testing.assert_allclose(fc.shares.now, last.to_numpy())
     np.testing.assert_allclose(
         fc.shares.forecast, forecast_shares(last, fit_transition_matrix(tr)).to_numpy()
@@ -205,6 +214,7 @@ def test_forecast_next_reports_the_forecast_or_why_there_is_none():
     none = forecast_next(last, tr.iloc[:0])
     assert none.reason == "no transitions yet: a forecast needs at least two snapshots"
     assert none.shares.empty
+    assert choose_forecast(none, None) is none  # nothing to choose between
     with pytest.raises(ValueError, match="a forecast needs at least two snapshots"):
         fit_transition_matrix(tr.iloc[:0])
 
@@ -259,6 +269,14 @@ def test_backtest_on_a_steady_drift_beats_persistence():
     assert summary["improvement"]["share_mae"] > 0.5
     assert set(bt.scores.columns) >= {"held_out", "method", "share_mae", "share_tv", "user_brier"}
     assert set(bt.shares.columns) == {"held_out", "from_date", "segment", "actual", "markov", "persistence"}
+    # the chain earned its place: the published forecast is the Markov one, and says why
+    fc = choose_forecast(forecast_next(shares[max(shares)], tr), bt)
+    assert fc.method == "markov"
+    assert fc.method_reason.startswith("markov: the Markov forecast's backtest share MAE ")
+    assert f"beat persistence's {100 * means.loc['persistence', 'share_mae']:.3g} pp" in fc.method_reason
+    assert f"on 3 held-out snapshot(s) ({', '.join(sorted(shares)[-3:])})" in fc.method_reason
+    np.testing.assert_allclose(fc.shares.forecast, forecast_next(shares[max(shares)], tr).shares.forecast)
+    assert not np.allclose(fc.shares.forecast, fc.shares.now)
     # the model for a held-out date never saw the step into it: dropping that step changes
     # nothing but the user Brier score, which is computed on it
     d = sorted(shares)[-1]
@@ -276,6 +294,50 @@ def test_backtest_on_a_chain_where_nothing_changes_scores_both_methods_equal():
     for score in ("share_mae", "share_tv", "user_brier"):
         np.testing.assert_allclose(wide[(score, "markov")], wide[(score, "persistence")], atol=1e-15)
     assert (bt.improvement[["share_mae", "share_tv", "user_brier"]] == 0.0).all().all()
+    method, why = forecast_method(bt)  # a tie is not better: persistence is published
+    assert method == "persistence"
+    assert why.startswith("persistence: the Markov forecast's backtest share MAE 0 pp was no better than")
+
+
+def test_where_the_chain_forecasts_worse_than_persistence_the_published_forecast_is_persistence():
+    """Stable shares (a steady market: each date's shares are the same composition up to small
+    measurement noise) while the transitions say users move, in a different random direction at
+    every step (noisy co-membership): the chain forecasts a drift that does not happen, and its
+    backtest says so. The published share forecast is then the current shares."""
+    rng = np.random.default_rng(11)
+    pi = np.array([0.4, 0.3, 0.2, 0.1])
+    dates = _dates(9)
+    shares, tables = {}, []
+    for d in dates:
+        s = pi + rng.normal(0.0, 0.002, size=4)
+        shares[d] = pd.Series(s / s.sum(), index=IDS)
+    for a, b in itertools.pairwise(dates):
+        noise = rng.dirichlet(np.ones(4), size=4)  # rows: where the movers of each segment go
+        T = 0.9 * np.eye(4) + 0.1 * noise
+        tables.append(_table(10_000 * shares[a].to_numpy()[:, None] * T, IDS, a, b))
+    tr = pd.concat(tables, ignore_index=True)
+    bt = backtest(shares, tr, holdout=3)
+    means = bt.mean_scores()["share_mae"]
+    assert means["markov"] > means["persistence"], means  # the premise: the chain is worse here
+    markov = forecast_next(shares[dates[-1]], tr)
+    fc = choose_forecast(markov, bt)
+    assert fc.method == "persistence"
+    assert (fc.shares.method == "persistence").all()
+    np.testing.assert_array_equal(fc.shares.forecast, fc.shares.now)
+    np.testing.assert_allclose(fc.shares.now, shares[dates[-1]].to_numpy(), rtol=1e-12)
+    assert (fc.shares.change == 0.0).all()
+    assert not np.allclose(markov.shares.forecast, markov.shares.now)  # the chain would have moved them
+    pd.testing.assert_frame_equal(fc.matrix, markov.matrix)  # the per-user forecast keeps the chain
+    assert fc.method_reason == (
+        f"persistence: the Markov forecast's backtest share MAE {100 * means['markov']:.3g} pp was worse "
+        f"than persistence's {100 * means['persistence']:.3g} pp on 3 held-out snapshot(s) "
+        f"({', '.join(dates[-3:])})"
+    )
+    # without a backtest that scored something, the chain has not earned its place either
+    for untested in (None, backtest({dates[0]: shares[dates[0]]}, tr.iloc[:0])):
+        method, why = forecast_method(untested)
+        assert method == "persistence"
+        assert why.startswith("persistence: the Markov forecast has no backtest to earn its place (")
 
 
 def test_in_equilibrium_shares_tie_and_the_user_forecast_still_wins():
@@ -374,5 +436,6 @@ def test_on_the_drifting_demo_the_forecast_beats_persistence(tmp_path):
     assert imp["share_mae"] > 0, msg
     assert imp["user_brier"] > 0, msg
     assert (bt.improvement.set_index("held_out")[["share_mae", "user_brier"]] > 0).all().all(), msg
+    assert forecast_method(bt)[0] == "markov", msg
     hard = backtest(shares, transitions, holdout=3, counts="n_users").summary()["improvement"]
     assert hard["user_brier"] > 0, hard

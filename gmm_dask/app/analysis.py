@@ -58,6 +58,8 @@ class Analysis:
                 {"reason": self.forecast.reason}
                 if self.forecast.reason
                 else {
+                    "method": self.forecast.method,
+                    "method_reason": self.forecast.method_reason,
                     "steps": self.forecast.n_steps,
                     "shares": {
                         int(r.segment): round(float(r.forecast), 6)
@@ -169,9 +171,10 @@ def _forecast(
     history: pd.DataFrame,
     read: _SegmentsByDate,
 ) -> tuple[Forecast | None, Backtest | None, tuple[list[int], np.ndarray] | None]:
-    """The next snapshot's forecast from ``history``, its backtest, and the transition matrix
-    over today's ids that made it (for the movers' audience); Nones without a history."""
-    from gmm_dask.segmentation.forecast import backtest, forecast_next
+    """The next snapshot's forecast from ``history`` (persistence unless its backtest beat
+    persistence: :func:`~gmm_dask.segmentation.forecast.choose_forecast`), its backtest, and the
+    fitted transition matrix over today's ids (for the movers' audience); Nones without a history."""
+    from gmm_dask.segmentation.forecast import backtest, choose_forecast, forecast_next
 
     if not len(history):
         return None, None, None
@@ -202,7 +205,7 @@ def _forecast(
         half_life=f.half_life,
         prior_users=f.prior_users,
     )
-    return forecast, bt, transition
+    return choose_forecast(forecast, bt), bt, transition
 
 
 def _audience_rules(

@@ -8,6 +8,13 @@ current segments). :func:`forecast_next` fits it on every step and forecasts the
 transitions that end at or before the snapshot before it, and its forecast is compared with
 what happened, next to naive persistence (next = now). See :class:`Backtest` for the scores.
 
+**The forecast earns its place** (:func:`choose_forecast`): the share forecast published is the
+Markov chain's only when its backtest share MAE, averaged over the held-out snapshots, is lower
+than persistence's; otherwise (worse, equal, or nothing held out to judge by) it is persistence,
+next share = current share. :attr:`Forecast.method` says which, :attr:`Forecast.method_reason`
+why, with the backtest's figures. The rule judges the shares only: the per-user forecast (γ · T,
+:attr:`Forecast.matrix`) is the Markov chain's either way, scored by the backtest's user Brier.
+
 Everything is pure pandas/NumPy in float64: no I/O, no Dask.
 """
 
@@ -16,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import NotRequired, TypedDict
 
 import numpy as np
@@ -77,15 +84,20 @@ class Forecast:
     Attributes
     ----------
     shares : pandas.DataFrame
-        Columns ``segment``, (``name``), ``now``, ``forecast``, ``change``; empty with a reason.
+        Columns ``segment``, (``name``), ``now``, ``forecast``, ``change``, ``method``; empty
+        with a reason.
     matrix : pandas.DataFrame, shape (K, K)
-        The transition matrix over the current ids that made the forecast.
+        The fitted Markov chain over the current ids (what the per-user forecast uses).
     n_steps : int
         Steps (pairs of snapshots) it was fitted on.
     half_life : float or None
         The recency half-life used (the chosen one under "auto").
     reason : str or None
         Why there is no forecast (None when there is one).
+    method : {'markov', 'persistence'}
+        What made ``shares.forecast``: s · T, or the current shares (:func:`choose_forecast`).
+    method_reason : str or None
+        Why that method, with the backtest's figures; None until :func:`choose_forecast` decided.
     """
 
     shares: pd.DataFrame
@@ -93,6 +105,8 @@ class Forecast:
     n_steps: int
     half_life: float | None = None
     reason: str | None = None
+    method: str = "markov"
+    method_reason: str | None = None
 
 
 def forecast_next(
@@ -126,7 +140,7 @@ def forecast_next(
     t = check_transitions(transitions, counts)
     if t.empty:
         return Forecast(
-            pd.DataFrame(columns=["segment", "now", "forecast", "change"]),
+            pd.DataFrame(columns=["segment", "now", "forecast", "change", "method"]),
             pd.DataFrame(),
             0,
             reason="no transitions yet: a forecast needs at least two snapshots",
@@ -136,6 +150,7 @@ def forecast_next(
     f = s.to_numpy() @ M
     table = pd.DataFrame({"segment": s.index.to_numpy(), "now": s.to_numpy(), "forecast": f})
     table["change"] = table["forecast"] - table["now"]
+    table["method"] = "markov"
     if names is not None:
         table.insert(1, "name", table["segment"].map(names))
     matrix = pd.DataFrame(M, index=s.index.rename("segment_from"), columns=s.index.rename("segment_to"))
@@ -451,3 +466,69 @@ def _tables(
         }
     )
     return pd.concat(share_rows, ignore_index=True), scores, pd.DataFrame(imp)
+
+
+# --- the published forecast: Markov only where it beat persistence ------------------------------
+
+#: A Markov MAE must be lower than persistence's by more than this (float noise) to be "better".
+_MAE_NOISE = 1e-12
+
+
+def forecast_method(bt: Backtest | None) -> tuple[str, str]:
+    """Which share forecast to publish, and why, from the backtest on held-out snapshots.
+
+    'markov' when the Markov forecast's share MAE, averaged over the held-out snapshots, is lower
+    than persistence's; 'persistence' when it is not (worse or equal) and when nothing was held
+    out to judge by (``bt`` None or with a ``reason``).
+
+    Parameters
+    ----------
+    bt : Backtest or None
+        From :func:`backtest`.
+
+    Returns
+    -------
+    method : {'markov', 'persistence'}
+    reason : str
+        Starts with the method, then the figures (MAE in percentage points) and the dates.
+    """
+    if bt is None or bt.reason is not None:
+        why = "no backtest was run" if bt is None else bt.reason
+        return "persistence", f"persistence: the Markov forecast has no backtest to earn its place ({why})"
+    means = bt.mean_scores()["share_mae"]
+    markov, persistence = float(means["markov"]), float(means["persistence"])
+    dates = sorted(str(d) for d in bt.scores["held_out"].unique())
+    figures = (
+        f"the Markov forecast's backtest share MAE {100 * markov:.3g} pp {{verdict}} persistence's "
+        f"{100 * persistence:.3g} pp on {len(dates)} held-out snapshot(s) ({', '.join(dates)})"
+    )
+    if markov < persistence - _MAE_NOISE:
+        return "markov", "markov: " + figures.format(verdict="beat")
+    verdict = "was worse than" if markov > persistence else "was no better than"
+    return "persistence", "persistence: " + figures.format(verdict=verdict)
+
+
+def choose_forecast(forecast: Forecast, bt: Backtest | None) -> Forecast:
+    """The share forecast to publish: ``forecast`` where its backtest beat persistence, else persistence.
+
+    Parameters
+    ----------
+    forecast : Forecast
+        From :func:`forecast_next`; one without a forecast (a ``reason``) is returned as is.
+    bt : Backtest or None
+        Its backtest (:func:`backtest`, fitted with the same options); see :func:`forecast_method`.
+
+    Returns
+    -------
+    Forecast
+        With ``method`` and ``method_reason`` set. Under persistence ``shares.forecast`` is
+        ``shares.now`` and ``change`` is 0; ``matrix`` stays the fitted chain.
+    """
+    if forecast.reason is not None:
+        return forecast
+    method, why = forecast_method(bt)
+    logger.info("share forecast: %s", why)
+    shares = forecast.shares
+    if method == "persistence":
+        shares = shares.assign(forecast=shares["now"], change=0.0, method="persistence")
+    return replace(forecast, shares=shares, method=method, method_reason=why)

@@ -177,7 +177,7 @@ def _forecast_frame(a: Analysis | None) -> pd.DataFrame | None:
     if a is None or a.forecast is None or a.forecast.reason is not None:
         return None
     f = a.forecast.shares.rename(columns={"now": "share_now", "forecast": "share_forecast"})
-    return f[[c for c in ("segment", "name", "share_now", "share_forecast") if c in f]]
+    return f[[c for c in ("segment", "name", "share_now", "share_forecast", "method") if c in f]]
 
 
 def _backtest_scores(a: Analysis | None) -> pd.DataFrame | None:
