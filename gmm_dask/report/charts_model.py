@@ -96,6 +96,17 @@ def chart_bic(d: ReportData) -> Chart | None:
     return Chart("bic", render("bic", draw), html.escape(cap))
 
 
+def no_bic_curve(d: ReportData) -> str:
+    """One line: why the report has no BIC curve (:func:`chart_bic` gave ``None``)."""
+    label = (d.criterion if has_rows(d.bic_table) and d.criterion in d.bic_table.columns else "bic").upper()
+    if has_rows(d.bic_table):
+        return f"No candidate of the model selection has a finite {label}: there is no curve to draw."
+    return (
+        f"Single K fitted (K={len(d.segments)}): there is no {label} curve. Run select-k "
+        "(gmm-dask select-k, or the select-k deployment) for the curve over a range of K."
+    )
+
+
 def _pca(z: np.ndarray, means: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Rows ``z`` (m, D) and ``means`` (K, D) on the first two principal components of ``z``, and
     each component's fraction of the variance."""
