@@ -412,6 +412,6 @@ def chart_family_tree(d: ReportData) -> Chart | None:
         "Hierarchical clustering of the fitted Gaussians (model space). Distance: the square root of the "
         "Bhattacharyya distance between two components (0 = identical; with equal covariances, the Mahalanobis "
         "distance between the means over √8), made Euclidean by classical MDS; linkage: Ward. Segments that "
-        "join early are the most alike: candidates to merge. Labels: segment (mixture weight)."
+        "join early are the most alike: candidates to merge. Labels: segment (weight)."
     )
     return Chart("family-tree", render("family-tree", draw), html.escape(cap))

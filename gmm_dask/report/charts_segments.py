@@ -336,14 +336,14 @@ def chart_transitions(d: ReportData) -> Chart | None:
         ax.set_xlabel(f"to {d.snapshot}")
         ax.set_title("Transitions between snapshots")
         cb = fig.colorbar(im, ax=ax, shrink=0.9, aspect=25)
-        cb.set_label("share of the row's users")
+        cb.set_label("% of the row's users")
         percent_axis(cb.ax.yaxis, 0)
         cb.outline.set_visible(False)
         return fig
 
     cap = (
         f"Where the users of each segment of {d.previous_snapshot or 'the previous snapshot'} are on {d.snapshot}"
-        " (users present on both dates; row labels give their number). Each cell: the share of the row's users"
+        " (users present on both dates; row labels give their number). Each cell: % of the row's users"
         + ("." if c > 12 else " and their number.")
     )
     return Chart("transitions", render("transitions", draw), html.escape(cap))
