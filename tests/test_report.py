@@ -470,6 +470,24 @@ def test_run_time_is_the_jobs_total_and_the_backtest_is_in_points():
     assert re.search(r"<td>markov</td><td class=\"num\">0\.40</td><td class=\"num\">1\.00</td>", page)
 
 
+def test_size_labels_end_inside_the_plot_clear_of_the_change_column():
+    from gmm_dask.report.charts_segments import _draw_sizes, _sizes_by_id
+
+    d = make_data(k=5)
+    long = {s: f"very high items created (94 %, ~6), high minutes per session {s}" for s in range(5)}
+    d.segments["name"] = [long[s] for s in d.segments["segment"]]
+    d.segment_names.update(long)
+    now, prev = _sizes_by_id(d.segments), _sizes_by_id(d.previous_segments)
+    order = sorted(now, key=lambda s: -now[s][0]) + [s for s in prev if s not in now]
+    fig = _draw_sizes(d, order, now, prev)
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    right = ax.get_window_extent().x1
+    labels = [t for t in ax.texts if "(" in t.get_text() and "%" in t.get_text()]
+    assert len(labels) == 5
+    assert all(t.get_window_extent().x1 <= right for t in labels), [t.get_text() for t in labels]
+
+
 def _count_in(box, pts: np.ndarray) -> int:
     """How many display points (m, 2) lie inside ``box`` (a matplotlib Bbox)."""
     inside = (pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1) & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1)
