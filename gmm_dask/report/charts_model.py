@@ -225,14 +225,13 @@ def label_offsets(
     return out
 
 
-def _mark_means(ax: Axes, p: _Sample, mp: np.ndarray, pts: np.ndarray, fig_size: tuple[float, float]) -> None:
+def _mark_means(ax: Axes, p: _Sample, mp: np.ndarray, pts: np.ndarray, axes_pt: tuple[float, float]) -> None:
     """Each component's projected mean: a cross, labelled with its name (its id: :attr:`_Sample.by_id`)
     in a white box, set off towards the emptiest side (:func:`label_offsets`) with a leader line."""
     texts = [str(s) if p.by_id else mpl_text(p.names.get(s, s)) for s in p.comp_ids]
     x0, x1 = ax.get_xlim()
     y0, y1 = ax.get_ylim()
-    # the axes' size in points (the legend beside it takes about a third of the figure's width)
-    w_pt, h_pt = 0.6 * fig_size[0] * 72, 0.75 * fig_size[1] * 72
+    w_pt, h_pt = axes_pt  # about: the layout is not done yet
     # an 8 pt bold label with its box: ~5.2 pt a character, 14 pt high
     sizes = np.array([[(len(t) * 5.2 + 6) / w_pt * (x1 - x0), 14 / h_pt * (y1 - y0)] for t in texts])
     reach = (0.05 * (x1 - x0), 0.06 * (y1 - y0))
@@ -273,7 +272,10 @@ def _mark_means(ax: Axes, p: _Sample, mp: np.ndarray, pts: np.ndarray, fig_size:
 def _draw_2d(p: _Sample) -> Figure:
     """The users on the first two principal components, coloured by segment, means marked."""
     pts, mp, frac = _pca(p.z, p.means)
-    fig = new_figure(8.6, 5.6)  # the size _mark_means lays its labels out for
+    # long names: the legend goes under the plot, which keeps the figure's width
+    below = any(len(str(p.names.get(s, s))) > 40 for s in p.present) and len(p.present) <= 10
+    height = 5.6 + (0.2 * len(p.present) + 0.3 if below else 0.0)
+    fig = new_figure(8.6, height)
     ax = fig.add_subplot()
     for s in p.present:
         sel = p.seg == s
@@ -290,7 +292,8 @@ def _draw_2d(p: _Sample) -> Figure:
             rasterized=p.raster,
         )
     if mp is not None:
-        _mark_means(ax, p, mp, pts, (8.6, 5.6))
+        # the axes' size in points, about (a legend beside it takes a third of the width)
+        _mark_means(ax, p, mp, pts, ((0.88 if below else 0.6) * 8.6 * 72, 0.75 * 5.6 * 72))
     ax.set_xlabel(f"PC1 ({fmt_pct(frac[0])} of variance)")
     ax.set_ylabel(f"PC2 ({fmt_pct(frac[1])} of variance)" if len(frac) > 1 else "PC2")
     ax.grid(zorder=0)
@@ -299,7 +302,7 @@ def _draw_2d(p: _Sample) -> Figure:
     leg = ax.legend(
         title="segment (sampled users)",
         loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
+        bbox_to_anchor=(0.0, -0.12) if below else (1.01, 1.0),
         markerscale=2.5,
         title_fontsize=8,
         alignment="left",
