@@ -218,15 +218,6 @@ def fit_rows(d: ReportData) -> list[list[str]]:
     return rows
 
 
-def run_seconds(d: ReportData) -> float | None:
-    """The run time the report shows: the job's total (what the command line prints), else the
-    phases' sum (a report of an older run)."""
-    if d.seconds is not None and is_finite(d.seconds):
-        return float(d.seconds)
-    total = sum(v for v in d.phases.values() if is_finite(v))
-    return total if d.phases else None
-
-
 def phases_table(d: ReportData) -> str:
     """Seconds per phase, with a total row, and how they relate to the run time; '' without phases."""
     if not d.phases:
@@ -410,9 +401,8 @@ def cards(d: ReportData) -> str:
     if "n_iter" in f:
         conv = "converged" if f.get("converged") else "not converged"
         items.append(("EM", f"{fmt_int(f.get('n_iter'))} iterations, {conv}"))
-    seconds = run_seconds(d)
-    if seconds is not None:
-        items.append(("run time", f"{fmt_num(seconds, '.1f')} s"))
+    if d.seconds is not None and is_finite(d.seconds):  # the job's total, as the command line prints it
+        items.append(("run time", f"{fmt_num(d.seconds, '.1f')} s"))
     return (
         '<dl class="cards">'
         + "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in items)
