@@ -8,6 +8,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from gmm_dask.report.images import charts_markdown
 from gmm_dask.report.markdown import bic_markdown, markdown_summary
+from gmm_dask.report.terms import SHARE, WEIGHT
 
 
 def _key(text: str) -> str:
@@ -45,16 +46,37 @@ def publish_run(res, kind: str = "segment") -> None:
             description=f"{kind} report {res.snapshot} (HTML). " + _where(link),
         )
     create_markdown_artifact(md, key=_key(f"{kind}-summary"), description=f"{kind} {res.snapshot}")
-    cols = [
-        c
-        for c in ("segment", "name", "share", "size", "mean_entropy_bits", "high_entropy_share")
-        if c in res.segments
-    ]
     create_table_artifact(
-        _records(res.segments[cols]), key=_key(f"{kind}-segments"), description=f"segments of {res.snapshot}"
+        _records(segments_columns(res.segments), 3),
+        key=_key(f"{kind}-segments"),
+        description=f"segments of {res.snapshot} ({WEIGHT} and {SHARE} as the summary's legend defines them)",
     )
     if res.analysis is not None:
         publish_audience_sizes(res.analysis, kind)
+
+
+#: The segments table artifact's columns: the ``segments`` table's column -> its header, in the
+#: words of the summary's legend (:func:`gmm_dask.report.terms.legend`); fractions as percentages.
+_SEGMENT_COLUMNS = {
+    "segment": "segment",
+    "name": "name",
+    "weight": WEIGHT,
+    "size": "users",
+    "share": f"{SHARE} (%)",
+    "mean_entropy_bits": "mean entropy (bits)",
+    "high_entropy_share": "high entropy (% of its users)",
+}
+_PERCENT = ("share", "high_entropy_share")
+
+
+def segments_columns(segments):
+    """The segments as the UI's table shows them: :data:`_SEGMENT_COLUMNS`, renamed."""
+    cols = [c for c in _SEGMENT_COLUMNS if c in segments]
+    out = segments[cols].copy()
+    for c in _PERCENT:
+        if c in out:
+            out[c] = 100 * out[c]
+    return out.rename(columns=_SEGMENT_COLUMNS)
 
 
 def _with_charts(md: str, charts: str) -> str:

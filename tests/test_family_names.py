@@ -175,5 +175,6 @@ def test_the_promotion_day_warns_and_a_quiet_day_does_not(chain):
         run_id="r",
         counts={},
         fit=runs[2].fit,
+        seconds=runs[2].seconds,
     )
     assert any(SHIFT in line for line in _md_header(header))  # type: ignore[arg-type]  # a stand-in

@@ -54,9 +54,17 @@ def _cfg(tmp: Path, data_root: Path, **kw) -> str:
     return str(make_config(tmp, data_root, **kw))
 
 
-def test_segment_flow_writes_tables_and_report(tmp_path, data_root):
+def test_segment_flow_writes_tables_and_report(tmp_path, data_root, monkeypatch):
+    import flows.artifacts
     from flows import segment
 
+    summaries: dict[str, str] = {}
+    publish = flows.artifacts.create_markdown_artifact
+    monkeypatch.setattr(
+        flows.artifacts,
+        "create_markdown_artifact",
+        lambda md, key, **kw: (summaries.setdefault(key, md), publish(md, key=key, **kw))[1],
+    )
     res = segment(config=_cfg(tmp_path, data_root))
     assert res.snapshot == DATES[-1]
     assert res.model_version == "v0001"
@@ -68,11 +76,57 @@ def test_segment_flow_writes_tables_and_report(tmp_path, data_root):
     assert "<svg" in text
     assert "Segment sizes" in text
     assert "Users in 2-D" in text
+    _check_summary_and_report(res, summaries["segment-summary"], text)
     # pinned model: score instead of fit
     res2 = segment(config=_cfg(tmp_path, data_root), snapshot=DATES[0], model_version="v0001")
     assert not res2.trained
     assert res2.model_version == "v0001"
     assert sorted(p.name for p in (tmp_path / "out" / "registry" / "versions").iterdir()) == ["v0001"]
+
+
+def _check_summary_and_report(res, md: str, page: str) -> None:
+    """A fitted run's summary artifact and report: one word per quantity, defined in the legend;
+    the run time the command line prints; each audience's own CSV files; why there is no BIC curve."""
+    import html
+
+    from flows.artifacts import segments_columns
+
+    from .test_report import (
+        assert_one_word_per_quantity,
+        html_headers,
+        html_legend_terms,
+        md_headers,
+        md_legend_terms,
+    )
+
+    defined = md_legend_terms(md)
+    assert sorted(defined) == ["share", "weight"]  # the first snapshot published: no forecast yet
+    assert_one_word_per_quantity(md_headers(md), defined)
+    table = list(segments_columns(res.segments).columns)  # the segments table artifact's headers
+    assert table == [
+        "segment",
+        "name",
+        "weight",
+        "users",
+        "share (%)",
+        "mean entropy (bits)",
+        "high entropy (% of its users)",
+    ]
+    assert_one_word_per_quantity(table, defined)
+    assert sorted(html_legend_terms(page)) == ["share", "weight"]
+    assert_one_word_per_quantity(html_headers(page), html_legend_terms(page))
+    assert f"<dt>run time</dt><dd>{res.seconds:.1f} s</dd>" in page  # as print_result says it
+    assert "Single K fitted (K=5): there is no BIC curve" in page
+    sizes = res.analysis.audiences.sizes
+    assert (sizes["n_users"] > 0).sum() >= 2
+    for key, n in zip(sizes["audience_key"], sizes["n_users"], strict=True):
+        pattern = f"{res.tables['audiences_csv']}/{key}-part-*.csv"
+        files = sorted(Path(res.tables["audiences_csv"]).glob(f"{key}-part-*.csv"))
+        if n:
+            assert f"<td>{html.escape(pattern)}</td>" in page, key
+            assert sum(len(pd.read_csv(f)) for f in files) == n, key  # its own users, no one else's
+        else:
+            assert files == [], key
 
 
 def test_model_parameter_override_patches_the_config(tmp_path, data_root):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import re
 
 import numpy as np
@@ -350,6 +351,172 @@ def test_markdown_summary_tables_skip_empty_pairs_and_never_print_nan():
     assert "`memberships`" in md
 
 
+# --- one word per quantity ------------------------------------------------------------------------
+
+#: The words the legend defines, and words for the same quantities that no header may use instead.
+TERMS = ("forecast share", "membership share", "weight", "share")
+SYNONYMS = ("proportion", "fraction", "prior", "π", "mixing", "soft", "probability", "mass")
+
+
+def md_legend_terms(md: str) -> list[str]:
+    """The terms the summary's legend defines: its block of '- **term**: definition' lines right
+    under the segments table."""
+    block = md[md.index("## Segments") :].split("\n\n")[2]  # heading, table, legend
+    return re.findall(r"^- \*\*([^*]+)\*\*: \S", block, flags=re.M)
+
+
+def md_headers(md: str) -> list[str]:
+    """Every column header of the markdown's tables (a row followed by a |---| line)."""
+    lines = md.splitlines()
+    return [
+        h.strip()
+        for row, nxt in itertools.pairwise(lines)
+        if row.startswith("|") and re.fullmatch(r"\|(?:-+:?\|)+", nxt)
+        for h in row.strip("|").split(" | ")
+    ]
+
+
+def html_headers(page: str) -> list[str]:
+    return [
+        html.unescape(re.sub(r"<[^>]+>", "", h)).strip() for h in re.findall(r"<th[^>]*>(.*?)</th>", page)
+    ]
+
+
+def html_legend_terms(page: str) -> list[str]:
+    (dl,) = re.findall(r'<dl class="legend">(.*?)</dl>', page, flags=re.S)
+    return re.findall(r"<dt>([^<]+)</dt>", dl)
+
+
+def assert_one_word_per_quantity(headers: list[str], defined: list[str]) -> None:
+    """Each header names its quantity with a defined term, and with no synonym of one."""
+    for h in headers:
+        low = h.lower()
+        assert not [w for w in SYNONYMS if re.search(rf"\b{w}\b", low)], h
+        rest = low
+        for term in TERMS:  # longest first: "forecast share" before "share"
+            if term in rest:
+                assert term in defined, (h, defined)
+                rest = rest.replace(term, "")
+        assert not re.search(r"share|weight", rest), h  # a quantity word outside every defined term
+
+
+def test_summary_and_report_define_each_quantity_once_and_headers_use_only_those_words(page):
+    md = markdown_summary(make_data())
+    defined = md_legend_terms(md)
+    assert sorted(defined) == sorted(TERMS)  # each once
+    assert md.index("## Segments") < md.index("- **weight**: ") < md.index("## Entropy bands")
+    assert_one_word_per_quantity(md_headers(md), defined)
+    assert "| segment | membership share 2026-01-07 | forecast share, next snapshot |" in md
+    assert sorted(html_legend_terms(page)) == sorted(TERMS)
+    assert_one_word_per_quantity(html_headers(page), html_legend_terms(page))
+    assert "previous share" in html_headers(page)
+
+
+def test_forecast_on_hard_segments_is_a_forecast_of_the_share_and_needs_no_membership_share():
+    from dataclasses import replace
+
+    d = make_data()
+    md = markdown_summary(replace(d, forecast_basis="hard segments"))
+    assert sorted(md_legend_terms(md)) == ["forecast share", "share", "weight"]
+    assert "| segment | share 2026-01-07 | forecast share, next snapshot |" in md
+    no_forecast = markdown_summary(make_data(history=False))
+    assert sorted(md_legend_terms(no_forecast)) == ["share", "weight"]
+    assert_one_word_per_quantity(md_headers(no_forecast), ["share", "weight"])
+
+
+def test_the_readme_defines_the_same_words_once():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    defined = re.findall(r"^- \*\*([^*]+)\*\* — \S", readme, flags=re.M)
+    assert sorted(t for t in defined if t in TERMS) == sorted(TERMS)
+
+
+# --- the page's layout ---------------------------------------------------------------------------
+
+
+def test_wide_segment_tables_are_split_and_rows_and_fit_has_no_empty_header(page):
+    tables = re.findall(r"<table[^>]*>(.*?)</table>", page, flags=re.S)
+    for t in tables:  # a segment's numbers, then its features' means: no table of 13 columns
+        head = re.search(r"<thead><tr>(.*?)</tr></thead>", t)
+        assert head is None or head[1].count("<th") <= 10, head
+    (fit,) = [t for t in tables if "<caption>Rows and fit</caption>" in t]
+    assert "<thead>" not in fit
+    assert all(h for h in html_headers(page))  # no empty header cell anywhere
+    wide = html_report(make_data(k=3, d=14, m=200, history=False))
+    caps = re.findall(r"<caption>(Mean of each feature[^<]*)</caption>", wide)
+    assert caps == [f"Mean of each feature, in its original units ({i} of 3)" for i in (1, 2, 3)]
+
+
+def test_report_says_why_it_has_no_bic_curve():
+    single = html_report(make_data(k=4, m=200, history=False))
+    assert 'data-chart="bic"' not in single
+    section = single[single.index('<section id="model-selection">') :]
+    section = section[: section.index("</section>")]
+    assert "Single K fitted (K=4): there is no BIC curve. Run select-k" in section
+
+
+def test_run_time_is_the_jobs_total_and_the_backtest_is_in_points():
+    from dataclasses import replace
+
+    d = replace(make_data(), seconds=18.04)  # the phases add up to 12.6 s
+    page = html_report(d)
+    assert "<dt>run time</dt><dd>18.0 s</dd>" in page
+    assert "12.6 s" not in page
+    assert "Run time 18.0 s, as the command line prints it" in page
+    assert "Run time 18.0 s." in markdown_summary(d)
+    # MAE 0.004 and 0.005 (markov), TV 0.01 and 0.012: 0.45 and 1.10 points on average
+    assert "| markov | 0.45 | 1.10 | 0.0850 |" in markdown_summary(d)
+    assert re.search(r"<td>markov</td><td class=\"num\">0\.40</td><td class=\"num\">1\.00</td>", page)
+
+
+def test_size_labels_end_inside_the_plot_clear_of_the_change_column():
+    from gmm_dask.report.charts_segments import _draw_sizes, _sizes_by_id
+
+    d = make_data(k=5)
+    long = {s: f"very high items created (94 %, ~6), high minutes per session {s}" for s in range(5)}
+    d.segments["name"] = [long[s] for s in d.segments["segment"]]
+    d.segment_names.update(long)
+    now, prev = _sizes_by_id(d.segments), _sizes_by_id(d.previous_segments)
+    order = sorted(now, key=lambda s: -now[s][0]) + [s for s in prev if s not in now]
+    fig = _draw_sizes(d, order, now, prev)
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    right = ax.get_window_extent().x1
+    labels = [t for t in ax.texts if "(" in t.get_text() and "%" in t.get_text()]
+    assert len(labels) == 5
+    assert all(t.get_window_extent().x1 <= right for t in labels), [t.get_text() for t in labels]
+
+
+def _count_in(box, pts: np.ndarray) -> int:
+    """How many display points (m, 2) lie inside ``box`` (a matplotlib Bbox)."""
+    inside = (pts[:, 0] >= box.x0) & (pts[:, 0] <= box.x1) & (pts[:, 1] >= box.y0) & (pts[:, 1] <= box.y1)
+    return int(inside.sum())
+
+
+def test_mean_labels_sit_off_their_marks_where_fewer_users_are():
+    from gmm_dask.report.charts_model import _draw_2d, _pca, _sample
+
+    p = _sample(make_data(k=5, m=3000))
+    fig = _draw_2d(p)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    pts = ax.transData.transform(_pca(p.z, p.means)[0])
+    boxes = {a.get_bbox_patch().get_gid(): a.get_bbox_patch().get_window_extent() for a in ax.texts}
+    marks = {ln.get_gid(): ln for ln in ax.lines if (ln.get_gid() or "").startswith("mean-")}
+    assert len(boxes) == len(marks) == 5
+    for gid, line in marks.items():
+        box = boxes[gid.replace("mean-", "mean-label-")]
+        x, y = ax.transData.transform(np.column_stack(line.get_data()))[0]
+        r = line.get_markersize() / 72 * fig.dpi / 2
+        assert not (box.x0 - r < x < box.x1 + r and box.y0 - r < y < box.y1 + r), gid  # off its mark
+        under = _count_in(box, pts)
+        on_mark = _count_in(box.translated(x - (box.x0 + box.x1) / 2, y - (box.y0 + box.y1) / 2), pts)
+        assert under <= on_mark, (gid, under, on_mark)  # where fewer users are than on the mark
+        assert ax.bbox.contains(box.x0, box.y0), gid  # inside the plot
+        assert ax.bbox.contains(box.x1, box.y1), gid
+
+
 # --- the family tree -----------------------------------------------------------------------------
 
 
@@ -477,6 +644,29 @@ def test_report_renders_in_headless_chromium_and_every_chart_draws(chromium, pag
                 # drawn: the pixels on screen carry ink (marks, text, colour), not an empty box
                 pixels = np.asarray(Image.open(io.BytesIO(_screenshot(svg))).convert("L"))
                 assert (pixels < 200).mean() > 0.02, (name, (pixels < 200).mean())
+            # every table fits its box at the page's content width: nothing hides behind a scroll
+            widths = tab.evaluate(
+                "[...document.querySelectorAll('table')].map(t => [t.querySelector('caption, th').textContent,"
+                " t.getBoundingClientRect().width, t.parentElement.clientWidth])"
+            )
+            assert len(widths) >= 10
+            assert [w for w in widths if w[1] > w[2] + 0.5] == [], widths
+            # the users' chart: each mean's label is drawn clear of its mark
+            labels = tab.locator('figure[data-chart="projection"] g[id*="mean-label-"]')
+            assert labels.count() == 5
+            for i in range(labels.count()):
+                label = labels.nth(i)
+                mark = tab.locator(f"#{label.get_attribute('id').replace('mean-label-', 'mean-')}")
+                a, b = label.bounding_box(), mark.bounding_box()
+                assert a is not None
+                assert b is not None
+                apart = (
+                    a["x"] >= b["x"] + b["width"]
+                    or b["x"] >= a["x"] + a["width"]
+                    or a["y"] >= b["y"] + b["height"]
+                    or b["y"] >= a["y"] + a["height"]
+                )
+                assert apart, (label.get_attribute("id"), a, b)
             tab.evaluate("window.scrollTo(0, 0)")
             png = _screenshot(tab)  # the viewport: full-page captures of long pages are flaky in Chromium
         finally:

@@ -12,6 +12,7 @@ import numpy as np
 from gmm_dask.report.charts import Chart, mpl_text, new_figure, percent_axis, render
 from gmm_dask.report.data import ReportData, has_rows
 from gmm_dask.report.palette import INK, PALETTE
+from gmm_dask.report.terms import FORECAST_SHARE, forecast_basis_term
 from gmm_dask.report.text import is_finite
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def _mae_caption(scores: pd.DataFrame | None) -> str:
     parts = [f"{m} {100 * v:.2f} pp" for m, v in agg.items() if is_finite(v)]
     if not parts:
         return ""
-    return f" Mean absolute error of the shares over {n} held-out snapshot{'s' if n != 1 else ''}: {', '.join(parts)}."
+    return f" Mean absolute error of the {FORECAST_SHARE} over {n} held-out snapshot{'s' if n != 1 else ''}: {', '.join(parts)}."
 
 
 def _segment_order(d: ReportData) -> tuple[dict[int, str], list[int]]:
@@ -171,13 +172,17 @@ def _draw_forecast(d: ReportData, dates: list[str], names: dict[int, str], order
         percent_axis(ax.xaxis)
         ax.grid(axis="x", zorder=0)
         ax.set_axisbelow(True)
-        ax.set_xlabel("share of users")
+        ax.set_xlabel(forecast_basis_term(d))
         ax.margins(x=0.12)
     axes[0].set_yticks(np.arange(len(order)), [mpl_text(names.get(s, s)) for s in order])
     axes[0].set_ylim(len(order) - 0.5, -0.5)
     _shared_legend(fig, axes)
     fig.suptitle(
-        "Forecast of segment shares against actuals", x=0.01, ha="left", fontweight="bold", fontsize=11
+        f"The {FORECAST_SHARE} against the actual {forecast_basis_term(d)}",
+        x=0.01,
+        ha="left",
+        fontweight="bold",
+        fontsize=11,
     )
     return fig
 
@@ -190,12 +195,14 @@ def chart_forecast(d: ReportData) -> Chart | None:
         return None
     dates = sorted(bt["held_out"].astype(str).unique())[-3:] if has_rows(bt) else []
     names, order = _segment_order(d)
-    cap = f"Segment shares ({d.forecast_basis}): "
+    basis = forecast_basis_term(d)
+    cap = f"The segments' {basis} ({d.forecast_basis}): "
     if dates:
         cap += (
-            "for held-out snapshots, the actual share against the Markov forecast (the previous shares times "
-            "a transition matrix fitted on the steps before them, recent steps weighted more) and "
-            "persistence (shares unchanged)"
+            f"for held-out snapshots, the actual {basis} against the {FORECAST_SHARE} (the Markov "
+            f"forecast: the previous {basis} times a transition matrix fitted on the steps before them, "
+            "recent steps weighted more) and "
+            f"persistence (the {basis} unchanged)"
         )
     if has_rows(fc):
         cap += ("; " if dates else "") + f"the forecast for the snapshot after {d.snapshot}"

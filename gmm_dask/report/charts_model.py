@@ -96,6 +96,17 @@ def chart_bic(d: ReportData) -> Chart | None:
     return Chart("bic", render("bic", draw), html.escape(cap))
 
 
+def no_bic_curve(d: ReportData) -> str:
+    """One line: why the report has no BIC curve (:func:`chart_bic` gave ``None``)."""
+    label = (d.criterion if has_rows(d.bic_table) and d.criterion in d.bic_table.columns else "bic").upper()
+    if has_rows(d.bic_table):
+        return f"No candidate of the model selection has a finite {label}: there is no curve to draw."
+    return (
+        f"Single K fitted (K={len(d.segments)}): there is no {label} curve. Run select-k "
+        "(gmm-dask select-k, or the select-k deployment) for the curve over a range of K."
+    )
+
+
 def _pca(z: np.ndarray, means: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Rows ``z`` (m, D) and ``means`` (K, D) on the first two principal components of ``z``, and
     each component's fraction of the variance."""
@@ -125,6 +136,12 @@ class _Sample:
     def raster(self) -> bool:
         return len(self.z) > 1500
 
+    @property
+    def by_id(self) -> bool:
+        """Whether the means are labelled by id (and the legend says which id is which name): more
+        than 10 segments, or a name too long for a label inside the plot."""
+        return len(self.comp_ids) > 10 or any(len(str(self.names.get(s, s))) > 24 for s in self.comp_ids)
+
 
 def _sample(d: ReportData) -> _Sample | None:
     """The report's sample of users, finite rows only, at most 20,000; ``None`` for fewer than 2."""
@@ -152,32 +169,113 @@ def _sample(d: ReportData) -> _Sample | None:
     return _Sample(z, seg, means, comp_ids, present, d.names(), d.colors())
 
 
-def _mark_means(ax: Axes, p: _Sample, mp: np.ndarray) -> None:
-    """Each component's projected mean: a cross, labelled with its name (its id when K > 10)."""
-    import matplotlib.patheffects as pe
+#: Where a mean's label may go, as unit steps (x, y) from the mean: the eight compass points.
+_LABEL_STEPS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
 
-    halo = [pe.withStroke(linewidth=3, foreground="white")]
-    short = len(p.comp_ids) > 10  # long names would pile up: the id, and the legend names it
-    for (x, y), s in zip(mp, p.comp_ids, strict=True):
+
+def _label_rect(spot: np.ndarray, step: tuple[int, int], size: np.ndarray) -> np.ndarray:
+    """The box (x0, x1, y0, y1) of a label of ``size`` (w, h) anchored at ``spot``, on the side
+    of it that ``step`` points to (the label's text runs away from its mark)."""
+    (x, y), (w, h) = spot, size
+    sx, sy = np.sign(step[0]), np.sign(step[1])
+    left = x - (w if sx < 0 else w / 2 if sx == 0 else 0.0)
+    bottom = y - (h if sy < 0 else h / 2 if sy == 0 else 0.0)
+    return np.array([left, left + w, bottom, bottom + h])
+
+
+def label_offsets(
+    pts: np.ndarray,
+    marks: np.ndarray,
+    sizes: np.ndarray,
+    reach: tuple[float, float],
+    box: tuple[float, float, float, float],
+) -> list[tuple[int, int]]:
+    """Where to put each mark's label: for each mark (K, 2) with a label of ``sizes`` (K, 2: width
+    and height, data units), the compass step (x, y) of :data:`_LABEL_STEPS` — the label anchored
+    ``reach`` (x, y) away from the mark on that side — that covers the fewest points of ``pts``
+    (m, 2). A label that leaves ``box`` (x0, x1, y0, y1: the axes), covers a mark, or overlaps a
+    label placed before it is crowded; where every step is, the steps twice as far are tried (and
+    come back doubled). Deterministic: ties go to the first step."""
+    full = len(pts) + 1  # the cost of a place no label should take
+    finite = np.all(np.isfinite(marks), axis=1)
+    placed: list[np.ndarray] = []
+
+    def cost(r: np.ndarray) -> int:
+        under = (pts[:, 0] >= r[0]) & (pts[:, 0] <= r[1]) & (pts[:, 1] >= r[2]) & (pts[:, 1] <= r[3])
+        outside = r[0] < box[0] or r[1] > box[1] or r[2] < box[2] or r[3] > box[3]
+        on_mark = any(r[0] <= m[0] <= r[1] and r[2] <= m[1] <= r[3] for m in marks[finite])
+        clash = any(r[0] < q[1] and q[0] < r[1] and r[2] < q[3] and q[2] < r[3] for q in placed)
+        return int(under.sum()) + full * (outside + on_mark + clash)
+
+    out = []
+    for m, size, ok in zip(marks, sizes, finite, strict=True):
+        best, best_cost, best_rect = _LABEL_STEPS[0], np.inf, None
+        for ring in (1, 2) if ok else ():
+            for dx, dy in _LABEL_STEPS:
+                step = (ring * dx, ring * dy)
+                r = _label_rect(m + np.array([step[0] * reach[0], step[1] * reach[1]]), step, size)
+                c = cost(r)
+                if c < best_cost:
+                    best, best_cost, best_rect = step, c, r
+            if best_cost < full:
+                break
+        if best_rect is not None:
+            placed.append(best_rect)
+        out.append(best)
+    return out
+
+
+def _mark_means(ax: Axes, p: _Sample, mp: np.ndarray, pts: np.ndarray, axes_pt: tuple[float, float]) -> None:
+    """Each component's projected mean: a cross, labelled with its name (its id: :attr:`_Sample.by_id`)
+    in a white box, set off towards the emptiest side (:func:`label_offsets`) with a leader line."""
+    texts = [str(s) if p.by_id else mpl_text(p.names.get(s, s)) for s in p.comp_ids]
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    w_pt, h_pt = axes_pt  # about: the layout is not done yet
+    # an 8 pt bold label with its box: ~5.2 pt a character, 14 pt high
+    sizes = np.array([[(len(t) * 5.2 + 6) / w_pt * (x1 - x0), 14 / h_pt * (y1 - y0)] for t in texts])
+    reach = (0.05 * (x1 - x0), 0.06 * (y1 - y0))
+    steps = label_offsets(pts, mp, sizes, reach, (x0, x1, y0, y1))
+    for (x, y), s, text, (dx, dy) in zip(mp, p.comp_ids, texts, steps, strict=True):
         if not (np.isfinite(x) and np.isfinite(y)):
             continue
-        ax.plot(x, y, marker="X", markersize=9, color=p.colors.get(s, GONE), mec=INK, mew=0.9)
-        ax.annotate(
-            str(s) if short else mpl_text(p.names.get(s, s)),
+        ax.plot(
+            x,
+            y,
+            marker="X",
+            markersize=9,
+            color=p.colors.get(s, GONE),
+            mec=INK,
+            mew=0.9,
+            zorder=4,
+            gid=f"mean-{s}",
+        )
+        label = ax.annotate(
+            text,
             (x, y),
-            xytext=(6, 5),
-            textcoords="offset points",
+            xytext=(x + dx * reach[0], y + dy * reach[1]),
+            ha=("right", "center", "left")[int(np.sign(dx)) + 1],
+            va=("top", "center", "bottom")[int(np.sign(dy)) + 1],
             fontsize=8,
             fontweight="bold",
             color=INK,
-            path_effects=halo,
+            bbox={"boxstyle": "round,pad=0.25", "fc": "white", "ec": MUTED, "lw": 0.6, "alpha": 0.9},
+            arrowprops={"arrowstyle": "-", "color": INK, "lw": 0.7, "shrinkA": 0, "shrinkB": 5},
+            zorder=5,
         )
+        label.set_in_layout(False)  # placed inside the axes: the layout need not make room for it
+        box = label.get_bbox_patch()
+        if box is not None:
+            box.set_gid(f"mean-label-{s}")
 
 
 def _draw_2d(p: _Sample) -> Figure:
     """The users on the first two principal components, coloured by segment, means marked."""
     pts, mp, frac = _pca(p.z, p.means)
-    fig = new_figure(8.6, 5.6)
+    # long names: the legend goes under the plot, which keeps the figure's width
+    below = any(len(str(p.names.get(s, s))) > 40 for s in p.present) and len(p.present) <= 10
+    height = 5.6 + (0.2 * len(p.present) + 0.3 if below else 0.0)
+    fig = new_figure(8.6, height)
     ax = fig.add_subplot()
     for s in p.present:
         sel = p.seg == s
@@ -188,13 +286,14 @@ def _draw_2d(p: _Sample) -> Figure:
             alpha=0.45,
             color=p.colors.get(s, GONE),
             linewidths=0,
-            label=f"{mpl_text(p.names.get(s, s))} ({int(sel.sum()):,})"
-            if len(p.comp_ids) <= 10
-            else f"{s}: {mpl_text(p.names.get(s, s))} ({int(sel.sum()):,})",
+            label=f"{s}: {mpl_text(p.names.get(s, s))} ({int(sel.sum()):,})"
+            if p.by_id
+            else f"{mpl_text(p.names.get(s, s))} ({int(sel.sum()):,})",
             rasterized=p.raster,
         )
     if mp is not None:
-        _mark_means(ax, p, mp)
+        # the axes' size in points, about (a legend beside it takes a third of the width)
+        _mark_means(ax, p, mp, pts, ((0.88 if below else 0.6) * 8.6 * 72, 0.75 * 5.6 * 72))
     ax.set_xlabel(f"PC1 ({fmt_pct(frac[0])} of variance)")
     ax.set_ylabel(f"PC2 ({fmt_pct(frac[1])} of variance)" if len(frac) > 1 else "PC2")
     ax.grid(zorder=0)
@@ -203,7 +302,7 @@ def _draw_2d(p: _Sample) -> Figure:
     leg = ax.legend(
         title="segment (sampled users)",
         loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
+        bbox_to_anchor=(0.0, -0.12) if below else (1.01, 1.0),
         markerscale=2.5,
         title_fontsize=8,
         alignment="left",
@@ -316,6 +415,6 @@ def chart_family_tree(d: ReportData) -> Chart | None:
         "Hierarchical clustering of the fitted Gaussians (model space). Distance: the square root of the "
         "Bhattacharyya distance between two components (0 = identical; with equal covariances, the Mahalanobis "
         "distance between the means over √8), made Euclidean by classical MDS; linkage: Ward. Segments that "
-        "join early are the most alike: candidates to merge. Labels: segment (mixture weight)."
+        "join early are the most alike: candidates to merge. Labels: segment (weight)."
     )
     return Chart("family-tree", render("family-tree", draw), html.escape(cap))

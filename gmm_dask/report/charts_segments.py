@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.text import Annotation
 
 #: segment id -> (users, share)
 _Sizes = dict[int, tuple[int, float]]
@@ -41,8 +42,8 @@ def _size_change(s: int, now: _Sizes, prev: _Sizes) -> tuple[str, str]:
     return fmt_signed_pct(rel), INK
 
 
-def _size_row(ax: Axes, i: int, s: int, now: _Sizes, prev: _Sizes, color: str, has_prev: bool) -> None:
-    """Row ``i`` of the sizes chart: the bars of segment ``s``, their label and its change."""
+def _size_row(ax: Axes, i: int, s: int, now: _Sizes, prev: _Sizes, color: str, has_prev: bool) -> Annotation:
+    """Row ``i`` of the sizes chart: the bars of segment ``s``, their label (returned) and its change."""
     if has_prev and s in prev:
         ax.barh(i, prev[s][0], height=0.78, color="#e4e4e4", edgecolor="#b5b5b5", linewidth=0.6, zorder=1)
     if s in now:
@@ -52,12 +53,35 @@ def _size_row(ax: Axes, i: int, s: int, now: _Sizes, prev: _Sizes, color: str, h
     else:
         label = ""
     end = max(now.get(s, (0, 0))[0], prev.get(s, (0, 0))[0] if has_prev else 0)
-    ax.annotate(
+    note = ax.annotate(
         label, (end, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8, color=INK
     )
     if has_prev:
         change, tone = _size_change(s, now, prev)
         ax.text(1.02, i, change, transform=ax.get_yaxis_transform(), va="center", fontsize=8, color=tone)
+    return note
+
+
+def _fit_labels(fig: Figure, ax: Axes, labels: list[Annotation]) -> None:
+    """Widen the x axis (from 0) until every bar's label ends inside the plot, clear of the change
+    column beside it: each label's width is measured on the laid-out figure (twice: the layout
+    moves when the tick labels do)."""
+    for _ in range(2):
+        fig.draw_without_rendering()
+        box = ax.get_window_extent()
+        x1 = ax.get_xlim()[1]
+        need = x1
+        for t in labels:
+            if not t.get_text():
+                continue
+            end = float(t.xy[0])
+            ext = t.get_window_extent()
+            room = box.width - 6 - (ext.x1 - ax.transData.transform((end, 0))[0])  # px left for the bar
+            if room > 0:
+                need = max(need, end * box.width / room)
+        if need <= x1 * 1.001:
+            return
+        ax.set_xlim(0, need)
 
 
 def _draw_sizes(d: ReportData, order: list[int], now: _Sizes, prev: _Sizes) -> Figure:
@@ -69,8 +93,7 @@ def _draw_sizes(d: ReportData, order: list[int], now: _Sizes, prev: _Sizes) -> F
     ax = fig.add_subplot()
     y = np.arange(n)
     top = max([now.get(s, (0, 0))[0] for s in order] + [prev.get(s, (0, 0))[0] for s in order] + [1])
-    for i, s in enumerate(order):
-        _size_row(ax, i, s, now, prev, colors[s], has_prev)
+    labels = [_size_row(ax, i, s, now, prev, colors[s], has_prev) for i, s in enumerate(order)]
     if has_prev:
         ax.text(
             1.02,
@@ -102,6 +125,7 @@ def _draw_sizes(d: ReportData, order: list[int], now: _Sizes, prev: _Sizes) -> F
             loc="outside lower center",
             ncols=2,
         )
+    _fit_labels(fig, ax, labels)
     return fig
 
 
@@ -336,14 +360,14 @@ def chart_transitions(d: ReportData) -> Chart | None:
         ax.set_xlabel(f"to {d.snapshot}")
         ax.set_title("Transitions between snapshots")
         cb = fig.colorbar(im, ax=ax, shrink=0.9, aspect=25)
-        cb.set_label("share of the row's users")
+        cb.set_label("% of the row's users")
         percent_axis(cb.ax.yaxis, 0)
         cb.outline.set_visible(False)
         return fig
 
     cap = (
         f"Where the users of each segment of {d.previous_snapshot or 'the previous snapshot'} are on {d.snapshot}"
-        " (users present on both dates; row labels give their number). Each cell: the share of the row's users"
+        " (users present on both dates; row labels give their number). Each cell: % of the row's users"
         + ("." if c > 12 else " and their number.")
     )
     return Chart("transitions", render("transitions", draw), html.escape(cap))

@@ -36,6 +36,7 @@ class ReportData:
     fit : model metadata; any of n_iter, converged, log_likelihood, bic, aic, covariance_type,
         degenerate {pruned: [...]}, reseeded_components, alignment {...}.
     phases : phase name -> seconds.
+    seconds : the job's total run time (what the command line prints); None where unknown.
     segments : one row per segment: segment (id), name, weight, size, share, mean_<feature> (original
         units), degenerate (reason or NA), mean_entropy_bits, high_entropy_share.
     profile_z : (K, D), index segment ids in ``segments`` order, columns ``features``: each
@@ -57,7 +58,8 @@ class ReportData:
     forecast : segment, name, share_now, share_forecast (the next snapshot).
     backtest : held_out, segment, name, actual, markov, persistence (shares on held-out snapshots).
     backtest_scores : held_out, method ("markov" | "persistence"), share_mae, share_tv, user_brier.
-    audiences : audience, definition, n_users, path.
+    audiences : audience, definition, n_users, path (the audience's own CSV files, a glob; NA when it
+        has no users, so no file).
     forecast_basis : what the forecast's shares are (mean membership γ, or hard segments).
     tables : table name -> path written.
     """
@@ -93,6 +95,7 @@ class ReportData:
     audiences: pd.DataFrame | None = None
     forecast_basis: str = "mean membership γ"  # what the forecast's shares are
     tables: dict[str, str] = field(default_factory=dict)
+    seconds: float | None = None
 
     def names(self) -> dict[int, str]:
         """Segment id -> name, from every source that names one (this snapshot's names win)."""
@@ -126,6 +129,19 @@ def band_total(d: ReportData) -> int:
 def feature_cols(d: ReportData) -> list[tuple[str, str]]:
     """(feature, column of its mean in ``segments``) for the features the segments table has."""
     return [(f, f"mean_{f}") for f in d.features if f"mean_{f}" in d.segments.columns]
+
+
+#: At most this many feature columns per table of feature means, so that it fits the page.
+PROFILE_COLUMNS = 6
+
+
+def feature_groups(d: ReportData) -> list[list[tuple[str, str]]]:
+    """:func:`feature_cols` split evenly over as few tables as keep each to at most
+    :data:`PROFILE_COLUMNS` features."""
+    feats = feature_cols(d)
+    n = -(-len(feats) // PROFILE_COLUMNS)
+    per = -(-len(feats) // n) if n else 1
+    return [feats[i : i + per] for i in range(0, len(feats), per)]
 
 
 def flagged_components(d: ReportData) -> list[tuple[str, str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 
 from gmm_dask.report.charts_forecast import chart_forecast
-from gmm_dask.report.charts_model import chart_bic, chart_family_tree, chart_projection
+from gmm_dask.report.charts_model import chart_bic, chart_family_tree, chart_projection, no_bic_curve
 from gmm_dask.report.charts_segments import chart_entropy, chart_profile, chart_sizes, chart_transitions
 from gmm_dask.report.data import TITLES, ReportData, has_rows
 from gmm_dask.report.tables import (
@@ -62,6 +62,9 @@ th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left;verti
 th{background:#f0f2f5;font-weight:600;vertical-align:bottom}
 td.num,th.num{text-align:right}
 td:first-child{white-space:nowrap}
+table.names td:first-child{white-space:normal;min-width:12em;max-width:26em}
+dl.legend{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;font-size:13.5px;margin:0 0 16px;max-width:100ch}
+dl.legend dt{font-weight:600}dl.legend dd{margin:0;color:var(--muted)}
 tbody tr:nth-child(even){background:#fafbfc}
 tr.selected td{background:#fff4cc;font-weight:600}
 tr.total td{font-weight:600;border-top:2px solid var(--line)}
@@ -104,8 +107,13 @@ def _model_sections(d: ReportData) -> list[_Section]:
         sections.append(("forecast", "Forecast", figure_html(fc) + scores_table(d) + forecast_table(d)))
 
     bic = chart_bic(d)
-    if bic:
-        sections.append(("model-selection", "Model selection", figure_html(bic) + bic_candidates_table(d)))
+    sections.append(
+        (
+            "model-selection",
+            "Model selection",
+            figure_html(bic) + bic_candidates_table(d) if bic else note(no_bic_curve(d)),
+        )
+    )
 
     proj = chart_projection(d)
     sections.append(
@@ -136,9 +144,7 @@ def _run_sections(d: ReportData) -> list[_Section]:
         sections.append(("audiences", "Audiences", audiences_table(d)))
 
     run_body = (
-        html_table(["", ""], fit_rows(d), numeric=[1], caption="Rows and fit")
-        + phases_table(d)
-        + tables_table(d)
+        html_table([], fit_rows(d), numeric=[1], caption="Rows and fit") + phases_table(d) + tables_table(d)
     )
     sections.append(("run", "Run", run_body))
     return sections

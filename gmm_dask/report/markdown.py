@@ -14,12 +14,13 @@ from gmm_dask.report.data import (
     ReportData,
     band_total,
     blended_pairs,
-    feature_cols,
+    feature_groups,
     flagged_components,
     has_rows,
     pruned_components,
     pruned_text,
 )
+from gmm_dask.report.terms import FORECAST_SHARE, SHARE, WEIGHT, forecast_basis_term, legend
 from gmm_dask.report.text import DASH, fmt_compact, fmt_gamma_pair, fmt_int, fmt_num, fmt_pct, is_finite
 from gmm_dask.segmentation.fit_record import promotion_like
 
@@ -53,6 +54,8 @@ def _md_header(d: ReportData) -> list[str]:
             f"EM: {fmt_int(f.get('n_iter'))} iterations, converged: {conv}, mean log-likelihood "
             f"{fmt_num(f.get('log_likelihood'), '.6f')}, BIC {fmt_num(f.get('bic'), ',.1f')}, AIC {fmt_num(f.get('aic'), ',.1f')}."
         )
+    if d.seconds is not None and is_finite(d.seconds):
+        lines.append(f"Run time {fmt_num(d.seconds, '.1f')} s.")
     shift = promotion_like(f)
     if shift is not None:
         lines.append(f"**Warning: {shift}.**")
@@ -60,27 +63,41 @@ def _md_header(d: ReportData) -> list[str]:
 
 
 def _md_segments(d: ReportData) -> list[str]:
-    """The segments table, then the degenerate, re-seeded and pruned components."""
+    """The segments table and the legend of its quantities (:func:`md_legend`), the feature
+    means (a table per group of features), then the degenerate, re-seeded and pruned components."""
     lines = ["", "## Segments", ""]
-    feats = feature_cols(d)
-    headers = ["segment", "id", "weight", "users", "share", "mean entropy (bits)", "high-entropy share"] + [
-        f for f, _ in feats
+    headers = [
+        "segment",
+        "id",
+        WEIGHT,
+        "users",
+        SHARE,
+        "mean entropy (bits)",
+        "high entropy (% of its users)",
     ]
-    rows = []
-    for _, r in d.segments.iterrows():
-        rows.append(
-            [
-                r["name"],
-                int(r["segment"]),
-                fmt_num(r.get("weight"), ".3f"),
-                fmt_int(r.get("size")),
-                fmt_pct(r.get("share")),
-                fmt_num(r.get("mean_entropy_bits"), ".3f"),
-                fmt_pct(r.get("high_entropy_share")),
-            ]
-            + [fmt_compact(r.get(col)) for _, col in feats]
-        )
+    rows = [
+        [
+            r["name"],
+            int(r["segment"]),
+            fmt_num(r.get("weight"), ".3f"),
+            fmt_int(r.get("size")),
+            fmt_pct(r.get("share")),
+            fmt_num(r.get("mean_entropy_bits"), ".3f"),
+            fmt_pct(r.get("high_entropy_share")),
+        ]
+        for _, r in d.segments.iterrows()
+    ]
     lines += _md_table(headers, rows, right=range(1, len(headers)))
+    lines += ["", *md_legend(d)]
+    groups = feature_groups(d)
+    for g, group in enumerate(groups):
+        part = f" ({g + 1} of {len(groups)})" if len(groups) > 1 else ""
+        lines += ["", f"### Mean of each feature, in its original units{part}", ""]
+        lines += _md_table(
+            ["segment"] + [f for f, _ in group],
+            [[r["name"]] + [fmt_compact(r.get(c)) for _, c in group] for _, r in d.segments.iterrows()],
+            right=range(1, len(group) + 1),
+        )
     flagged = flagged_components(d)
     if flagged:
         lines += ["", "## Degenerate components", ""] + [f"- **{n}**: {v}" for n, v in flagged]
@@ -98,7 +115,7 @@ def _md_entropy(d: ReportData) -> list[str]:
     lines = ["", "## Entropy bands", ""]
     total = band_total(d)
     lines += _md_table(
-        ["band", "users", "share"],
+        ["band", "users", "% of users"],
         [
             [b, fmt_int(n), fmt_pct(n / total) if total and is_finite(n) else DASH]
             for b, n in d.band_count.items()
@@ -142,7 +159,7 @@ def _md_audiences_forecast(d: ReportData) -> list[str]:
     if has_rows(d.forecast):
         lines += ["", "## Forecast for the next snapshot", ""]
         lines += _md_table(
-            ["segment", f"share {d.snapshot}", "forecast"],
+            ["segment", f"{forecast_basis_term(d)} {d.snapshot}", f"{FORECAST_SHARE}, next snapshot"],
             [
                 [r.name, fmt_pct(r.share_now), fmt_pct(r.share_forecast)]
                 for r in d.forecast.itertuples(index=False)
@@ -152,8 +169,13 @@ def _md_audiences_forecast(d: ReportData) -> list[str]:
     return lines
 
 
-def _md_backtest(sc: pd.DataFrame) -> list[str]:
-    """The backtest's errors by method, averaged over the held-out snapshots."""
+def md_legend(d: ReportData) -> list[str]:
+    """The quantities' definitions (:func:`gmm_dask.report.terms.legend`): one line each."""
+    return [f"- **{term}**: {text}" for term, text in legend(d)]
+
+
+def _md_backtest(d: ReportData, sc: pd.DataFrame) -> list[str]:
+    """The backtest's errors by method, averaged over the held-out snapshots, in percentage points."""
     lines = ["", "## Backtest", ""]
     if {"method", "share_mae"} <= set(sc.columns):
         agg = sc.groupby("method").agg(
@@ -161,8 +183,8 @@ def _md_backtest(sc: pd.DataFrame) -> list[str]:
         )
         hdr = ["method"] + [
             {
-                "share_mae": "MAE of shares (pp)",
-                "share_tv": "total variation",
+                "share_mae": "MAE (pp)",
+                "share_tv": "total variation (pp)",
                 "user_brier": "user Brier",
             }[k]
             for k in agg.columns
@@ -170,13 +192,19 @@ def _md_backtest(sc: pd.DataFrame) -> list[str]:
         rows = [
             [m]
             + [
-                fmt_num(100 * v, ".2f") if k == "share_mae" and is_finite(v) else fmt_num(v, ".4f")
+                fmt_num(100 * v, ".2f")
+                if k in ("share_mae", "share_tv") and is_finite(v)
+                else fmt_num(v, ".4f")
                 for k, v in r.items()
             ]
             for m, r in agg.iterrows()
         ]
         n = sc["held_out"].nunique() if "held_out" in sc.columns else len(sc)
-        lines += [f"Mean over {n} held-out snapshot{'s' if n != 1 else ''}.", ""]
+        lines += [
+            f"Errors of the {FORECAST_SHARE} against the actual {forecast_basis_term(d)}, in percentage "
+            f"points, mean over {n} held-out snapshot{'s' if n != 1 else ''}.",
+            "",
+        ]
         lines += _md_table(hdr, rows, right=range(1, len(hdr)))
     return lines
 
@@ -187,7 +215,7 @@ def markdown_summary(data: ReportData) -> str:
     d = data
     lines = _md_header(d) + _md_segments(d) + _md_entropy(d) + _md_audiences_forecast(d)
     if has_rows(d.backtest_scores):
-        lines += _md_backtest(d.backtest_scores)
+        lines += _md_backtest(d, d.backtest_scores)
     if d.tables:
         lines += ["", "## Tables", ""] + [f"- `{k}`: `{v}`" for k, v in d.tables.items()]
     return "\n".join(lines) + "\n"

@@ -11,12 +11,13 @@ from gmm_dask.report.data import (
     ReportData,
     band_total,
     blended_pairs,
-    feature_cols,
+    feature_groups,
     flagged_components,
     has_rows,
     pruned_components,
     pruned_text,
 )
+from gmm_dask.report.terms import FORECAST_SHARE, SHARE, WEIGHT, forecast_basis_term, legend
 from gmm_dask.report.text import (
     DASH,
     fmt_compact,
@@ -41,8 +42,11 @@ def html_table(
     numeric: Iterable[int] = (),
     caption: str = "",
     row_class: Sequence[str] | None = None,
+    name_column: bool = False,
 ) -> str:
-    """An HTML table; every value is escaped; columns listed in ``numeric`` are right-aligned."""
+    """An HTML table; every value is escaped; columns listed in ``numeric`` are right-aligned.
+    No ``headers``: no header row (a table of label, value rows). ``name_column``: the first
+    column holds segment names, which wrap (they can be long)."""
     num = set(numeric)
     head = "".join(
         f'<th{" class=num" if i in num else ""} scope="col">{html.escape(h).replace("_", "_<wbr>")}</th>'
@@ -55,7 +59,9 @@ def html_table(
             f"<tr{cls}>" + "".join(_cell(v, "num" if i in num else "") for i, v in enumerate(row)) + "</tr>"
         )
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f'<div class="table-wrap"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    thead = f"<thead><tr>{head}</tr></thead>" if headers else ""
+    tcls = ' class="names"' if name_column else ""
+    return f'<div class="table-wrap"><table{tcls}>{cap}{thead}<tbody>{"".join(body)}</tbody></table></div>'
 
 
 def figure_html(ch: Chart) -> str:
@@ -70,22 +76,24 @@ def note(text: str) -> str:
     return f'<p class="note">{html.escape(text)}</p>'
 
 
-def segments_table(d: ReportData) -> str:
-    """One row per segment (with the previous share where there is one), then the degenerate ones."""
-    seg = d.segments
-    feats = feature_cols(d)
-    prev = {}
-    if has_rows(d.previous_segments):
-        prev = {
-            int(s): float(sh)
-            for s, sh in zip(d.previous_segments["segment"], d.previous_segments["share"], strict=True)
-        }
-    headers = ["segment", "id", "weight π", "users", "share"]
+def _previous_shares(d: ReportData) -> dict[int, float]:
+    if not has_rows(d.previous_segments):
+        return {}
+    return {
+        int(s): float(sh)
+        for s, sh in zip(d.previous_segments["segment"], d.previous_segments["share"], strict=True)
+    }
+
+
+def _summary_table(d: ReportData) -> str:
+    """One row per segment: weight, users, share (and the previous share), entropy."""
+    prev = _previous_shares(d)
+    headers = ["segment", "id", WEIGHT, "users", SHARE]
     if prev:
-        headers += ["previous share", "Δ share (pp)"]
-    headers += ["mean entropy (bits)", "high-entropy share"] + [f for f, _ in feats]
+        headers += [f"previous {SHARE}", f"Δ {SHARE} (pp)"]
+    headers += ["mean entropy (bits)", "high entropy (% of its users)"]
     rows = []
-    for _, r in seg.iterrows():
+    for _, r in d.segments.iterrows():
         s = int(r["segment"])
         row = [r["name"], s, fmt_num(r.get("weight"), ".3f"), fmt_int(r.get("size")), fmt_pct(r.get("share"))]
         if prev:
@@ -95,10 +103,42 @@ def segments_table(d: ReportData) -> str:
                 fmt_num(100 * (float(r["share"]) - p), "+.1f").replace("-", "−") if p is not None else DASH,
             ]
         row += [fmt_num(r.get("mean_entropy_bits"), ".3f"), fmt_pct(r.get("high_entropy_share"))]
-        row += [fmt_compact(r.get(col)) for _, col in feats]
         rows.append(row)
-    cap = "Segments" + (": mean of each feature in its original units" if feats else "")
-    out = html_table(headers, rows, numeric=range(1, len(headers)), caption=cap)
+    return html_table(headers, rows, numeric=range(1, len(headers)), caption="Segments", name_column=True)
+
+
+def _profile_tables(d: ReportData) -> str:
+    """The feature means in original units, segments down, features across in groups
+    (:func:`~gmm_dask.report.data.feature_groups`): a table per group."""
+    groups = feature_groups(d)
+    out = []
+    for g, group in enumerate(groups):
+        cap = "Mean of each feature, in its original units"
+        if len(groups) > 1:
+            cap += f" ({g + 1} of {len(groups)})"
+        rows = [[r["name"]] + [fmt_compact(r.get(col)) for _, col in group] for _, r in d.segments.iterrows()]
+        out.append(
+            html_table(
+                ["segment"] + [f for f, _ in group],
+                rows,
+                numeric=range(1, len(group) + 1),
+                caption=cap,
+                name_column=True,
+            )
+        )
+    return "".join(out)
+
+
+def legend_html(d: ReportData) -> str:
+    """The quantities' definitions (:func:`gmm_dask.report.terms.legend`) as a definition list."""
+    items = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(v)}</dd>" for t, v in legend(d))
+    return f'<dl class="legend">{items}</dl>'
+
+
+def segments_table(d: ReportData) -> str:
+    """The segments (weight, users, share, entropy), the quantities' legend, the feature means,
+    then the degenerate components."""
+    out = _summary_table(d) + legend_html(d) + _profile_tables(d)
     flagged = flagged_components(d)
     if flagged:
         items = "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(why)}</li>" for n, why in flagged)
@@ -137,7 +177,7 @@ def bands_table(d: ReportData) -> str:
         [b, ranges.get(b, ""), fmt_int(n), fmt_pct(n / total) if total and is_finite(n) else DASH]
         for b, n in d.band_count.items()
     ]
-    return html_table(["band", "normalised entropy", "users", "share"], rows, numeric=[2, 3])
+    return html_table(["band", "normalised entropy", "users", "% of users"], rows, numeric=[2, 3])
 
 
 def fit_rows(d: ReportData) -> list[list[str]]:
@@ -179,19 +219,27 @@ def fit_rows(d: ReportData) -> list[list[str]]:
 
 
 def phases_table(d: ReportData) -> str:
-    """Seconds per phase, with a total row; '' without phases."""
+    """Seconds per phase, with a total row, and how they relate to the run time; '' without phases."""
     if not d.phases:
         return ""
     total = sum(v for v in d.phases.values() if is_finite(v))
     rows = [[k, fmt_num(v, ".2f"), fmt_pct(v / total) if total else DASH] for k, v in d.phases.items()]
-    rows.append(["total", fmt_num(total, ".2f"), "100.0%" if total else DASH])
-    return html_table(
-        ["phase", "seconds", "share"],
+    rows.append(["the phases in all", fmt_num(total, ".2f"), "100.0%" if total else DASH])
+    out = html_table(
+        ["phase", "seconds", "% of the phases"],
         rows,
         numeric=[1, 2],
         caption="Time by phase",
         row_class=[""] * (len(rows) - 1) + ["total"],
     )
+    if d.seconds is not None and is_finite(d.seconds):
+        before = " A profile made while planning ran before it." if total > d.seconds else ""
+        out += note(
+            f"Run time {fmt_num(d.seconds, '.1f')} s, as the command line prints it: the job from the "
+            "Dask cluster's start to its last commit, so it also counts starting the cluster and, when "
+            f"publishing, taking the date's lock and moving the model's latest alias.{before}"
+        )
+    return out
 
 
 def bic_candidates_table(d: ReportData) -> str:
@@ -259,8 +307,8 @@ def scores_table(d: ReportData) -> str:
     labels = {
         "held_out": "held out",
         "method": "method",
-        "share_mae": "MAE of shares (pp)",
-        "share_tv": "total variation",
+        "share_mae": "MAE (pp)",
+        "share_tv": "total variation (pp)",
         "user_brier": "user Brier score",
     }
     rows = []
@@ -268,9 +316,9 @@ def scores_table(d: ReportData) -> str:
         row = []
         for c in cols:
             v = r[c]
-            if c == "share_mae":
+            if c in ("share_mae", "share_tv"):
                 row.append(fmt_num(100 * float(v), ".2f") if is_finite(v) else DASH)
-            elif c in ("share_tv", "user_brier"):
+            elif c == "user_brier":
                 row.append(fmt_num(v, ".4f"))
             else:
                 row.append(str(v)[:10] if c == "held_out" else str(v))
@@ -279,12 +327,14 @@ def scores_table(d: ReportData) -> str:
         [labels[c] for c in cols],
         rows,
         numeric=[i for i, c in enumerate(cols) if c not in ("held_out", "method")],
-        caption="Backtest: forecast errors on held-out snapshots (lower is better)",
+        caption=f"Backtest: the {FORECAST_SHARE}'s errors against the actual {forecast_basis_term(d)} on "
+        "held-out snapshots, in percentage points (lower is better)",
     )
 
 
 def forecast_table(d: ReportData) -> str:
-    """Share now, forecast share and their change per segment; '' without a forecast."""
+    """The forecast's basis now (membership share or share), the forecast share and their change
+    per segment; '' without a forecast."""
     fc = d.forecast
     if not has_rows(fc):
         return ""
@@ -300,23 +350,35 @@ def forecast_table(d: ReportData) -> str:
         for r in fc.itertuples(index=False)
     ]
     return html_table(
-        ["segment", f"share {d.snapshot}", "forecast, next snapshot", "change (pp)"],
+        [
+            "segment",
+            f"{forecast_basis_term(d)} {d.snapshot}",
+            f"{FORECAST_SHARE}, next snapshot",
+            "change (pp)",
+        ],
         rows,
         numeric=[1, 2, 3],
         caption="Forecast for the next snapshot",
     )
 
 
+def _audience_path(r: Any) -> str:
+    path = r.get("path")
+    if isinstance(path, str) and path:
+        return path
+    return "no file: no users" if r.get("n_users") == 0 else DASH
+
+
 def audiences_table(d: ReportData) -> str:
-    """The audiences written; '' without audiences."""
+    """The audiences written, each with its own CSV files; '' without audiences."""
     au = d.audiences
     if not has_rows(au):
         return ""
     rows = [
-        [r.get("audience", ""), r.get("definition", ""), fmt_int(r.get("n_users")), r.get("path", "")]
+        [r.get("audience", ""), r.get("definition", ""), fmt_int(r.get("n_users")), _audience_path(r)]
         for _, r in au.iterrows()
     ]
-    return html_table(["audience", "definition", "users", "path"], rows, numeric=[2])
+    return html_table(["audience", "definition", "users", "CSV files"], rows, numeric=[2])
 
 
 def tables_table(d: ReportData) -> str:
@@ -339,8 +401,8 @@ def cards(d: ReportData) -> str:
     if "n_iter" in f:
         conv = "converged" if f.get("converged") else "not converged"
         items.append(("EM", f"{fmt_int(f.get('n_iter'))} iterations, {conv}"))
-    if d.phases:
-        items.append(("run time", f"{fmt_num(sum(v for v in d.phases.values() if is_finite(v)), '.1f')} s"))
+    if d.seconds is not None and is_finite(d.seconds):  # the job's total, as the command line prints it
+        items.append(("run time", f"{fmt_num(d.seconds, '.1f')} s"))
     return (
         '<dl class="cards">'
         + "".join(f"<div><dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd></div>" for k, v in items)

@@ -167,10 +167,25 @@ def report_data(
         if a is not None and a.backtest is not None and a.backtest.reason is None
         else None,
         backtest_scores=_backtest_scores(a),
-        audiences=a.audiences.sizes.assign(path=a.tables.get("audiences")) if a is not None else None,
+        audiences=_audience_files(a),
         forecast_basis="mean membership γ" if cfg.forecast.counts == "gamma_mass" else "hard segments",
         tables=res.tables,
+        seconds=res.seconds,
     )
+
+
+def _audience_files(a: Analysis | None) -> pd.DataFrame | None:
+    """The audiences' sizes, each with its own CSV files: ``<audiences_csv>/<key>-part-*.csv`` (one
+    file per memberships file that has its users; none for an audience without users)."""
+    if a is None:
+        return None
+    sizes = a.audiences.sizes
+    folder = a.tables.get("audiences_csv")
+    paths = [
+        f"{folder.rstrip('/')}/{key}-part-*.csv" if folder and n > 0 else None
+        for key, n in zip(sizes["audience_key"], sizes["n_users"], strict=True)
+    ]
+    return sizes.assign(path=paths)
 
 
 def _forecast_frame(a: Analysis | None) -> pd.DataFrame | None:

@@ -1,0 +1,54 @@
+"""One word per quantity: the report, the Prefect summary and the README call each segment
+quantity by one name, defined once (:func:`legend`). Nothing else in their tables says "share"
+or "weight": a fraction of something else is written as "% of …"."""
+
+from __future__ import annotations
+
+from gmm_dask.report.data import ReportData, has_rows
+
+WEIGHT = "weight"
+SHARE = "share"
+MEMBERSHIP_SHARE = "membership share"
+FORECAST_SHARE = "forecast share"
+
+#: The basis of a forecast on hard segments (``forecast.counts: n_users``), as the report names it.
+HARD_BASIS = "hard segments"
+
+
+def forecast_basis_term(d: ReportData) -> str:
+    """The quantity the forecast works on: the share (hard segments) or the membership share (γ)."""
+    return SHARE if d.forecast_basis == HARD_BASIS else MEMBERSHIP_SHARE
+
+
+def legend(d: ReportData) -> list[tuple[str, str]]:
+    """(term, definition) for each quantity the run's tables show, in the order they appear."""
+    out = [
+        (
+            WEIGHT,
+            "the mixture's πₖ: the model's prior probability of the segment, fitted by EM on the "
+            "snapshot the model was trained on (the weights add up to 1).",
+        ),
+        (
+            SHARE,
+            "the fraction of this snapshot's users whose most likely segment (highest γ) it is: its "
+            "users ÷ all users.",
+        ),
+    ]
+    if has_rows(d.forecast) or has_rows(d.backtest_scores):
+        basis = forecast_basis_term(d)
+        if basis == MEMBERSHIP_SHARE:
+            out.append(
+                (
+                    MEMBERSHIP_SHARE,
+                    "the mean membership γ of this snapshot's users in the segment (each user counts "
+                    "in part towards every segment): what the forecast works on.",
+                )
+            )
+        out.append(
+            (
+                FORECAST_SHARE,
+                f"the Markov forecast of the segment's {basis} on the next snapshot; the backtest "
+                f"scores it against the actual {basis} (errors in percentage points, pp).",
+            )
+        )
+    return out
