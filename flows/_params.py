@@ -10,12 +10,16 @@ from collections.abc import Callable
 from typing import Annotated, Protocol, cast
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 from pydantic import Field
 
 from gmm_dask.app import progress
 from gmm_dask.app.forms import FormProperty
 from gmm_dask.app.jobs import run_label
 from gmm_dask.app.params import parse_params
+from gmm_dask.errors import GMMDaskInputError
+
+from . import _logs
 
 
 def signature_of(params_cls) -> inspect.Signature:
@@ -52,17 +56,28 @@ class _FlowFunction(Protocol):
 
 
 def job_flow(params_cls, *, name: str, description: str) -> Callable:
-    """Decorate ``body(params)`` into a flow whose parameters are ``params_cls``'s fields."""
+    """Decorate ``body(params)`` into a flow whose parameters are ``params_cls``'s fields; its
+    logs get the library's warnings, and a bad-input error once (:mod:`flows._logs`)."""
+    _logs.install()
 
     def decorate(body: Callable):
         @functools.wraps(body)
         def run(**kwargs):
-            params = parse_params(params_cls, kwargs, f"flow {name!r} parameters")
-            with (
-                progress.use(progress.RunLogProgress(get_run_logger()), add=True),
-                run_label(flow_run_label()),
-            ):
-                return body(params)
+            run_logger = get_run_logger()
+            try:
+                params = parse_params(params_cls, kwargs, f"flow {name!r} parameters")
+                with (
+                    progress.use(progress.RunLogProgress(run_logger), add=True),
+                    run_label(flow_run_label()),
+                    _logs.library_warnings(run_logger),
+                ):
+                    return body(params)
+            except GMMDaskInputError as err:
+                if _logs.verbose():
+                    raise
+                # one ERROR line and the state message, no traceback; the caller still gets the error
+                run_logger.error("%s: %s", type(err).__name__, err)
+                return Failed(message=f"{type(err).__name__}: {err}", data=err)
 
         del run.__wrapped__  # the signature below, not the body's, is the flow's
         fn = cast(_FlowFunction, run)

@@ -74,3 +74,15 @@ class ConvergenceWarning(UserWarning):
 
 class ComponentCollapseWarning(UserWarning):
     """A mixture component lost (almost) all its weight and was re-seeded."""
+
+
+def error_names(*roots: type[BaseException]) -> set[str]:
+    """The class names of ``roots`` and all their subclasses (how an error reads in a message
+    such as Prefect's "Finished in state Failed('DataError: ...')")."""
+    names: set[str] = set()
+    todo = list(roots)
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return names

@@ -102,14 +102,9 @@ class _NoInputTracebacks(logging.Filter):
 
 
 def _input_error_names() -> set[str]:
-    from gmm_dask.errors import GMMDaskInputError, StorageUnavailableError
+    from gmm_dask.errors import GMMDaskInputError, StorageUnavailableError, error_names
 
-    names, todo = set(), [GMMDaskInputError, StorageUnavailableError]
-    while todo:
-        cls = todo.pop()
-        names.add(cls.__name__)
-        todo.extend(cls.__subclasses__())
-    return names | {"ParameterTypeError"}
+    return error_names(GMMDaskInputError, StorageUnavailableError) | {"ParameterTypeError"}
 
 
 def _quiet_prefect(verbose: int) -> None:

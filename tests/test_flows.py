@@ -369,3 +369,41 @@ def test_select_k_says_when_the_minimum_sits_at_the_edge_of_the_grid(selected_k,
     else:
         assert expected in warning
         assert warning.startswith("BIC")
+
+
+def _run_logs(flow_run_id) -> list:
+    """The flow run's log entries as stored by the Prefect API (after flushing the handler)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+    with get_client(sync_client=True) as client:
+        return client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])))
+
+
+def test_an_input_error_is_the_state_message_and_one_error_line_without_traceback(tmp_path, data_root):
+    import flows
+
+    state = flows.segment(config=_cfg(tmp_path, data_root), snapshot="2030-01-01", return_state=True)
+    assert state.is_failed()
+    assert "Snapshot 2030-01-01 not found under" in state.message
+    with pytest.raises(GMMDaskInputError):  # callers (the CLI: exit 2) still get the error
+        state.result()
+    logs = _run_logs(state.state_details.flow_run_id)
+    errors = [entry.message for entry in logs if entry.level >= 40]
+    assert len(errors) == 1, errors
+    assert "Snapshot 2030-01-01 not found under" in errors[0]
+    assert not any("Traceback" in entry.message for entry in logs)
+
+
+def test_library_warnings_of_a_run_are_in_its_logs(tmp_path, data_root):
+    import flows
+
+    cfg = _cfg(
+        tmp_path, data_root, model={"family": "gaussian", "n_components": 4, "max_iter": 2, "tol": 1e-12}
+    )
+    state = flows.train(config=cfg, snapshot=DATES[0], return_state=True)
+    assert state.is_completed()
+    warnings = [entry.message for entry in _run_logs(state.state_details.flow_run_id) if entry.level == 30]
+    assert any("EM did not converge in 2 iterations" in w for w in warnings), warnings
