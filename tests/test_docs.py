@@ -67,3 +67,15 @@ def test_prefect_yaml_declares_the_deployments_of_the_table():
         attr = d["entrypoint"].split(":")[1]
         names.add(f"`{getattr(flows, attr).name}/{d['name']}`")
     assert names == {r[0] for r in TABLES["deployment"]}
+
+
+def test_prefect_yaml_deployments_have_the_served_ones_concurrency_limits():
+    served = {d.name: d.concurrency_limit for d in deployments(ServeParams(config="configs/demo.yaml"))}
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    limits = {d["name"]: (d.get("concurrency_limit") or {}).get("limit") for d in declared}
+    assert limits == served
+    assert all(
+        d["concurrency_limit"]["collision_strategy"] == "ENQUEUE"
+        for d in declared
+        if d.get("concurrency_limit")
+    )

@@ -1,0 +1,97 @@
+"""`prefect.yaml` from a fresh clone, exactly as its header says: a real `prefect server`, `prefect
+deploy --all`, a process worker; two runs of the daily deployment for one date both complete, one
+after the other (the deployment's concurrency limit queues the second)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from gmm_dask.demo import DemoSpec, write_demo_dataset
+
+from .test_prefect_server_e2e import _free_port, _stop, _wait
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[1]
+SPEC = DemoSpec(n_users=3000, n_snapshots=2, seed=4, block_users=3000)
+
+
+def _api(api: str, path: str, body: dict) -> list[dict]:
+    req = urllib.request.Request(
+        f"{api}/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _runs(api: str) -> list[dict]:
+    return _api(api, "flow_runs/filter", {"sort": "EXPECTED_START_TIME_ASC"})
+
+
+def test_prefect_yaml_deploys_from_a_fresh_clone_and_queues_two_daily_runs_of_a_date(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    write_demo_dataset(clone / "data" / "demo", SPEC)  # where configs/demo.yaml reads
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api}
+    env.update({"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    env.pop("GMM_DASK_REPO", None)
+    prefect = [sys.executable, "-m", "prefect"]
+    logs = [(tmp_path / f"{n}.log").open("w") for n in ("server", "worker")]
+    server = subprocess.Popen(
+        [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+        cwd=tmp_path,
+        stdout=logs[0],
+        stderr=subprocess.STDOUT,
+    )
+    worker = None
+    try:
+        _wait(lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200, 150, "server", server)
+
+        def cli(*args: str) -> str:
+            out = subprocess.run(
+                [*prefect, *args], env=env, cwd=clone, capture_output=True, text=True, timeout=300
+            )
+            assert out.returncode == 0, out.stdout + out.stderr
+            return out.stdout
+
+        cli("work-pool", "create", "gmm-dask", "--type", "process")
+        cli("--no-prompt", "deploy", "--all")
+        worker = subprocess.Popen(
+            [*prefect, "worker", "start", "--pool", "gmm-dask"],
+            env=env,
+            cwd=clone,
+            stdout=logs[1],
+            stderr=subprocess.STDOUT,
+        )
+        date = SPEC.dates[-1]
+        for _ in range(2):
+            cli("deployment", "run", "segment/daily", "--param", f"snapshot={date}")
+
+        def finished() -> bool:
+            runs = _runs(api)
+            return len(runs) == 2 and all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED") for r in runs)
+
+        _wait(finished, 480, "both daily runs", worker)
+        first, second = sorted(_runs(api), key=lambda r: r["start_time"])
+        worker_log = (tmp_path / "worker.log").read_text()[-4000:]
+        assert first["state_type"] == "COMPLETED", worker_log
+        assert second["state_type"] == "COMPLETED", worker_log
+        assert second["start_time"] >= first["end_time"]  # one after the other
+        assert (clone / "out" / "demo" / "memberships" / f"dt={date}").is_dir()
+    finally:
+        if worker is not None:
+            _stop(worker)
+        _stop(server)
+        for f in logs:
+            f.close()
+        time.sleep(0)
