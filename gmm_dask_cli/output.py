@@ -39,6 +39,10 @@ def print_result(res, stream=None) -> None:
         f"{res.counts['rows_written']:,} users written ({res.counts['rows_dropped']:,} dropped, "
         f"{res.counts['rows_imputed']:,} imputed) in {res.seconds:.1f} s\n"
     )
+    if getattr(res, "published", True) and getattr(res, "report", None) is not None:
+        from gmm_dask.report.data import publish_sentence
+
+        w(publish_sentence(res.report) + "\n")
     if getattr(res, "kept", None):
         w(f"Refit not needed: {res.kept}\n")
     if res.trained:
@@ -158,6 +162,12 @@ def print_backfill(dates: list[dict], stream=None) -> None:
     skipped = sum(1 for r in dates if r.get("skipped"))
     failed = sum(1 for r in dates if r.get("error"))
     w(f"{run} date(s) run, {skipped} skipped, {failed} failed\n")
+    last = [r for r in dates if r.get("latest")]
+    if last:
+        from gmm_dask.report.data import latest_phrase
+
+        la = last[-1]["latest"]
+        w(f"`latest` {latest_phrase(la['version'], la['snapshot'], la['moved'], last[-1]['snapshot'])}\n")
     cand = {r["run_id"] for r in dates if r.get("published") is False and r.get("run_id")}
     for run_id in sorted(cand):
         w(f"Written as candidate run {run_id}; `gmm-dask promote --run-id {run_id}` publishes it.\n")
@@ -185,6 +195,11 @@ def print_selection(out: dict, stream=None) -> None:
         f"Selected {family} K={sel['n_components']}{ct}, registered as {sel['model_version']}; "
         f"report: {out['report']}\n"
     )
+    la = out.get("latest")
+    if la:
+        from gmm_dask.report.data import latest_phrase
+
+        w(f"`latest` {latest_phrase(la['version'], la['snapshot'], la['moved'], out.get('snapshot'))}\n")
     if out.get("warning"):
         w(f"Note: {out['warning']}\n")
 
