@@ -135,6 +135,16 @@ class ReportData:
         return out
 
 
+def forecast_method(d: ReportData) -> str | None:
+    """The method of the published forecast ("markov" | "persistence"), from its ``method``
+    column; None without a forecast or a method."""
+    fc = d.forecast
+    if not has_rows(fc) or "method" not in fc.columns:
+        return None
+    methods = fc["method"].dropna().astype(str).unique()
+    return str(methods[0]) if len(methods) == 1 else None
+
+
 def latest_phrase(
     latest: str | None, latest_snapshot: str | None, moved: bool, snapshot: str | None = None
 ) -> str:

@@ -29,6 +29,7 @@ from gmm_dask.report.tables import (
     segments_table,
     tables_table,
 )
+from gmm_dask.report.terms import forecast_method_text
 from gmm_dask.report.text import DASH
 
 #: A page section: (id, heading, body HTML).
@@ -104,7 +105,14 @@ def _model_sections(d: ReportData) -> list[_Section]:
     sections: list[_Section] = []
     fc = chart_forecast(d)
     if fc:
-        sections.append(("forecast", "Forecast", figure_html(fc) + scores_table(d) + forecast_table(d)))
+        method = forecast_method_text(d)
+        body = (
+            figure_html(fc)
+            + scores_table(d)
+            + forecast_table(d)
+            + (f"<p>{html.escape(method)}</p>" if method else "")
+        )
+        sections.append(("forecast", "Forecast", body))
 
     bic = chart_bic(d)
     sections.append(

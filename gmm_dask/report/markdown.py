@@ -21,7 +21,14 @@ from gmm_dask.report.data import (
     pruned_text,
     publish_sentence,
 )
-from gmm_dask.report.terms import FORECAST_SHARE, SHARE, WEIGHT, forecast_basis_term, legend
+from gmm_dask.report.terms import (
+    FORECAST_SHARE,
+    SHARE,
+    WEIGHT,
+    forecast_basis_term,
+    forecast_method_text,
+    legend,
+)
 from gmm_dask.report.text import DASH, fmt_compact, fmt_gamma_pair, fmt_int, fmt_num, fmt_pct, is_finite
 from gmm_dask.segmentation.fit_record import promotion_like
 
@@ -168,6 +175,9 @@ def _md_audiences_forecast(d: ReportData) -> list[str]:
             ],
             right=[1, 2],
         )
+        method = forecast_method_text(d)
+        if method:
+            lines += ["", method]
     return lines
 
 
