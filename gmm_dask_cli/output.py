@@ -125,13 +125,40 @@ def print_analysis(a, stream=None) -> None:
     elif fc is not None:
         w(f"Forecast: none ({fc.reason})\n")
     if bt is not None and bt.reason is None:
-        s = bt.summary()
-        imp = s["improvement"]
-        w(
-            f"Backtest on {', '.join(s['held_out'])}: share MAE {s['markov']['share_mae']:.4f} vs persistence "
-            f"{s['persistence']['share_mae']:.4f} ({imp['share_mae']:+.0%}); user Brier "
-            f"{s['markov']['user_brier']:.4f} vs {s['persistence']['user_brier']:.4f} ({imp['user_brier']:+.0%})\n"
-        )
+        print_backtest(bt.summary(), stream)
+
+
+def print_backtest(s: dict, stream=None) -> None:
+    """A backtest's summary in the report's words and units: the MAE of the forecast share against
+    the actual (membership) share in percentage points, Markov vs persistence, and the user Brier."""
+    from gmm_dask.report.terms import FORECAST_SHARE, counts_basis_term
+
+    def pp(v) -> str:
+        return "–" if v is None else f"{100 * v:.2f} pp"
+
+    def num(v) -> str:
+        return "–" if v is None else f"{v:.4f}"
+
+    w = _w(stream)
+    n = len(s["held_out"])
+    markov, persistence, imp = s["markov"], s["persistence"], s["improvement"]
+    w(
+        f"Backtest: errors of the {FORECAST_SHARE} against the actual {counts_basis_term(s['counts'])}, "
+        f"mean over {n} held-out snapshot{'s' if n != 1 else ''} ({', '.join(s['held_out'])}):\n"
+        f"  MAE {pp(markov['share_mae'])} (Markov) vs {pp(persistence['share_mae'])} (persistence)"
+        f"{_relative(imp['share_mae'])}\n"
+        f"  user Brier {num(markov['user_brier'])} (Markov) vs {num(persistence['user_brier'])} "
+        f"(persistence){_relative(imp['user_brier'])}\n"
+    )
+
+
+def _relative(improvement: float | None) -> str:
+    """', Markov 12% better' (improvement = 1 − Markov / persistence), '' where unknown."""
+    if improvement is None:
+        return ""
+    if improvement == 0:
+        return ", the same"
+    return f", Markov {abs(improvement):.0%} {'better' if improvement > 0 else 'worse'}"
 
 
 def print_audience(res, stream=None) -> None:

@@ -136,3 +136,33 @@ def test_the_report_and_its_chart_follow_markov(markov):
     )
     assert "persistence (the membership share unchanged), as" not in caption
     assert "forecast: persistence" not in _charts(page)["forecast"]
+
+
+@pytest.mark.parametrize("counts", ["gamma_mass", "n_users"])
+def test_the_cli_prints_the_backtest_in_percentage_points_in_the_reports_words(counts, capsys):
+    from gmm_dask_cli.output import print_analysis
+
+    tr, shares = _drifting_chain()
+    bt = backtest(shares, tr, holdout=3, counts=counts)
+    fc = choose_forecast(forecast_next(shares[max(shares)], tr, counts=counts), bt)
+    sizes = pd.DataFrame(columns=["audience_key", "n_users", "definition"])
+    print_analysis(
+        SimpleNamespace(fluidity=None, audiences=SimpleNamespace(sizes=sizes), forecast=fc, backtest=bt)
+    )
+    out = capsys.readouterr().out
+    means = bt.mean_scores()
+    basis = "membership share" if counts == "gamma_mass" else "share"
+    held = sorted(shares)[-3:]
+    assert (
+        f"Backtest: errors of the forecast share against the actual {basis}, mean over 3 held-out "
+        f"snapshots ({', '.join(held)}):" in out
+    )
+    mae = means["share_mae"]
+    better = 1 - mae["markov"] / mae["persistence"]
+    assert (
+        f"  MAE {100 * mae['markov']:.2f} pp (Markov) vs {100 * mae['persistence']:.2f} pp (persistence), "
+        f"Markov {better:.0%} better" in out
+    )
+    assert f"{mae['markov']:.4f}" not in out  # never the fraction the report shows in points
+    brier = means["user_brier"]
+    assert f"  user Brier {brier['markov']:.4f} (Markov) vs {brier['persistence']:.4f} (persistence)" in out

@@ -15,6 +15,12 @@ FORECAST_SHARE = "forecast share"
 HARD_BASIS = "hard segments"
 
 
+def counts_basis_term(counts: str) -> str:
+    """The quantity a forecast fitted on ``forecast.counts`` works on: the share (``n_users``,
+    hard segments) or the membership share (``gamma_mass``, mean γ)."""
+    return SHARE if counts == "n_users" else MEMBERSHIP_SHARE
+
+
 def forecast_basis_term(d: ReportData) -> str:
     """The quantity the forecast works on: the share (hard segments) or the membership share (γ)."""
     return SHARE if d.forecast_basis == HARD_BASIS else MEMBERSHIP_SHARE
