@@ -163,7 +163,15 @@ def cmd_promote(p, args) -> int:
         out = jobs.promote(p)
     for date in out.dates:
         print(f"  {date}: published " + ", ".join(sorted(out.tables[date])))
-    print(f"Promoted candidate {out.run_id}: {len(out.dates)} date(s); latest -> {out.latest or 'unchanged'}")
+    from gmm_dask.report.data import latest_phrase
+
+    la = out.latest
+    what = (
+        f"`latest` {latest_phrase(la.version, la.snapshot, la.moved, max(out.dates, default=None))}"
+        if la is not None
+        else "`latest` unchanged (the candidate trained no model)"
+    )
+    print(f"Promoted candidate {out.run_id}: {len(out.dates)} date(s); {what}")
     return EXIT_OK
 
 

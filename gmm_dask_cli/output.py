@@ -39,6 +39,10 @@ def print_result(res, stream=None) -> None:
         f"{res.counts['rows_written']:,} users written ({res.counts['rows_dropped']:,} dropped, "
         f"{res.counts['rows_imputed']:,} imputed) in {res.seconds:.1f} s\n"
     )
+    if getattr(res, "published", True) and getattr(res, "report", None) is not None:
+        from gmm_dask.report.data import publish_sentence
+
+        w(publish_sentence(res.report) + "\n")
     if getattr(res, "kept", None):
         w(f"Refit not needed: {res.kept}\n")
     if res.trained:
@@ -121,13 +125,40 @@ def print_analysis(a, stream=None) -> None:
     elif fc is not None:
         w(f"Forecast: none ({fc.reason})\n")
     if bt is not None and bt.reason is None:
-        s = bt.summary()
-        imp = s["improvement"]
-        w(
-            f"Backtest on {', '.join(s['held_out'])}: share MAE {s['markov']['share_mae']:.4f} vs persistence "
-            f"{s['persistence']['share_mae']:.4f} ({imp['share_mae']:+.0%}); user Brier "
-            f"{s['markov']['user_brier']:.4f} vs {s['persistence']['user_brier']:.4f} ({imp['user_brier']:+.0%})\n"
-        )
+        print_backtest(bt.summary(), stream)
+
+
+def print_backtest(s: dict, stream=None) -> None:
+    """A backtest's summary in the report's words and units: the MAE of the forecast share against
+    the actual (membership) share in percentage points, Markov vs persistence, and the user Brier."""
+    from gmm_dask.report.terms import FORECAST_SHARE, counts_basis_term
+
+    def pp(v) -> str:
+        return "–" if v is None else f"{100 * v:.2f} pp"
+
+    def num(v) -> str:
+        return "–" if v is None else f"{v:.4f}"
+
+    w = _w(stream)
+    n = len(s["held_out"])
+    markov, persistence, imp = s["markov"], s["persistence"], s["improvement"]
+    w(
+        f"Backtest: errors of the {FORECAST_SHARE} against the actual {counts_basis_term(s['counts'])}, "
+        f"mean over {n} held-out snapshot{'s' if n != 1 else ''} ({', '.join(s['held_out'])}):\n"
+        f"  MAE {pp(markov['share_mae'])} (Markov) vs {pp(persistence['share_mae'])} (persistence)"
+        f"{_relative(imp['share_mae'])}\n"
+        f"  user Brier {num(markov['user_brier'])} (Markov) vs {num(persistence['user_brier'])} "
+        f"(persistence){_relative(imp['user_brier'])}\n"
+    )
+
+
+def _relative(improvement: float | None) -> str:
+    """', Markov 12% better' (improvement = 1 − Markov / persistence), '' where unknown."""
+    if improvement is None:
+        return ""
+    if improvement == 0:
+        return ", the same"
+    return f", Markov {abs(improvement):.0%} {'better' if improvement > 0 else 'worse'}"
 
 
 def print_audience(res, stream=None) -> None:
@@ -158,6 +189,12 @@ def print_backfill(dates: list[dict], stream=None) -> None:
     skipped = sum(1 for r in dates if r.get("skipped"))
     failed = sum(1 for r in dates if r.get("error"))
     w(f"{run} date(s) run, {skipped} skipped, {failed} failed\n")
+    last = [r for r in dates if r.get("latest")]
+    if last:
+        from gmm_dask.report.data import latest_phrase
+
+        la = last[-1]["latest"]
+        w(f"`latest` {latest_phrase(la['version'], la['snapshot'], la['moved'], last[-1]['snapshot'])}\n")
     cand = {r["run_id"] for r in dates if r.get("published") is False and r.get("run_id")}
     for run_id in sorted(cand):
         w(f"Written as candidate run {run_id}; `gmm-dask promote --run-id {run_id}` publishes it.\n")
@@ -185,6 +222,11 @@ def print_selection(out: dict, stream=None) -> None:
         f"Selected {family} K={sel['n_components']}{ct}, registered as {sel['model_version']}; "
         f"report: {out['report']}\n"
     )
+    la = out.get("latest")
+    if la:
+        from gmm_dask.report.data import latest_phrase
+
+        w(f"`latest` {latest_phrase(la['version'], la['snapshot'], la['moved'], out.get('snapshot'))}\n")
     if out.get("warning"):
         w(f"Note: {out['warning']}\n")
 

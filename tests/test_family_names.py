@@ -176,5 +176,9 @@ def test_the_promotion_day_warns_and_a_quiet_day_does_not(chain):
         counts={},
         fit=runs[2].fit,
         seconds=runs[2].seconds,
+        latest=None,
+        latest_snapshot=None,
+        latest_moved=False,
+        kept=None,
     )
     assert any(SHIFT in line for line in _md_header(header))  # type: ignore[arg-type]  # a stand-in

@@ -142,7 +142,9 @@ def test_select_k_and_override_runs_leave_the_published_state_byte_identical_and
     cand = out / "_candidates" / over.run_id
     assert read_partition(cand, "memberships", d).num_rows == SPEC.n_users
     promoted = jobs.promote(PromoteParams(config=cfg, run_id=over.run_id))
-    assert promoted.latest == over.model_version
+    assert promoted.latest is not None
+    assert promoted.latest.moved
+    assert promoted.latest.version == over.model_version
     assert tree_digest(out / "memberships" / f"dt={d}") == tree_digest(cand / "memberships" / f"dt={d}")
     assert set(read_partition(out, "memberships", d).column("model_version").to_pylist()) == {
         over.model_version

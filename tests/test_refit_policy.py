@@ -61,6 +61,9 @@ def test_the_cli_says_why_it_kept_the_model(tmp_path, data_root, capsys):
     out = capsys.readouterr().out
     assert "scored with model v0001" in out
     assert "Refit not needed: kept model v0001" in out
+    # scored with the kept model: its tables are published, `latest` did not move (it is that model)
+    assert f"Model v0001, tables published for {DATES[1]}; `latest` stays v0001." in out
+    assert ", published;" not in out.split(f"Snapshot {DATES[1]}")[1]
 
 
 def test_zero_gain_refits_every_date(tmp_path, data_root):

@@ -1,5 +1,6 @@
 """The forecast chart: segment shares on held-out snapshots (actual, Markov forecast, persistence)
-and the forecast for the next snapshot, one panel each."""
+and the forecast published for the next snapshot (the Markov forecast, or persistence where the
+Markov forecast has not beaten it in the backtest), one panel each."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from gmm_dask.report.charts import Chart, mpl_text, new_figure, percent_axis, render
-from gmm_dask.report.data import ReportData, has_rows
+from gmm_dask.report.data import ReportData, forecast_method, has_rows
 from gmm_dask.report.palette import INK, PALETTE
 from gmm_dask.report.terms import FORECAST_SHARE, forecast_basis_term
 from gmm_dask.report.text import is_finite
@@ -107,8 +108,8 @@ def _backtest_panel(ax: Axes, sub: pd.DataFrame, pos: dict[int, int]) -> None:
         )
 
 
-def _forecast_panel(ax: Axes, fc: pd.DataFrame, pos: dict[int, int], snapshot: str) -> None:
-    """The next snapshot: per segment, an arrow from today's share to the forecast one."""
+def _forecast_panel(ax: Axes, fc: pd.DataFrame, pos: dict[int, int], snapshot: str, label: str) -> None:
+    """The next snapshot: per segment, an arrow from today's share to the forecast one (``label``)."""
     for row in fc.itertuples(index=False):
         y = pos[int(row.segment)]
         if is_finite(row.share_now) and is_finite(row.share_forecast):
@@ -138,7 +139,7 @@ def _forecast_panel(ax: Axes, fc: pd.DataFrame, pos: dict[int, int], snapshot: s
         marker="D",
         ms=5.5,
         color=PALETTE[0],
-        label="Markov forecast",
+        label=label,
         zorder=3,
     )
     ax.set_title(f"next snapshot\n(forecast from {snapshot})", fontsize=9)
@@ -167,7 +168,8 @@ def _draw_forecast(d: ReportData, dates: list[str], names: dict[int, str], order
         _backtest_panel(ax, sub, pos)
         ax.set_title(_panel_title(date, d.backtest_scores), fontsize=9)
     if has_rows(fc):
-        _forecast_panel(axes[-1], fc, pos, d.snapshot)
+        label = "forecast: persistence" if forecast_method(d) == "persistence" else "Markov forecast"
+        _forecast_panel(axes[-1], fc, pos, d.snapshot, label)
     for ax in axes:
         percent_axis(ax.xaxis)
         ax.grid(axis="x", zorder=0)
@@ -187,6 +189,17 @@ def _draw_forecast(d: ReportData, dates: list[str], names: dict[int, str], order
     return fig
 
 
+def _next_caption(d: ReportData, basis: str) -> str:
+    """The caption's words on the next snapshot's panel: which forecast the run published."""
+    head = f"the {FORECAST_SHARE} for the snapshot after {d.snapshot}"
+    method = forecast_method(d)
+    if method == "persistence":
+        return f"{head}: persistence (the {basis} unchanged), as the Markov forecast has not beaten it in the backtest"
+    if method == "markov":
+        return f"{head}: the Markov forecast, which beat persistence in the backtest"
+    return head
+
+
 def chart_forecast(d: ReportData) -> Chart | None:
     """Backtest panels (the last three held-out snapshots) and the next snapshot's forecast;
     ``None`` without either."""
@@ -199,13 +212,12 @@ def chart_forecast(d: ReportData) -> Chart | None:
     cap = f"The segments' {basis} ({d.forecast_basis}): "
     if dates:
         cap += (
-            f"for held-out snapshots, the actual {basis} against the {FORECAST_SHARE} (the Markov "
-            f"forecast: the previous {basis} times a transition matrix fitted on the steps before them, "
-            "recent steps weighted more) and "
-            f"persistence (the {basis} unchanged)"
+            f"for held-out snapshots, the actual {basis} against the Markov forecast (the previous "
+            f"{basis} times a transition matrix fitted on the steps before them, recent steps weighted "
+            f"more) and persistence (the {basis} unchanged)"
         )
     if has_rows(fc):
-        cap += ("; " if dates else "") + f"the forecast for the snapshot after {d.snapshot}"
+        cap += ("; " if dates else "") + _next_caption(d, basis)
     cap += "." + _mae_caption(d.backtest_scores)
     return Chart(
         "forecast", render("forecast", lambda: _draw_forecast(d, dates, names, order)), html.escape(cap)

@@ -32,6 +32,11 @@ class ReportData:
     ----------
     kind : "segment" | "select-k" | "train" | "score".
     snapshot : the snapshot's date, YYYY-MM-DD.
+    trained : the run fitted its model (else it scored with a registered one).
+    kept : why the model before was kept instead of the snapshot's refit; None where it was not.
+    latest, latest_snapshot : the version ``latest`` points at after a publishing run, and the
+        snapshot that model was fitted on; None for a candidate (or where unknown).
+    latest_moved : the run pointed ``latest`` at its model.
     counts : rows_read, rows_written, rows_dropped, rows_imputed.
     fit : model metadata; any of n_iter, converged, log_likelihood, bic, aic, covariance_type,
         degenerate {pruned: [...]}, reseeded_components, alignment {...}.
@@ -55,7 +60,10 @@ class ReportData:
     segment_names : id -> name for every id in transitions/previous (births and deaths included).
     bic_table : n_components, covariance_type, bic, aic, log_likelihood, n_iter, converged, selected.
     criterion : the column of ``bic_table`` that chose the model ("bic" or "aic").
-    forecast : segment, name, share_now, share_forecast (the next snapshot).
+    forecast : segment, name, share_now, share_forecast (the next snapshot), method ("markov" |
+        "persistence": the forecast published).
+    forecast_method_reason : why that method, with the backtest's figures ("persistence: the Markov
+        forecast's backtest share MAE … was worse than …"); None where no method was chosen.
     backtest : held_out, segment, name, actual, markov, persistence (shares on held-out snapshots).
     backtest_scores : held_out, method ("markov" | "persistence"), share_mae, share_tv, user_brier.
     audiences : audience, definition, n_users, path (the audience's own CSV files, a glob; NA when it
@@ -96,6 +104,12 @@ class ReportData:
     forecast_basis: str = "mean membership γ"  # what the forecast's shares are
     tables: dict[str, str] = field(default_factory=dict)
     seconds: float | None = None
+    trained: bool = True
+    kept: str | None = None
+    latest: str | None = None
+    latest_snapshot: str | None = None
+    latest_moved: bool = False
+    forecast_method_reason: str | None = None
 
     def names(self) -> dict[int, str]:
         """Segment id -> name, from every source that names one (this snapshot's names win)."""
@@ -119,6 +133,51 @@ class ReportData:
         out = dict.fromkeys(self.names(), GONE)
         out.update({int(s): segment_color(i) for i, s in enumerate(self.segments["segment"])})
         return out
+
+
+def forecast_method(d: ReportData) -> str | None:
+    """The method of the published forecast ("markov" | "persistence"), from its ``method``
+    column; None without a forecast or a method."""
+    fc = d.forecast
+    if not has_rows(fc) or "method" not in fc.columns:
+        return None
+    methods = fc["method"].dropna().astype(str).unique()
+    return str(methods[0]) if len(methods) == 1 else None
+
+
+def latest_phrase(
+    latest: str | None, latest_snapshot: str | None, moved: bool, snapshot: str | None = None
+) -> str:
+    """What became of the ``latest`` alias, the words after its name: '→ v0010' where the run
+    moved it; 'stays v0008 (the model of a later snapshot, 2026-01-07)' where it stayed on a model
+    of a snapshot after ``snapshot``; 'stays v0008' otherwise; 'is not set' with no model published."""
+    if latest is None:
+        return "is not set"
+    if moved:
+        return f"→ {latest}"
+    later = bool(latest_snapshot and snapshot and latest_snapshot > snapshot)
+    return f"stays {latest}" + (f" (the model of a later snapshot, {latest_snapshot})" if later else "")
+
+
+def publish_state(d: ReportData) -> tuple[str, str | None]:
+    """What the run did with its tables and ``latest``: ('published', '→ v0010') only where both
+    moved; ('tables published for <date>', 'stays v0008 (…)') where the tables did but ``latest``
+    stayed (a re-run of an older date, a scoring run); ('a candidate (not published; run …)',
+    None) for a candidate. The second part is None where the run did not record ``latest``."""
+    if not d.published:
+        return f"a candidate (not published; run {d.run_id})", None
+    if d.latest_moved:
+        return "published", latest_phrase(d.latest, d.latest_snapshot, True)
+    tail = latest_phrase(d.latest, d.latest_snapshot, False, d.snapshot) if d.latest is not None else None
+    return f"tables published for {d.snapshot}", tail
+
+
+def publish_sentence(d: ReportData, strong: str = "", code: str = "`") -> str:
+    """'Model v0010, published; `latest` → v0010.' (:func:`publish_state`); ``strong`` and
+    ``code`` mark the version and the alias's name."""
+    state, tail = publish_state(d)
+    out = f"Model {strong}{d.model_version}{strong}, {state}"
+    return out + (f"; {code}latest{code} {tail}." if tail else ".")
 
 
 def band_total(d: ReportData) -> int:

@@ -12,7 +12,7 @@ import html
 from gmm_dask.report.charts_forecast import chart_forecast
 from gmm_dask.report.charts_model import chart_bic, chart_family_tree, chart_projection, no_bic_curve
 from gmm_dask.report.charts_segments import chart_entropy, chart_profile, chart_sizes, chart_transitions
-from gmm_dask.report.data import TITLES, ReportData, has_rows
+from gmm_dask.report.data import TITLES, ReportData, has_rows, publish_state
 from gmm_dask.report.tables import (
     audiences_table,
     bands_table,
@@ -29,6 +29,7 @@ from gmm_dask.report.tables import (
     segments_table,
     tables_table,
 )
+from gmm_dask.report.terms import forecast_method_text
 from gmm_dask.report.text import DASH
 
 #: A page section: (id, heading, body HTML).
@@ -104,7 +105,14 @@ def _model_sections(d: ReportData) -> list[_Section]:
     sections: list[_Section] = []
     fc = chart_forecast(d)
     if fc:
-        sections.append(("forecast", "Forecast", figure_html(fc) + scores_table(d) + forecast_table(d)))
+        method = forecast_method_text(d)
+        body = (
+            figure_html(fc)
+            + scores_table(d)
+            + forecast_table(d)
+            + (f"<p>{html.escape(method)}</p>" if method else "")
+        )
+        sections.append(("forecast", "Forecast", body))
 
     bic = chart_bic(d)
     sections.append(
@@ -150,16 +158,25 @@ def _run_sections(d: ReportData) -> list[_Section]:
     return sections
 
 
+def _status(d: ReportData) -> str:
+    """The header's badge — published (tables and ``latest``), tables published, candidate — then
+    what became of ``latest`` and why the model before was kept (:func:`publish_state`)."""
+    if not d.published:
+        return '<span class="badge cand">candidate (not published)</span>'
+    state, tail = publish_state(d)
+    out = f'<span class="badge pub">{html.escape(state)}</span>'
+    if tail:
+        out += f" · <code>latest</code> {html.escape(tail)}"
+    if d.kept:
+        out += f" · {html.escape(d.kept)}"
+    return out
+
+
 def html_report(data: ReportData) -> str:
     """The run's report: one self-contained HTML page (inline SVG charts and CSS, no script, no network)."""
     d = data
     title = f"{TITLES.get(d.kind, d.kind.title())} of snapshot {d.snapshot}"
-    status = (
-        '<span class="badge pub">published</span>'
-        if d.published
-        else '<span class="badge cand">candidate (not published)</span>'
-    )
-    meta = f"model {html.escape(d.model_version)} · run {html.escape(d.run_id or DASH)} · {status}"
+    meta = f"model {html.escape(d.model_version)} · run {html.escape(d.run_id or DASH)} · {_status(d)}"
     sections = _segment_sections(d) + _model_sections(d) + _run_sections(d)
     nav = "".join(f'<a href="#{sid}">{html.escape(h)}</a>' for sid, h, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{html.escape(h)}</h2>{b}</section>' for sid, h, b in sections)

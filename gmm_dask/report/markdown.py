@@ -19,8 +19,16 @@ from gmm_dask.report.data import (
     has_rows,
     pruned_components,
     pruned_text,
+    publish_sentence,
 )
-from gmm_dask.report.terms import FORECAST_SHARE, SHARE, WEIGHT, forecast_basis_term, legend
+from gmm_dask.report.terms import (
+    FORECAST_SHARE,
+    SHARE,
+    WEIGHT,
+    forecast_basis_term,
+    forecast_method_text,
+    legend,
+)
 from gmm_dask.report.text import DASH, fmt_compact, fmt_gamma_pair, fmt_int, fmt_num, fmt_pct, is_finite
 from gmm_dask.segmentation.fit_record import promotion_like
 
@@ -40,8 +48,9 @@ def _md_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iter
 def _md_header(d: ReportData) -> list[str]:
     """Title, model and state, the rows read and written, the EM's numbers."""
     lines = [f"# {TITLES.get(d.kind, d.kind.title())} of snapshot {d.snapshot}", ""]
-    state = "published" if d.published else f"a candidate (not published; run {d.run_id})"
-    lines.append(f"Model **{d.model_version}**, {state}.")
+    lines.append(publish_sentence(d, strong="**"))
+    if d.kept:
+        lines.append(f"{d.kept[0].upper()}{d.kept[1:]}.")
     c = d.counts or {}
     lines.append(
         f"Rows read {fmt_int(c.get('rows_read'))}; written {fmt_int(c.get('rows_written'))}; "
@@ -166,6 +175,9 @@ def _md_audiences_forecast(d: ReportData) -> list[str]:
             ],
             right=[1, 2],
         )
+        method = forecast_method_text(d)
+        if method:
+            lines += ["", method]
     return lines
 
 

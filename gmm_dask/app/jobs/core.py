@@ -33,6 +33,8 @@ from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.storage import io
 from gmm_dask.storage.io import Snapshot, TableStore
 
+from .results import Latest
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -350,9 +352,10 @@ def run_owner(run_id: str) -> str:
     return f"{label}, run {run_id}" if label else f"run {run_id}"
 
 
-def move_latest(cfg: JobConfig, model: SegmentationModel, steps: Steps = STEPS) -> bool:
+def move_latest(cfg: JobConfig, model: SegmentationModel, steps: Steps = STEPS) -> Latest:
     """Point ``latest`` at ``model`` unless the published model is of a later snapshot (a
-    backfill or a re-run of an old date never takes ``latest`` back in time)."""
+    backfill or a re-run of an old date never takes ``latest`` back in time); where it points
+    after, and whether it moved."""
     current = steps.published_model(cfg)
     if current is not None and (current.metadata.snapshot or "") > (model.metadata.snapshot or ""):
         logger.info(
@@ -361,10 +364,22 @@ def move_latest(cfg: JobConfig, model: SegmentationModel, steps: Steps = STEPS) 
             current.metadata.snapshot,
             model.metadata.snapshot,
         )
-        return False
+        return Latest(current.version, current.metadata.snapshot, moved=False)
     assert model.version is not None  # registered before it is published (not an input check)
     steps.set_alias(cfg, "latest", model.version)
-    return True
+    return Latest(model.version, model.metadata.snapshot, moved=True)
+
+
+def latest_after(cfg: JobConfig, model: SegmentationModel, fitted: bool, steps: Steps = STEPS) -> Latest:
+    """Where ``latest`` points once a publishing run has committed its tables: moved to
+    ``model`` where the run ``fitted`` it (:func:`move_latest`); where it was for a run that
+    scored with a registered model (never moved by it)."""
+    if fitted:
+        return move_latest(cfg, model, steps)
+    current = steps.published_model(cfg)
+    if current is None:
+        return Latest(None, None, moved=False)
+    return Latest(current.version, current.metadata.snapshot, moved=False)
 
 
 class Manifested(Protocol):

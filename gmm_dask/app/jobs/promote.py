@@ -22,6 +22,7 @@ from .core import (
     planner,
     run_owner,
 )
+from .results import Latest
 
 
 @dataclass
@@ -36,7 +37,7 @@ class PromoteResult:
     run_id: str
     dates: list[str]
     tables: dict[str, dict[str, str]]  # date -> table -> published path
-    latest: str | None
+    latest: Latest | None  # where `latest` points after; None where the candidate trained no model
 
 
 @planner(PromoteParams)
@@ -69,10 +70,11 @@ def promote(p: PromoteParams, *, steps: Steps = STEPS) -> PromoteResult:
         with published.lock(date, owner=owner, wait_seconds=cfg.output.lock_wait_seconds):
             out[date] = published.copy_from(target.store(cfg), info["tables"], date)
     trained = [info["model_version"] for _, info in sorted(manifest["dates"].items()) if info.get("trained")]
-    latest = trained[-1] if trained else None
-    if latest:
-        model = steps.load_model(cfg, latest)
-        if not move_latest(cfg, model, steps):
-            latest = None
-    logger.info("Promoted candidate %s: %d date(s), latest -> %s", p.run_id, len(out), latest)
+    latest = move_latest(cfg, steps.load_model(cfg, trained[-1]), steps) if trained else None
+    logger.info(
+        "Promoted candidate %s: %d date(s), latest %s",
+        p.run_id,
+        len(out),
+        "unchanged" if latest is None else f"{'->' if latest.moved else 'stays'} {latest.version}",
+    )
     return PromoteResult(p.run_id, sorted(out), out, latest)

@@ -21,6 +21,18 @@ if TYPE_CHECKING:
     from gmm_dask.report.data import ReportData
 
 
+@dataclass(frozen=True)
+class Latest:
+    """Where the ``latest`` alias points after a publishing run (:func:`~.core.move_latest`)."""
+
+    version: str | None  # None: no model is published
+    snapshot: str | None  # the snapshot that model was fitted on
+    moved: bool  # this run pointed it at its own model
+
+    def summary(self) -> dict:
+        return {"version": self.version, "snapshot": self.snapshot, "moved": self.moved}
+
+
 @dataclass
 class RunResult:
     """What a train/score/segment run did (small; printed by the CLI, published by the flows)."""
@@ -47,6 +59,7 @@ class RunResult:
     report: ReportData | None = field(default=None, repr=False)  # what the report and UI show
     unchanged: bool = False  # the published tables were written for the same inputs: nothing written
     kept: str | None = None  # why the model before was kept instead of today's refit (scored with it)
+    latest: Latest | None = None  # where ``latest`` points after a publishing run; None for a candidate
 
     def summary(self) -> dict:
         """JSON-friendly digest (what flows return)."""
@@ -66,6 +79,7 @@ class RunResult:
             **({"analysis": self.analysis.summary()} if self.analysis is not None else {}),
             **({"unchanged": True} if self.unchanged else {}),
             **({"kept": self.kept} if self.kept else {}),
+            **({"latest": self.latest.summary()} if self.latest is not None else {}),
         }
 
 
@@ -137,6 +151,11 @@ def report_data(
         model_version=res.model_version,
         published=res.published,
         run_id=res.run_id,
+        trained=res.trained,
+        kept=res.kept,
+        latest=res.latest.version if res.latest is not None else None,
+        latest_snapshot=res.latest.snapshot if res.latest is not None else None,
+        latest_moved=res.latest is not None and res.latest.moved,
         counts=res.counts,
         fit=res.fit,
         phases={n: ph.seconds for n, ph in res.timings.items()},
@@ -163,6 +182,7 @@ def report_data(
         bic_table=bic_table,
         criterion=(res.fit or {}).get("selected_by", "bic"),
         forecast=_forecast_frame(a),
+        forecast_method_reason=a.forecast.method_reason if a is not None and a.forecast is not None else None,
         backtest=a.backtest.shares
         if a is not None and a.backtest is not None and a.backtest.reason is None
         else None,

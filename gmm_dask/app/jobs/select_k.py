@@ -99,6 +99,7 @@ class SelectKResult:
             "run_id": self.run.run_id,
             "table": self.table.to_dict("records"),
             "report": self.run.report_path,
+            **({"latest": self.run.latest.summary()} if self.run.latest is not None else {}),
         }
 
 
@@ -249,10 +250,9 @@ def select_k(p: SelectKParams, *, steps: Steps = STEPS, report: bool = True) -> 
                 extra={"model_selection": (table, {"gmm_dask.criterion": p.criterion})},
                 store=target.store(cfg),
             )
-        if target.publish:
-            move_latest(cfg, best, steps)
+        latest = move_latest(cfg, best, steps) if target.publish else None
     res = run_result(snap, best, True, written, t0, timings)
-    res.published, res.run_id = target.publish, target.run_id
+    res.published, res.run_id, res.latest = target.publish, target.run_id, latest
     if not target.publish:
         write_manifest(cfg, target, [res])
     res.report = report_data(cfg, res, "select-k", table)

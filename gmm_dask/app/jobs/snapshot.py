@@ -21,10 +21,10 @@ from .core import (
     Steps,
     Target,
     check_job,
+    latest_after,
     load_job,
     logger,
     made_ahead,
-    move_latest,
     new_run_id,
     planner,
     profile,
@@ -97,10 +97,10 @@ def run_snapshot(
                 analysis = steps.analyse(cfg, snap.date, target.store(cfg), written.segments)
                 written.tables.update(analysis.tables)
                 ph.detail = "audiences: " + analysis.audiences.brief()
-        if trained and target.publish:  # only once its tables are committed
-            move_latest(cfg, model, steps)
+        # only once its tables are committed; a fit moves it unless `latest` is of a later snapshot
+        latest = latest_after(cfg, model, trained, steps) if target.publish else None
     res = run_result(snap, model, trained, written, t0, timings)
-    res.kept, res.analysis = kept, analysis
+    res.kept, res.analysis, res.latest = kept, analysis, latest
     res.published, res.run_id = target.publish, target.run_id
     logger.info(
         "Snapshot %s %s with model %s in %.1f s (%s)",
@@ -108,7 +108,9 @@ def run_snapshot(
         "segmented" if trained else "scored",
         res.model_version,
         res.seconds,
-        "published" if target.publish else f"candidate {target.run_id}",
+        ("published" if latest.moved else f"tables published, latest stays {latest.version}")
+        if latest is not None
+        else f"candidate {target.run_id}",
     )
     if not target.publish:
         write_manifest(cfg, target, [res])
