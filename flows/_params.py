@@ -29,7 +29,11 @@ def signature_of(params_cls) -> inspect.Signature:
     for name, f in params_cls.model_fields.items():
         meta = [*f.metadata, Field(description=f.description), FormProperty(f.title)]
         annotation = operator.getitem(Annotated, (f.annotation, *meta))  # a type built at run time
-        default = inspect.Parameter.empty if f.is_required() else Field(f.default, description=f.description)
+        default = (
+            inspect.Parameter.empty
+            if f.is_required()
+            else Field(f.get_default(call_default_factory=True), description=f.description)
+        )
         parameters.append(
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
         )

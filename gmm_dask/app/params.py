@@ -151,13 +151,14 @@ class ModelOverride(_Params):
 
 
 ModelOverrideParam = Annotated[
-    ModelOverride | None,
+    ModelOverride,
     param(
-        "Override parts of the config's model section for this run.",
-        empty="the config's model section",
+        "Override parts of the config's model section for this run; fields left empty keep the "
+        "config's values.",
         title="Model override",
+        default_factory=ModelOverride,
     ),
-]
+]  # not optional: a form then validates each nested field by itself (its name and range)
 
 
 class JobParams(_Params):
@@ -203,7 +204,7 @@ class TrainParams(JobParams):
     publish_by_default = True
 
     snapshot: SnapshotDate = None
-    model: ModelOverrideParam = None
+    model: ModelOverrideParam
     publish: PublishParam = None
     force: ForceParam = False
 
@@ -231,7 +232,7 @@ class SegmentParams(JobParams):
         str | None,
         param("Score with this registered version or alias instead of fitting.", empty="fit"),
     ] = None
-    model: ModelOverrideParam = None
+    model: ModelOverrideParam
     publish: PublishParam = None
     force: ForceParam = False
 
