@@ -11,7 +11,7 @@ from typing import Annotated, Protocol, cast
 
 from prefect import flow, get_run_logger
 from prefect.states import Failed
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from gmm_dask.app import progress
 from gmm_dask.app.forms import FormProperty
@@ -32,7 +32,7 @@ def signature_of(params_cls) -> inspect.Signature:
         default = (
             inspect.Parameter.empty
             if f.is_required()
-            else Field(f.get_default(call_default_factory=True), description=f.description)
+            else Field(_form_default(f.get_default(call_default_factory=True)), description=f.description)
         )
         parameters.append(
             inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -47,6 +47,11 @@ def flow_run_label() -> str:
 
     url = flow_run.ui_url
     return f"Prefect flow run {flow_run.name!r} ({flow_run.id}{', ' + url if url else ''})"
+
+
+def _form_default(value: object) -> object:
+    """A default as the form shows it: a nested model (the override) as its set fields only."""
+    return value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else value
 
 
 class _FlowFunction(Protocol):

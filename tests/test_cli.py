@@ -112,8 +112,8 @@ def test_every_flow_parameter_is_described_bounded_and_defaulted(flow_name):
         assert props[name].get("description") == f.description, name
         if not f.is_required():
             default = f.get_default(call_default_factory=True)
-            if hasattr(default, "model_dump"):  # the model override: every field empty
-                default = default.model_dump(mode="json")
+            if hasattr(default, "model_dump"):  # the model override: no field set
+                default = default.model_dump(mode="json", exclude_none=True)
             assert props[name]["default"] == (default if not hasattr(default, "isoformat") else str(default))
     assert schema["required"] == [n for n, f in model.model_fields.items() if f.is_required()]
     if "max_concurrency" in props:
