@@ -11,6 +11,7 @@ from __future__ import annotations
 from prefect import serve as prefect_serve
 from prefect.schedules import Cron
 
+from gmm_dask.app.forms import with_config_values
 from gmm_dask.app.params import ServeParams
 
 from .audience import audience
@@ -21,7 +22,24 @@ from .select_k import select_k
 
 
 def deployments(p: ServeParams):
-    """The repository's deployments (the same set prefect.yaml declares for workers)."""
+    """The repository's deployments (the same set prefect.yaml declares for workers); their forms
+    say the config's value where an empty field means it."""
+    made = _deployments(p)
+    sections = _config_sections(p.config)
+    for d in made:
+        schema = d._parameter_openapi_schema  # the form's schema, sent when the deployment is registered
+        with_config_values({"properties": schema.properties, "definitions": schema.definitions}, sections)
+    return made
+
+
+def _config_sections(config: str) -> dict[str, dict]:
+    from gmm_dask.app.config import load_config
+
+    cfg = load_config(config)
+    return {"model": cfg.model.model_dump(mode="json"), "audiences": cfg.audiences.model_dump(mode="json")}
+
+
+def _deployments(p: ServeParams):
     params = {"config": p.config}
     tags = ["gmm-dask"]
     return [

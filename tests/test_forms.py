@@ -150,3 +150,28 @@ def test_every_served_deployments_form_renders_its_descriptions_as_written():
         assert len(texts) >= len(schema["properties"]), d.name
         for text in texts:
             assert not re.search(r"<[A-Za-z/!]", text), (d.name, text)
+
+
+def test_served_forms_say_the_configs_value_where_empty_means_it():
+    from flows.serve import deployments
+    from gmm_dask.app.config import load_config
+    from gmm_dask.app.params import ServeParams
+
+    cfg = load_config("configs/demo.yaml")
+    served = {
+        d.name: d._parameter_openapi_schema for d in deployments(ServeParams(config="configs/demo.yaml"))
+    }
+    override = served["daily"].definitions["ModelOverride"]["properties"]
+    assert override["n_components"]["description"].endswith(
+        f"Empty: the config's value ({cfg.model.n_components})."
+    )
+    assert override["family"]["description"].endswith(f"Empty: the config's value ({cfg.model.family}).")
+    audience = served["audience"].properties
+    assert audience["mover_snapshots"]["description"].endswith(
+        f"Empty: the config's audiences.mover_snapshots ({cfg.audiences.mover_snapshots})."
+    )
+    # prefect.yaml's deployments have no config at hand: their forms keep the plain wording
+    from flows import segment
+
+    plain = segment.to_deployment(name="plain")._parameter_openapi_schema.definitions["ModelOverride"]
+    assert plain["properties"]["n_components"]["description"].endswith("Empty: the config's value.")

@@ -12,6 +12,8 @@ people say ("Number", "Empty") instead of "int" and "None".
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,3 +133,33 @@ class FormProperty:
         prop = handler(core_schema)
         form_property(prop, self.title)
         return prop
+
+
+_CONFIG_EMPTY = re.compile(r"Empty: the config's (value|[a-z_]+\.[a-z_]+)\.$")
+
+
+def with_config_values(schema: dict[str, Any], sections: Mapping[str, Mapping[str, Any]]) -> None:
+    """Say, in place, the config's value where a field's description says empty means it: "Empty:
+    the config's value." of the model override's fields and "Empty: the config's
+    audiences.blend_threshold." read "... (5)." once the deployment's config is known.
+    ``sections``: the config's sections as plain values (``{"model": {...}, "audiences": {...}}``)."""
+
+    def fill(props: Mapping[str, Any], section: str | None) -> None:
+        for name, prop in props.items():
+            text = prop.get("description") if isinstance(prop, dict) else None
+            found = _CONFIG_EMPTY.search(text) if isinstance(text, str) else None
+            if text is None or found is None:
+                continue
+            where = found.group(1)
+            sec, _, key = where.partition(".") if where != "value" else (section or "", "", name)
+            value = sections.get(sec, {}).get(key)
+            if value is not None:
+                prop["description"] = f"{text[:-1]} ({_shown(value)})."
+
+    fill(schema.get("properties", {}), None)
+    for name, definition in schema.get("definitions", {}).items():
+        fill(definition.get("properties", {}), "model" if name == "ModelOverride" else None)
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
