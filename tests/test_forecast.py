@@ -299,11 +299,9 @@ def test_backtest_on_a_chain_where_nothing_changes_scores_both_methods_equal():
     assert why.startswith("persistence: the Markov forecast's backtest share MAE 0 pp was no better than")
 
 
-def test_where_the_chain_forecasts_worse_than_persistence_the_published_forecast_is_persistence():
-    """Stable shares (a steady market: each date's shares are the same composition up to small
-    measurement noise) while the transitions say users move, in a different random direction at
-    every step (noisy co-membership): the chain forecasts a drift that does not happen, and its
-    backtest says so. The published share forecast is then the current shares."""
+def steady_market() -> tuple[pd.DataFrame, dict[str, pd.Series], list[str]]:
+    """(transitions, shares by date, dates): stable shares while the transitions say users move,
+    in a new random direction at every step — the chain forecasts a drift that does not happen."""
     rng = np.random.default_rng(11)
     pi = np.array([0.4, 0.3, 0.2, 0.1])
     dates = _dates(9)
@@ -315,7 +313,15 @@ def test_where_the_chain_forecasts_worse_than_persistence_the_published_forecast
         noise = rng.dirichlet(np.ones(4), size=4)  # rows: where the movers of each segment go
         T = 0.9 * np.eye(4) + 0.1 * noise
         tables.append(_table(10_000 * shares[a].to_numpy()[:, None] * T, IDS, a, b))
-    tr = pd.concat(tables, ignore_index=True)
+    return pd.concat(tables, ignore_index=True), shares, dates
+
+
+def test_where_the_chain_forecasts_worse_than_persistence_the_published_forecast_is_persistence():
+    """Stable shares (a steady market: each date's shares are the same composition up to small
+    measurement noise) while the transitions say users move, in a different random direction at
+    every step (noisy co-membership): the chain forecasts a drift that does not happen, and its
+    backtest says so. The published share forecast is then the current shares."""
+    tr, shares, dates = steady_market()
     bt = backtest(shares, tr, holdout=3)
     means = bt.mean_scores()["share_mae"]
     assert means["markov"] > means["persistence"], means  # the premise: the chain is worse here

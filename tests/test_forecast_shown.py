@@ -5,7 +5,6 @@ figures; the forecast chart's caption and legend follow that method."""
 from __future__ import annotations
 
 import html
-import itertools
 import re
 from types import SimpleNamespace
 
@@ -18,7 +17,7 @@ from gmm_dask.report.html import html_report
 from gmm_dask.report.markdown import markdown_summary
 from gmm_dask.segmentation.forecast import backtest, choose_forecast, forecast_next
 
-from .test_forecast import _dates, _sampled_chain, _table
+from .test_forecast import _sampled_chain, steady_market
 from .test_report import _charts, make_data
 
 IDS = [0, 1, 2, 3]  # make_data's segment ids for k=4
@@ -35,19 +34,8 @@ def _drifting_chain():
 
 
 def _steady_market():
-    """Stable shares while the transitions say users move in a new random direction each step:
-    the chain forecasts a drift that does not happen."""
-    rng = np.random.default_rng(11)
-    pi = np.array([0.4, 0.3, 0.2, 0.1])
-    dates = _dates(9)
-    shares, tables = {}, []
-    for d in dates:
-        s = pi + rng.normal(0.0, 0.002, size=4)
-        shares[d] = pd.Series(s / s.sum(), index=IDS)
-    for a, b in itertools.pairwise(dates):
-        T = 0.9 * np.eye(4) + 0.1 * rng.dirichlet(np.ones(4), size=4)
-        tables.append(_table(10_000 * shares[a].to_numpy()[:, None] * T, IDS, a, b))
-    return pd.concat(tables, ignore_index=True), shares
+    tr, shares, _ = steady_market()
+    return tr, shares
 
 
 def _report(chain):
