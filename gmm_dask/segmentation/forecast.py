@@ -348,12 +348,8 @@ def backtest(
         if train.empty:
             skipped[d] = f"no transitions ending on or before {p} to fit on"
             continue
-        T = fit_transition_matrix(
-            train.rename(columns={"count": counts}),
-            counts=counts,
-            half_life=half_life,
-            prior_users=prior_users,
-        )
+        fit_on = train.rename(columns={"count": counts})
+        T = fit_transition_matrix(fit_on, counts=counts, half_life=half_life, prior_users=prior_users)
         half_lives[d] = T.attrs["half_life"]
         frame, M = _held_out_shares(T, shares[p], shares[d], p, d, names)
         share_rows.append(frame)
