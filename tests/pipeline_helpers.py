@@ -95,3 +95,40 @@ def forbid_starts(monkeypatch) -> None:
     # the classes themselves stay (Dask asks ``Client.current()`` whether one is active)
     monkeypatch.setattr(distributed.Client, "__init__", refuse)
     monkeypatch.setattr(distributed.LocalCluster, "__init__", refuse)
+
+
+def kill_at_fault(argv: list[str], point: str, before_kill=None, timeout: float = 180) -> None:
+    """Run ``gmm-dask <argv>`` with ``GMM_DASK_FAULT=<point>:120`` and ``kill -9`` it once it
+    reaches ``point`` (after calling ``before_kill()``, if given, at that moment)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = {**os.environ, "GMM_DASK_FAULT": f"{point}:120"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gmm_dask_cli", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        text=True,
+    )
+    try:
+        deadline = time.time() + timeout
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if f"GMM_DASK_FAULT reached {point}" in line:
+                break
+            assert time.time() < deadline, f"the run never reached {point}"
+        else:
+            raise AssertionError(f"the run ended before {point}")
+        if before_kill is not None:
+            before_kill()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import duckdb
@@ -21,7 +16,15 @@ from gmm_dask.app.params import ScoreParams, TrainParams
 from gmm_dask.demo import read_truth
 from gmm_dask_cli import main
 
-from .pipeline_helpers import SMALL, demo_data, gamma_matrix, make_config, read_partition, tree_digest
+from .pipeline_helpers import (
+    SMALL,
+    demo_data,
+    gamma_matrix,
+    kill_at_fault,
+    make_config,
+    read_partition,
+    tree_digest,
+)
 
 DATES = SMALL.dates
 
@@ -202,29 +205,13 @@ def test_killing_the_writer_mid_write_leaves_previous_partition_intact(tmp_path,
     assert main(["train", "--config", str(cfg_path), "--snapshot", DATES[0]]) == 0
     root = tmp_path / "out"
     before = {t: tree_digest(root / t / f"dt={DATES[0]}") for t in ("memberships", "segments", "overlaps")}
-    env = {**os.environ, "GMM_DASK_FAULT": "before_commit:120"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gmm_dask_cli", "score", "--config", str(cfg_path), "--snapshot", DATES[0]],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 120
-        for line in proc.stdout:
-            if "GMM_DASK_FAULT reached before_commit" in line:
-                break
-            assert time.time() < deadline, "writer never reached the commit point"
-        staged = list((root / "_staging" / "memberships").rglob("*.parquet"))
-        assert staged, "the new partition should be fully staged at this point"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        proc.stdout.close()
+
+    def staged() -> None:
+        assert list((root / "_staging" / "memberships").rglob("*.parquet")), (
+            "the new partition is fully staged"
+        )
+
+    kill_at_fault(["score", "--config", str(cfg_path), "--snapshot", DATES[0]], "before_commit", staged)
     after = {t: tree_digest(root / t / f"dt={DATES[0]}") for t in ("memberships", "segments", "overlaps")}
     assert after == before
     # readers of the table see only the committed partition

@@ -4,14 +4,8 @@ cancelled mid-fit. One server and one `serve` process for the module; both are s
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import psutil
@@ -20,86 +14,24 @@ import pytest
 from gmm_dask.demo import DemoSpec, write_demo_dataset
 
 from .pipeline_helpers import make_config, read_partition
+from .prefect_servers import prefect_server, serving, wait
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout, what, proc=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited early with {proc.returncode}")
-        with contextlib.suppress(Exception):
-            if predicate():
-                return
-        time.sleep(1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _stop(proc: subprocess.Popen, timeout=30) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(api_url, env, tmp): a Prefect server plus `python -m flows.serve`, both on 127.0.0.1."""
     tmp = tmp_path_factory.mktemp("e2e")
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
-    env.pop("PREFECT_API_URL", None)
     spec = DemoSpec(n_users=3000, n_snapshots=2, seed=9, block_users=3000)
     write_demo_dataset(tmp / "data", spec)
     cfg = make_config(tmp, tmp / "data")
-    logs = (tmp / "server.log").open("w"), (tmp / "serve.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=tmp,
-        stdout=logs[0],
-        stderr=subprocess.STDOUT,
-    )
-    serve = None
-    try:
-        _wait(
-            lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200,
-            150,
-            "prefect server",
-            server,
-        )
-        client_env = {**env, "PREFECT_API_URL": api}
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "gmm_dask_cli", "serve", "--config", str(cfg), "--no-schedule"],
-            env=client_env,
-            cwd=REPO,
-            stdout=logs[1],
-            stderr=subprocess.STDOUT,
-        )
-        yield {"env": client_env, "tmp": tmp, "spec": spec, "serve": serve}
-    finally:
-        if serve is not None:
-            _stop(serve)
-        _stop(server)
-        for f in logs:
-            f.close()
+    with (
+        prefect_server(tmp, PREFECT_LOGGING_LEVEL="INFO") as server,
+        serving(server, cfg, tmp / "serve.log") as serve,
+    ):
+        yield {"env": server.env, "tmp": tmp, "spec": spec, "serve": serve}
 
 
 def _client_script(served, script: str, *args, timeout=400) -> str:
@@ -145,7 +77,7 @@ def test_cancelling_a_run_mid_fit_stops_the_dask_work_and_writes_nothing(served,
         now = {p.pid for p in psutil.Process(served["serve"].pid).children(recursive=True)}
         return not (now - before)
 
-    _wait(run_processes_gone, 60, "the cancelled run's processes (flow run and Dask workers) to exit")
+    wait(run_processes_gone, 60, "the cancelled run's processes (flow run and Dask workers) to exit")
     root = tmp_path / "out"
     assert not (root / "memberships").exists() or not any((root / "memberships").iterdir())
     assert not any(root.rglob("*.parquet")) if root.exists() else True

@@ -5,10 +5,8 @@ after the other (the deployment's concurrency limit queues the second)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from gmm_dask.demo import DemoSpec, write_demo_dataset
 
-from .test_prefect_server_e2e import _free_port, _stop, _wait
+from .prefect_servers import prefect_server, stop, wait
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -41,23 +39,10 @@ def test_prefect_yaml_deploys_from_a_fresh_clone_and_queues_two_daily_runs_of_a_
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     write_demo_dataset(clone / "data" / "demo", SPEC)  # where configs/demo.yaml reads
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api}
-    env.update({"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
-    env.pop("GMM_DASK_REPO", None)
-    prefect = [sys.executable, "-m", "prefect"]
-    logs = [(tmp_path / f"{n}.log").open("w") for n in ("server", "worker")]
-    server = subprocess.Popen(
-        [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
-        cwd=tmp_path,
-        stdout=logs[0],
-        stderr=subprocess.STDOUT,
-    )
-    worker = None
-    try:
-        _wait(lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200, 150, "server", server)
+    extra = {"PREFECT_WORKER_QUERY_SECONDS": "1"}
+    with prefect_server(tmp_path, **extra) as server, (tmp_path / "worker.log").open("w") as worker_log:
+        env, api = {k: v for k, v in server.env.items() if k != "GMM_DASK_REPO"}, server.api
+        prefect = [sys.executable, "-m", "prefect"]
 
         def cli(*args: str) -> str:
             out = subprocess.run(
@@ -72,28 +57,26 @@ def test_prefect_yaml_deploys_from_a_fresh_clone_and_queues_two_daily_runs_of_a_
             [*prefect, "worker", "start", "--pool", "gmm-dask"],
             env=env,
             cwd=clone,
-            stdout=logs[1],
+            stdout=worker_log,
             stderr=subprocess.STDOUT,
         )
-        date = SPEC.dates[-1]
-        for _ in range(2):
-            cli("deployment", "run", "segment/daily", "--param", f"snapshot={date}")
+        try:
+            date = SPEC.dates[-1]
+            for _ in range(2):
+                cli("deployment", "run", "segment/daily", "--param", f"snapshot={date}")
 
-        def finished() -> bool:
-            runs = _runs(api, date)
-            return len(runs) == 2 and all(r["state_type"] in ("COMPLETED", "FAILED", "CRASHED") for r in runs)
+            def finished() -> bool:
+                runs = _runs(api, date)
+                return len(runs) == 2 and all(
+                    r["state_type"] in ("COMPLETED", "FAILED", "CRASHED") for r in runs
+                )
 
-        _wait(finished, 480, "both daily runs", worker)
-        first, second = sorted(_runs(api, date), key=lambda r: r["start_time"])
-        worker_log = (tmp_path / "worker.log").read_text()[-4000:]
-        assert first["state_type"] == "COMPLETED", worker_log
-        assert second["state_type"] == "COMPLETED", worker_log
-        assert second["start_time"] >= first["end_time"]  # one after the other
-        assert (clone / "out" / "demo" / "memberships" / f"dt={date}").is_dir()
-    finally:
-        if worker is not None:
-            _stop(worker)
-        _stop(server)
-        for f in logs:
-            f.close()
-        time.sleep(0)
+            wait(finished, 480, "both daily runs", worker)
+            first, second = sorted(_runs(api, date), key=lambda r: r["start_time"])
+        finally:
+            stop(worker)
+    log = (tmp_path / "worker.log").read_text()[-4000:]
+    assert first["state_type"] == "COMPLETED", log
+    assert second["state_type"] == "COMPLETED", log
+    assert second["start_time"] >= first["end_time"]  # one after the other
+    assert (clone / "out" / "demo" / "memberships" / f"dt={date}").is_dir()

@@ -4,11 +4,6 @@ leaves each reader the previous publication whole, and the next run of the date 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +11,7 @@ import pytest
 from gmm_dask.storage.io import TableStore
 from gmm_dask_cli import main
 
-from .pipeline_helpers import SMALL, demo_data, make_config
+from .pipeline_helpers import SMALL, demo_data, kill_at_fault, make_config
 
 DATE = SMALL.dates[-1]
 TABLES = ("segments", "overlaps", "memberships")  # in the order a run commits them
@@ -37,31 +32,7 @@ def versions(store: TableStore) -> dict[str, set[str]]:
 
 def kill_at(cfg: Path, point: str) -> None:
     """Re-train DATE (a new model version) and kill -9 the run once it reaches ``point``."""
-    env = {**os.environ, "GMM_DASK_FAULT": f"{point}:120"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gmm_dask_cli", "train", "--force", "--config", str(cfg), "--snapshot", DATE],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-        text=True,
-    )
-    try:
-        deadline = time.time() + 180
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if f"GMM_DASK_FAULT reached {point}" in line:
-                break
-            assert time.time() < deadline, f"the run never reached {point}"
-        else:
-            pytest.fail(f"the run ended before {point}")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    kill_at_fault(["train", "--force", "--config", str(cfg), "--snapshot", DATE], point)
 
 
 def delta_versions_from_record(root: Path) -> dict[str, set[str]]:

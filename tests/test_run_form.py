@@ -6,9 +6,6 @@ run page; an out-of-range nested value is refused with the field's name and rang
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -19,7 +16,7 @@ from gmm_dask.demo import DemoSpec, write_demo_dataset
 
 from .conftest import CHROMIUM_ARGS
 from .pipeline_helpers import make_config
-from .test_prefect_server_e2e import _free_port, _stop, _wait
+from .prefect_servers import prefect_server, serving, wait
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -41,42 +38,10 @@ def served_ui(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("form")
     write_demo_dataset(tmp / "data", SPEC)
     cfg = make_config(tmp, tmp / "data")
-    port = _free_port()
-    base, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": api,
-    }
-    env.pop("PREFECT_API_URL", None)
-    logs = [(tmp / f"{n}.log").open("w") for n in ("server", "serve")]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=tmp,
-        stdout=logs[0],
-        stderr=subprocess.STDOUT,
-    )
-    serve = None
-    try:
-        _wait(lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200, 150, "server", server)
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "gmm_dask_cli", "serve", "--config", str(cfg), "--no-schedule"],
-            env={**env, "PREFECT_API_URL": api},
-            cwd=REPO,
-            stdout=logs[1],
-            stderr=subprocess.STDOUT,
-        )
-        _wait(lambda: len(_post(api, "/deployments/filter", {})) >= 7, 150, "served deployments", serve)
-        daily = next(d for d in _post(api, "/deployments/filter", {}) if d["name"] == "daily")
-        yield base, api, daily["id"]
-    finally:
-        if serve is not None:
-            _stop(serve)
-        _stop(server)
-        for f in logs:
-            f.close()
+    with prefect_server(tmp) as server, serving(server, cfg, tmp / "serve.log") as serve:
+        wait(lambda: len(_post(server.api, "/deployments/filter", {})) >= 7, 150, "served deployments", serve)
+        daily = next(d for d in _post(server.api, "/deployments/filter", {}) if d["name"] == "daily")
+        yield server.base, server.api, daily["id"]
 
 
 def _set_nested(tab, title: str, value: str) -> None:
@@ -123,7 +88,7 @@ def test_a_custom_run_from_the_form_shows_its_charts_and_its_warnings_on_the_run
     _set_nested(form, "Tolerance", "0.000000000001")
     form.get_by_role("button", name="Submit").click()
     form.wait_for_url(f"**/deployments/deployment/{daily}**")  # the UI goes back to the deployment
-    _wait(lambda: {r["id"] for r in _post(api, "/flow_runs/filter", {})} - before, 60, "the submitted run")
+    wait(lambda: {r["id"] for r in _post(api, "/flow_runs/filter", {})} - before, 60, "the submitted run")
     (run_id,) = {r["id"] for r in _post(api, "/flow_runs/filter", {})} - before
 
     def done() -> bool:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import urllib.request
@@ -21,7 +20,7 @@ from gmm_dask.demo import DemoSpec, write_demo_dataset
 
 from .conftest import CHROMIUM_ARGS
 from .pipeline_helpers import make_config
-from .test_prefect_server_e2e import _free_port, _stop, _wait
+from .prefect_servers import prefect_server
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -31,29 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 def ui_server(tmp_path_factory):
     """(base URL, client env, tmp): a Prefect server whose UI talks to its own API."""
     tmp = tmp_path_factory.mktemp("ui")
-    port = _free_port()
-    base, api = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp / "prefect-home"),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": api,  # else the UI calls the default port, 4200
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = (tmp / "server.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=tmp,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait(lambda: urllib.request.urlopen(f"{api}/health", timeout=2).status == 200, 150, "server", server)
-        yield base, {**env, "PREFECT_API_URL": api}, tmp
-    finally:
-        _stop(server)
-        log.close()
+    with prefect_server(tmp) as server:
+        yield server.base, server.env, tmp
 
 
 _PREFECT_GRAPH_RACE = "Cannot read properties of null (reading 'x')"
