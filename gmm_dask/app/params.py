@@ -156,7 +156,6 @@ ModelOverrideParam = Annotated[
         "Override parts of the config's model section for this run; fields left empty keep the "
         "config's values.",
         title="Model override",
-        default_factory=ModelOverride,
     ),
 ]  # not optional: a form then validates each nested field by itself (its name and range)
 
@@ -204,7 +203,7 @@ class TrainParams(JobParams):
     publish_by_default = True
 
     snapshot: SnapshotDate = None
-    model: ModelOverrideParam
+    model: ModelOverrideParam = ModelOverride()  # frozen: one shared empty override
     publish: PublishParam = None
     force: ForceParam = False
 
@@ -232,7 +231,7 @@ class SegmentParams(JobParams):
         str | None,
         param("Score with this registered version or alias instead of fitting.", empty="fit"),
     ] = None
-    model: ModelOverrideParam
+    model: ModelOverrideParam = ModelOverride()  # frozen: one shared empty override
     publish: PublishParam = None
     force: ForceParam = False
 
