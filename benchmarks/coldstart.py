@@ -1,0 +1,143 @@
+"""Cold start: the first fit on a fresh cluster against a second fit on the same cluster, with and
+without the compiled kernels loaded into the workers first (``client.run(warm_up)``, timed apart:
+:func:`gmm_dask.mixture.warm.warm_up`), and scikit-learn's fit from the same initialisation, in
+one run (#23 items 5 and 7).
+
+``python -m benchmarks.coldstart [--rounds 3] [--n 1000000]`` — N × 16 blobs, K = 8, full
+covariance, 10 EM iterations, tol 0; a fresh 2-process LocalCluster (1 thread each) per round
+and variant, the data generated inside the fit (as a job reads it); scikit-learn with the same
+2 cores (BLAS threads 2). Writes ``benchmarks/COLDSTART.md`` and ``coldstart.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.cases import blobs, blobs_block, shared_init
+
+HERE = Path(__file__).resolve().parent
+D, K, ITERS, CT = 16, 8, 10, "full"
+
+
+def _data(n: int):
+    import dask
+    import dask.array as da
+
+    gen = 125_000
+    parts = [
+        da.from_delayed(
+            dask.delayed(blobs_block)(min(gen, n - s), D, K, 0, i), shape=(min(gen, n - s), D), dtype=float
+        )
+        for i, s in enumerate(range(0, n, gen))
+    ]
+    return da.concatenate(parts)
+
+
+def _fit(X, init: dict) -> float:
+    from gmm_dask import GaussianMixture
+
+    gm = GaussianMixture(K, covariance_type=CT, tol=0, max_iter=ITERS, **init)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(X)
+    return time.perf_counter() - t0
+
+
+def _round(n: int, init: dict, warm: bool) -> dict:
+    from distributed import Client, LocalCluster
+
+    from gmm_dask.mixture.warm import warm_up
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        memory_limit=0,
+        silence_logs=40,
+    )
+    client = Client(cluster)
+    started = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if warm:
+        client.run(warm_up)
+    loaded = time.perf_counter() - t0
+    try:
+        first = _fit(_data(n), init)
+        second = _fit(_data(n), init)
+    finally:
+        client.close()
+        cluster.close()
+    return {"cluster_start": started, "kernels": loaded, "first": first, "second": second}
+
+
+def _sklearn(X: np.ndarray, init: dict) -> float:
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(2, "blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        GaussianMixture(K, covariance_type=CT, tol=0, max_iter=ITERS, **init).fit(X)
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    args = ap.parse_args()
+    X = blobs(args.n, D, K, 0)
+    init = shared_init(X, K, CT)
+    rows: dict[str, list[dict]] = {"cold (as a job starts)": [], "kernels loaded first": []}
+    sk = []
+    for _ in range(args.rounds):  # A, B, sklearn, A, B, sklearn, ...: load drifts evenly
+        for variant, warm in (("cold (as a job starts)", False), ("kernels loaded first", True)):
+            rows[variant].append(_round(args.n, init, warm))
+        sk.append(_sklearn(X, init))
+    out = {
+        "n": args.n,
+        "d": D,
+        "k": K,
+        "iters": ITERS,
+        "rounds": rows,
+        "sklearn": sk,
+        "machine": platform.node(),
+    }
+    (HERE / "coldstart.json").write_text(json.dumps(out, indent=1))
+    best_sk = min(sk)
+    lines = [
+        "# Cold start: the first fit on a fresh cluster vs the second (#23 items 5, 7)",
+        "",
+        f"N = {args.n:,}, D = {D}, K = {K}, full, {ITERS} iterations, tol 0; fresh 2-process LocalCluster (1 thread "
+        f"each) per round and variant; scikit-learn with 2 BLAS threads from the same init; {args.rounds} rounds "
+        "alternating (cold, kernels loaded first, scikit-learn); medians, seconds. `python -m benchmarks.coldstart`.",
+        "",
+        "| variant | cluster start | loading the kernels | first fit | second fit | first / second | scikit-learn / second | scikit-learn / first |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for variant, rs in rows.items():
+        med = {
+            key: float(np.median([r[key] for r in rs]))
+            for key in ("cluster_start", "kernels", "first", "second")
+        }
+        lines.append(
+            f"| {variant} | {med['cluster_start']:.2f} | {med['kernels']:.2f} | {med['first']:.2f} | {med['second']:.2f} | "
+            f"{med['first'] / med['second']:.2f} | {best_sk / med['second']:.1f} | {best_sk / med['first']:.1f} |"
+        )
+    lines += ["", f"scikit-learn: best {best_sk:.2f} s, median {np.median(sk):.2f} s."]
+    (HERE / "COLDSTART.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
