@@ -34,6 +34,36 @@ def blobs(n: int, d: int, k: int, seed: int = 0, block_rows: int = 125_000) -> n
     )
 
 
+def lazy_blobs(n: int, d: int, k: int, seed: int):
+    """The rows of :func:`blobs` as a dask array generated inside the tasks (125,000-row blocks)."""
+    import dask
+    import dask.array as da
+
+    gen = 125_000
+    parts = [
+        da.from_delayed(
+            dask.delayed(blobs_block)(min(gen, n - s), d, k, seed, i), shape=(min(gen, n - s), d), dtype=float
+        )
+        for i, s in enumerate(range(0, n, gen))
+    ]
+    return da.concatenate(parts)
+
+
+def local_cluster(workers: int):
+    """(cluster, client): ``workers`` single-threaded worker processes on 127.0.0.1, no memory limit."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+        memory_limit=0,
+        silence_logs=40,
+    )
+    return cluster, Client(cluster)
+
+
 def shared_init(X: np.ndarray, k: int, ct: str, seed: int = 0) -> dict:
     """The same starting point for every engine: means at K sampled rows, unit covariances."""
     rng = np.random.default_rng(seed)
@@ -135,41 +165,19 @@ def _import_library() -> None:
 def run_gmm_dask(p: dict) -> dict:
     import warnings
 
-    import dask
-    import dask.array as da
-
     from gmm_dask import GaussianMixture
 
     n, d, k = p["n"], p["d"], p["k"]
     X_np = blobs(n, d, k, p["seed"])  # for the shared init only; the engine reads its own copy
     init = shared_init(X_np, k, p["ct"])
     del X_np
-    gen = 125_000  # generation blocks: the same rows as blobs(), which the other engines use
-    parts = [
-        da.from_delayed(
-            dask.delayed(blobs_block)(min(gen, n - s), d, k, p["seed"], i),
-            shape=(min(gen, n - s), d),
-            dtype=float,
-        )
-        for i, s in enumerate(range(0, n, gen))
-    ]
-    X = da.concatenate(parts).rechunk((p.get("chunk_rows", 125_000), d))
+    X = lazy_blobs(n, d, k, p["seed"]).rechunk((p.get("chunk_rows", 125_000), d))
     source = p.get("source", "memory")
     if source == "parquet":
         X = _parquet_array(p, X)
     cluster = client = None
     if p["workers"]:
-        from distributed import Client, LocalCluster
-
-        cluster = LocalCluster(
-            n_workers=p["workers"],
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address="127.0.0.1:0",
-            memory_limit=0,
-            silence_logs=40,
-        )
-        client = Client(cluster)
+        cluster, client = local_cluster(p["workers"])
         # Imports are not the fit: load the library in every worker before the memory baseline
         # (numpy/pandas/scipy/dask take ~90 MiB per process whatever the data size).
         client.run(_import_library)

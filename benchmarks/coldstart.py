@@ -20,24 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.cases import blobs, blobs_block, shared_init
+from benchmarks.cases import blobs, lazy_blobs, local_cluster, shared_init
 
 HERE = Path(__file__).resolve().parent
 D, K, ITERS, CT = 16, 8, 10, "full"
-
-
-def _data(n: int):
-    import dask
-    import dask.array as da
-
-    gen = 125_000
-    parts = [
-        da.from_delayed(
-            dask.delayed(blobs_block)(min(gen, n - s), D, K, 0, i), shape=(min(gen, n - s), D), dtype=float
-        )
-        for i, s in enumerate(range(0, n, gen))
-    ]
-    return da.concatenate(parts)
 
 
 def _fit(X, init: dict) -> float:
@@ -52,28 +38,18 @@ def _fit(X, init: dict) -> float:
 
 
 def _round(n: int, init: dict, warm: bool) -> dict:
-    from distributed import Client, LocalCluster
-
     from gmm_dask.mixture.warm import warm_up
 
     t0 = time.perf_counter()
-    cluster = LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        host="127.0.0.1",
-        dashboard_address="127.0.0.1:0",
-        memory_limit=0,
-        silence_logs=40,
-    )
-    client = Client(cluster)
+    cluster, client = local_cluster(2)
     started = time.perf_counter() - t0
     t0 = time.perf_counter()
     if warm:
         client.run(warm_up)
     loaded = time.perf_counter() - t0
     try:
-        first = _fit(_data(n), init)
-        second = _fit(_data(n), init)
+        first = _fit(lazy_blobs(n, D, K, 0), init)
+        second = _fit(lazy_blobs(n, D, K, 0), init)
     finally:
         client.close()
         cluster.close()
