@@ -524,7 +524,9 @@ def write_tables(
 def partition_model_version(cfg: JobConfig, table: str, date: str) -> str | None:
     """The model version recorded in a committed table partition, or None if there is none."""
     meta = cfg.outputs().metadata(table, date)
-    return (meta or {}).get("gmm_dask.model_version") or None
+    from gmm_dask.segmentation.tables import MODEL_VERSION_KEY
+
+    return (meta or {}).get(MODEL_VERSION_KEY) or None
 
 
 def _co_membership_piece(piece, cfg_input, old, new, storage_options):

@@ -55,13 +55,17 @@ def gamma_matrix(table: pa.Table, column: str = "gamma") -> FloatArray:
     return np.asarray(flat, dtype=np.float64).reshape(-1, k)
 
 
+#: The key of a table file's metadata that names the model version its rows come from.
+MODEL_VERSION_KEY = "gmm_dask.model_version"
+
+
 def table_metadata(
     table: str, model_version: str, extra: Mapping[str, object] | None = None
 ) -> dict[bytes, bytes]:
     meta: dict[str, object] = {
         "gmm_dask.table": table,
         "gmm_dask.schema_version": SCHEMA_VERSION,
-        "gmm_dask.model_version": model_version,
+        MODEL_VERSION_KEY: model_version,
     }
     meta.update(extra or {})
     return {k.encode(): str(v).encode() for k, v in meta.items()}

@@ -15,13 +15,11 @@ import json
 from gmm_dask.app.config import JobConfig
 from gmm_dask.app.pipeline import INPUTS_KEY
 from gmm_dask.segmentation.model import SegmentationModel
-from gmm_dask.segmentation.tables import SCHEMA_VERSION
+from gmm_dask.segmentation.tables import MODEL_VERSION_KEY, SCHEMA_VERSION
 from gmm_dask.storage.io import Snapshot
 
 from .core import STEPS, Steps, logger
 from .results import RunResult
-
-MODEL_VERSION_KEY = "gmm_dask.model_version"
 
 
 def run_kind(model: SegmentationModel | None, analyse: bool) -> str:

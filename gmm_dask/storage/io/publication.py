@@ -35,8 +35,6 @@ from gmm_dask.storage.io.writers import (
 
 logger = logging.getLogger("gmm_dask.storage.io")
 
-MODEL_VERSION_KEY = "gmm_dask.model_version"
-
 
 class Publication:
     """The commits of ``date``'s tables under ``root`` by one run (``owner``, for the record)."""
@@ -96,6 +94,8 @@ class Publication:
             path = writer.commit()
             found = retry_transient(lambda: self.fs.find(writer.target), "Listing", path)
             entry = {"format": "parquet", "files": sorted(f[len(writer.target) + 1 :] for f in found)}
+        from gmm_dask.segmentation.tables import MODEL_VERSION_KEY  # pandas: not to open a store
+
         meta = partition_metadata(self.root, table, self.date, self.storage_options) or {}
         if meta.get(MODEL_VERSION_KEY):
             entry["model_version"] = meta[MODEL_VERSION_KEY]
