@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 from gmm_dask.errors import FitError
 from gmm_dask.mixture.arrays import FloatArray
@@ -113,6 +112,8 @@ def compute_precision_cholesky(
     """
     covariances = np.asarray(covariances, dtype=np.float64)
     if covariance_type in ("full", "tied"):
+        from scipy import linalg
+
         stack = covariances if covariance_type == "full" else covariances[None]
         d = stack.shape[-1]
         eye = np.eye(d)
@@ -139,6 +140,8 @@ def precision_cholesky_from_precisions(precisions: FloatArray, covariance_type: 
     """
     precisions = np.asarray(precisions, dtype=np.float64)
     if covariance_type in ("full", "tied"):
+        from scipy import linalg
+
         stack = precisions if covariance_type == "full" else precisions[None]
         out = np.empty_like(stack)
         for k, prec in enumerate(stack):
@@ -166,6 +169,8 @@ def precisions_from_cholesky(prec_chol: FloatArray, covariance_type: CovarianceT
 def covariances_from_cholesky(prec_chol: FloatArray, covariance_type: CovarianceType) -> FloatArray:
     """Covariances from precision Cholesky factors (used when a fit starts from precisions)."""
     if covariance_type in ("full", "tied"):
+        from scipy import linalg
+
         stack = prec_chol if covariance_type == "full" else prec_chol[None]
         d = stack.shape[-1]
         inv = np.stack([linalg.solve_triangular(p, np.eye(d), lower=False) for p in stack])

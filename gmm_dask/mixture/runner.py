@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import dask.array as da
 import numpy as np
 from dask.base import compute
 from dask.base import persist as dask_persist
@@ -32,6 +31,7 @@ from dask.delayed import delayed
 from gmm_dask.mixture.arrays import FloatArray
 
 if TYPE_CHECKING:
+    import dask.array as da
     from dask.delayed import Delayed
     from dask.typing import Key
     from distributed import Client, Future

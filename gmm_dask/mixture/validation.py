@@ -11,11 +11,8 @@ import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeAlias, TypeGuard, cast
 
-import dask.array as da
 import numpy as np
-import pandas as pd
 from numpy.typing import ArrayLike
-from scipy import sparse
 
 from gmm_dask.errors import GMMDaskInputError
 from gmm_dask.mixture.arrays import FloatArray
@@ -34,7 +31,9 @@ from gmm_dask.mixture.runner import ChunkedData, Runner
 from gmm_dask.mixture.suffstats import merge_moments
 
 if TYPE_CHECKING:
+    import dask.array as da
     import dask.dataframe as dd
+    import pandas as pd
 
 #: What ``fit`` and the prediction methods take: in-memory arrays (NumPy, lists), pandas or Dask
 #: DataFrames, or row-chunked Dask arrays.
@@ -193,6 +192,8 @@ def check_init_arrays(
 
 
 def _numeric_frame_columns(dtypes: pd.Series[Any]) -> list[str]:
+    import pandas as pd
+
     return [
         str(c)
         for c, t in dtypes.items()
@@ -207,7 +208,7 @@ def _frame_to_numpy(df: pd.DataFrame) -> FloatArray:
 
 
 def _check_not_sparse(X: object, name: str = "X") -> None:
-    if sparse.issparse(X):
+    if type(X).__module__.startswith("scipy.sparse"):
         raise GMMDaskInputError(
             f"{name} is a sparse {type(X).__name__}; gmm-dask needs dense features. Pass "
             f"{name}.toarray() (mixtures of few features are dense in practice)."
@@ -250,6 +251,8 @@ def _check_numpy(X: ArrayLike, name: str = "X") -> FloatArray:
 
 def to_numpy(X: ArrayLike | pd.DataFrame) -> FloatArray:
     """In-memory input (NumPy, list, pandas DataFrame) as a checked 2-D float64 array."""
+    import pandas as pd
+
     if isinstance(X, pd.DataFrame):
         bad = _numeric_frame_columns(X.dtypes)
         if bad:
@@ -277,6 +280,9 @@ def to_chunked(
     Only types, shapes and column dtypes are checked here (cheap); values are checked by
     :func:`validate_values` in one pass.
     """
+    import dask.array as da
+    import pandas as pd
+
     names = None
     if isinstance(X, pd.DataFrame):
         names = [str(c) for c in X.columns]
@@ -330,6 +336,8 @@ def _non_numeric_msg(bad: list[str], dtypes: pd.Series[Any]) -> str:
 
 
 def _to_weight_array(sample_weight: InputWeights, Xd: da.Array) -> da.Array:
+    import dask.array as da
+
     n = Xd.shape[0]
     w: da.Array
     if isinstance(sample_weight, da.Array):

@@ -11,11 +11,9 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
-import pandas as pd
 
 from gmm_dask.errors import ConvergenceWarning, GMMDaskInputError, NotFittedError
 from gmm_dask.mixture.arrays import FloatArray, IntArray
@@ -26,6 +24,9 @@ from gmm_dask.mixture.em import IterationInfo, RandomState, fit_family, seed_fro
 from gmm_dask.mixture.gaussian import entropy_bits, log_responsibilities
 from gmm_dask.mixture.runner import ChunkedData, Runner, make_runner
 from gmm_dask.mixture.validation import InputData, InputWeights, to_chunked, to_numpy
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 
 def _kind_flags(Xb: FloatArray, wb: FloatArray | None, idx: int, off: int) -> FloatArray:
@@ -199,6 +200,8 @@ class BehaviourMixture:
             )
 
     def _prepare(self, X: InputData) -> FloatArray | da.Array:
+        import pandas as pd
+
         self._check_fitted()
         names = getattr(self, "feature_names_in_", None)
         if isinstance(X, pd.DataFrame) and names is not None:
@@ -239,6 +242,8 @@ class BehaviourMixture:
 
         if isinstance(Xp, np.ndarray):
             return block(Xp)
+        import dask.array as da
+
         if what == "proba":
             return da.map_blocks(block, Xp, chunks=(Xp.chunks[0], (k,)), dtype=np.float64)  # type: ignore[no-untyped-call]  # dask: unannotated
         dtype = np.intp if what == "predict" else np.float64
