@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gmm_dask.mixture.arrays import FloatArray, Int64Array
+from gmm_dask.mixture.blocks import K_STEP, P_STEP
 
 if TYPE_CHECKING:
     from numba.core.dispatcher import Dispatcher
@@ -66,11 +67,6 @@ def _jit(fastmath: set[str] = _FLAGS) -> Callable[[Callable[P, T]], Dispatcher[C
 
     return decorate
 
-
-#: Row padding: f has a multiple of 4 rows (the density loop takes 4 at a time) and the
-#: coefficients a multiple of 4 components (the moment loop takes 4 at a time).
-P_STEP = 4
-K_STEP = 4
 
 # exp(x) for x in [_EXP_LO, 0] comes from the vectorised polynomial below and is 0 below
 # _EXP_ZERO (also −inf), where libm's exp is 0 too (it underflows below −745.14); the rest (NaN,

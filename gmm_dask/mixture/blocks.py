@@ -30,6 +30,10 @@ from gmm_dask.mixture.options import CovarianceType, MomentKind
 Kernel = Literal["auto", "numpy"]
 Precision = Literal["float64", "float32"]
 
+#: Row padding of the compiled kernel: f has a multiple of 4 rows (the density loop takes 4 at
+#: a time) and the coefficients a multiple of 4 components (the moment loop takes 4 at a time).
+P_STEP = 4
+K_STEP = 4
 #: Components whose mean lies more than √ρ of their own standard deviations from the mixture
 #: mean (ρ = mᵀPm) are handled exactly centred rather than through the shared expansion,
 #: whose rounding grows like ε·ρ: beyond 1e6 it would exceed ~1e-10 relative.
@@ -274,7 +278,7 @@ def blocks_compiled(
 ) -> BlockStats:
     """Per-row scores, the log-likelihood, hard counts and per-block centred statistics from
     the compiled kernel (see :func:`gmm_dask.mixture.suffstats.estep_stats`)."""
-    from gmm_dask.mixture import _kernels
+    from gmm_dask.mixture import aot
 
     k = A.shape[0]
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -285,8 +289,8 @@ def blocks_compiled(
     tile = min(block, COMPILED_TILE_ROWS)
     tiles_per_block = -(-block // tile)
     n_blocks = max(1, -(-n_total // (tile * tiles_per_block)))
-    kp = -(-k // _kernels.K_STEP) * _kernels.K_STEP
-    pp = -(-layout.f // _kernels.P_STEP) * _kernels.P_STEP
+    kp = -(-k // K_STEP) * K_STEP
+    pp = -(-layout.f // P_STEP) * P_STEP
     Ap = np.zeros((kp, pp), dtype=np.float32 if precision == "float32" else np.float64)
     Ap[:k, : layout.f] = A  # the kernel forms f = [q; x; 1] and A @ f in A's dtype
     S = np.zeros((n_blocks, kp, pp))
@@ -294,8 +298,8 @@ def blocks_compiled(
     hard_nk = np.zeros(k)
     ia = np.ascontiguousarray(layout.ia, dtype=np.int64)
     ja = np.ascontiguousarray(layout.ja, dtype=np.int64)
-    loglik = _kernels.estep_tiles(
-        X, w, weighted, np.ascontiguousarray(shift, dtype=np.float64), Ap, ia, ja, k,
+    loglik = aot.call(
+        "estep_tiles", X, w, weighted, np.ascontiguousarray(shift, dtype=np.float64), Ap, ia, ja, k,
         tile, tiles_per_block, hard_counts, scores, S, hard_nk,
     )  # fmt: skip
     nk_b, mean_b, m2_b = centre_blocks(S[:, :k, : layout.f], layout)

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from gmm_dask.mixture.behaviour import _kernel
+from gmm_dask.mixture import aot
 from gmm_dask.mixture.behaviour.structure import Layout, Structure, layout_of
 from gmm_dask.mixture.behaviour.values import BehaviourParams, BehaviourStats
 from gmm_dask.mixture.suffstats import _worst_rows, merge_moments
@@ -202,8 +202,8 @@ def _run(
     scores, nk, hard_nk, bad = np.empty(n), np.zeros(k), np.zeros(k), np.zeros(2, np.int64)
     wv = np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
     rv = np.empty((0, k)) if resp is None else np.ascontiguousarray(resp, dtype=np.float64)
-    loglik = _kernel.estep(
-        X, wv, w is not None, rv, resp is not None, censor, _lay(layout), par, k, BLOCK_ROWS, hard_counts,
+    loglik = aot.call(
+        "behaviour_estep", X, wv, w is not None, rv, resp is not None, censor, _lay(layout), par, k, BLOCK_ROWS, hard_counts,
         scores, S, EX, mom, shift, nk, hard_nk, bad,
     )  # fmt: skip
     table, cens, tail = np.split(_fold_copies(layout, S), [layout.n_table, layout.n_table + layout.n_cens])
@@ -307,7 +307,12 @@ def log_prob(structure: Structure, X: F64, params: BehaviourParams) -> F64:
     for amounts and continuous features); NaN rows where a value is invalid."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     out = np.empty((X.shape[0], params.n_components))
-    _kernel.log_prob(
-        X, _lay(layout_of(structure)), kernel_params(structure, params), params.n_components, out
+    aot.call(
+        "behaviour_log_prob",
+        X,
+        _lay(layout_of(structure)),
+        kernel_params(structure, params),
+        params.n_components,
+        out,
     )
     return out
