@@ -1,7 +1,7 @@
 """Initialisation: k-means-sample against k-means|| — passes, seconds and the basin EM ends in.
 
 ``python -m benchmarks.init [--n 200000] [--seeds 5]`` — for each data shape and seed, both
-initialisations start a full-covariance EM run with the same settings (tol 1e-3, the default,
+initialisations start a full-covariance EM run with the same settings (tol 1e-4, as the demo job,
 max_iter 300, reg_covar 1e-6) on the same Dask array (16 partitions, the threaded scheduler).
 Recorded per run: full-data passes of the initialisation (the runner's counter, as a job's fit
 record counts them), its seconds, EM iterations, the final mean log-likelihood per unit weight
@@ -15,7 +15,9 @@ Shapes (the generators are fixed here, not tuned to either method):
   ~ N(0, 0.8²), the same kind of covariances.
 - ``weighted``: ``overlapping`` with log-normal(0, 1) sample weights.
 - ``demo``: the demo's first snapshot (:mod:`gmm_dask.demo`, 5 archetypes plus hybrids and
-  drifters), log1p of every feature, standardised; K = 5; truth is each user's archetype.
+  drifters) as a job fits it: dequantised (uniform within each value's step of 1 count or
+  1 currency unit, as the job does, so no component collapses on a spike of equal values),
+  log1p of every feature, standardised; K = 5; truth is each user's archetype.
 
 Writes ``benchmarks/INIT.md`` and ``init.json``.
 """
@@ -33,7 +35,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("k-means||", "k-means-sample")
-EM = {"covariance_type": "full", "tol": 1e-3, "reg_covar": 1e-6, "max_iter": 300, "n_init": 1}
+EM = {"covariance_type": "full", "tol": 1e-4, "reg_covar": 1e-6, "max_iter": 300, "n_init": 1}
 
 
 def gaussian_mixture(n: int, d: int, weights: np.ndarray, spread: float, seed: int):
@@ -51,12 +53,15 @@ def gaussian_mixture(n: int, d: int, weights: np.ndarray, spread: float, seed: i
 
 
 def demo_snapshot(n: int):
-    """(X, labels): the demo's first snapshot of n users, log1p, standardised; archetype labels."""
+    """(X, labels): the demo's first snapshot of n users as a job fits it — every value dequantised
+    (uniform in [x, x + 1), each feature's declared resolution of 1 count or 1 currency unit),
+    log1p, standardised; archetype labels."""
     from gmm_dask.demo import DemoSpec, block_snapshots
 
     spec = DemoSpec(n_users=n, block_users=n)
     feats, truth = next(block_snapshots(spec, 0))
-    X = np.log1p(np.column_stack([feats.column(c).to_numpy().astype(float) for c in feats.column_names[1:]]))
+    raw = np.column_stack([feats.column(c).to_numpy().astype(float) for c in feats.column_names[1:]])
+    X = np.log1p(raw + np.random.default_rng(104).random(raw.shape))
     X = (X - X.mean(axis=0)) / X.std(axis=0)
     names = truth.column("archetype").to_numpy(zero_copy_only=False)
     return X, np.unique(names, return_inverse=True)[1]

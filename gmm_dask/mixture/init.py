@@ -403,15 +403,22 @@ def _kmeans_parallel(runner: Runner, k: int, seed: int, oversampling: float, rou
     return _local_lloyd(centers, weights, chosen)
 
 
-def _sample_centers(runner: Runner, k: int, seed: int, tol: float) -> FloatArray:
-    """k-means-sample's centres from a sample drawn in two passes (see the module docstring)."""
+def poisson_sample(runner: Runner, m: int, seed: int) -> WeightedRows:
+    """About ``m`` rows drawn in two passes (the weight sum, then the draw): row i is kept with
+    probability pᵢ = min(1, m·wᵢ/Σw) and weighted wᵢ/pᵢ, so the sample's weighted sums estimate
+    the data's without bias. Returns global indices (ascending), rows and weights."""
     total = runner.map_reduce(_weight_chunk, _add)
     if not total > 0:
         raise ValueError(f"k-means-sample needs rows of positive weight, got a total weight of {total}")
-    m = max(SAMPLE_ROWS, SAMPLE_ROWS_PER_COMPONENT * k)
     fn = functools.partial(_poisson_chunk, seed=seed, rate=m / total)
     index, rows, weights = runner.map_reduce(fn, _merge_weighted_rows)
     logger.debug("k-means-sample: %d rows drawn (of weight %.6g)", len(index), total)
+    return index, rows, weights
+
+
+def _sample_centers(runner: Runner, k: int, seed: int, tol: float) -> FloatArray:
+    """k-means-sample's centres (see the module docstring)."""
+    _, rows, weights = poisson_sample(runner, max(SAMPLE_ROWS, SAMPLE_ROWS_PER_COMPONENT * k), seed)
     if not len(rows):  # Σp ≥ min(m, rows of positive weight): empty with probability ≤ e⁻ᵐ
         raise ValueError(f"k-means-sample drew no row (seed {seed}); use another random_state")
     rng = np.random.default_rng([seed % (1 << 63), _STREAM_SAMPLE])

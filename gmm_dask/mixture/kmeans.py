@@ -1,7 +1,8 @@
-"""k-means kernels on one partition: nearest centres and hard-assignment statistics.
+"""k-means kernels: nearest centres and hard-assignment statistics on one partition, and k-means
+on an in-memory weighted sample.
 
-Used by the initialisations in :mod:`gmm_dask.mixture.init` (k-means||, k-means++ and their Lloyd
-passes). Like :mod:`gmm_dask.mixture.suffstats` they are pure NumPy, and their statistics are the same
+Used by the initialisations in :mod:`gmm_dask.mixture.init` (k-means-sample, k-means||, k-means++
+and their Lloyd passes). Like :mod:`gmm_dask.mixture.suffstats` they are pure NumPy, and their statistics are the same
 :class:`~gmm_dask.mixture.suffstats.SuffStats` value, merged with :func:`~gmm_dask.mixture.suffstats.combine`.
 """
 
