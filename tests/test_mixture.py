@@ -280,7 +280,12 @@ def test_fit_mixture_on_a_runner_gives_the_facades_fit(ct):
     runner = make_runner(to_chunked(X, w))
     try:
         report = validate_values(runner, None)
-        core = {"n_components": 3, "init_params": DEFAULT_INIT_METHOD, "data_variance": report.mean_variance, **kw}
+        core = {
+            "n_components": 3,
+            "init_params": DEFAULT_INIT_METHOD,
+            "data_variance": report.mean_variance,
+            **kw,
+        }
         res = fit_mixture(runner, seed=seed_from(5), **core)
         for attr, got in [
             ("weights_", res.params.weights),
