@@ -5,7 +5,7 @@
                                     "memory_limit": "1.5GiB", "max_iter": 5}'
 
 Generates one demo snapshot of ``n`` users in pieces (timed), then runs the library's ``train``
-job with the default model settings (k-means|| initialisation, ids checked) on it, streaming
+job with the default model settings (k-means-sample initialisation, ids checked) on it, streaming
 from Parquet (``persist: false``), and reports every phase's seconds and rows/s, the passes the
 initialisation and EM made, one streaming E-step pass's time, and these ratios:
 

@@ -15,7 +15,7 @@ from sklearn.mixture import GaussianMixture as SkGaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 from gmm_dask import ComponentCollapseWarning, ConvergenceWarning, GaussianMixture
-from gmm_dask.mixture.options import COVARIANCE_TYPES
+from gmm_dask.mixture.options import COVARIANCE_TYPES, DEFAULT_INIT_METHOD, INIT_METHODS
 
 from .conftest import assert_rel, blobs
 
@@ -114,7 +114,7 @@ def test_log_likelihood_never_decreases(ct):
     assert lb[-1] > lb[0]
 
 
-@pytest.mark.parametrize("init", ["k-means||", "k-means++", "random", "random_from_data"])
+@pytest.mark.parametrize("init", INIT_METHODS)
 def test_recovers_known_mixture_from_each_init(init):
     X, labels, means = blobs(4000, k=4, d=3, sep=8.0, seed=0)
     gm = GaussianMixture(4, init_params=init, random_state=1, tol=1e-6, max_iter=500)
@@ -280,7 +280,12 @@ def test_fit_mixture_on_a_runner_gives_the_facades_fit(ct):
     runner = make_runner(to_chunked(X, w))
     try:
         report = validate_values(runner, None)
-        core = {"n_components": 3, "init_params": "k-means||", "data_variance": report.mean_variance, **kw}
+        core = {
+            "n_components": 3,
+            "init_params": DEFAULT_INIT_METHOD,
+            "data_variance": report.mean_variance,
+            **kw,
+        }
         res = fit_mixture(runner, seed=seed_from(5), **core)
         for attr, got in [
             ("weights_", res.params.weights),

@@ -80,7 +80,11 @@ def test_fewer_rows_than_components():
         ("reg_covar", float("nan"), "a finite number >= 0"),
         ("max_iter", -1, "an integer >= 0"),
         ("n_init", 0, "an integer >= 1"),
-        ("init_params", "kmeans", "one of 'k-means||', 'k-means++', 'random', 'random_from_data'"),
+        (
+            "init_params",
+            "kmeans",
+            "one of 'k-means-sample', 'k-means||', 'k-means++', 'random', 'random_from_data'",
+        ),
         ("random_state", "seed", "None, an int"),
     ],
 )

@@ -110,7 +110,10 @@ class GaussianMixture:
     max_iter : int, default=100
     n_init : int, default=1
         Number of initialisations; the one with the best lower bound is kept.
-    init_params : {'k-means||', 'k-means++', 'random', 'random_from_data'}, default='k-means||'
+    init_params : {'k-means-sample', 'k-means||', 'k-means++', 'random', 'random_from_data'}, default='k-means-sample'
+        'k-means-sample': k-means on a sample drawn in one pass, then a few Lloyd passes (at most
+        6 passes over the data); 'k-means||': scalable k-means++ on the full data (~15–40 passes).
+        See :mod:`gmm_dask.mixture.init`.
     weights_init : array of shape (K,), optional
     means_init : array of shape (K, D), optional
     precisions_init : array, optional

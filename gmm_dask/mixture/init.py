@@ -7,6 +7,13 @@ not depend on how the rows are split into partitions.
 
 Methods
 -------
+``k-means-sample`` (the default)
+    k-means on a sample drawn in one pass, at most 6 passes in all: one pass sums the weights,
+    one draws a Poisson sample of about ``max(50,000, 200·K)`` rows (row i kept with probability
+    pᵢ = min(1, m·wᵢ/Σw) and weighted wᵢ/pᵢ, so the sample's weighted sums estimate the full
+    data's without bias and a weight-0 row is never drawn), then in memory the best of 3 greedy
+    k-means++ seedings each refined by Lloyd, and at most 4 Lloyd passes on the full data (fewer
+    once the centres stop moving). Responsibilities are the final hard assignment.
 ``k-means||``
     Scalable k-means++ (Bahmani et al. 2012): a weighted random first centre, ``rounds`` passes
     each sampling ~``oversampling × K`` candidates with probability ∝ w·d², candidates weighted by
@@ -30,7 +37,7 @@ import numpy as np
 
 from gmm_dask.mixture.arrays import FloatArray, Int64Array
 from gmm_dask.mixture.gaussian import MixtureParams, compute_precision_cholesky
-from gmm_dask.mixture.kmeans import hard_stats, nearest_center
+from gmm_dask.mixture.kmeans import hard_stats, nearest_center, sample_kmeans
 from gmm_dask.mixture.options import CovarianceType, InitMethod, MomentKind
 from gmm_dask.mixture.runner import Runner
 from gmm_dask.mixture.suffstats import (
@@ -50,8 +57,16 @@ R = TypeVar("R", float, FloatArray)
 TopKeys = tuple[FloatArray, Int64Array, FloatArray]
 #: Sampled rows: global row indices and the rows, shapes (m,) and (m, D).
 SampledRows = tuple[Int64Array, FloatArray]
+#: A weighted sample: global row indices, the rows and their weights, shapes (m,), (m, D), (m,).
+WeightedRows = tuple[Int64Array, FloatArray, FloatArray]
 
-_STREAM_FIRST, _STREAM_PARALLEL, _STREAM_PP, _STREAM_RANDOM, _STREAM_FROM_DATA = range(1, 6)
+_STREAM_FIRST, _STREAM_PARALLEL, _STREAM_PP, _STREAM_RANDOM, _STREAM_FROM_DATA, _STREAM_SAMPLE = range(1, 7)
+
+#: k-means-sample: rows drawn (at least, and per component), local seedings, full-data Lloyd passes.
+SAMPLE_ROWS = 50_000
+SAMPLE_ROWS_PER_COMPONENT = 200
+SAMPLE_RESTARTS = 3
+SAMPLE_LLOYD_PASSES = 4
 
 
 def row_uniforms(seed: int, stream: int, row_offset: int, n: int, k: int = 1) -> FloatArray:
@@ -165,6 +180,31 @@ def _merge_rows(parts: list[SampledRows]) -> SampledRows:
     rows = np.concatenate([p[1] for p in parts])
     order = np.argsort(index, kind="stable")
     return index[order], rows[order]
+
+
+def _weight_chunk(Xb: FloatArray, wb: FloatArray | None, idx: int, off: int) -> float:
+    return float(len(Xb)) if wb is None else float(wb.sum())
+
+
+def _poisson_chunk(
+    Xb: FloatArray, wb: FloatArray | None, idx: int, off: int, *, seed: int, rate: float
+) -> WeightedRows:
+    """Rows kept with probability p = min(1, rate·w) (a per-row uniform, so the same rows whatever
+    the partitioning), each with weight w/p."""
+    w = _unit(wb, len(Xb))
+    p = np.minimum(1.0, rate * w)
+    sel = np.flatnonzero(row_uniforms(seed, _STREAM_SAMPLE, off, len(Xb))[:, 0] < p)
+    return off + sel, Xb[sel], w[sel] / p[sel]
+
+
+def _merge_weighted_rows(parts: list[WeightedRows]) -> WeightedRows:
+    index = np.concatenate([p[0] for p in parts])
+    order = np.argsort(index, kind="stable")
+    return (
+        index[order],
+        np.concatenate([p[1] for p in parts])[order],
+        np.concatenate([p[2] for p in parts])[order],
+    )
 
 
 def _hard_chunk(
@@ -307,6 +347,10 @@ def initialize(
             "spherical": var.mean(axis=1),
         }[covariance_type]
         return MixtureParams(weights, rows, cov, compute_precision_cholesky(cov, covariance_type, reg_covar))
+    if method == "k-means-sample":
+        centers = _sample_centers(runner, k, seed, lloyd_tol)
+        stats = lloyd(runner, centers, moments=moments, tol=lloyd_tol, max_iter=SAMPLE_LLOYD_PASSES)
+        return params_from_stats(stats, covariance_type, reg_covar, floor)
     if method == "k-means++":
         centers = _greedy_kmeanspp(runner, k, seed)
     elif method == "k-means||":
@@ -357,3 +401,25 @@ def _kmeans_parallel(runner: Runner, k: int, seed: int, oversampling: float, rou
     weights = counts + 1e-12
     chosen = _weighted_kmeanspp(centers, weights, k, rng)
     return _local_lloyd(centers, weights, chosen)
+
+
+def poisson_sample(runner: Runner, m: int, seed: int) -> WeightedRows:
+    """About ``m`` rows drawn in two passes (the weight sum, then the draw): row i is kept with
+    probability pᵢ = min(1, m·wᵢ/Σw) and weighted wᵢ/pᵢ, so the sample's weighted sums estimate
+    the data's without bias. Returns global indices (ascending), rows and weights."""
+    total = runner.map_reduce(_weight_chunk, _add)
+    if not total > 0:
+        raise ValueError(f"k-means-sample needs rows of positive weight, got a total weight of {total}")
+    fn = functools.partial(_poisson_chunk, seed=seed, rate=m / total)
+    index, rows, weights = runner.map_reduce(fn, _merge_weighted_rows)
+    logger.debug("k-means-sample: %d rows drawn (of weight %.6g)", len(index), total)
+    return index, rows, weights
+
+
+def _sample_centers(runner: Runner, k: int, seed: int, tol: float) -> FloatArray:
+    """k-means-sample's centres (see the module docstring)."""
+    _, rows, weights = poisson_sample(runner, max(SAMPLE_ROWS, SAMPLE_ROWS_PER_COMPONENT * k), seed)
+    if not len(rows):  # Σp ≥ min(m, rows of positive weight): empty with probability ≤ e⁻ᵐ
+        raise ValueError(f"k-means-sample drew no row (seed {seed}); use another random_state")
+    rng = np.random.default_rng([seed % (1 << 63), _STREAM_SAMPLE])
+    return sample_kmeans(rows, weights, k, rng, tol=tol, restarts=SAMPLE_RESTARTS)

@@ -17,9 +17,9 @@ COVARIANCE_TYPES: Final[tuple[CovarianceType, ...]] = get_args(CovarianceType)
 DEFAULT_COVARIANCE_TYPE: Final[CovarianceType] = "full"
 
 #: Initialisation methods (see :mod:`gmm_dask.mixture.init`).
-InitMethod = Literal["k-means||", "k-means++", "random", "random_from_data"]
+InitMethod = Literal["k-means-sample", "k-means||", "k-means++", "random", "random_from_data"]
 INIT_METHODS: Final[tuple[InitMethod, ...]] = get_args(InitMethod)
-DEFAULT_INIT_METHOD: Final[InitMethod] = "k-means||"
+DEFAULT_INIT_METHOD: Final[InitMethod] = "k-means-sample"
 
 #: Second moments a covariance type needs: 'full' (K, D, D) or 'diag' (K, D).
 MomentKind = Literal["full", "diag"]
