@@ -170,3 +170,39 @@ def test_dask_workers_fit_both_families_without_importing_numba_pandas_or_scipy(
     assert aot.module_name() in modules  # the E-steps ran on the built kernels
     for heavy in ("numba", "pandas", "scipy"):
         assert heavy not in modules, heavy
+
+
+def test_a_train_job_on_a_cluster_loads_neither_numba_nor_scipy_in_its_workers(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's worker tasks (profile, fit, summary, scoring) import only what they use."""
+    import yaml
+    from distributed import Client, LocalCluster
+
+    from gmm_dask.app import jobs
+    from gmm_dask.app.params import TrainParams
+    from gmm_dask.demo import FEATURE_KINDS, FEATURES, DemoSpec, write_demo_dataset
+
+    monkeypatch.setenv("GMM_DASK_KERNEL_DIR", str(built))  # the workers inherit it
+    write_demo_dataset(tmp_path / "data", DemoSpec(n_users=4000, n_snapshots=1))
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        cfg = {
+            "input": {
+                "path": str(tmp_path / "data" / "snapshots"),
+                "id_column": "user_id",
+                "features": [{"name": f, "kind": FEATURE_KINDS[f]} for f in FEATURES],
+            },
+            "model": {"n_components": 3, "max_iter": 5},
+            "output": {"root": str(tmp_path / "out")},
+            "cluster": {"type": "address", "address": cluster.scheduler_address},
+        }
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(cfg))
+        res = jobs.train(TrainParams(config=str(tmp_path / "job.yaml"), publish=True))
+        (modules,) = client.run(_worker_modules).values()
+    assert res.counts["rows_written"] == 4000  # the job ran its tasks on this cluster
+    assert aot.module_name() in modules
+    assert "numba" not in modules
+    assert "scipy" not in modules

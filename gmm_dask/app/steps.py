@@ -11,10 +11,9 @@ import functools
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from gmm_dask.mixture.suffstats import SuffStats
@@ -35,12 +34,16 @@ from gmm_dask.segmentation.features import (
     prepare_piece,
     profile_table,
 )
-from gmm_dask.segmentation.fluidity import FluidityResult, fluidity_between, steady_movers
 from gmm_dask.segmentation.model import SegmentationModel
 from gmm_dask.segmentation.specs import EntropyBands, InputColumns
 from gmm_dask.segmentation.tables import PieceResult, score_table, table_metadata
 from gmm_dask.storage import io
 from gmm_dask.storage.io import Piece, TableStore
+
+if TYPE_CHECKING:  # pandas is imported where a table is built on the driver, not by workers
+    import pandas as pd
+
+    from gmm_dask.segmentation.fluidity import FluidityResult
 
 
 def tree_reduce(items: Sequence[Any], combine: Callable[[Any, Any], Any], fan_in: int = 8) -> Any:
@@ -147,6 +150,8 @@ def compute_movers(snapshots: Sequence[tuple[TableStore, str]], id_column: str) 
     """The steady movers over consecutive segmented ``snapshots`` ((store, date), oldest first):
     see :func:`~gmm_dask.segmentation.fluidity.steady_movers`."""
     tables = [store.read("memberships", d, [id_column, "segment", "gamma"]) for store, d in snapshots]
+    from gmm_dask.segmentation.fluidity import steady_movers
+
     return steady_movers(tables, [_segment_ids(store, d) for store, d in snapshots], id_column)
 
 
@@ -169,6 +174,8 @@ def compute_fluidity(
     candidate run compares its own memberships with the published previous snapshot. Output goes
     to ``out`` (default ``store``).
     """
+    from gmm_dask.segmentation.fluidity import fluidity_between
+
     from_store = from_store or store
     out = out or store
     a = _read_memberships(from_store, from_date, id_column)
@@ -288,6 +295,8 @@ def write_audiences(
             for i, f in enumerate(files)
         ]
         counts: Counter[str] = sum(dask.compute(*tasks), Counter())
+    import pandas as pd
+
     defs = rules.definitions(names)
     sizes = pd.DataFrame(
         [

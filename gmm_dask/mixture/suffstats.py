@@ -372,14 +372,17 @@ def resp_stats(
     sums = r.T @ Xc
     means_c = np.divide(sums, nk[:, None], out=np.zeros_like(sums), where=(nk > 0)[:, None])
     m2 = None
-    if moments is not None:
-        diff = Xc[None, :, :] - means_c[:, None, :]  # (K, n, D)
-        wdiff = diff * r.T[:, :, None]
-        if moments == "full":
-            m2 = np.matmul(diff.transpose(0, 2, 1), wdiff)
-        else:
-            wdiff *= diff
-            m2 = wdiff.sum(axis=1)
+    if moments is not None:  # one component at a time: (n, D) temporaries, not (K, n, D)
+        d = X.shape[1]
+        m2 = np.empty((k, d, d) if moments == "full" else (k, d))
+        for c in range(k):
+            diff = Xc - means_c[c]
+            wdiff = diff * r[:, c : c + 1]
+            if moments == "full":
+                m2[c] = diff.T @ wdiff
+            else:
+                wdiff *= diff
+                m2[c] = wdiff.sum(axis=0)
     eligible = np.ones(n, dtype=bool) if sample_weight is None else sample_weight > 0
     ws, wr, wi = _worst_rows(np.zeros(n), X, eligible, row_offset, k)
     return SuffStats(

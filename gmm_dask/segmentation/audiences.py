@@ -36,15 +36,17 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from gmm_dask.mixture.arrays import FloatArray, IntArray
 from gmm_dask.segmentation.tables import gamma_matrix, table_metadata
+
+if TYPE_CHECKING:  # imported where a table is built on the driver, not by workers
+    import pandas as pd
 
 KINDS = ("high_entropy", "blended", "atypical", "mover")
 MEMBERSHIP_COLUMNS = (

@@ -11,9 +11,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.typing import NDArray
@@ -22,6 +22,9 @@ from gmm_dask.mixture.arrays import FloatArray, IntArray
 from gmm_dask.segmentation.features import prepare_piece
 from gmm_dask.segmentation.model import BANDS, SegmentationModel
 from gmm_dask.segmentation.specs import EntropyBands, InputColumns
+
+if TYPE_CHECKING:  # imported where a table is built on the driver, not by workers
+    import pandas as pd
 
 SCHEMA_VERSION = "1"
 SAMPLE_PER_PIECE = 400
@@ -177,6 +180,8 @@ def score_table(
 
 def segments_table(model: SegmentationModel, agg: PieceResult) -> pd.DataFrame:
     """One row per component: name, weight, size, feature means in original units, covariance, entropy."""
+    import pandas as pd
+
     k = model.n_components
     size = agg.hard_count
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -213,6 +218,8 @@ def segments_table(model: SegmentationModel, agg: PieceResult) -> pd.DataFrame:
 
 def overlaps_table(model: SegmentationModel, agg: PieceResult, threshold: float) -> pd.DataFrame:
     """One row per pair of components: users carrying γ ≥ threshold on both, their mean γ on each."""
+    import pandas as pd
+
     rows = []
     k = model.n_components
     for a in range(k):
