@@ -73,58 +73,67 @@ def _sklearn(X: np.ndarray, init: dict) -> float:
         return time.perf_counter() - t0
 
 
+BUILT, JIT = "built ahead of time", "numba's JIT only (GMM_DASK_KERNELS=jit)"
+
+
+def measure(n: int = 1_000_000, rounds: int = 3) -> dict:
+    """The A/B rounds (kernels built ahead of time, numba's JIT only) and scikit-learn's fits."""
+    from gmm_dask.mixture import aot
+
+    if not aot.loaded():
+        raise SystemExit("no kernels built for this machine: run python -m gmm_dask.mixture.build_kernels")
+    X = blobs(n, D, K, 0)
+    init = shared_init(X, K, CT)
+    variants = {BUILT: "auto", JIT: "jit"}
+    rows: dict[str, list[dict]] = {v: [] for v in variants}
+    sk = []
+    for _ in range(rounds):  # A, B, sklearn, A, B, sklearn, ...: load drifts evenly
+        for variant, kernels in variants.items():
+            rows[variant].append(_round(n, init, kernels))
+        sk.append(_sklearn(X, init))
+    return {"n": n, "d": D, "k": K, "iters": ITERS, "rounds": rows, "sklearn": sk, "machine": platform.node()}
+
+
+def medians(out: dict, variant: str) -> dict[str, float]:
+    """Median seconds of a variant's rounds: cluster start, first fit and second fit."""
+    rs = out["rounds"][variant]
+    return {key: float(np.median([r[key] for r in rs])) for key in ("cluster_start", "first", "second")}
+
+
+def lines(out: dict) -> list[str]:
+    """The cold-start table (Markdown), as COLDSTART.md and RESULTS.md show it."""
+    best_sk = min(out["sklearn"])
+    text = [
+        f"N = {out['n']:,}, D = {D}, K = {K}, full, {ITERS} iterations, tol 0; fresh 2-process LocalCluster (1 "
+        "thread each) per round and variant, the data generated in the workers inside each fit; scikit-learn with "
+        f"2 BLAS threads from the same init; {len(out['sklearn'])} rounds alternating (built, JIT, scikit-learn); "
+        "medians, seconds. `python -m benchmarks.coldstart`. Targets (#23): first fit ≤ 1.10 × second (item 5); "
+        "scikit-learn / second ≥ 15 (item 7).",
+        "",
+        "| kernels | cluster start | first fit | second fit | first / second | scikit-learn / second | scikit-learn / first | numba imported in workers |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for variant, rs in out["rounds"].items():
+        med = medians(out, variant)
+        ratios = ", ".join(f"{r['first'] / r['second']:.2f}" for r in rs)
+        text.append(
+            f"| {variant} | {med['cluster_start']:.2f} | {med['first']:.2f} | {med['second']:.2f} | "
+            f"{med['first'] / med['second']:.2f} (rounds: {ratios}) | {best_sk / med['second']:.1f} | "
+            f"{best_sk / med['first']:.1f} | {'yes' if any(r['numba_in_workers'] for r in rs) else 'no'} |"
+        )
+    return [*text, "", f"scikit-learn: best {best_sk:.2f} s, median {np.median(out['sklearn']):.2f} s."]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=1_000_000)
     args = ap.parse_args()
-    X = blobs(args.n, D, K, 0)
-    init = shared_init(X, K, CT)
-    from gmm_dask.mixture import aot
-
-    if not aot.loaded():
-        raise SystemExit("no kernels built for this machine: run python -m gmm_dask.mixture.build_kernels")
-    variants = {"built ahead of time": "auto", "numba's JIT only (GMM_DASK_KERNELS=jit)": "jit"}
-    rows: dict[str, list[dict]] = {v: [] for v in variants}
-    sk = []
-    for _ in range(args.rounds):  # A, B, sklearn, A, B, sklearn, ...: load drifts evenly
-        for variant, kernels in variants.items():
-            rows[variant].append(_round(args.n, init, kernels))
-        sk.append(_sklearn(X, init))
-    out = {
-        "n": args.n,
-        "d": D,
-        "k": K,
-        "iters": ITERS,
-        "rounds": rows,
-        "sklearn": sk,
-        "machine": platform.node(),
-    }
+    out = measure(args.n, args.rounds)
     (HERE / "coldstart.json").write_text(json.dumps(out, indent=1))
-    best_sk = min(sk)
-    lines = [
-        "# Cold start: the first fit on a fresh cluster vs the second (#23 items 5, 7)",
-        "",
-        f"N = {args.n:,}, D = {D}, K = {K}, full, {ITERS} iterations, tol 0; fresh 2-process LocalCluster (1 thread "
-        f"each) per round and variant, the data generated in the workers inside each fit; scikit-learn with 2 BLAS "
-        f"threads from the same init; {args.rounds} rounds alternating (built, JIT, scikit-learn); medians, seconds. "
-        "`python -m benchmarks.coldstart`. Target (#23 item 5): first fit ≤ 1.10 × second; item 7: scikit-learn / "
-        "second ≥ 15.",
-        "",
-        "| kernels | cluster start | first fit | second fit | first / second | scikit-learn / second | scikit-learn / first | numba imported in workers |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for variant, rs in rows.items():
-        med = {key: float(np.median([r[key] for r in rs])) for key in ("cluster_start", "first", "second")}
-        ratios = ", ".join(f"{r['first'] / r['second']:.2f}" for r in rs)
-        lines.append(
-            f"| {variant} | {med['cluster_start']:.2f} | {med['first']:.2f} | {med['second']:.2f} | "
-            f"{med['first'] / med['second']:.2f} (rounds: {ratios}) | {best_sk / med['second']:.1f} | "
-            f"{best_sk / med['first']:.1f} | {'yes' if any(r['numba_in_workers'] for r in rs) else 'no'} |"
-        )
-    lines += ["", f"scikit-learn: best {best_sk:.2f} s, median {np.median(sk):.2f} s."]
-    (HERE / "COLDSTART.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    text = ["# Cold start: the first fit on a fresh cluster vs the second (#23 items 5, 7)", "", *lines(out)]
+    (HERE / "COLDSTART.md").write_text("\n".join(text) + "\n")
+    print("\n".join(text))
 
 
 if __name__ == "__main__":

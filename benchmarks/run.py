@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.targets import analysis, targets
+
 HERE = Path(__file__).resolve().parent
-MIB = 1 << 20
 
 
 def engine(name: str, **params) -> dict:
@@ -200,6 +201,17 @@ def main(argv=None) -> int:
             iters=(2, 5),
             repeats=1,
         )
+    case(  # against stream-N-1000000: 2 workers never slower than 1 when streaming either
+        "stream-workers-1",
+        1_000_000,
+        "full",
+        workers=1,
+        persist=False,
+        source="parquet",
+        sklearn=False,
+        iters=(2, 5),
+        repeats=1,
+    )
     print("Scheduler overhead: N=20,000, D=2, K=2, 100 partitions")
     ov = engine(
         "gmm_dask",
@@ -219,6 +231,8 @@ def main(argv=None) -> int:
     results["spark"] = spark_available() or "available but not run by this version of the benchmark"
     print("Compiled kernel vs scikit-learn, one process")
     results["kernel"] = {ct: _kernel(ct) for ct in ("full", "diag")}
+    print(f"Cold start: first fit on a fresh cluster vs the second, N={n_main:,} (kernels built / JIT)")
+    results["coldstart"] = _coldstart(n_main, 1 if args.quick else 3)
     _pipeline_cases(results, args)
     results["seconds"] = round(time.time() - t_start, 1)
     out = Path(args.out)
@@ -266,6 +280,29 @@ def _kernel_lines(r: dict) -> list[str]:
             f"{f'{f32:.3f} s (median)' if f32 else '—'} | {k.get('max_rel_diff_vs_sklearn_after_5_iter', float('nan')):.1e} |"
         )
     return [*lines, ""]
+
+
+def _coldstart(n: int, rounds: int) -> dict:
+    """``benchmarks.coldstart`` in its own process (its clusters are its own)."""
+    code = f"import json; from benchmarks.coldstart import measure; print(json.dumps(measure({n}, {rounds})))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE.parent, check=False
+    )
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1:] or ["failed"]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _coldstart_lines(r: dict) -> list[str]:
+    from benchmarks.coldstart import lines
+
+    c = r.get("coldstart")
+    if not c:
+        return []
+    head = "**Cold start and warm fit** (#23 items 5 and 7): the first fit on a fresh cluster against a second fit on it"
+    if "error" in c:
+        return [f"{head}: failed: {c['error']}", ""]
+    return [f"{head}.", "", *lines(c), ""]
 
 
 def _pipeline(params: dict) -> dict:
@@ -370,239 +407,11 @@ def render(r: dict) -> str:
     lines += _kernel_lines(r)
     if r.get("engine_note"):
         lines += [f"> {r['engine_note']}", ""]
+    lines += _coldstart_lines(r)
     lines += _pipeline_lines(r)
     checks, unmet = targets(r)
     lines += ["## Targets", "", *checks, "", analysis(r, unmet)]
     return "\n".join(lines) + "\n"
-
-
-DESIGN = """## How the figures come about
-
-- **Two GEMMs per block of rows** (`gmm_dask/suffstats.py`). Each in-cache block of up to
-  3,000 rows is expanded once into `f = [xᵢxⱼ (i ≤ j); x; 1]` (F = 153 rows for D = 16, full;
-  F = 33 for diag), centred at the mixture mean. Every component's log-density is `A @ f` and
-  every component's weight, first and second moments are `R @ fᵀ`: about 2·2·K·F·N ≈ 4.9 GFLOP
-  per iteration for the full case instead of the 4·N·K·D² ≈ 9.5 GFLOP of the standard
-  algorithm — symmetry halves it. (The GFLOP/s column counts the standard algorithm's work, so
-  it is an *effective* rate.) No N×K×D temporaries exist. Per-block moments are re-centred and
-  merged exactly (Chan et al.); components whose mean lies more than 1,000 of their own standard
-  deviations from the mixture mean are computed with explicit `x − μₖ`, so they keep their digits.
-- **One task per worker thread per iteration** over partitions that worker already holds
-  (`gmm_dask/runner.py`), one BLAS thread per task: EM's tall-skinny products run faster that
-  way than with threaded BLAS. The scheduler sees 2 tasks and a tree of merges per iteration.
-- **Memory**: the persisted data, plus per worker one feature block (≤ 4 MiB) and its
-  per-block moments. The `peak mem` column is measured above a baseline taken after the workers
-  have imported the library, so it includes the data and the generator's temporaries.
-- **Timings on this shared 2-vCPU VM vary by up to ~25 % between runs** (the DGEMM rate itself
-  moved between 78 and 102 GFLOP/s for 2 threads across this project's runs, and two busy worker
-  processes each run ~30 % slower than one alone); read ratios near a threshold as ranges.
-"""
-
-
-def _phases_table(r: dict) -> list[str]:
-    ph = r.get("phases")
-    if not ph:
-        return []
-    cols = [
-        ("centre", "centre_ms"),
-        ("products", "products_ms"),
-        ("A @ f", "gemm_density_ms"),
-        ("softmax", "softmax_ms"),
-        ("R @ fᵀ", "gemm_moments_ms"),
-        ("whole kernel", "kernel_ms"),
-    ]
-    lines = [
-        "E-step phases of one partition (`benchmarks/phases.py`: ms on one core, one BLAS thread; "
-        "the whole kernel also merges blocks and keeps the rows for re-seeding):",
-        "",
-        "| cov | rows | F | " + " | ".join(c for c, _ in cols) + " | A @ f GFLOP/s | R @ fᵀ GFLOP/s |",
-        "|---|---|---|" + "---|" * (len(cols) + 2),
-    ]
-    for ct, p in ph.items():
-        lines.append(
-            f"| {ct} | {p['rows']:,} | {p['F']} | "
-            + " | ".join(f"{p[k]:.1f}" for _, k in cols)
-            + f" | {p['gemm_density_gflops']:.1f} | {p['gemm_moments_gflops']:.1f} |"
-        )
-    return [*lines, ""]
-
-
-def _why_unmet(key: str, r: dict) -> str:
-    """Why a target can be missed on this machine kind (only shown for targets a run missed)."""
-    ph = r.get("phases", {})
-    full = ph.get("full", {})
-    gemm_share = (
-        f" In this run's phase timings the two GEMMs are {full['gemm_density_ms'] + full['gemm_moments_ms']:.0f}"
-        f" of {full['kernel_ms']:.0f} ms per partition and run at {full['gemm_density_gflops']:.0f} and"
-        f" {full['gemm_moments_gflops']:.0f} GFLOP/s — with K = 8 they are skinny (8 × F by F × 3,000),"
-        " and the second has a long inner dimension, which OpenBLAS runs well below its square-matrix"
-        " rate; building the products and the softmax are memory passes that add no counted flops."
-        if full
-        else ""
-    )
-    why = {
-        "full_ratio": (
-            "The full case pays per iteration one Dask round trip (~20 ms for submit, merge and "
-            "gather on this machine) on top of the kernel." + gemm_share
-        ),
-        "dgemm": (
-            "Only the GEMMs run near the DGEMM rate." + gemm_share + " Two busy worker processes "
-            "also slow each other down (shared L3 and memory bandwidth), so the 2-worker rate is "
-            "below twice the 1-worker rate. The under-Dask figures in this file predate the "
-            "compiled kernel (gmm_dask/_kernels.py); see the one-process kernel table and the note above."
-        ),
-        "diag_ratio": (
-            "For diag the per-row arithmetic is small (F = 33 rows per block), so fixed costs per "
-            "iteration — the Dask round trip and the N×K softmax, which scikit-learn pays too — "
-            "are a large share, and scikit-learn's diag E-step is already two thin GEMMs."
-        ),
-        "memory": (
-            "The persisted fit's peak includes the data generator's temporaries inside the "
-            "workers (the data are built there); the EM loop itself adds a few MiB per worker."
-        ),
-        "stream": (
-            "Streaming memory is dominated by pyarrow's read buffers and the worker's allocator, "
-            "which returns memory lazily."
-        ),
-        "overhead": (
-            "Each iteration is one task per worker plus a merge and a gather; on this machine a "
-            "no-op submit-and-gather alone takes ~20 ms, so little is left for 100 partitions."
-        ),
-        "agreement": "A disagreement is a bug, not a performance trade-off: see the per-case column.",
-        "profile": (
-            "The profile pass reads the id column too and hashes every id into buckets that are "
-            "checked by their own tasks (duplicate ids at any size), computes each column's moments, "
-            "minimum, maximum, zeros and integrality, and pays the workers' first imports; an E-step "
-            "pass reads only the features."
-        ),
-        "init": "see the passes of each method in gmm_dask/mixture/init.py.",
-        "write": (
-            "Writing scores every row (a full E-step with entropies), builds the memberships table "
-            "(γ as a list column) and encodes and compresses it to Parquet, which costs more than "
-            "the E-step's arithmetic at K = 5, D = 6."
-        ),
-        "large": "See the large case's worker log (benchmarks/work) for why a worker restarted.",
-    }
-    return why[key]
-
-
-def analysis(r: dict, unmet: list[str]) -> str:
-    """The design notes and phase timings, then one paragraph per target this run did not meet."""
-    out = [DESIGN, *_phases_table(r)]
-    if unmet:
-        out += ["## Why the unmet targets are unmet", ""]
-        out += [f"- **{LABELS[key]}**: {_why_unmet(key, r)}" for key in unmet]
-    else:
-        out.append("Every target was met in this run.")
-    return "\n".join(out)
-
-
-LABELS = {
-    "full_ratio": "full ≤ 1/15 of scikit-learn",
-    "dgemm": "≥ 60 % of DGEMM",
-    "diag_ratio": "diag ≤ 1/6 of scikit-learn",
-    "memory": "persisted peak ≤ 2× X",
-    "stream": "streaming memory bounded",
-    "overhead": "overhead < 50 ms",
-    "agreement": "lower bounds agree",
-    "profile": "profile ≤ 1.5× a pass",
-    "init": "initialisation ≤ 6 passes",
-    "write": "writing ≤ 2× a pass",
-    "large": "large case without restarts",
-}
-
-
-def targets(r: dict) -> tuple[list[str], list[str]]:
-    """Checklist lines for the issue's targets, and the keys of those not met."""
-    by = {c["label"]: c for c in r["cases"]}
-    out: list[str] = []
-    unmet: list[str] = []
-
-    def line(ok, text, key):
-        out.append(f"- [{'x' if ok else ' '}] {text}")
-        if not ok and key not in unmet:
-            unmet.append(key)
-
-    f, dg = by["main-full"], by["main-diag"]
-    kern = r.get("kernel") or {}
-    sources = (
-        [("kernel (one process)", kern["full"], kern["diag"], "fraction_of_dgemm_2")]
-        if ("full" in kern and "diag" in kern and not any("error" in v for v in kern.values()))
-        else []
-    )
-    sources.append(("under Dask", f, dg, "fraction_of_dgemm"))
-    for where, kf, kd, dgemm_key in sources:
-        line(
-            kf["ratio"] <= 1 / 15,
-            f"{where}, full, N=1,000,000: s/iter ≤ 1/15 of scikit-learn's best — measured ratio "
-            f"{kf['ratio']:.3f} (1/{1 / kf['ratio']:.1f})",
-            "full_ratio",
-        )
-        line(
-            kf[dgemm_key] >= 0.6,
-            f"{where}, full: ≥ 60 % of the measured DGEMM rate — measured {100 * kf[dgemm_key]:.0f}%",
-            "dgemm",
-        )
-        line(
-            kd["ratio"] <= 1 / 6,
-            f"{where}, diag: s/iter ≤ 1/6 of scikit-learn's best — measured ratio {kd['ratio']:.3f} "
-            f"(1/{1 / kd['ratio']:.1f})",
-            "diag_ratio",
-        )
-    line(
-        f["gmm_dask"]["peak_rss_bytes"] <= 2 * f["x_bytes"],
-        f"persisted fit peak memory ≤ 2× size(X) — measured {f['gmm_dask']['peak_rss_bytes'] / f['x_bytes']:.2f}×",
-        "memory",
-    )
-    streams = [c for c in r["cases"] if not c["persist"]]
-    if streams:
-        mems = [c["gmm_dask"]["peak_rss_bytes"] / MIB for c in streams]
-        line(
-            max(mems) <= 1.5 * min(mems) + 64,
-            "streaming fit memory bounded by chunk size, not N — peak "
-            + ", ".join(f"{m:.0f} MiB at N={c['n']:,}" for m, c in zip(mems, streams, strict=True)),
-            "stream",
-        )
-    line(
-        r["overhead_sec_per_iter"] < 0.05,
-        f"scheduler overhead < 50 ms per iteration — measured {1000 * r['overhead_sec_per_iter']:.1f} ms",
-        "overhead",
-    )
-    for key in ("pipeline", "large"):
-        c = r.get(key)
-        if not c or "error" in c:
-            continue
-        one, n = c["one_em_pass_seconds"], f"N={c['rows']:,}"
-        line(
-            c["profile_over_pass"] <= 1.5,
-            f"{n}: profile ≤ 1.5× one streaming E-step pass — measured {c['profile_over_pass']:.2f}×",
-            "profile",
-        )
-        line(
-            c["init_passes"] <= 6,
-            f"{n}: initialisation ≤ 6 passes — measured {c['init_passes']} passes "
-            f"({c['passes']['init_seconds'] / one:.2f}× one E-step pass in time)",
-            "init",
-        )
-        line(
-            c["write_over_pass"] <= 2,
-            f"{n}: writing memberships, segments and overlaps ≤ 2× one pass — measured {c['write_over_pass']:.2f}×",
-            "write",
-        )
-        if "worker_restarts" in c:
-            line(
-                c["worker_restarts"] == 0,
-                f"{n} on 2 × 1.5 GiB workers completes with no worker restarted — peak RSS "
-                f"{max(c['worker_peak_rss_mib']):,} MiB, restarts {c['worker_restarts']}",
-                "large",
-            )
-    lbs = [c["lower_bound_rel_diff"] for c in r["cases"] if "lower_bound_rel_diff" in c]
-    line(
-        max(lbs) <= 1e-6,
-        f"lower bounds agree with scikit-learn to 1e-6 relative in every case — worst {max(lbs):.1e}",
-        "agreement",
-    )
-    return out, unmet
 
 
 if __name__ == "__main__":
