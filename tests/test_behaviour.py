@@ -390,3 +390,60 @@ def test_vectorised_log_is_within_two_ulp_of_numpy():
     want = np.log(x)
     assert np.max(np.abs(got - want) / np.spacing(np.abs(want) + np.spacing(1.0))) <= 2.0
     assert got[-4] == 0.0
+
+
+def _summary_problem(n: int, seed: int):
+    from gmm_dask.mixture.behaviour import estep
+
+    rng = np.random.default_rng(seed)
+    c = rng.poisson(np.where(rng.random(n) < 0.4, 0.3, 4.0)).astype(float)
+    X = np.column_stack(
+        [
+            c,
+            np.where(c > 0, rng.lognormal(1, 0.5, n), 0.0),
+            rng.integers(0, 2, n).astype(float),
+            rng.normal(size=n),
+        ]
+    )
+    family = BehaviourFamily(infer_structure(X, ["count", "amount", "binary", "continuous"], list("cabx")))
+    params = family.m_step(estep.resp_stats(family.structure, X, None, rng.dirichlet(np.ones(4), n)))
+    Z = np.column_stack([np.log1p(X[:, :3]), X[:, 3] + 1e4])  # one model input far from 0
+    return family, params, X, Z, np.where(rng.random(n) < 0.1, 0.0, rng.random(n))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_compiled_summary_is_the_gamma_weighted_moments_of_the_model_inputs(weighted):
+    """The components' Gaussian summary (names, profiles) from the kernel, over 3 merge blocks,
+    equals the reference: γ from log p(x) by log-sum-exp, then exactly centred moments."""
+    from gmm_dask.mixture.behaviour import estep
+    from gmm_dask.mixture.gaussian import log_responsibilities
+    from gmm_dask.mixture.suffstats import resp_stats
+
+    family, params, X, Z, w = _summary_problem(40_000, 5)
+    w = w if weighted else None
+    got = estep.summary_stats(family.structure, params, X, Z, w)
+    _, log_resp = log_responsibilities(family.log_prob(X, params))
+    want = resp_stats(Z, w, np.exp(log_resp), "full")
+    np.testing.assert_allclose(got.nk, want.nk, rtol=1e-12)
+    np.testing.assert_allclose(got.means, want.means, rtol=1e-13)
+    np.testing.assert_allclose(got.m2, want.m2, rtol=1e-11, atol=1e-11 * np.abs(want.m2).max())
+    assert got.weight == want.weight
+    assert got.n_rows == 40_000
+    assert got.n_bad == 0
+
+
+def test_the_summary_of_rows_without_a_finite_density_counts_them_and_adds_nothing():
+    from gmm_dask.errors import DataError
+    from gmm_dask.mixture.behaviour import estep
+    from gmm_dask.segmentation.behaviour import BehaviourPart, summary_stats
+
+    family, params, X, Z, _ = _summary_problem(3000, 6)
+    X[17, 0] = -1.0  # a count cannot be negative
+    got = estep.summary_stats(family.structure, params, X, Z, None)
+    keep = np.arange(3000) != 17
+    want = estep.summary_stats(family.structure, params, X[keep], Z[keep], None)
+    assert (got.n_bad, got.first_bad) == (1, 17)
+    np.testing.assert_allclose(got.nk, want.nk, rtol=1e-12)
+    np.testing.assert_allclose(got.means, want.means, rtol=1e-12)
+    with pytest.raises(DataError, match="retrain with another kind"):
+        summary_stats(X, Z, None, BehaviourPart(family.structure, params))

@@ -33,3 +33,10 @@ def behaviour_estep(
 
 def behaviour_log_prob(X: F64, lay: Lay, par: Par, k: int, out: F64) -> None:
     _kernel.log_prob(X, lay, par, k, out)
+
+
+def behaviour_summary(
+    X: F64, Z: F64, w: F64, weighted: bool, lay: Lay, par: Par, k: int, block_rows: int, shift: F64,
+    ia: I64, ja: I64, S: F64, bad: I64,
+) -> None:  # fmt: skip
+    _kernel.summary(X, Z, w, weighted, lay, par, k, block_rows, shift, ia, ja, S, bad)

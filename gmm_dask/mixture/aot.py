@@ -50,6 +50,7 @@ ENTRIES: dict[str, tuple[str, str]] = {
     "estep_tiles": ("gmm_dask.mixture._kernels", "estep_tiles"),
     "behaviour_estep": ("gmm_dask.mixture.behaviour._kernel", "estep"),
     "behaviour_log_prob": ("gmm_dask.mixture.behaviour._kernel", "log_prob"),
+    "behaviour_summary": ("gmm_dask.mixture.behaviour._kernel", "summary"),
 }
 #: Files whose text the machine code depends on.
 SOURCES = tuple(HERE / f for f in ("_kernels.py", "behaviour/_kernel.py", "_exports.py", "build_kernels.py"))

@@ -42,4 +42,5 @@ def warm_up(precisions: tuple[Precision, ...] = ("float64",)) -> float:
         estep_stats(X, w, weights, means, prec_chol, "full", kernel="auto", precision=precision)
     family.chunk_stats(X, w, params)
     family.log_prob(X, params)
+    estep.summary_stats(family.structure, params, X, np.log1p(np.abs(X)), w)
     return time.perf_counter() - t0

@@ -17,8 +17,8 @@ import numpy as np
 
 from gmm_dask.errors import DataError, RegistryError
 from gmm_dask.mixture.arrays import FloatArray, IntArray
-from gmm_dask.mixture.gaussian import MixtureParams, compute_precision_cholesky, log_responsibilities
-from gmm_dask.mixture.suffstats import SuffStats, m_step, resp_stats
+from gmm_dask.mixture.gaussian import MixtureParams, compute_precision_cholesky
+from gmm_dask.mixture.suffstats import SuffStats, m_step
 from gmm_dask.segmentation.features import FeaturePlan, Profile
 from gmm_dask.segmentation.specs import InputColumns
 
@@ -145,8 +145,12 @@ def summary_stats(X_raw: FloatArray, Z: FloatArray, w: FloatArray | None, part: 
     """γ from the behaviour family on raw rows (n, D), and the γ-weighted moments of the same
     rows' model inputs ``Z`` (n, D): one partition's share of the Gaussian summary (mergeable
     with :func:`gmm_dask.mixture.suffstats.combine_all`)."""
-    _, log_resp = log_responsibilities(part.weighted_log_prob(X_raw))
-    return resp_stats(Z, w, np.exp(log_resp), "full")
+    from gmm_dask.mixture.behaviour.estep import summary_stats as stats_of
+
+    stats = stats_of(part.structure, part.params, X_raw, Z, w)
+    if stats.n_bad:  # a value its feature's kind cannot take: the scoring's clear error
+        part.weighted_log_prob(X_raw)
+    return stats
 
 
 def summary_params(stats: SuffStats, reg_covar: float) -> MixtureParams:

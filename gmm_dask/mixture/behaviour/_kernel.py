@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from gmm_dask.mixture._kernels import _FLAGS, _SUM_FLAGS, _exp_reduced, _log_reduced
+from gmm_dask.mixture._kernels import _FLAGS, _SUM_FLAGS, _centre, _exp_reduced, _log_reduced, _moments
 from gmm_dask.mixture._kernels import _jit as _kernel_jit
 
 if TYPE_CHECKING:
@@ -438,3 +438,54 @@ def log_prob(X: F64, lay: Lay, par: Par, k: int, out: F64) -> None:
         for i in range(n):
             for c in range(k):
                 out[start + i, c] = L[c, i] if ok[i] else np.nan
+
+
+@_jit()
+def _products(f: F64, t: int, ia: I64, ja: I64, n: int) -> None:
+    """f[p, :n] = f[t + ia[p], :n] · f[t + ja[p], :n]: the packed products of the centred rows."""
+    for p in range(t):
+        a, b, fp = f[t + ia[p]], f[t + ja[p]], f[p]
+        for i in range(n):
+            fp[i] = a[i] * b[i]
+
+
+@_jit()
+def summary(
+    X: F64, Z: F64, w: F64, weighted: bool, lay: Lay, par: Par, k: int, block_rows: int, shift: F64,
+    ia: I64, ja: I64, S: F64, bad: I64,
+) -> None:  # fmt: skip
+    """The components' Gaussian summary of one partition: with γ of the raw rows ``X`` (n, D)
+    (as :func:`log_prob` and a softmax), per block of ``block_rows`` rows (a multiple of
+    :data:`TILE`) S[block, c, :] += Σ w·γ_c·[q; z − shift; 1] over the block's rows of the
+    model inputs ``Z`` (n, D'), q the products at the pairs ``(ia, ja)`` — the layout of the
+    Gaussian kernel (:func:`gmm_dask.mixture._kernels._moments`: S is (blocks, Kp, Pp), zeroed,
+    padded to its steps). Rows without a finite log p(x) add nothing; ``bad`` (2,): how many
+    and the first of them (−1)."""
+    n_total, d = Z.shape
+    t = ia.shape[0]
+    kp, pp = S.shape[1], S.shape[2]
+    idx, exc, U, V, pos, ok = _tile_buffers(lay)
+    L, R, Lt = np.zeros((k, TILE)), np.zeros((kp, TILE)), np.zeros((TILE, k))
+    amax, tot, lpn = np.zeros(TILE), np.zeros(TILE), np.zeros(TILE)
+    f = np.zeros((pp, TILE))
+    f[t + d] = 1.0
+    bad[0], bad[1] = 0, -1
+    for start in range(0, n_total, TILE):
+        n = min(TILE, n_total - start)
+        _encode(X, start, n, lay, True, idx, exc, U, V, pos, ok)
+        _densities(k, n, par, lay, idx, exc, U, V, pos, L, Lt)
+        _softmax(L, R, k, n, amax, tot, lpn)
+        _centre(Z, start, n, shift, t, f)
+        _products(f, t, ia, ja, n)
+        for i in range(n):
+            fine = ok[i] and abs(lpn[i]) < np.inf
+            wi = (w[start + i] if weighted else 1.0) if fine else 0.0
+            if not fine:
+                bad[0] += 1
+                if bad[1] < 0:
+                    bad[1] = start + i
+                for p in range(t + d):  # 0·NaN would still be NaN
+                    f[p, i] = 0.0
+            for c in range(k):
+                R[c, i] = R[c, i] * wi if fine else 0.0
+        _moments(R, f, S[start // block_rows], n)

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from gmm_dask.mixture import aot
 from gmm_dask.mixture.behaviour.structure import Layout, Structure, layout_of
 from gmm_dask.mixture.behaviour.values import BehaviourParams, BehaviourStats
-from gmm_dask.mixture.suffstats import _worst_rows, merge_moments
+from gmm_dask.mixture.suffstats import SuffStats, _worst_rows, merge_moments
 
 F64 = NDArray[np.float64]
 LOG_2PI = float(np.log(2 * np.pi))
@@ -316,3 +316,44 @@ def log_prob(structure: Structure, X: F64, params: BehaviourParams) -> F64:
         out,
     )
     return out
+
+
+def summary_stats(structure: Structure, params: BehaviourParams, X: F64, Z: F64, w: F64 | None) -> SuffStats:
+    """γ of the components on raw rows ``X`` (n, D) and the γ-weighted moments of the same rows'
+    model inputs ``Z`` (n, D'): full second moments, summed per block about the partition's mean
+    by the compiled kernel, centred per block and merged exactly (as the Gaussian E-step does).
+    Rows without a finite log p(x) count in ``n_bad`` and add nothing. Mergeable with
+    :func:`gmm_dask.mixture.suffstats.combine_all`; no loglik (0) and no "worst" rows."""
+    from gmm_dask.mixture.blocks import K_STEP, P_STEP, centre_blocks
+    from gmm_dask.mixture.blocks import Layout as Products
+    from gmm_dask.mixture.suffstats import _merge_blocks
+
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    Z = np.ascontiguousarray(Z, dtype=np.float64)
+    n, d = Z.shape
+    k = params.n_components
+    prod = Products(d, "full")
+    S = np.zeros((max(1, -(-n // BLOCK_ROWS)), -(-k // K_STEP) * K_STEP, -(-prod.f // P_STEP) * P_STEP))
+    shift = Z.mean(axis=0) if n else np.zeros(d)
+    shift = np.where(np.isfinite(shift), shift, 0.0)
+    bad = np.zeros(2, np.int64)
+    wv = np.empty(0) if w is None else np.ascontiguousarray(w, dtype=np.float64)
+    ia, ja = (np.ascontiguousarray(a, dtype=np.int64) for a in (prod.ia, prod.ja))
+    aot.call(
+        "behaviour_summary", X, Z, wv, w is not None, _lay(layout_of(structure)), kernel_params(structure, params),
+        k, BLOCK_ROWS, shift, ia, ja, S, bad,
+    )  # fmt: skip
+    nk, mean_c, m2 = _merge_blocks(*centre_blocks(S[:, :k, : prod.f], prod), (prod.ia, prod.ja))
+    return SuffStats(
+        nk=nk,
+        means=mean_c + shift,
+        m2=prod.unpack(m2),
+        loglik=0.0,
+        weight=float(n if w is None else wv.sum()),
+        n_rows=n,
+        n_bad=int(bad[0]),
+        first_bad=int(bad[1]),
+        worst_scores=np.zeros(0),
+        worst_rows=np.zeros((0, d)),
+        worst_index=np.zeros(0, np.int64),
+    )
