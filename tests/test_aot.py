@@ -206,3 +206,45 @@ def test_a_train_job_on_a_cluster_loads_neither_numba_nor_scipy_in_its_workers(
     assert aot.module_name() in modules
     assert "numba" not in modules
     assert "scipy" not in modules
+
+
+GIL_PROBE = r"""
+import json, threading, time
+import numpy as np
+from gmm_dask.mixture import aot
+
+n, d, k = 600_000, 16, 8
+rng = np.random.default_rng(0)
+X = rng.normal(size=(n, d))
+ia, ja = (np.asarray(v, dtype=np.int64) for v in np.triu_indices(d))
+pp = -(-(len(ia) + d + 1) // 4) * 4
+args = (X, np.empty(0), False, np.zeros(d), rng.normal(size=(k, pp)) * 1e-3, ia, ja, k, 224, 10**9, False,
+        np.empty(n), np.zeros((1, k, pp)), np.zeros(k))
+kernel = aot.kernel("estep_tiles", args)
+kernel(*args)  # loaded
+done = threading.Event()
+def run():
+    kernel(*args)
+    done.set()
+def spin(until):
+    count = 0
+    while not until():
+        count += 1
+    return count
+t0 = time.perf_counter(); rate = spin(lambda: time.perf_counter() - t0 > 0.05) / 0.05
+thread = threading.Thread(target=run)
+t0 = time.perf_counter()
+thread.start()
+count = spin(done.is_set)
+took = time.perf_counter() - t0
+thread.join()
+print(json.dumps({"loaded": aot.loaded(), "share": count / (rate * took), "took": took}))
+"""
+
+
+def test_the_built_kernels_let_other_threads_run_meanwhile(built: Path) -> None:
+    """As numba's ``nogil=True`` does: a worker with several threads runs their kernels at once."""
+    out = _run(GIL_PROBE, GMM_DASK_KERNEL_DIR=str(built))
+    assert out["loaded"] is True
+    # with the GIL held this thread would wait out the whole call (a share near 0)
+    assert out["share"] > 0.3, out

@@ -46,6 +46,28 @@ def _jit_only() -> Iterator[None]:
             os.environ["GMM_DASK_KERNELS"] = old
 
 
+@contextlib.contextmanager
+def _wrappers_release_the_gil() -> Iterator[None]:
+    """numba.pycc compiles each export's Python wrapper with default flags, so the wrapper holds
+    the GIL while the kernel runs, and threads of one process (a worker with several threads)
+    would take turns. The JIT's ``nogil=True`` is the ``release_gil`` flag of the same wrapper:
+    set it for the exports too (tests/test_aot.py checks another thread runs meanwhile)."""
+    from numba.pycc import compiler
+
+    base = compiler.Flags
+
+    class Flags(base):  # type: ignore[misc, valid-type]  # numba: unannotated
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.release_gil = True
+
+    setattr(compiler, "Flags", Flags)  # noqa: B010  (a module attribute numba reads at compile time)
+    try:
+        yield
+    finally:
+        setattr(compiler, "Flags", base)  # noqa: B010
+
+
 def _record_signatures() -> None:
     """Run both families' E-steps on a few rows under the JIT (the Gaussian one in both
     precisions), so that numba's dispatchers hold every signature the fits use."""
@@ -115,8 +137,8 @@ def build(directory: Path | None = None, *, force: bool = False) -> Path:
             cc.verbose = False
             for entry, export, sig, _ in found:
                 cc.export(export, sig)(getattr(_exports, entry))  # type: ignore[no-untyped-call]  # numba: unannotated
-            with contextlib.redirect_stdout(io.StringIO()):  # setuptools echoes each compiler command
-                cc.compile()
+            with contextlib.redirect_stdout(io.StringIO()), _wrappers_release_the_gil():
+                cc.compile()  # (setuptools echoes each compiler command)
             (built,) = tmp.glob(f"{name}*{sysconfig.get_config_var('EXT_SUFFIX')}")
             doc = {"key": aot.key(), "exports": _manifest(found)}
             (tmp / "manifest.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
@@ -136,7 +158,11 @@ def _manifest(found: list[tuple[str, str, Any, list[aot.Spec]]]) -> dict[str, li
 
 
 def _remove_stale(directory: Path, keep: str) -> None:
-    """Modules built under other keys (older kernels, versions or CPUs) never load again."""
+    """Modules built under other keys (older kernels or versions) never load again from this
+    install's own ``__pycache__``; a directory named by ``GMM_DASK_KERNEL_DIR`` or the user cache
+    may be shared by machines of other CPUs, whose modules are theirs to keep."""
+    if directory.resolve() != (aot.HERE / "__pycache__").resolve():
+        return
     for path in directory.glob("gmm_dask_kernels_*"):
         if not path.name.startswith(keep):
             with contextlib.suppress(OSError):
