@@ -111,7 +111,11 @@ def _why_unmet(key: str, r: dict) -> str:
         "write": (
             "Writing scores every row (a full E-step with entropies), builds the memberships table "
             "(γ as a list column) and encodes and compresses it to Parquet, which costs more than "
-            "the E-step's arithmetic at K = 5, D = 6."
+            "the E-step's arithmetic at K = 5, D = 6. Measured on one 250,000-row piece of the "
+            "demo data in one process (2026-12-06): reading and preparing it 40 ms (as an E-step "
+            "pass), scoring 100 ms (γ, entropies, bands, the segments' and overlaps' aggregates) "
+            "against the E-step kernel's 25 ms, and encoding and writing the 17 MB of Parquet 60 ms "
+            "(γ alone 25 ms; without compression 47 ms)."
         ),
         "large": "See the large case's worker log (benchmarks/work) for why a worker restarted.",
         "wall": (
