@@ -248,3 +248,28 @@ def test_the_built_kernels_let_other_threads_run_meanwhile(built: Path) -> None:
     assert out["loaded"] is True
     # with the GIL held this thread would wait out the whole call (a share near 0)
     assert out["share"] > 0.3, out
+
+
+def test_a_process_finds_the_module_beside_the_package_or_in_its_users_cache(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built at install beside a package other users cannot write to, or by a user in their cache."""
+    import shutil
+
+    monkeypatch.delenv("GMM_DASK_KERNEL_DIR", raising=False)
+    package, cache = tmp_path / "package", tmp_path / "cache"
+    (package / "__pycache__").mkdir(parents=True)
+    monkeypatch.setattr(aot, "HERE", package)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    aot._load.cache_clear()
+    try:
+        assert not aot.loaded()
+        for where in (cache / "gmm-dask" / "kernels", package / "__pycache__"):
+            where.mkdir(parents=True, exist_ok=True)
+            for f in built.glob(f"{aot.module_name()}*"):
+                shutil.copy(f, where / f.name)
+            aot._load.cache_clear()
+            assert aot.loaded(), where
+            shutil.rmtree(where)
+    finally:
+        aot._load.cache_clear()

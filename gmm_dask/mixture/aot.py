@@ -18,8 +18,9 @@ way, because each export only calls the same numba function, compiled with the s
 Each export is typed for one signature the E-steps call with (recorded when it was built, in a
 JSON manifest beside the module); a call whose arguments differ (dtype, dimensions, C order)
 goes to the JIT. ``GMM_DASK_KERNELS=jit`` turns the module off (A/B benchmarks).
-The module is kept in ``GMM_DASK_KERNEL_DIR`` if set, else in ``__pycache__/`` beside this file
-where that is writable, else in ``~/.cache/gmm-dask/kernels`` (``XDG_CACHE_HOME``).
+A build writes the module to ``GMM_DASK_KERNEL_DIR`` if set, else to ``__pycache__/`` beside this
+file where that is writable, else to ``~/.cache/gmm-dask/kernels`` (``XDG_CACHE_HOME``); a process
+looks in ``GMM_DASK_KERNEL_DIR`` alone if set, else in both of the others.
 """
 
 from __future__ import annotations
@@ -62,13 +63,25 @@ Spec = str | dict[str, Any]
 Kernel = Callable[..., Any]
 
 
+def _user_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gmm-dask" / "kernels"
+
+
 def kernel_dir() -> Path:
-    """Where the built module is kept (see the module docstring)."""
+    """Where a build writes the module (see the module docstring)."""
     if env := os.environ.get("GMM_DASK_KERNEL_DIR"):
         return Path(env).expanduser()
     if os.access(HERE, os.W_OK):
         return HERE / "__pycache__"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gmm-dask" / "kernels"
+    return _user_cache()
+
+
+def search_dirs() -> list[Path]:
+    """Where a process looks for it: ``GMM_DASK_KERNEL_DIR`` alone if set, else beside the
+    package (built there at install, perhaps by another user) and then the user's cache."""
+    if env := os.environ.get("GMM_DASK_KERNEL_DIR"):
+        return [Path(env).expanduser()]
+    return [HERE / "__pycache__", _user_cache()]
 
 
 def _cpu() -> str:
@@ -103,13 +116,14 @@ def module_name() -> str:
     return f"gmm_dask_kernels_{key()}"
 
 
-def module_path() -> Path:
-    """The built extension module's path under :func:`kernel_dir` (whether it exists or not)."""
-    return kernel_dir() / f"{module_name()}{sysconfig.get_config_var('EXT_SUFFIX')}"
+def module_path(directory: Path | None = None) -> Path:
+    """The built extension module's path in ``directory`` (default :func:`kernel_dir`),
+    whether it exists or not."""
+    return (directory or kernel_dir()) / f"{module_name()}{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
-def manifest_path() -> Path:
-    return kernel_dir() / f"{module_name()}.json"
+def manifest_path(directory: Path | None = None) -> Path:
+    return (directory or kernel_dir()) / f"{module_name()}.json"
 
 
 def enabled() -> bool:
@@ -120,10 +134,11 @@ def enabled() -> bool:
 @functools.cache
 def _load() -> tuple[ModuleType, dict[str, list[dict[str, Any]]]] | None:
     """The built module and its exports, or None where none is built for this key."""
-    so, manifest = module_path(), manifest_path()
-    if not (so.exists() and manifest.exists()):
-        logger.debug("no ahead-of-time kernels at %s; numba's JIT compiles or loads them", so)
+    found = [d for d in search_dirs() if manifest_path(d).exists() and module_path(d).exists()]
+    if not found:
+        logger.debug("no ahead-of-time kernels %s in %s; numba's JIT", module_name(), search_dirs())
         return None
+    so, manifest = module_path(found[0]), manifest_path(found[0])
     try:
         exports = json.loads(manifest.read_text(encoding="utf-8"))["exports"]
         spec = importlib.util.spec_from_file_location(module_name(), so)
