@@ -90,7 +90,6 @@ def _drivers():
 
 def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
     from benchmarks.dgemm import run_dgemm
-    from gmm_dask.mixture import _kernels as kk
     from gmm_dask.mixture import blocks
     from gmm_dask.mixture import suffstats as ss
 
@@ -99,8 +98,7 @@ def measure(n: int, d: int, k: int, ct: str, seed: int = 0) -> dict:
     tile = blocks.COMPILED_TILE_ROWS
     n_tiles = n // tile
     rows = n_tiles * tile
-    kp = -(-k // kk.K_STEP) * kk.K_STEP
-    pp = -(-F // kk.P_STEP) * kk.P_STEP
+    kp, pp = blocks.padded(k, F)
     Ap = np.zeros((kp, pp))
     Ap[:k, :F] = A
     ia = np.ascontiguousarray(layout.ia, dtype=np.int64)

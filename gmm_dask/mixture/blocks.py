@@ -34,6 +34,13 @@ Precision = Literal["float64", "float32"]
 #: a time) and the coefficients a multiple of 4 components (the moment loop takes 4 at a time).
 P_STEP = 4
 K_STEP = 4
+
+
+def padded(k: int, f: int) -> tuple[int, int]:
+    """(Kp, Pp): ``k`` components and ``f`` rows of f rounded up to the kernel's steps."""
+    return -(-k // K_STEP) * K_STEP, -(-f // P_STEP) * P_STEP
+
+
 #: Components whose mean lies more than √ρ of their own standard deviations from the mixture
 #: mean (ρ = mᵀPm) are handled exactly centred rather than through the shared expansion,
 #: whose rounding grows like ε·ρ: beyond 1e6 it would exceed ~1e-10 relative.
@@ -289,8 +296,7 @@ def blocks_compiled(
     tile = min(block, COMPILED_TILE_ROWS)
     tiles_per_block = -(-block // tile)
     n_blocks = max(1, -(-n_total // (tile * tiles_per_block)))
-    kp = -(-k // K_STEP) * K_STEP
-    pp = -(-layout.f // P_STEP) * P_STEP
+    kp, pp = padded(k, layout.f)
     Ap = np.zeros((kp, pp), dtype=np.float32 if precision == "float32" else np.float64)
     Ap[:k, : layout.f] = A  # the kernel forms f = [q; x; 1] and A @ f in A's dtype
     S = np.zeros((n_blocks, kp, pp))

@@ -324,8 +324,8 @@ def summary_stats(structure: Structure, params: BehaviourParams, X: F64, Z: F64,
     by the compiled kernel, centred per block and merged exactly (as the Gaussian E-step does).
     Rows without a finite log p(x) count in ``n_bad`` and add nothing. Mergeable with
     :func:`gmm_dask.mixture.suffstats.combine_all`; no loglik (0) and no "worst" rows."""
-    from gmm_dask.mixture.blocks import K_STEP, P_STEP, centre_blocks
     from gmm_dask.mixture.blocks import Layout as Products
+    from gmm_dask.mixture.blocks import centre_blocks, padded
     from gmm_dask.mixture.suffstats import _merge_blocks
 
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -333,7 +333,7 @@ def summary_stats(structure: Structure, params: BehaviourParams, X: F64, Z: F64,
     n, d = Z.shape
     k = params.n_components
     prod = Products(d, "full")
-    S = np.zeros((max(1, -(-n // BLOCK_ROWS)), -(-k // K_STEP) * K_STEP, -(-prod.f // P_STEP) * P_STEP))
+    S = np.zeros((max(1, -(-n // BLOCK_ROWS)), *padded(k, prod.f)))
     shift = Z.mean(axis=0) if n else np.zeros(d)
     shift = np.where(np.isfinite(shift), shift, 0.0)
     bad = np.zeros(2, np.int64)
